@@ -1,0 +1,184 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Covers reports whether pattern (an exact name or a ".wildcard") matches the
+// normalized name. An exact pattern matches only itself; ".example.com"
+// matches "example.com" and every name below it.
+func Covers(pattern, name string) bool {
+	if strings.HasPrefix(pattern, ".") {
+		apex := pattern[1:]
+		return name == apex || strings.HasSuffix(name, pattern)
+	}
+	return name == pattern
+}
+
+// subtree reports whether name lies in the subtree rooted at a deny pattern:
+// a deny of "example.com" or ".example.com" covers the apex and every name
+// below it.
+func subtree(pattern, name string) bool {
+	root := strings.TrimPrefix(pattern, ".")
+	return name == root || strings.HasSuffix(name, "."+root)
+}
+
+// trimName lower-cases name and drops one trailing dot; it is the cheap part
+// of normalization that lookups on the hot path need.
+func trimName(name string) string {
+	name = strings.TrimSuffix(name, ".")
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c >= 'A' && c <= 'Z' {
+			return strings.ToLower(name)
+		}
+	}
+	return name
+}
+
+// MatchName decides a host name for this policy. port 0 means "any port"
+// (DNS does not know which port will be used); otherwise the matched entry
+// must route (port, l4).
+//
+// Decision order:
+//  1. a nil policy denies (pending endpoints are the caller's business);
+//  2. AllowAll (bypass) allows;
+//  3. a deny whose subtree holds the name denies, on every port;
+//  4. the most specific allow whose pattern covers the name is the entry;
+//     none denies with ReasonNoRule;
+//  5. a non-zero port outside the entry's ports denies with
+//     ReasonPortNotAllow.
+func (p *Policy) MatchName(name string, port uint16, l4 L4) Match {
+	if p == nil {
+		return Match{Reason: ReasonPending}
+	}
+	if p.AllowAll {
+		return Match{Allowed: true, Reason: ReasonBypass}
+	}
+	name = trimName(name)
+	for i := range p.Denies {
+		d := &p.Denies[i]
+		if d.Prefix.IsValid() {
+			continue
+		}
+		if subtree(d.Pattern, name) {
+			return Match{Reason: ReasonDenyRule, Deny: d}
+		}
+	}
+	for i := range p.Allows {
+		a := &p.Allows[i]
+		if a.Prefix.IsValid() || !Covers(a.Pattern, name) {
+			continue
+		}
+		return p.checkPort(a, port, l4)
+	}
+	return Match{Reason: ReasonNoRule}
+}
+
+// MatchIP decides an IP destination (IP-literal rules and CIDRs only; learned
+// DNS identities are looked up by the caller and decided with MatchIdentity).
+func (p *Policy) MatchIP(addr netip.Addr, port uint16, l4 L4) Match {
+	if p == nil {
+		return Match{Reason: ReasonPending}
+	}
+	if p.AllowAll {
+		return Match{Allowed: true, Reason: ReasonBypass}
+	}
+	addr = addr.Unmap()
+	for i := range p.Denies {
+		d := &p.Denies[i]
+		if d.Prefix.IsValid() && d.Prefix.Contains(addr) {
+			return Match{Reason: ReasonDenyRule, Deny: d}
+		}
+	}
+	for i := range p.Allows {
+		a := &p.Allows[i]
+		if a.Prefix.IsValid() && a.Prefix.Contains(addr) {
+			return p.checkPort(a, port, l4)
+		}
+	}
+	return Match{Reason: ReasonNoRule}
+}
+
+// MatchIdentity decides (identity, port, l4) for a destination whose identity
+// is already known (learned from DNS). An identity absent from this policy is
+// denied: identities are per pattern, so one endpoint's learned identity never
+// widens another's policy.
+func (p *Policy) MatchIdentity(id Identity, port uint16, l4 L4) Match {
+	if p == nil {
+		return Match{Reason: ReasonPending}
+	}
+	if p.AllowAll {
+		return Match{Allowed: true, Reason: ReasonBypass}
+	}
+	for i := range p.Allows {
+		if p.Allows[i].Identity == id {
+			return p.checkPort(&p.Allows[i], port, l4)
+		}
+	}
+	return Match{Reason: ReasonNoRule}
+}
+
+func (p *Policy) checkPort(a *Allowed, port uint16, l4 L4) Match {
+	if port == 0 {
+		return Match{Allowed: true, Reason: ReasonAllowed, Entry: a}
+	}
+	for _, r := range a.Ports {
+		if r.Contains(port, l4) {
+			return Match{Allowed: true, Reason: ReasonAllowed, Entry: a}
+		}
+	}
+	return Match{Reason: ReasonPortNotAllow, Entry: a}
+}
+
+// ProtoFor returns the protocol of the entry's port range that holds
+// (port, l4), and false when none does.
+func (a *Allowed) ProtoFor(port uint16, l4 L4) (Proto, bool) {
+	for _, r := range a.Ports {
+		if r.Contains(port, l4) {
+			return r.Proto, true
+		}
+	}
+	return "", false
+}
+
+// Index builds the snapshot's source-address index. Call it once after
+// building a Snapshot (or decoding one from JSON) and before sharing it.
+func (s *Snapshot) Index() *Snapshot {
+	s.byIP = make(map[netip.Addr]*Endpoint, len(s.Endpoints))
+	for _, ep := range s.Endpoints {
+		if ep.IP.IsValid() {
+			s.byIP[ep.IP.Unmap()] = ep
+		}
+	}
+	return s
+}
+
+// EndpointByIP returns the endpoint that owns source address ip. This is
+// sound only because the closed network anti-spoofs every endpoint's veth.
+func (s *Snapshot) EndpointByIP(ip netip.Addr) (*Endpoint, bool) {
+	if s == nil {
+		return nil, false
+	}
+	if s.byIP == nil {
+		s.Index()
+	}
+	ep, ok := s.byIP[ip.Unmap()]
+	return ep, ok
+}
+
+// Effective returns the policy the data planes must apply for ep at time now:
+// allow-all while bypassed, nil while pending, and a policy with no allows
+// when the container's labels were invalid.
+func (ep *Endpoint) Effective(now time.Time) *Policy {
+	switch {
+	case ep.BypassUntil.After(now):
+		return &Policy{AllowAll: true}
+	case ep.LabelError != "":
+		return &Policy{}
+	case ep.Pending:
+		return nil
+	}
+	return ep.Policy
+}
