@@ -1,0 +1,77 @@
+# clawker-fw build, install and test entry points. See README.md.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+PLUGIN ?= clawker-fw:latest
+BUILD := build
+PLUGIN_DIR := $(BUILD)/plugin
+GOFLAGS_STATIC := CGO_ENABLED=0
+LDFLAGS := -s -w
+FUZZTIME ?= 15s
+# Go packages whose tests need no root (race detector on).
+UNIT_PKGS = $$($(GO) list ./... | grep -v -e /e2e -e /bench)
+
+.PHONY: all deps generate build plugin install uninstall demo test test-unit test-fuzz test-e2e check-generate lint bench clean
+
+all: build
+
+deps:
+	./scripts/deps.sh
+
+## generate: rebuild generated code (bpf2go objects)
+generate:
+	$(GO) generate ./bpf/...
+
+## check-generate: fail when the committed generated files differ from a fresh generate
+check-generate: generate
+	git diff --exit-code -- bpf/ || { echo "generated BPF files differ from the committed ones: run make generate and commit" >&2; exit 1; }
+
+build:
+	mkdir -p $(BUILD)/bin
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD)/bin/ ./cmd/...
+
+## plugin: the managed-plugin directory (config.json + rootfs) in build/plugin
+plugin: build
+	rm -rf $(PLUGIN_DIR) && mkdir -p $(PLUGIN_DIR)/rootfs
+	cp config.json $(PLUGIN_DIR)/
+	cp -a rootfs/. $(PLUGIN_DIR)/rootfs/
+	find $(PLUGIN_DIR)/rootfs -name .keep -delete
+	install -m 0755 $(BUILD)/bin/clawker-fw-plugin $(BUILD)/bin/clawker-coredns $(PLUGIN_DIR)/rootfs/bin/
+	install -m 0644 /etc/ssl/certs/ca-certificates.crt $(PLUGIN_DIR)/rootfs/etc/ssl/certs/ca-certificates.crt
+	if [ -n "$(ENVOY)" ]; then install -m 0755 "$(ENVOY)" $(PLUGIN_DIR)/rootfs/bin/envoy; fi
+	@echo "plugin: $(PLUGIN_DIR) ($$(du -sh $(PLUGIN_DIR) | cut -f1))"
+
+## install: create and enable the plugin in the local Docker (idempotent)
+install: plugin
+	./scripts/install.sh $(PLUGIN_DIR) $(PLUGIN)
+
+uninstall:
+	./scripts/install.sh --uninstall $(PLUGIN_DIR) $(PLUGIN)
+
+## demo: build, install and run the demo (README's first command)
+demo:
+	./scripts/demo.sh
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+test-unit:
+	$(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
+
+test-fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzParseRules$$' -fuzztime=$(FUZZTIME) ./policy
+	$(GO) test -run='^$$' -fuzz='^FuzzNormalizeHost$$' -fuzztime=$(FUZZTIME) ./policy
+	$(GO) test -run='^$$' -fuzz='^FuzzServeDNS$$' -fuzztime=$(FUZZTIME) ./dns
+
+test-e2e: plugin
+	CLAWKER_E2E=1 $(GO) test -count=1 -timeout 60m -v ./e2e/... 2>&1 | tee $(BUILD)/e2e.log; exit $${PIPESTATUS[0]}
+
+## test: the whole suite (README's second command runs this through scripts/test.sh)
+test: lint test-unit test-fuzz test-e2e
+
+bench:
+	./scripts/bench.sh
+
+clean:
+	rm -rf $(BUILD)
