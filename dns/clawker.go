@@ -1,0 +1,483 @@
+// Package dns is clawker-fw's CoreDNS plugin `clawker` (see README.md): it
+// answers only the names the asking endpoint may reach, records every
+// answered IPv4 address in the BPF map `learned` before the answer leaves,
+// and answers container names of the endpoint's own network itself.
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/pkg/nonwriter"
+	"github.com/coredns/coredns/request"
+	mdns "github.com/miekg/dns"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+const pluginName = "clawker"
+
+// Defaults of the settable durations.
+const (
+	DefaultTTLFloor       = 5 * time.Minute
+	DefaultTTLCeiling     = time.Hour
+	DefaultPendingTimeout = 3 * time.Second
+)
+
+// hostDockerInternal resolves to the asking endpoint's gateway when its
+// policy allows the name.
+const hostDockerInternal = "host.docker.internal"
+
+// containerTTL is the TTL of local container-name answers (Docker's
+// embedded resolver uses 600 s too).
+const containerTTL = 600
+
+// Clawker is the plugin handler.
+type Clawker struct {
+	Next plugin.Handler
+
+	Store   *Store
+	Learner Learner
+	// Upstreams are used for networks without their own DNSUpstreams.
+	Upstreams []string
+	// UseNext hands allowed queries of networks without their own upstreams
+	// to the next plugin (e.g. forward) instead of exchanging them here.
+	UseNext bool
+
+	TTLFloor, TTLCeiling time.Duration
+	PendingTimeout       time.Duration
+
+	Log Logger
+	Now func() time.Time
+
+	ex *exchanger
+}
+
+// New returns a handler with defaults filled in.
+func New(store *Store, learner Learner) *Clawker {
+	return &Clawker{
+		Store:          store,
+		Learner:        learner,
+		Upstreams:      DefaultUpstreams,
+		TTLFloor:       DefaultTTLFloor,
+		TTLCeiling:     DefaultTTLCeiling,
+		PendingTimeout: DefaultPendingTimeout,
+		Log:            log,
+		Now:            time.Now,
+		ex:             newExchanger(),
+	}
+}
+
+// Name implements plugin.Handler.
+func (c *Clawker) Name() string { return pluginName }
+
+// Ready implements the ready plugin's Readiness: ready once a snapshot is
+// loaded.
+func (c *Clawker) Ready() bool {
+	_, ok := c.Store.Generation()
+	return ok
+}
+
+// Close releases upstream sockets.
+func (c *Clawker) Close() { c.ex.Close() }
+
+var (
+	errUnknownEndpoint = errors.New("source address is no endpoint")
+	errPendingTimeout  = errors.New("endpoint still pending")
+)
+
+// query carries one request through the decision.
+type query struct {
+	src   netip.Addr
+	ep    *policy.Endpoint
+	name  string // lower case, no trailing dot
+	qtype uint16
+	start time.Time
+}
+
+func (q *query) fields() string {
+	index, container := "-", "-"
+	if q.ep != nil {
+		index = strconv.FormatUint(uint64(q.ep.Index), 10)
+		if q.ep.ContainerName != "" {
+			container = q.ep.ContainerName
+		}
+	}
+	return fmt.Sprintf("%s=%s %s=%s %s=%s %s=%q %s=%s", fSource, q.src, fEndpoint, index, fContainer, container,
+		fName, q.name, fType, mdns.Type(q.qtype).String())
+}
+
+func (c *Clawker) deny(q *query, reason policy.Reason, rcode int) {
+	deniedCount.WithLabelValues(string(reason)).Inc()
+	c.Log.Warningf("CLAWKER-DNS-DECISION decision=deny %s %s=%s %s=%s", q.fields(), fReason, reason, fRcode, mdns.RcodeToString[rcode])
+}
+
+func (c *Clawker) allow(q *query, reason string, id policy.Identity, answers int, upstream string) {
+	allowedCount.Inc()
+	c.Log.Infof("CLAWKER-DNS-DECISION decision=allow %s %s=%s %s=%d %s=%d %s=%s", q.fields(), fReason, reason, fIdentity, id, fAnswers, answers, fUpstream, upstream)
+}
+
+func (c *Clawker) fail(q *query, cause string, err error) {
+	errorCount.WithLabelValues(cause).Inc()
+	c.Log.Errorf("CLAWKER-DNS-DECISION decision=error %s %s=%s %s=SERVFAIL: %v", q.fields(), fReason, cause, fRcode, err)
+}
+
+// ServeDNS implements plugin.Handler.
+//
+// Decision order:
+//  1. the source address must be an endpoint of the served snapshot, else
+//     REFUSED (an unknown source is no endpoint); a pending endpoint (or no
+//     snapshot yet) waits up to PendingTimeout for its policy, else SERVFAIL;
+//  2. container names and aliases of the endpoint's network, and PTR
+//     queries for their addresses, are answered locally (no rule needed);
+//  3. a name the policy does not allow is NXDOMAIN and never leaves;
+//  4. host.docker.internal, when allowed, is the endpoint's gateway;
+//  5. AAAA is answered NOERROR with no data (the firewall is IPv4 only);
+//  6. anything else is exchanged upstream (the network's DNSUpstreams, else
+//     the plugin's); every IPv4 address of the answer is written to the
+//     learned map under (endpoint, identity of the matched allow) and only
+//     then is the answer returned.
+func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.Msg) (int, error) {
+	q := &query{src: remoteAddr(w), start: c.Now()}
+	if len(r.Question) != 1 {
+		return mdns.RcodeFormatError, nil
+	}
+	if r.Opcode != mdns.OpcodeQuery {
+		return mdns.RcodeNotImplemented, nil
+	}
+	q.name = strings.ToLower(strings.TrimSuffix(r.Question[0].Name, "."))
+	q.qtype = r.Question[0].Qtype
+
+	st, ep, pol, err := c.endpoint(ctx, q.src)
+	q.ep = ep
+	switch {
+	case errors.Is(err, errUnknownEndpoint):
+		c.deny(q, policy.ReasonUnknownPeer, mdns.RcodeRefused)
+		return mdns.RcodeRefused, nil
+	case errors.Is(err, errPendingTimeout):
+		c.fail(q, "pending-timeout", fmt.Errorf("no policy after %s", c.PendingTimeout))
+		return mdns.RcodeServerFailure, nil
+	case err != nil:
+		c.fail(q, "canceled", err)
+		return mdns.RcodeServerFailure, nil
+	}
+
+	if r.Question[0].Qclass != mdns.ClassINET {
+		c.deny(q, "class", mdns.RcodeNameError)
+		return c.write(w, r, mdns.RcodeNameError, nil)
+	}
+
+	// 2. Local names of the endpoint's own network.
+	if peer, ok := st.names[nameKey{ep.NetworkID, q.name}]; ok {
+		var ans []mdns.RR
+		if q.qtype == mdns.TypeA || q.qtype == mdns.TypeANY {
+			if ip := peer.IP.Unmap(); ip.Is4() {
+				ans = append(ans, &mdns.A{Hdr: hdr(r, mdns.TypeA, containerTTL), A: ip.AsSlice()})
+			}
+		}
+		c.allow(q, "container", 0, len(ans), "local")
+		return c.write(w, r, mdns.RcodeSuccess, ans)
+	}
+	if q.qtype == mdns.TypePTR {
+		if ip, ok := reverseAddr(q.name); ok {
+			if target, ok := st.ptr[ip]; ok {
+				if peer, _ := st.snap.EndpointByIP(ip); peer != nil && peer.NetworkID == ep.NetworkID {
+					ans := []mdns.RR{&mdns.PTR{Hdr: hdr(r, mdns.TypePTR, containerTTL), Ptr: target}}
+					c.allow(q, "container-ptr", 0, 1, "local")
+					return c.write(w, r, mdns.RcodeSuccess, ans)
+				}
+			}
+		}
+	}
+
+	// 3. Policy.
+	m := pol.MatchName(q.name, 0, 0)
+	if !m.Allowed {
+		c.deny(q, m.Reason, mdns.RcodeNameError)
+		return c.write(w, r, mdns.RcodeNameError, nil)
+	}
+	var id policy.Identity
+	if m.Entry != nil {
+		id = m.Entry.Identity
+	}
+
+	// 4. host.docker.internal is the gateway, never asked upstream.
+	if q.name == hostDockerInternal {
+		var ans []mdns.RR
+		n := st.snap.Networks[ep.NetworkID]
+		if n != nil && n.Gateway.Unmap().Is4() && (q.qtype == mdns.TypeA || q.qtype == mdns.TypeANY) {
+			gw := n.Gateway.Unmap()
+			ttl := c.TTLFloor
+			if err := c.learn(ep, gw, id, ttl); err != nil {
+				c.fail(q, "learn", err)
+				return mdns.RcodeServerFailure, nil
+			}
+			ans = append(ans, &mdns.A{Hdr: hdr(r, mdns.TypeA, uint32(ttl/time.Second)), A: gw.AsSlice()})
+		}
+		c.allow(q, "gateway", id, len(ans), "local")
+		return c.write(w, r, mdns.RcodeSuccess, ans)
+	}
+
+	// 5. No IPv6.
+	if q.qtype == mdns.TypeAAAA {
+		c.allow(q, "aaaa-empty", id, 0, "local")
+		return c.write(w, r, mdns.RcodeSuccess, nil)
+	}
+
+	// 6. Upstream.
+	resp, upstream, rcode, err := c.exchange(ctx, st, ep, w, r)
+	if err != nil {
+		c.fail(q, "upstream", err)
+		return rcode, nil
+	}
+	forwardedCount.Inc()
+	reply, learn := c.filter(r, resp)
+	if m.Entry != nil { // AllowAll (bypass) has no entry: the hooks ignore the endpoint
+		for _, l := range learn {
+			if err := c.learn(ep, l.addr, id, l.ttl); err != nil {
+				c.fail(q, "learn", err)
+				return mdns.RcodeServerFailure, nil
+			}
+		}
+	}
+	c.allow(q, string(m.Reason), id, len(reply.Answer), upstream)
+	state := request.Request{W: w, Req: r}
+	state.SizeAndDo(reply)
+	reply = state.Scrub(reply)
+	if err := w.WriteMsg(reply); err != nil {
+		return mdns.RcodeServerFailure, err
+	}
+	return reply.Rcode, nil
+}
+
+// endpoint finds the asking endpoint and its effective policy, waiting
+// (bounded) while it is pending or no snapshot is loaded yet.
+func (c *Clawker) endpoint(ctx context.Context, src netip.Addr) (*storeState, *policy.Endpoint, *policy.Policy, error) {
+	var timer *time.Timer
+	for {
+		st := c.Store.view()
+		var ep *policy.Endpoint
+		if st.snap != nil {
+			var ok bool
+			ep, ok = st.snap.EndpointByIP(src)
+			if !ok {
+				return st, nil, nil, errUnknownEndpoint
+			}
+			if pol := ep.Effective(c.Now()); pol != nil {
+				return st, ep, pol, nil
+			}
+		}
+		if timer == nil {
+			pendingWaits.Inc()
+			timer = time.NewTimer(c.PendingTimeout)
+			defer timer.Stop()
+		}
+		select {
+		case <-st.changed:
+		case <-timer.C:
+			return st, ep, nil, errPendingTimeout
+		case <-ctx.Done():
+			return st, ep, nil, ctx.Err()
+		}
+	}
+}
+
+// exchange gets the upstream answer: from the network's own upstreams, the
+// next plugin (UseNext), or the plugin's upstreams.
+func (c *Clawker) exchange(ctx context.Context, st *storeState, ep *policy.Endpoint, w mdns.ResponseWriter, r *mdns.Msg) (*mdns.Msg, string, int, error) {
+	ups, ok := st.upstreams[ep.NetworkID]
+	if !ok && c.UseNext {
+		nw := nonwriter.New(w)
+		rcode, err := plugin.NextOrFailure(c.Name(), c.Next, ctx, nw, r)
+		if nw.Msg == nil {
+			if err == nil {
+				err = fmt.Errorf("next plugin wrote no answer (rcode %s)", mdns.RcodeToString[rcode])
+			}
+			if plugin.ClientWrite(rcode) {
+				rcode = mdns.RcodeServerFailure
+			}
+			return nil, "next", rcode, err
+		}
+		return nw.Msg, "next", mdns.RcodeSuccess, nil
+	}
+	if !ok {
+		ups = c.Upstreams
+	}
+	resp, up, err := c.ex.Exchange(ctx, ups, r)
+	if err != nil {
+		return nil, "", mdns.RcodeServerFailure, err
+	}
+	return resp, up, mdns.RcodeSuccess, nil
+}
+
+type learnItem struct {
+	addr netip.Addr
+	ttl  time.Duration
+}
+
+// filter builds the client's reply from the upstream answer:
+//   - the answer keeps only records owned by the queried name or a CNAME
+//     target reached from it (the chain), never AAAA;
+//   - A records of the chain and ipv4hints of HTTPS/SVCB records of the chain
+//     are returned for learning, with their TTL clamped to [floor, ceiling];
+//     ipv6hints are stripped;
+//   - every TTL is capped at the ceiling, so a client never caches an
+//     address longer than the firewall remembers it;
+//   - the authority section loses A/AAAA records, the additional section is
+//     dropped (the client's EDNS OPT is re-added by SizeAndDo).
+func (c *Clawker) filter(r, resp *mdns.Msg) (*mdns.Msg, []learnItem) {
+	reply := new(mdns.Msg)
+	reply.SetReply(r)
+	reply.Rcode = resp.Rcode
+	reply.RecursionAvailable = resp.RecursionAvailable
+	reply.AuthenticatedData = resp.AuthenticatedData
+
+	chain := map[string]bool{strings.ToLower(mdns.Fqdn(r.Question[0].Name)): true}
+	for changed := true; changed; {
+		changed = false
+		for _, rr := range resp.Answer {
+			if cn, ok := rr.(*mdns.CNAME); ok && chain[strings.ToLower(cn.Hdr.Name)] {
+				t := strings.ToLower(cn.Target)
+				if !chain[t] {
+					chain[t] = true
+					changed = true
+				}
+			}
+		}
+	}
+	ceiling := uint32(c.TTLCeiling / time.Second)
+	var learn []learnItem
+	for _, rr := range resp.Answer {
+		h := rr.Header()
+		if !chain[strings.ToLower(h.Name)] {
+			continue
+		}
+		switch v := rr.(type) {
+		case *mdns.AAAA:
+			continue
+		case *mdns.A:
+			if a, ok := netip.AddrFromSlice(v.A); ok {
+				learn = append(learn, learnItem{a.Unmap(), c.clamp(h.Ttl)})
+			}
+		case *mdns.SVCB:
+			learn = c.hints(v, learn)
+		case *mdns.HTTPS:
+			learn = c.hints(&v.SVCB, learn)
+		}
+		if h.Ttl > ceiling {
+			h.Ttl = ceiling
+		}
+		reply.Answer = append(reply.Answer, rr)
+	}
+	for _, rr := range resp.Ns {
+		switch rr.(type) {
+		case *mdns.A, *mdns.AAAA:
+			continue
+		}
+		if h := rr.Header(); h.Ttl > ceiling {
+			h.Ttl = ceiling
+		}
+		reply.Ns = append(reply.Ns, rr)
+	}
+	return reply, learn
+}
+
+// hints strips ipv6hint from s and appends its ipv4hints to learn. The
+// hints are learned rather than stripped: clients that connect straight to
+// a hinted address (browsers do) then work like those that resolve A.
+func (c *Clawker) hints(s *mdns.SVCB, learn []learnItem) []learnItem {
+	kept := s.Value[:0]
+	for _, kv := range s.Value {
+		switch v := kv.(type) {
+		case *mdns.SVCBIPv6Hint:
+			continue
+		case *mdns.SVCBIPv4Hint:
+			for _, ip := range v.Hint {
+				if a, ok := netip.AddrFromSlice(ip); ok && a.Unmap().Is4() {
+					learn = append(learn, learnItem{a.Unmap(), c.clamp(s.Hdr.Ttl)})
+				}
+			}
+		}
+		kept = append(kept, kv)
+	}
+	s.Value = kept
+	return learn
+}
+
+// clamp turns a record TTL into the learned entry's lifetime.
+func (c *Clawker) clamp(ttl uint32) time.Duration {
+	d := time.Duration(ttl) * time.Second
+	return min(max(d, c.TTLFloor), c.TTLCeiling)
+}
+
+func (c *Clawker) learn(ep *policy.Endpoint, addr netip.Addr, id policy.Identity, ttl time.Duration) error {
+	if err := c.Learner.Learn(ep.Index, addr, id, ttl); err != nil {
+		return err
+	}
+	learnedCount.Inc()
+	return nil
+}
+
+// write sends a locally built answer.
+func (c *Clawker) write(w mdns.ResponseWriter, r *mdns.Msg, rcode int, ans []mdns.RR) (int, error) {
+	m := new(mdns.Msg)
+	m.SetRcode(r, rcode)
+	m.Authoritative = true
+	m.RecursionAvailable = true
+	m.Answer = ans
+	state := request.Request{W: w, Req: r}
+	state.SizeAndDo(m)
+	if err := w.WriteMsg(state.Scrub(m)); err != nil {
+		return mdns.RcodeServerFailure, err
+	}
+	return rcode, nil
+}
+
+func hdr(r *mdns.Msg, t uint16, ttl uint32) mdns.RR_Header {
+	return mdns.RR_Header{Name: r.Question[0].Name, Rrtype: t, Class: mdns.ClassINET, Ttl: ttl}
+}
+
+// remoteAddr is the client's address from the response writer.
+func remoteAddr(w mdns.ResponseWriter) netip.Addr {
+	switch a := w.RemoteAddr().(type) {
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(w.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// reverseAddr parses "d.c.b.a.in-addr.arpa" into a.b.c.d.
+func reverseAddr(name string) (netip.Addr, bool) {
+	rest, ok := strings.CutSuffix(name, ".in-addr.arpa")
+	if !ok {
+		return netip.Addr{}, false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 4 {
+		return netip.Addr{}, false
+	}
+	var b [4]byte
+	for i, p := range parts {
+		v, err := strconv.ParseUint(p, 10, 8)
+		if err != nil || (len(p) > 1 && p[0] == '0') {
+			return netip.Addr{}, false
+		}
+		b[3-i] = byte(v)
+	}
+	return netip.AddrFrom4(b), true
+}

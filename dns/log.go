@@ -1,0 +1,28 @@
+package dns
+
+import clog "github.com/coredns/coredns/plugin/pkg/log"
+
+// Logger is the part of CoreDNS's plugin logger the plugin uses; tests
+// swap in a recorder to assert decision lines.
+type Logger interface {
+	Debugf(format string, v ...any)
+	Infof(format string, v ...any)
+	Warningf(format string, v ...any)
+	Errorf(format string, v ...any)
+}
+
+var log Logger = clog.NewWithPlugin(pluginName)
+
+// Field names of the decision lines (key=value, one line per query).
+const (
+	fEndpoint  = "endpoint"
+	fContainer = "container"
+	fName      = "name"
+	fType      = "type"
+	fReason    = "reason"
+	fRcode     = "rcode"
+	fIdentity  = "identity"
+	fAnswers   = "answers"
+	fUpstream  = "upstream"
+	fSource    = "src"
+)

@@ -1,0 +1,59 @@
+package dns
+
+import (
+	"github.com/coredns/coredns/plugin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Metrics, exported by CoreDNS's prometheus plugin (default registry).
+var (
+	snapshotGeneration = promauto.NewGauge(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "snapshot_generation",
+		Help:      "Generation of the policy snapshot being served.",
+	})
+	snapshotErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "snapshot_errors_total",
+		Help:      "Snapshot file versions that could not be read or decoded.",
+	})
+	allowedCount = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "allowed_total",
+		Help:      "Queries answered for a name the endpoint may reach (forwarded or answered locally).",
+	})
+	deniedCount = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "denied_total",
+		Help:      "Queries denied, by reason.",
+	}, []string{"reason"})
+	forwardedCount = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "forwarded_total",
+		Help:      "Queries forwarded upstream.",
+	})
+	errorCount = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "errors_total",
+		Help:      "Queries answered SERVFAIL, by cause.",
+	}, []string{"cause"})
+	pendingWaits = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "pending_waits_total",
+		Help:      "Queries that waited for a pending endpoint's policy.",
+	})
+	learnedCount = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "learned_total",
+		Help:      "Addresses written into the BPF learned map.",
+	})
+)

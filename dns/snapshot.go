@@ -1,0 +1,241 @@
+package dns
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// Store holds the snapshot being served. Readers never block: Load is one
+// atomic read. Every Publish closes the channel returned by the previous
+// Load, so a query waiting for a pending endpoint wakes on the next swap.
+type Store struct {
+	mu    sync.Mutex // serializes Publish
+	state atomic.Pointer[storeState]
+}
+
+type storeState struct {
+	snap    *policy.Snapshot
+	changed chan struct{}
+	// names maps (network, lower-case container name or alias) to the
+	// endpoint that answers it; ptr maps an endpoint address to the name its
+	// PTR record gives; upstreams holds each network's normalized override.
+	names     map[nameKey]*policy.Endpoint
+	ptr       map[netip.Addr]string
+	upstreams map[string][]string
+}
+
+type nameKey struct{ network, name string }
+
+// index builds the lookup tables of st.snap.
+func (st *storeState) index() {
+	st.names = make(map[nameKey]*policy.Endpoint)
+	st.ptr = make(map[netip.Addr]string)
+	st.upstreams = make(map[string][]string)
+	for id, n := range st.snap.Networks {
+		if n == nil {
+			continue
+		}
+		var ups []string
+		for _, u := range n.Settings.DNSUpstreams {
+			if a, err := normalizeUpstream(u); err == nil {
+				ups = append(ups, a)
+			}
+		}
+		if len(ups) > 0 {
+			st.upstreams[id] = ups
+		}
+	}
+	for _, ep := range st.snap.Endpoints {
+		if ep == nil || !ep.IP.IsValid() {
+			continue
+		}
+		cn := containerName(ep.ContainerName)
+		if cn != "" {
+			st.names[nameKey{ep.NetworkID, cn}] = ep
+			ptr := cn
+			if n := st.snap.Networks[ep.NetworkID]; n != nil && n.Name != "" {
+				ptr += "." + strings.ToLower(n.Name)
+			}
+			st.ptr[ep.IP.Unmap()] = ptr + "."
+		}
+		for _, a := range ep.Aliases {
+			if a = containerName(a); a != "" {
+				if _, taken := st.names[nameKey{ep.NetworkID, a}]; !taken {
+					st.names[nameKey{ep.NetworkID, a}] = ep
+				}
+			}
+		}
+	}
+}
+
+// containerName normalizes a container name or alias: Docker's leading "/"
+// and one trailing dot dropped, lower case.
+func containerName(s string) string {
+	s = strings.TrimPrefix(s, "/")
+	s = strings.TrimSuffix(s, ".")
+	return strings.ToLower(s)
+}
+
+// NewStore returns an empty store (no snapshot yet).
+func NewStore() *Store {
+	s := &Store{}
+	s.state.Store(&storeState{changed: make(chan struct{})})
+	return s
+}
+
+// Load returns the current snapshot (nil before the first one) and a channel
+// that is closed when a newer snapshot is published.
+func (s *Store) Load() (*policy.Snapshot, <-chan struct{}) {
+	st := s.state.Load()
+	return st.snap, st.changed
+}
+
+func (s *Store) view() *storeState { return s.state.Load() }
+
+// Publish indexes snap and makes it current.
+func (s *Store) Publish(snap *policy.Snapshot) {
+	snap.Index()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.state.Load()
+	st := &storeState{snap: snap, changed: make(chan struct{})}
+	st.index()
+	s.state.Store(st)
+	close(old.changed)
+	snapshotGeneration.Set(float64(snap.Generation))
+}
+
+// Generation returns the generation served and whether any snapshot is
+// loaded.
+func (s *Store) Generation() (uint64, bool) {
+	snap, _ := s.Load()
+	if snap == nil {
+		return 0, false
+	}
+	return snap.Generation, true
+}
+
+// fileID identifies one version of the snapshot file. The writer replaces
+// the file by rename, so the inode changes on every publish; mtime and size
+// catch in-place writes too.
+type fileID struct {
+	ino   uint64
+	size  int64
+	mtime time.Time
+}
+
+func statFile(path string) (fileID, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileID{}, err
+	}
+	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.ino = st.Ino
+	}
+	return id, nil
+}
+
+// readSnapshot decodes the JSON snapshot at path.
+func readSnapshot(path string) (*policy.Snapshot, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	var snap policy.Snapshot
+	if err := json.Unmarshal(b, &snap); err != nil {
+		return nil, fmt.Errorf("decode snapshot %s: %w", path, err)
+	}
+	return snap.Index(), nil
+}
+
+// Watcher polls the snapshot file and publishes every new version into a
+// Store. Answering never waits on it: a decode runs on the watcher's own
+// goroutine and only the finished snapshot is swapped in.
+type Watcher struct {
+	path     string
+	interval time.Duration
+	store    *Store
+	log      Logger
+
+	stop chan struct{}
+	done chan struct{}
+	last    fileID
+	seen    bool
+	missing bool
+}
+
+// NewWatcher returns a watcher of path that publishes into store every
+// interval (100 ms when zero).
+func NewWatcher(path string, interval time.Duration, store *Store, log Logger) *Watcher {
+	if interval <= 0 {
+		interval = 100 * time.Millisecond
+	}
+	return &Watcher{path: path, interval: interval, store: store, log: log}
+}
+
+// Start loads the file once synchronously (so the first queries find it)
+// and then polls in the background until Stop.
+func (w *Watcher) Start() {
+	w.poll()
+	w.stop = make(chan struct{})
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(w.interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-t.C:
+				w.poll()
+			}
+		}
+	}()
+}
+
+// Stop ends polling and waits for the goroutine.
+func (w *Watcher) Stop() {
+	if w.stop == nil {
+		return
+	}
+	close(w.stop)
+	<-w.done
+	w.stop = nil
+}
+
+func (w *Watcher) poll() {
+	id, err := statFile(w.path)
+	if err != nil {
+		if !w.missing {
+			w.log.Warningf("stat snapshot: %v (serving generation kept)", err)
+			w.missing = true
+		}
+		w.seen = false
+		return
+	}
+	w.missing = false
+	if w.seen && id == w.last {
+		return
+	}
+	w.last, w.seen = id, true
+	snap, err := readSnapshot(w.path)
+	if err != nil {
+		// Logged once per file version; the next rewrite is retried.
+		w.log.Errorf("%v (serving generation kept)", err)
+		snapshotErrors.Inc()
+		return
+	}
+	w.store.Publish(snap)
+	w.log.Infof("snapshot generation=%d endpoints=%d networks=%d loaded from %s", snap.Generation, len(snap.Endpoints), len(snap.Networks), w.path)
+}
