@@ -1,0 +1,78 @@
+// Package netguard builds clawker-fw's closed network: the bridge, the veth
+// pairs and the nftables rules that make a clawker-fw network fail closed on
+// its own, whether or not the BPF socket hooks of an endpoint are enrolled
+// (layer L1 of invariant 1 in DESIGN.md). It is the only package of the
+// project that talks rtnetlink or nftables; every such call goes through a
+// [Handle], which can work in any network namespace (tests build their own).
+//
+// # Design choice: nftables, not TC
+//
+// The guard is written in nftables (through github.com/google/nftables, so
+// the plugin's OS-less rootfs needs no nft binary) rather than as TC
+// programs or TC flower filters, because:
+//  1. NAT is needed: endpoints whose socket hooks are not enrolled yet
+//     (Docker 20.10 creates the container netns after Join) must have their
+//     DNS and TCP redirected, not dropped, to the plugin's listeners, and the
+//     transparent listener must read the original destination with
+//     SO_ORIGINAL_DST. That needs conntrack NAT, which nftables `redirect`
+//     gives and TC does not.
+//  2. Anti-spoofing is a per-port, stateless match on Ethernet/ARP/IPv4
+//     headers; the nftables bridge family expresses it directly on the host
+//     side of each veth, in the same transaction model as the rest.
+//  3. Every change is one atomic netlink transaction: re-guarding a network
+//     replaces its rules with no window in which the old ones are gone.
+//
+// # What is installed
+//
+// Two tables named [TableName] are owned by the plugin: one of family inet
+// and one of family bridge. Per network (bridge BR) there are these chains,
+// all base chains with policy accept whose rules only ever match traffic that
+// entered from BR (an accept in one base chain never overrides a drop in
+// another, so the guard composes with Docker's and the host's own rules):
+//
+//   - inet in_BR (input, priority -10): established/related accepted; the
+//     gateway's DNS port (udp, tcp), the transparent port (tcp, only for
+//     redirected flows: ct status dnat), the optional CA port (tcp) and the
+//     allocated range PortLo-PortHi (tcp, udp) accepted; everything else from
+//     BR to any host address, IPv6 included, dropped.
+//   - inet fwd_BR (forward, priority -10): nothing from or to BR is ever
+//     forwarded or routed. The one exception is bridged traffic between two
+//     endpoints of BR when ICC is on: br_netfilter (which Docker loads) makes
+//     bridged IPv4 traverse the IP forward hook with in and out interface BR.
+//   - inet nat_BR (nat prerouting, priority -110, ahead of Docker's DNAT):
+//     udp/tcp port 53 to any address is redirected to the gateway's DNS port;
+//     TCP to any address outside the subnet is redirected to the transparent
+//     listener. Nothing is ever masqueraded or source-NATed.
+//   - bridge pre_BR (prerouting, priority -200): frames from a port of BR that
+//     has no endpoint guard are dropped (set ports_BR lists guarded ports).
+//   - bridge fwd_BR (forward, priority -200): with ICC off, every frame bridged
+//     between two ports of BR is dropped.
+//
+// Per endpoint (host-side veth V) there is a bridge chain ep_V (prerouting,
+// priority -200) that drops frames from V whose Ethernet source is not the
+// endpoint's MAC, IPv4 whose source is not the endpoint's IP, ARP whose sender
+// hardware or protocol address differs from them, and every other ethertype
+// (IPv6, VLAN tags, raw ethertypes). Containers have NET_RAW by default, so
+// this is what makes identifying an endpoint by its source address sound. The
+// caller must install it before the driver's Join returns (at CreateEndpoint
+// or in Join, right after CreateVeth), because from then on the container can
+// send frames.
+//
+// Every rule carries a comment "clawker-fw net=BR" (and " ep=V" for endpoint
+// rules) so that [Handle.ListOwned] can find whatever still references a
+// network.
+//
+// # Docker's FORWARD drop policy
+//
+// Docker sets the iptables FORWARD policy to DROP, and with br_netfilter that
+// drop applies to bridged frames between two containers of one bridge. An
+// accept in another nftables table cannot override it, so with ICC on,
+// GuardNetwork inserts "iifname BR oifname BR accept" at the top of chain
+// DOCKER-USER of table ip filter when that chain exists (iptables-nft hosts)
+// and removes it again on UnguardNetwork. Hosts that run iptables-legacy need
+// the equivalent rule added by hand:
+//
+//	iptables -I DOCKER-USER -i BR -o BR -j ACCEPT
+//
+// Without it, ICC on such hosts silently behaves like ICC off (fails closed).
+package netguard

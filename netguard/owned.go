@@ -1,0 +1,203 @@
+package netguard
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+)
+
+// Owned lists what still exists for one network, each entry a short
+// human-readable description (for logs and tests).
+type Owned struct {
+	// Links: the bridge and the links attached to it or named by one of its
+	// endpoint guards ("bridge NAME", "veth NAME").
+	Links []string
+	// Chains: "FAMILY TABLE CHAIN" of every chain named for the network or
+	// holding a rule whose comment names it.
+	Chains []string
+	// Sets: "bridge clawker_fw ports_BR" and every set element naming a port.
+	Sets []string
+	// Rules: rules in other tables (DOCKER-USER) whose comment names it.
+	Rules []string
+}
+
+// Empty reports whether nothing is left.
+func (o Owned) Empty() bool {
+	return len(o.Links)+len(o.Chains)+len(o.Sets)+len(o.Rules) == 0
+}
+
+func (o Owned) String() string {
+	var parts []string
+	for _, l := range [][]string{o.Links, o.Chains, o.Sets, o.Rules} {
+		parts = append(parts, l...)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// ListOwned returns every link, nftables chain, set and rule that references
+// the network whose bridge is bridge. After DeleteNetwork the plugin expects
+// it to be empty.
+func (h *Handle) ListOwned(bridge string) (Owned, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	o, _, err := h.listOwned(bridge)
+	return o, err
+}
+
+// ownedRefs is what Cleanup needs to remove.
+type ownedRefs struct {
+	veths  map[string]bool // endpoints (host veths) of the network
+	bridge bool
+}
+
+func (h *Handle) listOwned(bridge string) (Owned, ownedRefs, error) {
+	var o Owned
+	refs := ownedRefs{veths: map[string]bool{}}
+	c, err := h.nft()
+	if err != nil {
+		return o, refs, err
+	}
+	st, err := listState(c)
+	if err != nil {
+		return o, refs, err
+	}
+	named := map[string]bool{
+		"inet/" + inChain(bridge): true, "inet/" + fwdChain(bridge): true, "inet/" + natChain(bridge): true,
+		"bridge/" + fwdChain(bridge): true,
+	}
+	check := func(fam string, ch *nftables.Chain) error {
+		desc := fam + " " + TableName + " " + ch.Name
+		if named[fam+"/"+ch.Name] {
+			o.Chains = append(o.Chains, desc)
+			return nil
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return fmt.Errorf("list rules of %s: %w", desc, err)
+		}
+		for _, r := range rules {
+			if br, veth, ok := parseComment(r.UserData); ok && br == bridge {
+				o.Chains = append(o.Chains, desc)
+				if veth != "" {
+					refs.veths[veth] = true
+				}
+				break
+			}
+		}
+		return nil
+	}
+	for _, ch := range st.inet {
+		if err := check("inet", ch); err != nil {
+			return o, refs, err
+		}
+	}
+	for _, ch := range st.bridge {
+		if err := check("bridge", ch); err != nil {
+			return o, refs, err
+		}
+	}
+	for _, s := range st.sets {
+		if s.Name != portsSet(bridge) {
+			continue
+		}
+		o.Sets = append(o.Sets, "bridge "+TableName+" "+s.Name)
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return o, refs, fmt.Errorf("list set %s: %w", s.Name, err)
+		}
+		for _, el := range elems {
+			v := ifnameString(el.Key)
+			o.Sets = append(o.Sets, "bridge "+TableName+" "+s.Name+" element "+v)
+			refs.veths[v] = true
+		}
+	}
+
+	// DOCKER-USER (or any ip filter chain) rules naming the network.
+	ipf := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: dockerTable}
+	if ch, err := c.ListChain(ipf, dockerChain); err == nil {
+		ch.Table = ipf
+		rules, err := c.GetRules(ipf, ch)
+		if err != nil {
+			return o, refs, fmt.Errorf("list %s: %w", dockerChain, err)
+		}
+		for _, r := range rules {
+			if br, _, ok := parseComment(r.UserData); ok && br == bridge {
+				o.Rules = append(o.Rules, fmt.Sprintf("ip %s %s handle %d", dockerTable, dockerChain, r.Handle))
+			}
+		}
+	}
+
+	// Links: the bridge, its ports, and the veths its guards name.
+	var notFound netlink.LinkNotFoundError
+	brl, err := h.nl.LinkByName(bridge)
+	switch {
+	case err == nil:
+		refs.bridge = true
+		o.Links = append(o.Links, brl.Type()+" "+bridge)
+		links, err := h.nl.LinkList()
+		if err != nil {
+			return o, refs, fmt.Errorf("list links: %w", err)
+		}
+		for _, l := range links {
+			if l.Attrs().MasterIndex == brl.Attrs().Index {
+				refs.veths[l.Attrs().Name] = true
+			}
+		}
+	case !errors.As(err, &notFound):
+		return o, refs, fmt.Errorf("find bridge %s: %w", bridge, err)
+	}
+	for v := range refs.veths {
+		l, err := h.nl.LinkByName(v)
+		if err == nil {
+			o.Links = append(o.Links, l.Type()+" "+v)
+		}
+	}
+	return o, refs, nil
+}
+
+// Cleanup removes everything ListOwned(bridge) reports: the guards of the
+// network's endpoints, the network guard, the DOCKER-USER accept, the host
+// veths of its endpoints, and the bridge. It is what DeleteNetwork calls, and
+// what the plugin runs for networks it finds at start-up that no longer exist.
+func (h *Handle) Cleanup(bridge string) error {
+	if err := checkIfName(bridge); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	_, refs, err := h.listOwned(bridge)
+	h.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("cleanup %s: %w", bridge, err)
+	}
+	// Links first, so that no port is left without its guard for a moment.
+	for v := range refs.veths {
+		if err := h.DeleteVeth(v); err != nil {
+			return fmt.Errorf("cleanup %s: %w", bridge, err)
+		}
+	}
+	if len(refs.veths) > 0 {
+		h.mu.Lock()
+		c, err := h.nft()
+		if err == nil {
+			del := map[string]string{}
+			for v := range refs.veths {
+				del[v] = ""
+			}
+			err = unguardEndpoints(c, del)
+		}
+		h.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("cleanup %s: %w", bridge, err)
+		}
+	}
+	if err := h.UnguardNetwork(bridge); err != nil {
+		return fmt.Errorf("cleanup %s: %w", bridge, err)
+	}
+	if err := h.DeleteBridge(bridge); err != nil {
+		return fmt.Errorf("cleanup %s: %w", bridge, err)
+	}
+	return nil
+}
