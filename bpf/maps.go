@@ -1,0 +1,381 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Endpoint is one enrolled endpoint (a container's network namespace).
+type Endpoint struct {
+	// Index is the endpoint's stable index (policy.Endpoint.Index).
+	Index uint32
+	// IP is the endpoint's address, Gateway its network's gateway (where
+	// the DNS, CA and proxy listeners are reached), Subnet its network.
+	IP, Gateway netip.Addr
+	Subnet      netip.Prefix
+	// ICC lets the endpoint reach peers on its own subnet.
+	ICC bool
+	// DNSPort and CAPort are the gateway ports DNS (53) and http://gateway/
+	// are steered to (15053 and 15002).
+	DNSPort, CAPort uint16
+	// BypassUntil, when in the future, takes the endpoint out of the hooks'
+	// decisions (its flows go untouched to the closed network, which
+	// redirects them to the proxy).
+	BypassUntil time.Time
+}
+
+// Route is one allowed (identity, port, L4) of an endpoint and the gateway
+// listener that carries it; ListenerPort 0 leaves the destination alone
+// (IP/CIDR rules: the closed network redirects to the transparent listener).
+type Route struct {
+	Identity     uint32
+	Port         uint16
+	L4           uint8
+	ListenerPort uint16
+}
+
+// CIDR maps a destination prefix of an endpoint to an identity.
+type CIDR struct {
+	Prefix   netip.Prefix
+	Identity uint32
+}
+
+// Counters are an endpoint's per-hook-decision totals.
+type Counters struct {
+	Allowed, Denied, DNS uint64
+}
+
+// ip4 returns a as the network-byte-order u32 the kernel uses.
+func ip4(a netip.Addr) (uint32, error) {
+	a = a.Unmap()
+	if !a.Is4() {
+		return 0, fmt.Errorf("address %s is not IPv4", a)
+	}
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:]), nil
+}
+
+func addrOf(u uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], u)
+	return netip.AddrFrom4(b)
+}
+
+// be32 is v stored big-endian in a native u32 (cidr_key.index).
+func be32(v uint32) uint32 {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func endpointValue(ep Endpoint) (clawkerEndpoint, error) {
+	var v clawkerEndpoint
+	var err error
+	if v.Ip, err = ip4(ep.IP); err != nil {
+		return v, fmt.Errorf("endpoint %d ip: %w", ep.Index, err)
+	}
+	if v.Gateway, err = ip4(ep.Gateway); err != nil {
+		return v, fmt.Errorf("endpoint %d gateway: %w", ep.Index, err)
+	}
+	if !ep.Subnet.IsValid() || !ep.Subnet.Addr().Unmap().Is4() {
+		return v, fmt.Errorf("endpoint %d subnet %s is not an IPv4 prefix", ep.Index, ep.Subnet)
+	}
+	sub := ep.Subnet.Masked()
+	if v.Subnet, err = ip4(sub.Addr()); err != nil {
+		return v, err
+	}
+	if ep.DNSPort == 0 || ep.CAPort == 0 {
+		return v, fmt.Errorf("endpoint %d: DNSPort and CAPort must be set", ep.Index)
+	}
+	v.Index = ep.Index
+	v.Prefixlen = uint8(sub.Bits())
+	if ep.ICC {
+		v.Flags |= 1
+	}
+	v.DnsPort = ep.DNSPort
+	v.CaPort = ep.CAPort
+	v.BypassUntilNs = toMono(ep.BypassUntil)
+	return v, nil
+}
+
+// Enroll puts the endpoint whose network namespace has this cookie (see
+// NetnsCookie) under the hooks, replacing an earlier enrollment.
+func (m *Manager) Enroll(cookie uint64, ep Endpoint) error {
+	v, err := endpointValue(ep)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.maps[MapEndpoints].Put(cookie, v); err != nil {
+		return fmt.Errorf("enroll endpoint %d (netns cookie %d): %w", ep.Index, cookie, err)
+	}
+	return nil
+}
+
+// Unenroll takes the namespace out of the hooks. Unknown cookies are fine.
+func (m *Manager) Unenroll(cookie uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.maps[MapEndpoints].Delete(cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unenroll netns cookie %d: %w", cookie, err)
+	}
+	return nil
+}
+
+// Enrolled returns the enrollment of a cookie, if any (IP, Gateway, Subnet,
+// flags and ports as stored; BypassUntil converted back to wall time).
+func (m *Manager) Enrolled(cookie uint64) (Endpoint, bool, error) {
+	var v clawkerEndpoint
+	if err := m.maps[MapEndpoints].Lookup(cookie, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Endpoint{}, false, nil
+		}
+		return Endpoint{}, false, fmt.Errorf("look up netns cookie %d: %w", cookie, err)
+	}
+	ep := Endpoint{
+		Index:   v.Index,
+		IP:      addrOf(v.Ip),
+		Gateway: addrOf(v.Gateway),
+		Subnet:  netip.PrefixFrom(addrOf(v.Subnet), int(v.Prefixlen)),
+		ICC:     v.Flags&1 != 0,
+		DNSPort: v.DnsPort,
+		CAPort:  v.CaPort,
+	}
+	if v.BypassUntilNs != 0 {
+		ep.BypassUntil = fromMono(v.BypassUntilNs)
+	}
+	return ep, true, nil
+}
+
+// SetBypass sets (or, with the zero time, clears) the bypass deadline of an
+// enrolled namespace. The wall-clock deadline is converted to the kernel's
+// monotonic clock now; the plugin re-applies it after restarts.
+func (m *Manager) SetBypass(cookie uint64, until time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var v clawkerEndpoint
+	if err := m.maps[MapEndpoints].Lookup(cookie, &v); err != nil {
+		return fmt.Errorf("set bypass of netns cookie %d: %w", cookie, err)
+	}
+	v.BypassUntilNs = toMono(until)
+	if err := m.maps[MapEndpoints].Update(cookie, v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("set bypass of netns cookie %d: %w", cookie, err)
+	}
+	return nil
+}
+
+func learnedEntry(index uint32, addr netip.Addr, identity uint32, ttl time.Duration) (clawkerLearnedKey, clawkerLearnedVal, error) {
+	a, err := ip4(addr)
+	if err != nil {
+		return clawkerLearnedKey{}, clawkerLearnedVal{}, fmt.Errorf("learn for endpoint %d: %w", index, err)
+	}
+	if ttl <= 0 {
+		return clawkerLearnedKey{}, clawkerLearnedVal{}, fmt.Errorf("learn %s for endpoint %d: ttl %s must be positive", addr, index, ttl)
+	}
+	return clawkerLearnedKey{Index: index, Addr: a},
+		clawkerLearnedVal{Identity: identity, ExpiresNs: monoNow() + uint64(ttl)}, nil
+}
+
+// Learn records that addr, answered to endpoint index for a name of this
+// identity, is valid for ttl. A later answer for the same (index, addr)
+// replaces it.
+func (m *Manager) Learn(index uint32, addr netip.Addr, identity uint32, ttl time.Duration) error {
+	k, v, err := learnedEntry(index, addr, identity, ttl)
+	if err != nil {
+		return err
+	}
+	if err := m.maps[MapLearned].Put(k, v); err != nil {
+		return fmt.Errorf("learn %s for endpoint %d: %w", addr, index, err)
+	}
+	return nil
+}
+
+// GC deletes learned entries that expired at now and returns how many. The
+// kernel ignores expired entries anyway; this frees their slots.
+func (m *Manager) GC(now time.Time) (int, error) {
+	cut := toMono(now)
+	var (
+		k    clawkerLearnedKey
+		v    clawkerLearnedVal
+		dead []clawkerLearnedKey
+	)
+	it := m.maps[MapLearned].Iterate()
+	for it.Next(&k, &v) {
+		if v.ExpiresNs <= cut {
+			dead = append(dead, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("gc learned: %w", err)
+	}
+	n := 0
+	for _, k := range dead {
+		if err := m.maps[MapLearned].Delete(k); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("gc learned: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// deleteWhere deletes the keys of mp for which match is true.
+func deleteWhere[K comparable, V any](mp *ebpf.Map, match func(K) bool) error {
+	var (
+		k    K
+		v    V
+		keys []K
+	)
+	it := mp.Iterate()
+	for it.Next(&k, &v) {
+		if match(k) {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := mp.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// ForgetEndpoint drops everything kept for endpoint index: learned
+// addresses, routes, CIDRs and counters (call it when the endpoint is
+// deleted, after Unenroll).
+func (m *Manager) ForgetEndpoint(index uint32) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := deleteWhere[clawkerLearnedKey, clawkerLearnedVal](m.maps[MapLearned],
+		func(k clawkerLearnedKey) bool { return k.Index == index }); err != nil {
+		return fmt.Errorf("forget endpoint %d learned: %w", index, err)
+	}
+	if err := deleteWhere[clawkerRouteKey, clawkerRouteVal](m.maps[MapRoutes],
+		func(k clawkerRouteKey) bool { return k.Index == index }); err != nil {
+		return fmt.Errorf("forget endpoint %d routes: %w", index, err)
+	}
+	if err := deleteWhere[clawkerCidrKey, clawkerCidrVal](m.maps[MapCIDRs],
+		func(k clawkerCidrKey) bool { return k.Index == be32(index) }); err != nil {
+		return fmt.Errorf("forget endpoint %d cidrs: %w", index, err)
+	}
+	if err := m.maps[MapCounters].Delete(index); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("forget endpoint %d counters: %w", index, err)
+	}
+	return nil
+}
+
+// Counters returns the totals of endpoint index summed over CPUs.
+func (m *Manager) Counters(index uint32) (Counters, error) {
+	var per []clawkerCountersVal
+	if err := m.maps[MapCounters].Lookup(index, &per); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Counters{}, nil
+		}
+		return Counters{}, fmt.Errorf("read counters of endpoint %d: %w", index, err)
+	}
+	var c Counters
+	for _, p := range per {
+		c.Allowed += p.Allowed
+		c.Denied += p.Denied
+		c.DNS += p.Dns
+	}
+	return c, nil
+}
+
+// syncMap makes mp hold exactly want: it first adds or updates every
+// desired entry, then deletes the stale ones, so a key that is desired
+// before and after is never missing in between.
+func syncMap[K comparable, V comparable](mp *ebpf.Map, want map[K]V) error {
+	cur := map[K]V{}
+	var (
+		k K
+		v V
+	)
+	it := mp.Iterate()
+	for it.Next(&k, &v) {
+		cur[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read current entries: %w", err)
+	}
+	for k, v := range want {
+		if c, ok := cur[k]; ok && c == v {
+			continue
+		}
+		if err := mp.Put(k, v); err != nil {
+			return fmt.Errorf("put %+v: %w", k, err)
+		}
+	}
+	for k := range cur {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := mp.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %+v: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// SyncRoutes makes the routes map hold exactly routes (every endpoint's full
+// desired set, keyed by endpoint index). New and changed entries are written
+// before stale ones are deleted, so a connect that is allowed before and
+// after the change never fails during it.
+func (m *Manager) SyncRoutes(routes map[uint32][]Route) error {
+	want := map[clawkerRouteKey]clawkerRouteVal{}
+	for index, rs := range routes {
+		for _, r := range rs {
+			if r.L4 != 6 && r.L4 != 17 {
+				return fmt.Errorf("sync routes: endpoint %d identity %d port %d: l4 %d is neither tcp (6) nor udp (17)", index, r.Identity, r.Port, r.L4)
+			}
+			k := clawkerRouteKey{Index: index, Identity: r.Identity, Port: r.Port, L4: r.L4}
+			v := clawkerRouteVal{ListenerPort: r.ListenerPort}
+			if old, ok := want[k]; ok && old != v {
+				return fmt.Errorf("sync routes: endpoint %d identity %d port %d/%d has listeners %d and %d", index, r.Identity, r.Port, r.L4, old.ListenerPort, r.ListenerPort)
+			}
+			want[k] = v
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := syncMap(m.maps[MapRoutes], want); err != nil {
+		return fmt.Errorf("sync routes: %w", err)
+	}
+	return nil
+}
+
+// SyncCIDRs makes the cidrs trie hold exactly cidrs (every endpoint's IP/CIDR
+// rules), with the same add-first discipline as SyncRoutes.
+func (m *Manager) SyncCIDRs(cidrs map[uint32][]CIDR) error {
+	want := map[clawkerCidrKey]clawkerCidrVal{}
+	for index, cs := range cidrs {
+		for _, c := range cs {
+			p := c.Prefix.Masked()
+			a, err := ip4(p.Addr())
+			if err != nil || !p.IsValid() {
+				return fmt.Errorf("sync cidrs: endpoint %d: prefix %s is not IPv4", index, c.Prefix)
+			}
+			k := clawkerCidrKey{Prefixlen: 32 + uint32(p.Bits()), Index: be32(index), Addr: a}
+			v := clawkerCidrVal{Identity: c.Identity}
+			if old, ok := want[k]; ok && old != v {
+				return fmt.Errorf("sync cidrs: endpoint %d prefix %s has identities %d and %d", index, p, old.Identity, c.Identity)
+			}
+			want[k] = v
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := syncMap(m.maps[MapCIDRs], want); err != nil {
+		return fmt.Errorf("sync cidrs: %w", err)
+	}
+	return nil
+}
