@@ -1,0 +1,298 @@
+package bpf
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/stretchr/testify/require"
+)
+
+// TestSharedAddresses: two endpoints learn the same address for different
+// identities; each is routed by its own identity and neither widens the
+// other.
+func TestSharedAddresses(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	shared := netip.MustParseAddr("10.201.200.5")
+	require.NoError(t, m.Enroll(e.a.cookie, e.a.endpoint()))
+	require.NoError(t, m.Enroll(e.b.cookie, e.b.endpoint()))
+	require.NoError(t, m.Learn(e.a.index, shared, 100, time.Minute))
+	require.NoError(t, m.Learn(e.b.index, shared, 101, time.Minute))
+	require.NoError(t, m.SyncRoutes(map[uint32][]Route{
+		e.a.index: {{Identity: 100, Port: 443, L4: 6, ListenerPort: 15100}},
+		e.b.index: {{Identity: 101, Port: 22, L4: 6, ListenerPort: 15120}},
+	}))
+
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener, peer: "10.201.200.5:443"})
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:22"), &expect{eperm: true})
+	check(t, dialTCP(e.b.ns, "tcp4", "10.201.200.5:22"), &expect{banner: bannerSSH, peer: "10.201.200.5:22"})
+	check(t, dialTCP(e.b.ns, "tcp4", "10.201.200.5:443"), &expect{eperm: true})
+
+	// B learning the address again (another answer) does not change A.
+	require.NoError(t, m.Learn(e.b.index, shared, 102, time.Minute))
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener})
+	check(t, dialTCP(e.b.ns, "tcp4", "10.201.200.5:22"), &expect{eperm: true})
+
+	// Forgetting B drops its state only.
+	require.NoError(t, m.ForgetEndpoint(e.b.index))
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener})
+	routes := dumpRoutes(t, m)
+	require.Len(t, routes, 1)
+	for k := range routes {
+		require.Equal(t, e.a.index, k.Index)
+	}
+}
+
+func dumpRoutes(t *testing.T, m *Manager) map[clawkerRouteKey]clawkerRouteVal {
+	t.Helper()
+	out := map[clawkerRouteKey]clawkerRouteVal{}
+	var (
+		k clawkerRouteKey
+		v clawkerRouteVal
+	)
+	it := m.maps[MapRoutes].Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	require.NoError(t, it.Err())
+	return out
+}
+
+func attachedCount(t *testing.T, cgroup string, at ebpf.AttachType) int {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	require.NoError(t, err)
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
+	require.NoError(t, err)
+	return len(res.Programs)
+}
+
+// TestRestart: enforcement holds while no manager runs; a new Open reuses
+// the pins (state intact, links not attached twice); a changed layout
+// version is rebuilt as documented.
+func TestRestart(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	require.True(t, m.Rebuilt(), "a first install builds the maps")
+	installPolicy(t, m, e.a)
+	require.NoError(t, m.Close())
+
+	// No manager: still steered and still denied.
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener, peer: "10.201.200.5:443"})
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.6:443"), &expect{eperm: true})
+	check(t, dnsUnconnected(e.a.ns, "127.0.0.11:53", "allowed.example.test."), &expect{banner: dnsAnswerProxy})
+
+	m2, err := Open(e.cfg)
+	require.NoError(t, err)
+	defer m2.Close()
+	require.False(t, m2.Rebuilt())
+	ep, ok, err := m2.Enrolled(e.a.cookie)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, e.a.endpoint().Subnet, ep.Subnet)
+	require.Equal(t, e.a.endpoint().Gateway, ep.Gateway)
+	require.Len(t, dumpRoutes(t, m2), 3)
+	for _, h := range hooks {
+		require.Equal(t, 1, attachedCount(t, e.cfg.CgroupPath, h.attach), h.name)
+	}
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener})
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.6:443"), &expect{eperm: true})
+
+	// The DNS sidecar's writer works on the reopened pins.
+	w, err := OpenLearned(e.cfg.PinDir)
+	require.NoError(t, err)
+	defer w.Close()
+	require.True(t, w.Current())
+	require.NoError(t, w.Learn(e.a.index, netip.MustParseAddr("10.201.200.6"), idWeb, time.Minute))
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.6:443"), &expect{banner: bannerListener, peer: "10.201.200.6:443"})
+	require.NoError(t, m2.Close())
+
+	t.Run("layout version change rebuilds", func(t *testing.T) {
+		meta, err := ebpf.LoadPinnedMap(filepath.Join(e.cfg.PinDir, MapMeta), nil)
+		require.NoError(t, err)
+		require.NoError(t, meta.Put(uint32(0), clawkerMetaVal{LayoutVersion: LayoutVersion + 1}))
+		meta.Close()
+
+		_, err = OpenLearned(e.cfg.PinDir)
+		require.ErrorIs(t, err, ErrLayoutVersion, "a writer refuses pins of another layout")
+
+		m3, err := Open(e.cfg)
+		require.NoError(t, err)
+		defer m3.Close()
+		require.True(t, m3.Rebuilt(), "the caller is told to re-enroll and re-sync")
+		_, ok, err := m3.Enrolled(e.a.cookie)
+		require.NoError(t, err)
+		require.False(t, ok, "rebuilt maps start empty")
+		require.False(t, w.Current(), "the old writer sees its map is no longer pinned")
+		for _, h := range hooks {
+			require.Equal(t, 1, attachedCount(t, e.cfg.CgroupPath, h.attach), h.name)
+		}
+		// Not enrolled in the new maps: untouched until the caller re-enrolls.
+		check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.6:443"), &expect{banner: "direct443"})
+		installPolicy(t, m3, e.a)
+		check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.6:443"), &expect{eperm: true})
+		check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener})
+		w2, err := OpenLearned(e.cfg.PinDir)
+		require.NoError(t, err)
+		require.True(t, w2.Current())
+		w2.Close()
+	})
+
+	t.Run("remove detaches and unpins", func(t *testing.T) {
+		m4, err := Open(e.cfg)
+		require.NoError(t, err)
+		require.NoError(t, m4.Remove())
+		for _, h := range hooks {
+			require.Equal(t, 0, attachedCount(t, e.cfg.CgroupPath, h.attach), h.name)
+		}
+		_, err = os.Stat(e.cfg.PinDir)
+		require.True(t, errors.Is(err, os.ErrNotExist))
+		check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.6:443"), &expect{banner: "direct443"})
+	})
+}
+
+// TestRouteSwap: while clients loop on an allowed and a denied destination,
+// 1,000 SyncRoutes calls that change unrelated routes never make the allowed
+// connect fail or the denied one succeed.
+func TestRouteSwap(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	installPolicy(t, m, e.a)
+
+	base := []Route{
+		{Identity: idWeb, Port: 443, L4: 6, ListenerPort: 15100},
+		{Identity: idCIDR, Port: 8443, L4: 6, ListenerPort: 0},
+		{Identity: idUDP, Port: 7000, L4: 17, ListenerPort: 15110},
+	}
+	var (
+		stop            atomic.Bool
+		allowed, denied atomic.Int64
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		failures        []string
+	)
+	fail := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(failures) < 10 {
+			failures = append(failures, s)
+		}
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			r := dialTCP(e.a.ns, "tcp4", "10.201.200.5:443")
+			if r.err != nil || r.banner != bannerListener {
+				fail("allowed: " + r.String())
+			}
+			allowed.Add(1)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			r := dialTCP(e.a.ns, "tcp4", "10.201.200.5:8443")
+			if !errors.Is(r.err, syscall.EPERM) {
+				fail("denied: " + r.String())
+			}
+			denied.Add(1)
+		}
+	}()
+
+	for i := 0; i < 1000; i++ {
+		rs := append([]Route(nil), base...)
+		// Unrelated routes: other identities and ports, of this endpoint and
+		// of another, changing every time (some added, some dropped).
+		for j := 0; j < 1+i%7; j++ {
+			rs = append(rs, Route{Identity: uint32(500 + (i+j)%11), Port: uint16(1000 + (i*j)%50), L4: 6, ListenerPort: uint16(15200 + i%100)})
+		}
+		other := []Route{{Identity: idWeb, Port: uint16(2000 + i%13), L4: 6, ListenerPort: 15300}}
+		require.NoError(t, m.SyncRoutes(map[uint32][]Route{e.a.index: rs, 9: other}))
+	}
+	stop.Store(true)
+	wg.Wait()
+	require.Empty(t, failures)
+	require.Greater(t, allowed.Load(), int64(10))
+	require.Greater(t, denied.Load(), int64(10))
+	t.Logf("1000 syncs; %d allowed and %d denied connects checked meanwhile", allowed.Load(), denied.Load())
+	got := dumpRoutes(t, m)
+	require.Len(t, got, 3+1+999%7+1, "stale routes were deleted")
+}
+
+// TestLearnedExpiry: an entry past its TTL no longer routes (the kernel
+// compares expires_ns with bpf_ktime_get_ns) and GC removes it.
+func TestLearnedExpiry(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	installPolicy(t, m, e.a)
+	denials := m.Denials()
+	addr := netip.MustParseAddr("10.201.200.8")
+	require.NoError(t, m.Learn(e.a.index, addr, idWeb, 300*time.Millisecond))
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.8:443"), &expect{banner: bannerListener})
+	time.Sleep(400 * time.Millisecond)
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.8:443"), &expect{eperm: true})
+	d := next(t, denials)
+	require.Equal(t, ReasonExpired, d.Reason)
+	require.Equal(t, addr, d.Addr)
+
+	n, err := m.GC(time.Now())
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "only the expired entry goes")
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener})
+	require.Error(t, m.Learn(e.a.index, addr, idWeb, 0))
+	require.Error(t, m.Learn(e.a.index, netip.MustParseAddr("fd00::1"), idWeb, time.Second))
+}
+
+// TestSyncCIDRs: stale prefixes go, new ones apply, conflicting input is
+// rejected without touching the map.
+func TestSyncCIDRs(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	installPolicy(t, m, e.a)
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.201.9:8443"), &expect{banner: "direct8443"})
+	require.NoError(t, m.SyncCIDRs(map[uint32][]CIDR{e.a.index: {
+		{Prefix: netip.MustParsePrefix("10.201.201.0/28"), Identity: idCIDR},
+	}}))
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.201.9:8443"), &expect{banner: "direct8443"})
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.201.19:8443"), &expect{eperm: true})
+	err := m.SyncCIDRs(map[uint32][]CIDR{e.a.index: {
+		{Prefix: netip.MustParsePrefix("10.201.201.0/24"), Identity: 1},
+		{Prefix: netip.MustParsePrefix("10.201.201.7/24"), Identity: 2},
+	}})
+	require.Error(t, err)
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.201.9:8443"), &expect{banner: "direct8443"})
+	require.Error(t, m.SyncCIDRs(map[uint32][]CIDR{1: {{Prefix: netip.MustParsePrefix("fd00::/8")}}}))
+	require.Error(t, m.SyncRoutes(map[uint32][]Route{1: {{Identity: 1, Port: 1, L4: 1}}}))
+}
+
+func TestCheckHostBPFFS(t *testing.T) {
+	err := CheckHostBPFFS(t.TempDir())
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "mount -t bpf bpf /sys/fs/bpf")
+}
+
+func TestLayoutVersionMatchesC(t *testing.T) {
+	spec, err := loadClawker()
+	require.NoError(t, err)
+	var v uint32
+	require.NoError(t, spec.Variables["layout_version"].Get(&v))
+	require.Equal(t, uint32(LayoutVersion), v)
+}
+
+func TestMonoConversion(t *testing.T) {
+	now := time.Now()
+	back := fromMono(toMono(now.Add(time.Hour)))
+	require.WithinDuration(t, now.Add(time.Hour), back, 10*time.Millisecond)
+	require.Zero(t, toMono(time.Time{}))
+}
