@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -41,16 +43,40 @@ type learnedValue struct {
 	ExpiresNs uint64
 }
 
-// MapLearner writes the pinned BPF LRU hash `learned`.
+// MapLearner writes the pinned BPF LRU hash `learned`. Safe for concurrent
+// use.
+//
+// The plugin process may rebuild the maps (a layout change, a reinstall): at
+// most once per second, and after a failed write, Learn checks whether the
+// pinned map is still the one it holds and reopens it if not.
 type MapLearner struct {
-	m *ebpf.Map
+	pinDir string
+	mu     sync.Mutex // serializes reopening
+	cur    atomic.Pointer[pinnedMap]
+	// checked is the CLOCK_MONOTONIC ns of the last pin check.
+	checked atomic.Uint64
 	// monotonic returns CLOCK_MONOTONIC in ns (bpf_ktime_get_ns' clock).
 	monotonic func() (uint64, error)
 }
 
-// OpenMapLearner opens `<pinDir>/learned` and checks `<pinDir>/meta`'s
-// layout_version against LayoutVersion.
+type pinnedMap struct {
+	m  *ebpf.Map
+	id ebpf.MapID
+}
+
+// OpenMapLearner opens `<pinDir>/learned` after checking that
+// `<pinDir>/meta` holds LayoutVersion.
 func OpenMapLearner(pinDir string) (*MapLearner, error) {
+	pm, err := openLearned(pinDir)
+	if err != nil {
+		return nil, err
+	}
+	l := &MapLearner{pinDir: pinDir, monotonic: monotonicNow}
+	l.cur.Store(pm)
+	return l, nil
+}
+
+func openLearned(pinDir string) (*pinnedMap, error) {
 	meta, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "meta"), nil)
 	if err != nil {
 		return nil, fmt.Errorf("open pinned map meta in %s: %w", pinDir, err)
@@ -67,16 +93,17 @@ func OpenMapLearner(pinDir string) (*MapLearner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pinned map learned in %s: %w", pinDir, err)
 	}
+	if m.KeySize() != 8 || m.ValueSize() != 16 {
+		m.Close()
+		return nil, fmt.Errorf("check map learned layout: key %d value %d bytes, want 8 and 16", m.KeySize(), m.ValueSize())
+	}
 	info, err := m.Info()
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("inspect map learned: %w", err)
 	}
-	if info.KeySize != 8 || info.ValueSize != 16 {
-		m.Close()
-		return nil, fmt.Errorf("check map learned layout: key %d value %d bytes, want 8 and 16", info.KeySize, info.ValueSize)
-	}
-	return &MapLearner{m: m, monotonic: monotonicNow}, nil
+	id, _ := info.ID()
+	return &pinnedMap{m: m, id: id}, nil
 }
 
 // Learn implements Learner. IPv6 addresses are ignored (the firewall answers
@@ -90,21 +117,50 @@ func (l *MapLearner) Learn(index uint32, addr netip.Addr, id policy.Identity, tt
 	if err != nil {
 		return err
 	}
+	if now-l.checked.Load() > uint64(time.Second) {
+		l.checked.Store(now)
+		l.refresh()
+	}
 	a4 := addr.As4()
 	key := learnedKey{Index: index, Addr: binary.NativeEndian.Uint32(a4[:])}
 	val := learnedValue{Identity: uint32(id), ExpiresNs: now + uint64(ttl.Nanoseconds())}
-	if err := l.m.Update(&key, &val, ebpf.UpdateAny); err != nil {
+	err = l.cur.Load().m.Update(&key, &val, ebpf.UpdateAny)
+	if err != nil && l.refresh() {
+		err = l.cur.Load().m.Update(&key, &val, ebpf.UpdateAny)
+	}
+	if err != nil {
 		return fmt.Errorf("update learned %d/%s: %w", index, addr, err)
 	}
 	return nil
 }
 
+// refresh reopens the pins when they no longer hold the map in use and
+// reports whether it swapped.
+func (l *MapLearner) refresh() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pm, err := openLearned(l.pinDir)
+	if err != nil {
+		return false
+	}
+	old := l.cur.Load()
+	if pm.id == old.id {
+		pm.m.Close()
+		return false
+	}
+	l.cur.Store(pm)
+	// A concurrent Learn may still hold old; closing only drops this
+	// process's fd, the kernel keeps the map while in use.
+	old.m.Close()
+	return true
+}
+
 // Close releases the map.
 func (l *MapLearner) Close() error {
-	if l == nil || l.m == nil {
+	if l == nil {
 		return nil
 	}
-	return l.m.Close()
+	return l.cur.Load().m.Close()
 }
 
 func monotonicNow() (uint64, error) {
@@ -120,4 +176,3 @@ func monotonicNow() (uint64, error) {
 type nopLearner struct{}
 
 func (nopLearner) Learn(uint32, netip.Addr, policy.Identity, time.Duration) error { return nil }
-

@@ -167,8 +167,8 @@ type Watcher struct {
 	store    *Store
 	log      Logger
 
-	stop chan struct{}
-	done chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
 	last    fileID
 	seen    bool
 	missing bool
