@@ -1,0 +1,377 @@
+// Package authz is clawker-fw's Docker authorization plugin
+// (docker.authz/1.0). It validates clawker.* labels at container create and
+// closes Docker-level escape hatches for containers on clawker-fw networks
+// (invariant 8). It sits on every Docker API call, so it answers from the
+// latest published snapshot and never waits on the plugin's action queue;
+// calls it does not inspect are allowed at once.
+//
+// Decision order for an inspected call:
+//  1. the admin override (CLAWKER_AUTHZ_OVERRIDE=true) allows, logged;
+//  2. a body that is missing, truncated or unparseable is denied (older
+//     engines forward oversized bodies empty; chunked bodies have bypassed
+//     authz plugins before);
+//  3. the call's own rules (container create, network connect, exec,
+//     plugin disable/remove) decide, with a message saying what to do.
+package authz
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/authorization"
+	"github.com/sirupsen/logrus"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// Config configures the authorizer.
+type Config struct {
+	// Snapshot returns the latest published snapshot.
+	Snapshot func() *policy.Snapshot
+	// Networks lists clawker-fw networks as name -> id (Docker's network
+	// list; names are not sent to the driver). Cached briefly.
+	Networks func(ctx context.Context) (map[string]string, error)
+	// ContainerNetworks returns the networks (ids) a running container is
+	// attached to, for network connect checks.
+	ContainerNetworks func(ctx context.Context, ref string) ([]string, error)
+	// PluginNames are the names the firewall plugin is known by
+	// (default clawker-fw, clawker-fw:latest).
+	PluginNames []string
+	// Override allows every call (logged): the explicit admin override.
+	Override bool
+	Log      *logrus.Entry
+}
+
+// Authz answers Docker's authz calls.
+type Authz struct {
+	cfg Config
+	log *logrus.Entry
+
+	mu      sync.Mutex
+	names   map[string]string
+	namesAt time.Time
+	learned map[string]string // name -> id seen in network create responses
+}
+
+// New returns an authorizer.
+func New(cfg Config) *Authz {
+	if len(cfg.PluginNames) == 0 {
+		cfg.PluginNames = []string{"clawker-fw", "clawker-fw:latest"}
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	return &Authz{cfg: cfg, log: cfg.Log, learned: map[string]string{}}
+}
+
+var versionPrefix = regexp.MustCompile(`^/v[0-9]+(\.[0-9]+)?`)
+
+// route returns the method and the path without the API version prefix.
+func route(req *authorization.Request) (string, string, url.Values) {
+	u, err := url.Parse(req.RequestURI)
+	if err != nil {
+		return req.RequestMethod, req.RequestURI, nil
+	}
+	return req.RequestMethod, versionPrefix.ReplaceAllString(u.Path, ""), u.Query()
+}
+
+func allow() authorization.Response { return authorization.Response{Allow: true} }
+
+func deny(format string, args ...any) authorization.Response {
+	return authorization.Response{Allow: false, Msg: "clawker-fw: " + fmt.Sprintf(format, args...)}
+}
+
+// AuthZReq decides a request (body is Docker's JSON authz request).
+func (a *Authz) AuthZReq(body []byte) any {
+	var req authorization.Request
+	if err := json.Unmarshal(body, &req); err != nil {
+		return deny("unreadable authorization request: %v", err)
+	}
+	method, path, query := route(&req)
+	check := a.checker(method, path)
+	if check == nil {
+		return allow()
+	}
+	start := time.Now()
+	resp := a.decide(&req, method, path, query, check)
+	entry := a.log.WithField("method", method).WithField("path", path).WithField("allowed", resp.Allow).
+		WithField("took_us", time.Since(start).Microseconds())
+	if resp.Allow {
+		entry.Info("authz decision")
+	} else {
+		entry.WithField("reason", resp.Msg).Warn("authz decision")
+	}
+	return resp
+}
+
+type checkFn func(a *Authz, req *authorization.Request, path string, query url.Values) authorization.Response
+
+func (a *Authz) checker(method, path string) checkFn {
+	switch {
+	case method == "POST" && path == "/containers/create":
+		return (*Authz).checkCreate
+	case method == "POST" && strings.HasPrefix(path, "/networks/") && strings.HasSuffix(path, "/connect"):
+		return (*Authz).checkConnect
+	case method == "POST" && strings.HasPrefix(path, "/containers/") && strings.HasSuffix(path, "/exec"):
+		return (*Authz).checkExec
+	case method == "POST" && strings.HasPrefix(path, "/containers/") && strings.HasSuffix(path, "/update"):
+		return (*Authz).checkBodyOnly
+	case (method == "POST" && strings.HasPrefix(path, "/plugins/") && strings.HasSuffix(path, "/disable")) ||
+		(method == "DELETE" && strings.HasPrefix(path, "/plugins/")):
+		return (*Authz).checkPlugin
+	}
+	return nil
+}
+
+func (a *Authz) decide(req *authorization.Request, method, path string, query url.Values, check checkFn) authorization.Response {
+	if a.cfg.Override {
+		a.log.WithField("path", path).Warn("authz override is on: allowing without checks")
+		return allow()
+	}
+	needsBody := check != nil && !(method == "DELETE" || strings.HasSuffix(path, "/disable"))
+	if needsBody {
+		if len(req.RequestBody) == 0 {
+			return deny("the request body was not forwarded to the authorization plugin (too large, or chunked); send a normal-sized JSON body")
+		}
+		if !json.Valid(req.RequestBody) {
+			return deny("the request body is not valid JSON (truncated?); refusing to authorize what cannot be inspected")
+		}
+	}
+	return check(a, req, path, query)
+}
+
+// createBody is the part of POST /containers/create the checks read.
+type createBody struct {
+	Labels     map[string]string `json:"Labels"`
+	HostConfig struct {
+		NetworkMode string   `json:"NetworkMode"`
+		Privileged  bool     `json:"Privileged"`
+		CapAdd      []string `json:"CapAdd"`
+		Binds       []string `json:"Binds"`
+		Mounts      []struct {
+			Type   string `json:"Type"`
+			Source string `json:"Source"`
+		} `json:"Mounts"`
+		PidMode string `json:"PidMode"`
+	} `json:"HostConfig"`
+	NetworkingConfig struct {
+		EndpointsConfig map[string]json.RawMessage `json:"EndpointsConfig"`
+	} `json:"NetworkingConfig"`
+}
+
+var dangerousCaps = map[string]bool{"NET_ADMIN": true, "SYS_ADMIN": true, "BPF": true, "ALL": true, "SYS_MODULE": true, "SYS_PTRACE": true}
+
+func (a *Authz) checkCreate(req *authorization.Request, _ string, _ url.Values) authorization.Response {
+	var body createBody
+	if err := json.Unmarshal(req.RequestBody, &body); err != nil {
+		return deny("cannot parse the container create request: %v", err)
+	}
+	if _, err := policy.ParseLabels(body.Labels, ""); err != nil {
+		return deny("invalid label: %v. Fix the label (syntax: clawker.allow=[proto://]host[:port],...) and run again; nothing was created", err)
+	}
+	nets := []string{}
+	if m := body.HostConfig.NetworkMode; m != "" && m != "default" {
+		nets = append(nets, m)
+	}
+	for n := range body.NetworkingConfig.EndpointsConfig {
+		if !contains(nets, n) {
+			nets = append(nets, n)
+		}
+	}
+	var fw []string
+	for _, n := range nets {
+		if a.isFirewalled(n) {
+			fw = append(fw, n)
+		}
+	}
+	if len(fw) == 0 {
+		return allow()
+	}
+	if len(nets) > 1 {
+		return deny("a container on the clawker-fw network %s cannot join other networks (%s): that would bypass the firewall; use only the firewalled network", fw[0], strings.Join(nets, ", "))
+	}
+	if body.HostConfig.Privileged {
+		return deny("--privileged is not allowed on the clawker-fw network %s: it would let the container change its own firewall; drop --privileged", fw[0])
+	}
+	for _, c := range body.HostConfig.CapAdd {
+		name := strings.TrimPrefix(strings.ToUpper(c), "CAP_")
+		if dangerousCaps[name] {
+			return deny("--cap-add %s is not allowed on the clawker-fw network %s: it would let the container bypass the firewall; drop it", c, fw[0])
+		}
+	}
+	if body.HostConfig.PidMode == "host" {
+		return deny("--pid host is not allowed on the clawker-fw network %s: it exposes other processes' network namespaces; drop it", fw[0])
+	}
+	for _, b := range body.HostConfig.Binds {
+		if dockerSocket(strings.SplitN(b, ":", 2)[0]) {
+			return deny("mounting the Docker socket (%s) is not allowed on the clawker-fw network %s: it controls the firewall; remove the mount", b, fw[0])
+		}
+	}
+	for _, m := range body.HostConfig.Mounts {
+		if m.Type == "bind" && dockerSocket(m.Source) {
+			return deny("mounting the Docker socket (%s) is not allowed on the clawker-fw network %s: it controls the firewall; remove the mount", m.Source, fw[0])
+		}
+	}
+	return allow()
+}
+
+// dockerSocket reports whether a host path is, or contains, the Docker
+// socket (or the firewall's own admin socket).
+func dockerSocket(src string) bool {
+	src = strings.TrimRight(src, "/")
+	for _, s := range []string{"/var/run/docker.sock", "/run/docker.sock", "/var/lib/clawker-fw/admin.sock"} {
+		if src == s || strings.HasPrefix(s, src+"/") || src == "" {
+			return true
+		}
+	}
+	return strings.HasSuffix(src, "docker.sock") || src == "/run/docker" || src == "/var/run/docker"
+}
+
+func (a *Authz) checkConnect(req *authorization.Request, path string, _ url.Values) authorization.Response {
+	var body struct{ Container string }
+	if err := json.Unmarshal(req.RequestBody, &body); err != nil || body.Container == "" {
+		return deny("cannot parse the network connect request")
+	}
+	target := strings.TrimSuffix(strings.TrimPrefix(path, "/networks/"), "/connect")
+	if a.onFirewalled(body.Container) {
+		return deny("container %s is on a clawker-fw network and cannot join another network: that would bypass the firewall", body.Container)
+	}
+	if a.isFirewalled(target) && a.cfg.ContainerNetworks != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		nets, err := a.cfg.ContainerNetworks(ctx, body.Container)
+		if err != nil {
+			return deny("cannot check container %s's networks: %v", body.Container, err)
+		}
+		if len(nets) > 0 {
+			return deny("container %s is already on other networks (%s); a clawker-fw network must be its only network: create it with --network %s", body.Container, strings.Join(nets, ", "), target)
+		}
+	}
+	return allow()
+}
+
+func (a *Authz) checkExec(req *authorization.Request, path string, _ url.Values) authorization.Response {
+	var body struct{ Privileged bool }
+	if err := json.Unmarshal(req.RequestBody, &body); err != nil {
+		return deny("cannot parse the exec request")
+	}
+	ref := strings.TrimSuffix(strings.TrimPrefix(path, "/containers/"), "/exec")
+	if body.Privileged && a.onFirewalled(ref) {
+		return deny("docker exec --privileged is not allowed in container %s on a clawker-fw network", ref)
+	}
+	return allow()
+}
+
+func (a *Authz) checkBodyOnly(*authorization.Request, string, url.Values) authorization.Response {
+	return allow()
+}
+
+func (a *Authz) checkPlugin(req *authorization.Request, path string, _ url.Values) authorization.Response {
+	name := strings.TrimPrefix(path, "/plugins/")
+	name = strings.TrimSuffix(name, "/disable")
+	if !contains(a.cfg.PluginNames, name) {
+		return allow()
+	}
+	snap := a.cfg.Snapshot()
+	if snap != nil && len(snap.Networks) > 0 {
+		return deny("the firewall plugin %s still has %d network(s): remove them first (docker network rm), or set CLAWKER_AUTHZ_OVERRIDE=true; and turn authz off in daemon.json before disabling the plugin", name, len(snap.Networks))
+	}
+	return allow()
+}
+
+// AuthZRes allows every response; it learns network names from network
+// create responses.
+func (a *Authz) AuthZRes(body []byte) any {
+	var req authorization.Request
+	if err := json.Unmarshal(body, &req); err == nil {
+		method, path, _ := route(&req)
+		if method == "POST" && path == "/networks/create" && req.ResponseStatusCode/100 == 2 {
+			var in struct{ Name, Driver string }
+			var out struct {
+				ID string `json:"Id"`
+			}
+			if json.Unmarshal(req.RequestBody, &in) == nil && json.Unmarshal(req.ResponseBody, &out) == nil &&
+				strings.HasPrefix(in.Driver, "clawker-fw") && out.ID != "" {
+				a.mu.Lock()
+				a.learned[in.Name] = out.ID
+				a.mu.Unlock()
+			}
+		}
+	}
+	return allow()
+}
+
+// isFirewalled reports whether a network reference (name, id or id prefix)
+// is a clawker-fw network.
+func (a *Authz) isFirewalled(ref string) bool {
+	switch ref {
+	case "", "bridge", "host", "none", "default":
+		return false
+	}
+	if strings.HasPrefix(ref, "container:") {
+		return false // shares another container's netns: covered by netns enrollment
+	}
+	if snap := a.cfg.Snapshot(); snap != nil {
+		for id := range snap.Networks {
+			if id == ref || (len(ref) >= 12 && strings.HasPrefix(id, ref)) {
+				return true
+			}
+		}
+	}
+	a.mu.Lock()
+	if id, ok := a.learned[ref]; ok {
+		a.mu.Unlock()
+		return id != ""
+	}
+	fresh := time.Since(a.namesAt) < 2*time.Second
+	names := a.names
+	a.mu.Unlock()
+	if !fresh && a.cfg.Networks != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if n, err := a.cfg.Networks(ctx); err == nil {
+			a.mu.Lock()
+			a.names, a.namesAt = n, time.Now()
+			names = n
+			a.mu.Unlock()
+		} else {
+			a.log.WithError(err).Warn("list clawker-fw networks")
+		}
+	}
+	_, ok := names[ref]
+	return ok
+}
+
+// onFirewalled reports whether a container (name or id) is on a clawker-fw
+// network according to the snapshot.
+func (a *Authz) onFirewalled(ref string) bool {
+	snap := a.cfg.Snapshot()
+	if snap == nil {
+		return false
+	}
+	ref = strings.TrimPrefix(ref, "/")
+	for _, ep := range snap.Endpoints {
+		if ep.ContainerID == "" {
+			continue
+		}
+		if ep.ContainerName == ref || ep.ContainerID == ref || (len(ref) >= 12 && strings.HasPrefix(ep.ContainerID, ref)) {
+			return true
+		}
+	}
+	return false
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

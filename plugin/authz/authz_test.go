@@ -1,0 +1,139 @@
+package authz
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/authorization"
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+const fwID = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"
+
+func testAuthz(override bool) *Authz {
+	snap := (&policy.Snapshot{
+		Networks: map[string]*policy.Network{fwID: {ID: fwID}},
+		Endpoints: map[uint32]*policy.Endpoint{1: {Index: 1, NetworkID: fwID, ContainerID: "c0ffee" + fwID[6:], ContainerName: "agent"}},
+	}).Index()
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return New(Config{
+		Snapshot: func() *policy.Snapshot { return snap },
+		Networks: func(context.Context) (map[string]string, error) { return map[string]string{"agents": fwID}, nil },
+		ContainerNetworks: func(_ context.Context, ref string) ([]string, error) {
+			if ref == "plain" {
+				return []string{"bridge"}, nil
+			}
+			return nil, nil
+		},
+		Override: override,
+		Log:      logrus.NewEntry(l),
+	})
+}
+
+func call(t *testing.T, a *Authz, method, uri string, body any) authorization.Response {
+	t.Helper()
+	req := authorization.Request{RequestMethod: method, RequestURI: uri}
+	switch b := body.(type) {
+	case nil:
+	case string:
+		req.RequestBody = []byte(b)
+	default:
+		raw, err := json.Marshal(b)
+		require.NoError(t, err)
+		req.RequestBody = raw
+	}
+	raw, err := json.Marshal(req)
+	require.NoError(t, err)
+	return a.AuthZReq(raw).(authorization.Response)
+}
+
+func create(network string, mut func(m map[string]any)) map[string]any {
+	hc := map[string]any{"NetworkMode": network}
+	m := map[string]any{"Image": "busybox", "HostConfig": hc}
+	if mut != nil {
+		mut(m)
+	}
+	return m
+}
+
+func TestAuthz(t *testing.T) {
+	hc := func(k string, v any) func(map[string]any) {
+		return func(m map[string]any) { m["HostConfig"].(map[string]any)[k] = v }
+	}
+	tests := []struct {
+		name     string
+		method   string
+		uri      string
+		body     any
+		allow    bool
+		msg      string
+		override bool
+	}{
+		{"ps untouched", "GET", "/v1.41/containers/json", nil, true, "", false},
+		{"plain run untouched", "POST", "/v1.41/containers/create?name=x", create("bridge", nil), true, "", false},
+		{"firewalled run ok", "POST", "/v1.41/containers/create", create("agents", nil), true, "", false},
+		{"by id ok", "POST", "/v1.41/containers/create", create(fwID, nil), true, "", false},
+		{"bad label", "POST", "/v1.41/containers/create", create("agents", func(m map[string]any) { m["Labels"] = map[string]string{"clawker.allow": "exa mple.com"} }), false, "clawker.allow", false},
+		{"bad label on plain network too", "POST", "/v1.41/containers/create", create("bridge", func(m map[string]any) { m["Labels"] = map[string]string{"clawker.bogus": "x"} }), false, "clawker.bogus", false},
+		{"privileged", "POST", "/v1.41/containers/create", create("agents", hc("Privileged", true)), false, "--privileged", false},
+		{"cap net_admin", "POST", "/v1.41/containers/create", create("agents", hc("CapAdd", []string{"NET_ADMIN"})), false, "NET_ADMIN", false},
+		{"cap CAP_SYS_ADMIN", "POST", "/v1.41/containers/create", create("agents", hc("CapAdd", []string{"cap_sys_admin"})), false, "cap_sys_admin", false},
+		{"cap bpf", "POST", "/v1.41/containers/create", create("agents", hc("CapAdd", []string{"BPF"})), false, "BPF", false},
+		{"harmless cap", "POST", "/v1.41/containers/create", create("agents", hc("CapAdd", []string{"CHOWN"})), true, "", false},
+		{"docker socket bind", "POST", "/v1.41/containers/create", create("agents", hc("Binds", []string{"/var/run/docker.sock:/var/run/docker.sock"})), false, "Docker socket", false},
+		{"run dir bind", "POST", "/v1.41/containers/create", create("agents", hc("Binds", []string{"/var/run:/host-run"})), false, "Docker socket", false},
+		{"docker socket mount", "POST", "/v1.41/containers/create", create("agents", hc("Mounts", []map[string]string{{"Type": "bind", "Source": "/run/docker.sock", "Target": "/s"}})), false, "Docker socket", false},
+		{"second network", "POST", "/v1.41/containers/create", create("agents", func(m map[string]any) {
+			m["NetworkingConfig"] = map[string]any{"EndpointsConfig": map[string]any{"agents": map[string]any{}, "bridge": map[string]any{}}}
+		}), false, "cannot join other networks", false},
+		{"connect firewalled container elsewhere", "POST", "/v1.41/networks/bridge/connect", map[string]string{"Container": "agent"}, false, "cannot join another network", false},
+		{"connect plain container to firewalled", "POST", "/v1.41/networks/agents/connect", map[string]string{"Container": "plain"}, false, "already on other networks", false},
+		{"privileged exec", "POST", "/v1.41/containers/agent/exec", map[string]any{"Privileged": true, "Cmd": []string{"sh"}}, false, "--privileged", false},
+		{"normal exec", "POST", "/v1.41/containers/agent/exec", map[string]any{"Cmd": []string{"sh"}}, true, "", false},
+		{"disable firewall", "POST", "/v1.41/plugins/clawker-fw:latest/disable", nil, false, "network(s)", false},
+		{"remove firewall", "DELETE", "/v1.41/plugins/clawker-fw:latest?force=1", nil, false, "network(s)", false},
+		{"disable other plugin", "POST", "/v1.41/plugins/other/disable", nil, true, "", false},
+		{"missing body", "POST", "/v1.41/containers/create", nil, false, "not forwarded", false},
+		{"truncated body", "POST", "/v1.41/containers/create", `{"Image":"busybox","HostConfig":{"Privileged":tr`, false, "not valid JSON", false},
+		{"override allows", "POST", "/v1.41/containers/create", create("agents", hc("Privileged", true)), true, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := call(t, testAuthz(tt.override), tt.method, tt.uri, tt.body)
+			require.Equal(t, tt.allow, resp.Allow, resp.Msg)
+			require.Contains(t, resp.Msg, tt.msg)
+		})
+	}
+}
+
+func TestLearnsNetworkNamesFromResponses(t *testing.T) {
+	a := testAuthz(false)
+	a.cfg.Networks = nil
+	require.False(t, a.isFirewalled("fresh"))
+	req := authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/networks/create", ResponseStatusCode: 201,
+		RequestBody: []byte(`{"Name":"fresh","Driver":"clawker-fw:latest"}`), ResponseBody: []byte(`{"Id":"abc123"}`)}
+	raw, _ := json.Marshal(req)
+	require.True(t, a.AuthZRes(raw).(authorization.Response).Allow)
+	require.True(t, a.isFirewalled("fresh"))
+}
+
+func FuzzAuthZReq(f *testing.F) {
+	f.Add("POST", "/v1.41/containers/create", `{"HostConfig":{"NetworkMode":"agents","Privileged":true}}`)
+	f.Add("POST", "/v1.41/networks/agents/connect", `{"Container":"agent"}`)
+	f.Add("DELETE", "/plugins/clawker-fw", ``)
+	a := testAuthz(false)
+	f.Fuzz(func(t *testing.T, method, uri, body string) {
+		req := authorization.Request{RequestMethod: method, RequestURI: uri, RequestBody: []byte(body)}
+		raw, _ := json.Marshal(req)
+		resp := a.AuthZReq(raw).(authorization.Response)
+		if !resp.Allow && resp.Msg == "" {
+			t.Fatalf("denial without a message for %s %s", method, uri)
+		}
+	})
+}
