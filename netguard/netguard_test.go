@@ -5,11 +5,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/clawker-fw/clawker-fw/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -276,41 +277,63 @@ func TestUnguardedPortDropsEverything(t *testing.T) {
 	require.Equal(t, "ok", ans)
 }
 
-// dockerLikeRuleset is what Docker (iptables-nft) leaves in table ip filter:
-// FORWARD with policy drop that first jumps to DOCKER-USER.
-const dockerLikeRuleset = `
-table ip filter {
-	chain DOCKER-USER {
-		counter return
-	}
-	chain FORWARD {
-		type filter hook forward priority filter; policy drop;
-		counter jump DOCKER-USER
-	}
+// dockerLike sets up what Docker (with iptables-nft, as on Debian 12) leaves
+// in table ip filter, with the iptables-nft binary as Docker does: FORWARD
+// with policy drop that first jumps to DOCKER-USER, which returns.
+func (tp *topo) dockerLike() {
+	_, err := exec.LookPath("iptables-nft")
+	testutil.Require(tp.t, err == nil, "iptables-nft on PATH (Debian package iptables)")
+	tp.iptables("-N", "DOCKER-USER")
+	tp.iptables("-A", "DOCKER-USER", "-j", "RETURN")
+	tp.iptables("-P", "FORWARD", "DROP")
+	tp.iptables("-A", "FORWARD", "-j", "DOCKER-USER")
 }
-`
 
-func (tp *topo) nftScript(script string) {
-	f := filepath.Join(tp.t.TempDir(), "rules.nft")
-	require.NoError(tp.t, os.WriteFile(f, []byte(script), 0o600))
-	tp.nft(tp.hostN, "-f", f)
+func (tp *topo) iptables(args ...string) string {
+	return run(tp.t, append([]string{"ip", "netns", "exec", tp.hostN, "iptables-nft"}, args...)...)
+}
+
+// setBrNetfilter turns br_netfilter's call-iptables on or off in the host
+// namespace only (the sysctl is per network namespace).
+func (tp *topo) setBrNetfilter(on bool) {
+	const path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	global, err := os.ReadFile(path)
+	testutil.Require(tp.t, err == nil, "br_netfilter loaded (as Docker does)")
+	v := "0"
+	if on {
+		v = "1"
+	}
+	run(tp.t, "ip", "netns", "exec", tp.hostN, "sh", "-c", "echo "+v+" > "+path)
+	after, err := os.ReadFile(path)
+	require.NoError(tp.t, err)
+	if string(after) != string(global) {
+		_ = os.WriteFile(path, global, 0o644)
+		tp.t.Fatalf("%s is not per network namespace on this kernel: restored", path)
+	}
 }
 
 // TestICC: ICC=false isolates the endpoints of one network, ICC=true connects
 // them. The test namespaces have br_netfilter's call-iptables on (as Docker
-// hosts do), so bridged IPv4 traverses the IP forward hook. Without a
-// DOCKER-USER chain GuardNetwork skips that step; with a Docker-like FORWARD
-// drop policy only GuardNetwork's DOCKER-USER accept lets ICC work.
+// hosts do), so bridged IPv4 traverses the IP forward hook; cases with it off
+// prove the bridge-family rule isolates on its own. Without a DOCKER-USER
+// chain GuardNetwork skips that step; with Docker's FORWARD drop policy only
+// GuardNetwork's DOCKER-USER accept lets ICC work (the control case removes
+// it and ICC breaks).
 func TestICC(t *testing.T) {
 	cases := []struct {
-		name       string
-		icc        bool
-		dockerUser bool
+		name             string
+		icc, docker      bool
+		brnfOff          bool
+		dropDockerAccept bool
+		reachable        bool
 	}{
-		{"icc off", false, false},
-		{"icc on, no DOCKER-USER chain (skip path)", true, false},
-		{"icc on, Docker FORWARD drop with DOCKER-USER", true, true},
-		{"icc off, Docker FORWARD drop with DOCKER-USER", false, true},
+		{name: "icc off", reachable: false},
+		{name: "icc on, no DOCKER-USER chain (skip path)", icc: true, reachable: true},
+		{name: "icc on, Docker FORWARD drop with DOCKER-USER", icc: true, docker: true, reachable: true},
+		{name: "control: Docker FORWARD drop without our accept", icc: true, docker: true, dropDockerAccept: true, reachable: false},
+		{name: "icc off, Docker FORWARD drop with DOCKER-USER", docker: true, reachable: false},
+		{name: "icc off, br_netfilter off", brnfOff: true, reachable: false},
+		{name: "icc on, br_netfilter off", icc: true, brnfOff: true, reachable: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -318,13 +341,21 @@ func TestICC(t *testing.T) {
 			c2Rec, c2UDP := &recorder{}, &recorder{}
 			listenTCP(t, tp.c2, 9000, false, c2Rec)
 			listenUDP(t, tp.c2, 9001, c2UDP)
-			if tc.dockerUser {
-				tp.nftScript(dockerLikeRuleset)
+			if tc.docker {
+				tp.dockerLike()
+			}
+			if tc.brnfOff {
+				tp.setBrNetfilter(false)
 			}
 			tp.guard(tc.icc)
+			if tc.dropDockerAccept {
+				c, err := tp.h.nft()
+				require.NoError(t, err)
+				require.NoError(t, tp.h.syncDockerUser(c, tp.br, false))
+			}
 			_, tcpErr := dialTCP(t, tp.c1, netip.AddrPortFrom(c2Addr, 9000))
 			_, udpErr := sendUDP(t, tp.c1, netip.AddrPortFrom(c2Addr, 9001), "icc")
-			if tc.icc {
+			if tc.reachable {
 				require.NoError(t, tcpErr)
 				require.NoError(t, udpErr)
 				c2Rec.waitFor(t, "tcp from c1", fromC1)
@@ -334,23 +365,27 @@ func TestICC(t *testing.T) {
 				c2Rec.never(t, "tcp from c1", fromC1)
 				c2UDP.never(t, "udp from c1", fromC1)
 			}
-			if tc.dockerUser {
-				rules := tp.nft(tp.hostN, "list", "chain", "ip", "filter", "DOCKER-USER")
-				require.Equal(t, tc.icc, strings.Contains(rules, `iifname "`+tp.br+`" oifname "`+tp.br+`" accept`), rules)
-				// The accept sits ahead of Docker's return.
-				if tc.icc {
-					require.Less(t, strings.Index(rules, "accept"), strings.Index(rules, "return"), rules)
-				}
-				// Switching ICC replaces it, and Unguard removes it.
-				tp.network.ICC = !tc.icc
-				require.NoError(t, tp.h.GuardNetwork(tp.network))
-				rules = tp.nft(tp.hostN, "list", "chain", "ip", "filter", "DOCKER-USER")
-				require.Equal(t, !tc.icc, strings.Contains(rules, "accept"), rules)
-				require.Equal(t, 1, strings.Count(rules, "clawker-fw")+boolInt(tc.icc), rules)
-				require.NoError(t, tp.h.UnguardNetwork(tp.br))
-				rules = tp.nft(tp.hostN, "list", "chain", "ip", "filter", "DOCKER-USER")
-				require.NotContains(t, rules, "clawker-fw")
+			if !tc.docker || tc.dropDockerAccept {
+				return
 			}
+			// iptables-nft (which Docker runs) reads our rule, and Docker's
+			// own check of its RETURN rule still works.
+			accept := "-A DOCKER-USER -i " + tp.br + " -o " + tp.br + ` -m comment --comment "clawker-fw net=` + tp.br + `" -j ACCEPT`
+			rules := tp.iptables("-S", "DOCKER-USER")
+			require.Equal(t, tc.icc, strings.Contains(rules, accept), rules)
+			if tc.icc {
+				require.Less(t, strings.Index(rules, accept), strings.Index(rules, "-j RETURN"), "accept ahead of Docker's RETURN")
+			}
+			tp.iptables("-C", "DOCKER-USER", "-j", "RETURN")
+			// Switching ICC replaces the accept, re-guarding does not
+			// duplicate it, and Unguard removes it.
+			tp.network.ICC = !tc.icc
+			require.NoError(t, tp.h.GuardNetwork(tp.network))
+			require.NoError(t, tp.h.GuardNetwork(tp.network))
+			rules = tp.iptables("-S", "DOCKER-USER")
+			require.Equal(t, boolInt(!tc.icc), strings.Count(rules, accept), rules)
+			require.NoError(t, tp.h.UnguardNetwork(tp.br))
+			require.NotContains(t, tp.iptables("-S", "DOCKER-USER"), "clawker-fw")
 		})
 	}
 }
@@ -366,7 +401,7 @@ func boolInt(b bool) int {
 // leave no link, and ListOwned reports all that until it is gone.
 func TestUnguardAndDelete(t *testing.T) {
 	tp := newTopo(t)
-	tp.nftScript(dockerLikeRuleset)
+	tp.dockerLike()
 	tp.guard(true)
 	owned, err := tp.h.ListOwned(tp.br)
 	require.NoError(t, err)
@@ -413,7 +448,7 @@ func TestUnguardAndDelete(t *testing.T) {
 // TestCleanup: Cleanup removes a fully guarded network in one call.
 func TestCleanup(t *testing.T) {
 	tp := newTopo(t)
-	tp.nftScript(dockerLikeRuleset)
+	tp.dockerLike()
 	tp.guard(true)
 	require.NoError(t, tp.h.Cleanup(tp.br))
 	owned, err := tp.h.ListOwned(tp.br)
