@@ -1,0 +1,393 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Dockerd is the engine the harness runs (Debian's docker.io 20.10).
+const Dockerd = "/usr/sbin/dockerd"
+
+const (
+	dockerdStartTimeout = 30 * time.Second
+	dockerdStopTimeout  = 20 * time.Second
+)
+
+// hostState is what dockerd changes host-wide, saved before its first start.
+type hostState struct {
+	ipForward     string
+	forwardPolicy string // ACCEPT or DROP; "" if unknown
+}
+
+func readHostState() *hostState {
+	s := &hostState{}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil {
+		s.ipForward = strings.TrimSpace(string(b))
+	}
+	if out, err := exec.Command("iptables", "-S", "FORWARD").Output(); err == nil {
+		sc := bufio.NewScanner(strings.NewReader(string(out)))
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "-P" && f[1] == "FORWARD" {
+				s.forwardPolicy = f[2]
+			}
+		}
+	}
+	return s
+}
+
+func (s *hostState) restore() error {
+	var errs []error
+	if s.ipForward != "" {
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte(s.ipForward), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restore ip_forward: %w", err))
+		}
+	}
+	if s.forwardPolicy != "" {
+		if err := run("iptables", "-P", "FORWARD", s.forwardPolicy); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// daemonConfigPath is the --config-file of the test dockerd.
+func (e *Env) daemonConfigPath() string { return filepath.Join(e.dir, "daemon.json") }
+
+// dockerdArgs are the flags of the test dockerd.
+func (e *Env) dockerdArgs() []string {
+	args := []string{
+		"--data-root", e.DataRoot(),
+		"--exec-root", e.ExecRoot(),
+		"--pidfile", filepath.Join(e.dir, "dockerd.pid"),
+		"-H", e.DockerHost(),
+		"--config-file", e.daemonConfigPath(),
+		"--live-restore",
+		"--bridge=none",
+		"--userland-proxy=false",
+		"--debug",
+	}
+	if !e.opts.LoopbackResolver {
+		// A hook that misses a query can only ever reach the fake DNS.
+		args = append(args, "--dns", FakenetIP)
+	}
+	return append(args, e.opts.DockerdArgs...)
+}
+
+// WriteDaemonConfig replaces daemon.json; ReloadDockerd applies it.
+func (e *Env) WriteDaemonConfig(cfg map[string]any) error {
+	if cfg == nil {
+		cfg = map[string]any{}
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fmt.Errorf("marshal daemon.json: %w", err)
+	}
+	if err := os.WriteFile(e.daemonConfigPath(), b, 0o644); err != nil {
+		return fmt.Errorf("write daemon.json: %w", err)
+	}
+	e.mu.Lock()
+	e.opts.DaemonConfig = cfg
+	e.mu.Unlock()
+	return nil
+}
+
+// ReloadDockerd sends SIGHUP so dockerd reloads daemon.json (authorization
+// plugins, debug, labels, ... are reloadable), and waits until the API
+// answers again.
+func (e *Env) ReloadDockerd() error {
+	pid := e.DockerdPID()
+	if pid == 0 {
+		return errors.New("reload dockerd: not running")
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload dockerd: %w", err)
+	}
+	// dockerd logs the reload asynchronously; give it a moment, then ping.
+	time.Sleep(300 * time.Millisecond)
+	return e.waitDockerd(dockerdStartTimeout)
+}
+
+// DockerdPID is the PID of the running test dockerd (0 if none).
+func (e *Env) DockerdPID() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.dockerd == nil || e.dockerd.Process == nil {
+		return 0
+	}
+	return e.dockerd.Process.Pid
+}
+
+func (e *Env) startDockerd() error {
+	e.mu.Lock()
+	if e.hostState == nil {
+		e.hostState = readHostState()
+	}
+	e.mu.Unlock()
+	for _, d := range []string{e.DataRoot(), e.ExecRoot(), e.StateDir(), filepath.Join(e.dir, "cli")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if _, err := os.Stat(e.daemonConfigPath()); err != nil {
+		if err := e.WriteDaemonConfig(e.opts.DaemonConfig); err != nil {
+			return err
+		}
+	}
+	logf, err := os.OpenFile(e.DockerdLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open dockerd log: %w", err)
+	}
+	defer logf.Close()
+
+	var cmd *exec.Cmd
+	if e.opts.LoopbackResolver {
+		// dockerd reads /etc/resolv.conf at every container start, so the
+		// replacement must stay visible to it, and to it only: run dockerd
+		// (and the containerd it starts) in a private mount namespace with a
+		// bind mount over /etc/resolv.conf. Mounts dockerd makes there
+		// (netns files, overlays) stay in that namespace and vanish with it.
+		resolv := filepath.Join(e.dir, "resolv.conf")
+		if err := os.WriteFile(resolv, []byte("nameserver "+LoopbackResolverIP+"\noptions ndots:0\n"), 0o644); err != nil {
+			return fmt.Errorf("write resolv.conf: %w", err)
+		}
+		script := `mount --bind "$1" /etc/resolv.conf && shift && exec "$@"`
+		args := append([]string{"-m", "--propagation", "private", "--", "sh", "-c", script, "sh", resolv, Dockerd}, e.dockerdArgs()...)
+		cmd = exec.Command("unshare", args...)
+	} else {
+		cmd = exec.Command(Dockerd, e.dockerdArgs()...)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Put dockerd in its own process group so a terminal's Ctrl-C goes to
+	// the test only; end it if the test process dies without Close.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start dockerd: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	e.mu.Lock()
+	e.dockerd, e.dockerdCh = cmd, done
+	e.mu.Unlock()
+	return e.waitDockerd(dockerdStartTimeout)
+}
+
+// apiClient talks HTTP to the test dockerd's socket.
+func (e *Env) apiClient() *http.Client {
+	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", e.Socket())
+		},
+	}}
+}
+
+func (e *Env) waitDockerd(timeout time.Duration) error {
+	client := e.apiClient()
+	deadline := time.Now().Add(timeout)
+	e.mu.Lock()
+	done := e.dockerdCh
+	e.mu.Unlock()
+	for {
+		resp, err := client.Get("http://docker/_ping")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("dockerd exited; log %s:\n%s", e.DockerdLog(), tail(e.DockerdLog(), 20))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dockerd not answering after %v; log %s:\n%s", timeout, e.DockerdLog(), tail(e.DockerdLog(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// stopDockerd ends the test dockerd (SIGTERM, then SIGKILL after 20 s).
+// With --live-restore the containers and enabled plugins keep running.
+func (e *Env) stopDockerd() error {
+	e.mu.Lock()
+	cmd, done := e.dockerd, e.dockerdCh
+	e.dockerd = nil
+	e.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return nil
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+		return nil
+	case <-time.After(dockerdStopTimeout):
+		_ = cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("dockerd did not stop within %v (killed)", dockerdStopTimeout)
+	}
+}
+
+// RestartDockerd stops and starts the test dockerd with the same flags and
+// daemon.json. Containers survive (--live-restore).
+func (e *Env) RestartDockerd() error {
+	start := time.Now()
+	if err := e.stopDockerd(); err != nil {
+		return err
+	}
+	if err := e.startDockerd(); err != nil {
+		return err
+	}
+	e.logf("dockerd restarted in %v", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// stopDockerEnv removes what lives in the test dockerd, stops it, ends the
+// processes it left (its containerd and shims, found by the Env directory
+// in their command line), unmounts what is left under the Env directory and
+// restores the host settings dockerd changed.
+func (e *Env) stopDockerEnv() error {
+	var errs []error
+	if e.DockerdPID() != 0 {
+		errs = append(errs, e.emptyDockerd())
+		errs = append(errs, e.stopDockerd())
+	}
+	killProcessesUsing(e.dir)
+	errs = append(errs, unmountUnder(e.dir))
+	if e.hostState != nil {
+		errs = append(errs, e.hostState.restore())
+	}
+	return errors.Join(errs...)
+}
+
+// emptyDockerd removes containers, user networks and plugins, so nothing
+// keeps running after dockerd stops (live-restore would keep it alive).
+// Authorization plugins are dropped from daemon.json first: a plugin being
+// disabled must not be asked to authorize its own removal.
+func (e *Env) emptyDockerd() error {
+	var errs []error
+	e.mu.Lock()
+	cfg := e.opts.DaemonConfig
+	e.mu.Unlock()
+	if _, ok := cfg["authorization-plugins"]; ok {
+		rest := map[string]any{}
+		for k, v := range cfg {
+			if k != "authorization-plugins" {
+				rest[k] = v
+			}
+		}
+		if err := e.WriteDaemonConfig(rest); err == nil {
+			errs = append(errs, e.ReloadDockerd())
+		}
+	}
+	if out, _, err := e.Docker("ps", "-aq"); err == nil && strings.TrimSpace(out) != "" {
+		if _, _, err := e.Docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if out, _, err := e.Docker("network", "ls", "-q", "--filter", "type=custom"); err == nil && strings.TrimSpace(out) != "" {
+		if _, _, err := e.Docker(append([]string{"network", "rm"}, strings.Fields(out)...)...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if out, _, err := e.Docker("plugin", "ls", "-q"); err == nil {
+		for _, id := range strings.Fields(out) {
+			_, _, _ = e.Docker("plugin", "disable", "-f", id)
+			if _, _, err := e.Docker("plugin", "rm", "-f", id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killProcessesUsing ends (SIGKILL, by PID) the processes whose command
+// line mentions dir: the test dockerd's containerd and shims, all started
+// by this Env.
+func killProcessesUsing(dir string) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	self := os.Getpid()
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), dir+"/") {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// mountsUnder lists the mount points at or below dir in this mount
+// namespace, deepest first.
+func mountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// unmountUnder lazily unmounts everything mounted under dir.
+func unmountUnder(dir string) error {
+	var errs []error
+	for _, mp := range mountsUnder(dir) {
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+		}
+	}
+	return errors.Join(errs...)
+}

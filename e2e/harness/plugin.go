@@ -1,0 +1,96 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// PluginName is the name the harness creates the plugin under. On Docker
+// 20.10, `docker network create -d` needs the ":latest" tag.
+const PluginName = "clawker-fw:latest"
+
+// PluginTestCAName is the file name of the test CA in the plugin's state
+// directory (state.source); the plugin sees it as
+// /var/lib/clawker-fw/test-ca.crt.
+const PluginTestCAName = "test-ca.crt"
+
+// PluginSettings returns the default `docker plugin set` arguments for the
+// test environment: mount sources of the test dockerd, the fake DNS as
+// upstream, the fake internet's range allowed as upstream, the test CA.
+// Callers may append to or edit the list before InstallPlugin.
+func (e *Env) PluginSettings() []string {
+	return []string{
+		"netns.source=" + e.NetnsDir(),
+		"docker-sock.source=" + e.Socket(),
+		"state.source=" + e.StateDir(),
+		"CLAWKER_DNS_UPSTREAM=" + DNSUpstream,
+		"CLAWKER_ALLOW_PRIVATE_UPSTREAMS=" + Subnet,
+		"CLAWKER_EXTRA_CA=/var/lib/clawker-fw/" + PluginTestCAName,
+	}
+}
+
+// EnsureHostBPFFS mounts bpffs on /sys/fs/bpf when it is not mounted
+// there. The plugin pins into the host's bpffs, and a mount made after the
+// plugin started would not propagate into it (DESIGN.md). The mount stays.
+func EnsureHostBPFFS() error {
+	out, err := exec.Command("stat", "-f", "-c", "%T", "/sys/fs/bpf").Output()
+	if err == nil && strings.TrimSpace(string(out)) == "bpf_fs" {
+		return nil
+	}
+	if err := run("mount", "-t", "bpf", "bpf", "/sys/fs/bpf"); err != nil {
+		return fmt.Errorf("mount bpffs: %w", err)
+	}
+	return nil
+}
+
+// InstallPlugin creates PluginName from buildDir (config.json + rootfs/, as
+// `make plugin` produces in build/plugin), applies settings (default
+// PluginSettings() when none are given) and enables it. Before enabling it
+// mounts the host bpffs, creates the netns and state directories and copies
+// the test CA into the state directory.
+func (e *Env) InstallPlugin(buildDir string, settings ...string) error {
+	if len(settings) == 0 {
+		settings = e.PluginSettings()
+	}
+	if _, err := os.Stat(filepath.Join(buildDir, "config.json")); err != nil {
+		return fmt.Errorf("install plugin: %w", err)
+	}
+	if err := EnsureHostBPFFS(); err != nil {
+		return err
+	}
+	for _, d := range []string{e.NetnsDir(), e.StateDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	ca, err := os.ReadFile(e.CAFile())
+	if err != nil {
+		return fmt.Errorf("read test ca: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(e.StateDir(), PluginTestCAName), ca, 0o644); err != nil {
+		return fmt.Errorf("copy test ca: %w", err)
+	}
+	start := time.Now()
+	if _, _, err := e.Docker("plugin", "create", PluginName, buildDir); err != nil {
+		return err
+	}
+	if _, _, err := e.Docker(append([]string{"plugin", "set", PluginName}, settings...)...); err != nil {
+		return err
+	}
+	if _, _, err := e.Docker("plugin", "enable", "--timeout", "60", PluginName); err != nil {
+		return err
+	}
+	e.logf("plugin %s enabled in %v", PluginName, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// RemovePlugin disables (forced) and removes PluginName.
+func (e *Env) RemovePlugin() error {
+	_, _, _ = e.Docker("plugin", "disable", "-f", PluginName)
+	_, _, err := e.Docker("plugin", "rm", "-f", PluginName)
+	return err
+}

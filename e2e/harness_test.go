@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/clawker-fw/clawker-fw/e2e/fakenet"
+	"github.com/clawker-fw/clawker-fw/e2e/harness"
+	"github.com/stretchr/testify/require"
+)
+
+// hostRun runs a command in the host netns and returns its combined output.
+func hostRun(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	require.NoError(t, err, "%s %s: %s", name, strings.Join(args, " "), out)
+	return strings.TrimSpace(string(out))
+}
+
+func findEntry(log []fakenet.Entry, match func(fakenet.Entry) bool) (fakenet.Entry, bool) {
+	for _, e := range log {
+		if match(e) {
+			return e, true
+		}
+	}
+	return fakenet.Entry{}, false
+}
+
+func TestHarnessBusyboxRuns(t *testing.T) {
+	e := env(t)
+	img, err := e.ImportBusybox()
+	require.NoError(t, err)
+	require.Equal(t, "ok", e.MustDocker(t, "run", "--rm", "--network", "none", img, "echo", "ok"))
+	// The CLI negotiates down to the 20.10 engine.
+	require.Equal(t, "20.10", strings.Join(strings.Split(e.MustDocker(t, "version", "-f", "{{.Server.Version}}"), ".")[:2], "."))
+}
+
+func TestHarnessDebianImageHasClients(t *testing.T) {
+	e := env(t)
+	img, err := e.ImportDebian()
+	require.NoError(t, err)
+	out := e.MustDocker(t, "run", "--rm", "--network", "none", img, "sh", "-c",
+		"curl --version | head -1 && node --version && python3 --version && ssh -V 2>&1 && dig -v 2>&1 && git --version && "+
+			"grep -c 'BEGIN CERTIFICATE' "+harness.TestCAPath+" && echo $NODE_EXTRA_CA_CERTS")
+	for _, want := range []string{"curl ", "v18.", "Python 3.11", "OpenSSH_9", "DiG 9.", "git version", harness.TestCAPath} {
+		require.Contains(t, out, want)
+	}
+}
+
+func TestHarnessFakenetFromHost(t *testing.T) {
+	e := env(t)
+	require.NoError(t, e.ResetFakenetLog())
+
+	require.Equal(t, "10.220.0.10", hostRun(t, "dig", "+short", "+time=2", "+tries=1", "@"+harness.FakenetIP, harness.AllowedHost))
+	require.Equal(t, "allowed.example.test.\n10.220.0.10", hostRun(t, "dig", "+short", "+time=2", "+tries=1", "@"+harness.FakenetIP, harness.CNAMEHost))
+	require.Equal(t, "", hostRun(t, "dig", "+short", "+time=2", "+tries=1", "@"+harness.FakenetIP, "AAAA", harness.AllowedHost))
+	require.Contains(t, hostRun(t, "dig", "+time=2", "+tries=1", "@"+harness.FakenetIP, "nope.example.test"), "NXDOMAIN")
+
+	for _, tc := range []struct {
+		name, flag, proto string
+		port              string
+	}{
+		{"http1.1", "--http1.1", "HTTP/1.1", "443"},
+		{"h2", "--http2", "HTTP/2.0", "8443"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := hostRun(t, "curl", "-sS", "--max-time", "5", tc.flag, "--cacert", e.CAFile(),
+				"--resolve", harness.AllowedHost+":"+tc.port+":10.220.0.10",
+				"https://"+harness.AllowedHost+":"+tc.port+"/some/path")
+			require.Contains(t, out, "host=allowed.example.test path=/some/path proto="+tc.proto+" sni=allowed.example.test dst=10.220.0.10:"+tc.port)
+		})
+	}
+	require.Equal(t, "100000", hostRun(t, "curl", "-sS", "--max-time", "5", "--cacert", e.CAFile(), "-o", "/dev/null", "-w", "%{size_download}",
+		"--resolve", harness.PathHost+":443:10.220.0.13", "https://"+harness.PathHost+"/bytes?n=100000"))
+	require.Contains(t, hostRun(t, "curl", "-sS", "--max-time", "5", "http://10.220.0.14/plain"), "path=/plain")
+	require.Equal(t, "ping", hostRun(t, "sh", "-c", "echo ping | ncat -w 3 10.220.0.16 5432"))
+	require.Equal(t, "ping", hostRun(t, "sh", "-c", "echo ping | ncat -w 3 10.220.0.16 7010"))
+	require.Equal(t, "fakenet-ssh-ok", hostRun(t, "ssh", "-i", e.SSHKeyFile(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "root@10.220.0.15", "echo fakenet-ssh-ok"))
+
+	log, err := e.FakenetLog()
+	require.NoError(t, err)
+	dns, ok := findEntry(log, func(en fakenet.Entry) bool { return en.Kind == fakenet.KindDNS && en.Name == harness.AllowedHost })
+	require.True(t, ok, "dns query recorded: %+v", log)
+	require.Equal(t, harness.HostIP, dns.Src)
+	require.Equal(t, harness.FakenetIP, dns.Dst)
+	for _, want := range []struct {
+		service, dst string
+		port         int
+	}{{"https", "10.220.0.10", 443}, {"https", "10.220.0.10", 8443}, {"http", "10.220.0.14", 80}, {"echo", "10.220.0.16", 5432}, {"ssh", "10.220.0.15", 22}} {
+		c, ok := findEntry(log, func(en fakenet.Entry) bool {
+			return en.Kind == fakenet.KindConn && en.Service == want.service && en.Dst == want.dst && en.DstPort == want.port
+		})
+		require.True(t, ok, "connection %+v recorded", want)
+		require.Equal(t, harness.HostIP, c.Src)
+	}
+	_, ok = findEntry(log, func(en fakenet.Entry) bool {
+		return en.Kind == fakenet.KindPacket && en.Src == harness.HostIP && en.Dst == "10.220.0.10" && en.DstPort == 443
+	})
+	require.True(t, ok, "sniffer recorded the flow")
+	leaks, err := e.Leaks()
+	require.NoError(t, err)
+	require.Empty(t, leaks)
+}
+
+// A container on an --internal network reaches nothing: the sanity check
+// that the fake internet is only reachable where a test opens a way.
+func TestHarnessInternalNetworkCannotReachFakenet(t *testing.T) {
+	e := env(t)
+	img, err := e.ImportBusybox()
+	require.NoError(t, err)
+	e.MustDocker(t, "network", "create", "--internal", "cfw-e2e-internal")
+	t.Cleanup(func() { _, _, _ = e.Docker("network", "rm", "cfw-e2e-internal") })
+	require.NoError(t, e.ResetFakenetLog())
+
+	out, _, err := e.Docker("run", "--rm", "--network", "cfw-e2e-internal", img, "sh", "-c",
+		"nc -w 2 10.220.0.2 9999 </dev/null && echo reached; wget -q -T 2 -O- http://10.220.0.10/ && echo reached; nslookup allowed.example.test 10.220.0.2 && echo reached; echo done")
+	require.NoError(t, err)
+	require.NotContains(t, out, "reached")
+	require.Contains(t, out, "done")
+	leaks, err := e.Leaks()
+	require.NoError(t, err)
+	require.Empty(t, leaks)
+}
+
+// The leak detector works: a container on a bridge network without NAT
+// that routes to the fake internet shows up with its own address.
+func TestHarnessLeakDetectionSeesContainerSource(t *testing.T) {
+	e := env(t)
+	img, err := e.ImportBusybox()
+	require.NoError(t, err)
+	e.MustDocker(t, "network", "create", "--subnet", "10.221.0.0/24",
+		"-o", "com.docker.network.bridge.enable_ip_masquerade=false", "cfw-e2e-nonat")
+	t.Cleanup(func() { _, _, _ = e.Docker("network", "rm", "cfw-e2e-nonat") })
+	require.NoError(t, e.ResetFakenetLog())
+
+	out, _, err := e.Docker("run", "--rm", "--network", "cfw-e2e-nonat", "--ip", "10.221.0.50", img, "sh", "-c",
+		"wget -q -T 3 -O- http://10.220.0.10/leak; echo done")
+	require.NoError(t, err)
+	require.Contains(t, out, "path=/leak")
+	leaks, err := e.Leaks()
+	require.NoError(t, err)
+	c, ok := findEntry(leaks, func(en fakenet.Entry) bool { return en.Kind == fakenet.KindConn && en.Dst == "10.220.0.10" })
+	require.True(t, ok, "leak recorded: %+v", leaks)
+	require.Equal(t, "10.221.0.50", c.Src)
+}
+
+// With a loopback host resolver, Docker's embedded resolver forwards from
+// dockerd's own netns (HostLoopback): the relay on 127.0.0.153 sees it.
+func TestHarnessLoopbackResolver(t *testing.T) {
+	e := ownEnv(t, harness.Options{LoopbackResolver: true, NoSSH: true})
+	img, err := e.ImportBusybox()
+	require.NoError(t, err)
+	e.MustDocker(t, "network", "create", "cfw-e2e-loop")
+	out := e.MustDocker(t, "run", "--rm", "--network", "cfw-e2e-loop", img, "sh", "-c", "cat /etc/resolv.conf; nslookup allowed.example.test")
+	require.Contains(t, out, "nameserver 127.0.0.11")
+	require.Contains(t, out, "10.220.0.10")
+	_, ok := findEntry(e.LoopbackDNSLog(), func(en fakenet.Entry) bool { return en.Name == harness.AllowedHost })
+	require.True(t, ok, "relay saw the forwarded query: %+v", e.LoopbackDNSLog())
+	// dockerd's own resolv.conf is the replacement; the host's is untouched.
+	b, err := exec.Command("nsenter", "-t", strconv.Itoa(e.DockerdPID()), "-m", "cat", "/etc/resolv.conf").Output()
+	require.NoError(t, err)
+	require.Contains(t, string(b), harness.LoopbackResolverIP)
+	b, err = exec.Command("cat", "/etc/resolv.conf").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(b), harness.LoopbackResolverIP)
+}

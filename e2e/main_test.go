@@ -1,0 +1,85 @@
+// Package e2e holds clawker-fw's end-to-end tests: a real dockerd (Debian's
+// 20.10), the plugin installed from its build directory, real containers,
+// and a fake internet in a network namespace (see package e2e/harness).
+//
+// They need root and run only with CLAWKER_E2E=1 or CI=true:
+//
+//	sudo CLAWKER_E2E=1 go test -count=1 -v ./e2e/
+package e2e
+
+import (
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/clawker-fw/clawker-fw/e2e/harness"
+	"github.com/clawker-fw/clawker-fw/internal/testutil"
+)
+
+// requireE2E skips t unless end-to-end tests are wanted (CLAWKER_E2E=1 or
+// CI=true), and fails it in CI when not root.
+func requireE2E(t *testing.T) {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	if os.Getenv("CLAWKER_E2E") != "1" && !testutil.InCI() {
+		t.Skip("end-to-end test: set CLAWKER_E2E=1 (always on with CI=true)")
+	}
+}
+
+var (
+	sharedMu  sync.Mutex
+	sharedEnv *harness.Env
+)
+
+// env returns the package's shared default environment, starting it on
+// first use. Tests using it must not run in parallel.
+func env(t *testing.T) *harness.Env {
+	t.Helper()
+	requireE2E(t)
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if sharedEnv == nil {
+		e, err := harness.Start(harness.Options{})
+		if err != nil {
+			t.Fatalf("start shared e2e environment: %v", err)
+		}
+		sharedEnv = e
+	}
+	return sharedEnv
+}
+
+// ownEnv starts an environment with opts for t alone. Only one environment
+// can run at a time (fixed names), so the shared one is stopped first; the
+// next env(t) starts it again.
+func ownEnv(t *testing.T, opts harness.Options) *harness.Env {
+	t.Helper()
+	requireE2E(t)
+	closeShared(t)
+	return harness.Setup(t, opts)
+}
+
+func closeShared(t testing.TB) {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if sharedEnv != nil {
+		if err := sharedEnv.Close(); err != nil {
+			t.Errorf("close shared e2e environment: %v", err)
+		}
+		sharedEnv = nil
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	sharedMu.Lock()
+	if sharedEnv != nil {
+		if err := sharedEnv.Close(); err != nil {
+			os.Stderr.WriteString("close shared e2e environment: " + err.Error() + "\n")
+			if code == 0 {
+				code = 1
+			}
+		}
+	}
+	sharedMu.Unlock()
+	os.Exit(code)
+}
