@@ -458,3 +458,62 @@ func TestCleanup(t *testing.T) {
 	require.NotContains(t, ruleset, "clawker")
 	require.Contains(t, ruleset, "DOCKER-USER", "other tables are left alone")
 }
+
+// TestHandleLifecycle: NewInNamespace, EnsureBridge idempotency (a stray
+// address is replaced), CreateVeth's pending guard, GuardEndpoint's check that
+// the veth is a port of the bridge, and Networks.
+func TestHandleLifecycle(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	s := randSuffix()
+	nsName := "cfwnl" + s
+	newNS(t, nsName)
+	h, err := NewInNamespace("/var/run/netns/" + nsName)
+	require.NoError(t, err)
+	defer h.Close()
+	br, br2, v := "cfwnb"+s, "cfwnc"+s, "cfwnv"+s
+	t.Cleanup(func() {
+		require.NoError(t, h.Cleanup(br))
+		require.NoError(t, h.Cleanup(br2))
+	})
+
+	gw := netip.MustParsePrefix("10.202.1.1/24")
+	require.NoError(t, h.EnsureBridge(br, gw))
+	run(t, "ip", "-n", nsName, "addr", "add", "10.202.7.1/24", "dev", br)
+	require.NoError(t, h.EnsureBridge(br, gw))
+	addrs := run(t, "ip", "-n", nsName, "-4", "-o", "addr", "show", "dev", br)
+	require.Contains(t, addrs, "10.202.1.1/24")
+	require.NotContains(t, addrs, "10.202.7.1")
+	require.Contains(t, run(t, "ip", "-n", nsName, "-o", "link", "show", br), "UP")
+	require.NotContains(t, run(t, "ip", "-n", nsName, "-6", "-o", "addr", "show", "dev", br), "fe80", "no IPv6 link-local on the bridge")
+
+	mac := net.HardwareAddr{0x02, 0x42, 0x0a, 0xca, 0x01, 0x02}
+	require.NoError(t, h.CreateVeth(v, "cfwnp"+s, br, mac))
+	require.Error(t, h.CreateVeth(v, "cfwnq"+s, br, mac), "existing veth")
+	require.Contains(t, run(t, "ip", "-n", nsName, "-o", "link", "show", "cfwnp"+s), mac.String())
+	chain := run(t, "ip", "netns", "exec", nsName, "nft", "list", "chain", "bridge", TableName, "ep_"+v)
+	require.Contains(t, chain, `iifname "`+v+`" counter packets 0 bytes 0 drop`, "pending guard")
+
+	require.NoError(t, h.EnsureBridge(br2, netip.MustParsePrefix("10.202.3.1/24")))
+	err = h.GuardEndpoint(Endpoint{Bridge: br2, HostVeth: v, IP: netip.MustParseAddr("10.202.1.2"), MAC: mac})
+	require.ErrorContains(t, err, "not a port of bridge")
+	require.NoError(t, h.GuardEndpoint(Endpoint{Bridge: br, HostVeth: v, IP: netip.MustParseAddr("10.202.1.2"), MAC: mac}))
+
+	n := validNetwork()
+	n.Bridge = br
+	require.NoError(t, h.GuardNetwork(n))
+	n2 := n
+	n2.Bridge, n2.Subnet, n2.Gateway = br2, netip.MustParsePrefix("10.202.3.0/24"), netip.MustParseAddr("10.202.3.1")
+	require.NoError(t, h.GuardNetwork(n2))
+	nets, err := h.Networks()
+	require.NoError(t, err)
+	require.Equal(t, []string{br, br2}, nets)
+
+	require.Error(t, h.GuardNetwork(Network{Bridge: br}), "invalid network changes nothing")
+	require.NoError(t, h.Cleanup(br2))
+	nets, err = h.Networks()
+	require.NoError(t, err)
+	require.Equal(t, []string{br}, nets)
+	owned, err := h.ListOwned(br2)
+	require.NoError(t, err)
+	require.True(t, owned.Empty(), owned.String())
+}

@@ -3,6 +3,7 @@ package netguard
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/google/nftables"
@@ -200,4 +201,55 @@ func (h *Handle) Cleanup(bridge string) error {
 		return fmt.Errorf("cleanup %s: %w", bridge, err)
 	}
 	return nil
+}
+
+// Networks returns the bridges that the plugin's nftables state names (a
+// network guard, a ports set or an endpoint guard), sorted. At start-up the
+// plugin compares it with its persisted networks and runs Cleanup for the
+// ones it no longer has.
+func (h *Handle) Networks() ([]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c, err := h.nft()
+	if err != nil {
+		return nil, err
+	}
+	st, err := listState(c)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, ch := range st.inet {
+		for _, p := range []string{"in_", "fwd_", "nat_"} {
+			if br, ok := strings.CutPrefix(ch.Name, p); ok {
+				seen[br] = true
+			}
+		}
+	}
+	for _, s := range st.sets {
+		if br, ok := strings.CutPrefix(s.Name, "ports_"); ok {
+			seen[br] = true
+		}
+	}
+	for _, ch := range st.bridge {
+		if br, ok := strings.CutPrefix(ch.Name, "fwd_"); ok {
+			seen[br] = true
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			if br, _, ok := parseComment(r.UserData); ok {
+				seen[br] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for br := range seen {
+		out = append(out, br)
+	}
+	sort.Strings(out)
+	return out, nil
 }
