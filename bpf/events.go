@@ -61,11 +61,16 @@ type Denial struct {
 }
 
 // Denials returns the channel of denial events. The ring buffer is read
-// from the first call on; the channel is closed by Close or Remove. Events
+// from the first call on; the channel is closed by Close or Remove (and
+// returned closed after them). Events
 // are dropped by the kernel while nobody drains the channel.
 func (m *Manager) Denials() <-chan Denial {
 	m.denialsOnce.Do(func() {
 		m.denials = make(chan Denial, 256)
+		if m.closed.Load() {
+			close(m.denials)
+			return
+		}
 		rd, err := ringbuf.NewReader(m.maps[MapEvents])
 		if err != nil {
 			close(m.denials)
@@ -73,6 +78,7 @@ func (m *Manager) Denials() <-chan Denial {
 		}
 		m.rd = rd
 		m.readerDone = make(chan struct{})
+		m.readerStop = make(chan struct{})
 		go m.readDenials(rd)
 	})
 	return m.denials
@@ -104,6 +110,10 @@ func (m *Manager) readDenials(rd *ringbuf.Reader) {
 		if d.Addr != 0 {
 			ev.Addr = addrOf(d.Addr)
 		}
-		m.denials <- ev
+		select {
+		case m.denials <- ev:
+		case <-m.readerStop:
+			return
+		}
 	}
 }

@@ -16,11 +16,15 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 )
+
+// ErrClosed is returned by a Manager's methods after Close or Remove.
+var ErrClosed = errors.New("bpf manager is closed")
 
 // LayoutVersion is the version of the map layouts compiled into this binary
 // (LAYOUT_VERSION in clawker.c). It is stored in the pinned `meta` map; every
@@ -79,6 +83,7 @@ type Config struct {
 type Manager struct {
 	cfg     Config
 	rebuilt bool
+	closed  atomic.Bool
 
 	mu    sync.Mutex // serializes read-modify-write of map contents
 	maps  map[string]*ebpf.Map
@@ -89,6 +94,7 @@ type Manager struct {
 	denials     chan Denial
 	rd          *ringbuf.Reader
 	readerDone  chan struct{}
+	readerStop  chan struct{}
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -331,6 +337,7 @@ func (m *Manager) closeFDs() {
 
 func (m *Manager) stopReader() {
 	if m.rd != nil {
+		close(m.readerStop)
 		m.rd.Close()
 		<-m.readerDone
 		m.rd = nil
@@ -340,6 +347,7 @@ func (m *Manager) stopReader() {
 // Close releases this process's file descriptors. Pinned maps and links
 // stay, so enforcement holds while no manager runs.
 func (m *Manager) Close() error {
+	m.closed.Store(true)
 	m.stopReader()
 	m.closeFDs()
 	return nil
@@ -349,6 +357,7 @@ func (m *Manager) Close() error {
 // Links still held open by another Manager in this process stay attached
 // until that one is closed.
 func (m *Manager) Remove() error {
+	m.closed.Store(true)
 	m.stopReader()
 	var errs []error
 	for _, h := range hooks {

@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // TestSharedAddresses: two endpoints learn the same address for different
@@ -295,4 +296,35 @@ func TestMonoConversion(t *testing.T) {
 	back := fromMono(toMono(now.Add(time.Hour)))
 	require.WithinDuration(t, now.Add(time.Hour), back, 10*time.Millisecond)
 	require.Zero(t, toMono(time.Time{}))
+}
+
+func TestClosedManager(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	require.NoError(t, m.Close())
+	require.ErrorIs(t, m.Enroll(1, e.a.endpoint()), ErrClosed)
+	require.ErrorIs(t, m.SyncRoutes(nil), ErrClosed)
+	_, err := m.Counters(1)
+	require.ErrorIs(t, err, ErrClosed)
+	_, ok := <-m.Denials()
+	require.False(t, ok, "Denials of a closed manager is a closed channel")
+}
+
+// TestCloseWithUndrainedDenials: Close returns even when nobody reads the
+// denial channel and the reader is blocked on it.
+func TestCloseWithUndrainedDenials(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	installPolicy(t, m, e.a)
+	_ = m.Denials()
+	for i := 0; i < 300; i++ { // more than the channel buffers
+		check(t, rawSocket(e.a.ns, unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP), &expect{eperm: true})
+	}
+	done := make(chan struct{})
+	go func() { _ = m.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close blocked on an undrained denial channel")
+	}
 }

@@ -106,6 +106,9 @@ func endpointValue(ep Endpoint) (clawkerEndpoint, error) {
 // Enroll puts the endpoint whose network namespace has this cookie (see
 // NetnsCookie) under the hooks, replacing an earlier enrollment.
 func (m *Manager) Enroll(cookie uint64, ep Endpoint) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
 	v, err := endpointValue(ep)
 	if err != nil {
 		return err
@@ -120,6 +123,9 @@ func (m *Manager) Enroll(cookie uint64, ep Endpoint) error {
 
 // Unenroll takes the namespace out of the hooks. Unknown cookies are fine.
 func (m *Manager) Unenroll(cookie uint64) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.maps[MapEndpoints].Delete(cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -131,6 +137,9 @@ func (m *Manager) Unenroll(cookie uint64) error {
 // Enrolled returns the enrollment of a cookie, if any (IP, Gateway, Subnet,
 // flags and ports as stored; BypassUntil converted back to wall time).
 func (m *Manager) Enrolled(cookie uint64) (Endpoint, bool, error) {
+	if m.closed.Load() {
+		return Endpoint{}, false, ErrClosed
+	}
 	var v clawkerEndpoint
 	if err := m.maps[MapEndpoints].Lookup(cookie, &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -157,6 +166,9 @@ func (m *Manager) Enrolled(cookie uint64) (Endpoint, bool, error) {
 // enrolled namespace. The wall-clock deadline is converted to the kernel's
 // monotonic clock now; the plugin re-applies it after restarts.
 func (m *Manager) SetBypass(cookie uint64, until time.Time) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var v clawkerEndpoint
@@ -186,6 +198,9 @@ func learnedEntry(index uint32, addr netip.Addr, identity uint32, ttl time.Durat
 // identity, is valid for ttl. A later answer for the same (index, addr)
 // replaces it.
 func (m *Manager) Learn(index uint32, addr netip.Addr, identity uint32, ttl time.Duration) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
 	k, v, err := learnedEntry(index, addr, identity, ttl)
 	if err != nil {
 		return err
@@ -199,6 +214,9 @@ func (m *Manager) Learn(index uint32, addr netip.Addr, identity uint32, ttl time
 // GC deletes learned entries that expired at now and returns how many. The
 // kernel ignores expired entries anyway; this frees their slots.
 func (m *Manager) GC(now time.Time) (int, error) {
+	if m.closed.Load() {
+		return 0, ErrClosed
+	}
 	cut := toMono(now)
 	var (
 		k    clawkerLearnedKey
@@ -253,6 +271,9 @@ func deleteWhere[K comparable, V any](mp *ebpf.Map, match func(K) bool) error {
 // addresses, routes, CIDRs and counters (call it when the endpoint is
 // deleted, after Unenroll).
 func (m *Manager) ForgetEndpoint(index uint32) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := deleteWhere[clawkerLearnedKey, clawkerLearnedVal](m.maps[MapLearned],
@@ -275,6 +296,9 @@ func (m *Manager) ForgetEndpoint(index uint32) error {
 
 // Counters returns the totals of endpoint index summed over CPUs.
 func (m *Manager) Counters(index uint32) (Counters, error) {
+	if m.closed.Load() {
+		return Counters{}, ErrClosed
+	}
 	var per []clawkerCountersVal
 	if err := m.maps[MapCounters].Lookup(index, &per); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -331,6 +355,9 @@ func syncMap[K comparable, V comparable](mp *ebpf.Map, want map[K]V) error {
 // before stale ones are deleted, so a connect that is allowed before and
 // after the change never fails during it.
 func (m *Manager) SyncRoutes(routes map[uint32][]Route) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
 	want := map[clawkerRouteKey]clawkerRouteVal{}
 	for index, rs := range routes {
 		for _, r := range rs {
@@ -356,6 +383,9 @@ func (m *Manager) SyncRoutes(routes map[uint32][]Route) error {
 // SyncCIDRs makes the cidrs trie hold exactly cidrs (every endpoint's IP/CIDR
 // rules), with the same add-first discipline as SyncRoutes.
 func (m *Manager) SyncCIDRs(cidrs map[uint32][]CIDR) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
 	want := map[clawkerCidrKey]clawkerCidrVal{}
 	for index, cs := range cidrs {
 		for _, c := range cs {
