@@ -43,20 +43,24 @@
 //     udp/tcp port 53 to any address is redirected to the gateway's DNS port;
 //     TCP to any address outside the subnet is redirected to the transparent
 //     listener. Nothing is ever masqueraded or source-NATed.
-//   - bridge pre_BR (prerouting, priority -200): frames from a port of BR that
-//     has no endpoint guard are dropped (set ports_BR lists guarded ports).
 //   - bridge fwd_BR (forward, priority -200): with ICC off, every frame bridged
-//     between two ports of BR is dropped.
+//     from or to a port in set ports_BR (the network's guarded endpoints) is
+//     dropped. (meta ibrname would name the bridge directly but needs the
+//     nft_meta_bridge module, which the development kernel lacks.)
 //
 // Per endpoint (host-side veth V) there is a bridge chain ep_V (prerouting,
-// priority -200) that drops frames from V whose Ethernet source is not the
-// endpoint's MAC, IPv4 whose source is not the endpoint's IP, ARP whose sender
-// hardware or protocol address differs from them, and every other ethertype
-// (IPv6, VLAN tags, raw ethertypes). Containers have NET_RAW by default, so
-// this is what makes identifying an endpoint by its source address sound. The
-// caller must install it before the driver's Join returns (at CreateEndpoint
-// or in Join, right after CreateVeth), because from then on the container can
-// send frames.
+// priority -200). CreateVeth installs it before V joins the bridge with a
+// single rule that drops every frame from V, so a port is closed from the
+// moment it exists. GuardEndpoint replaces it atomically with rules that drop
+// frames from V whose Ethernet source is not the endpoint's MAC, IPv4 whose
+// source is not the endpoint's IP, ARP whose sender hardware or protocol
+// address differs from them (or whose lengths are not 6/4), and every other
+// ethertype (IPv6, VLAN tags, raw ethertypes), and adds V to ports_BR.
+// Containers have NET_RAW by default, so this is what makes identifying an
+// endpoint by its source address sound. The caller must install it before the
+// driver's Join returns (at CreateEndpoint, right after CreateVeth, or in
+// Join), because from then on the container can send frames. UnguardEndpoint
+// resets ep_V to drop-all while V still exists; DeleteVeth removes it.
 //
 // Every rule carries a comment "clawker-fw net=BR" (and " ep=V" for endpoint
 // rules) so that [Handle.ListOwned] can find whatever still references a
@@ -75,4 +79,8 @@
 //	iptables -I DOCKER-USER -i BR -o BR -j ACCEPT
 //
 // Without it, ICC on such hosts silently behaves like ICC off (fails closed).
+// Likewise a host firewall that drops input must itself let the bridge reach
+// the gateway's listener ports: the guard only ever narrows what others allow.
+// If something flushes table ip filter (a firewall reload, a dockerd start that
+// recreates it), calling GuardNetwork again restores the DOCKER-USER accept.
 package netguard
