@@ -250,7 +250,7 @@ static __always_inline int route(struct endpoint *ep, __u32 identity, __u16 dpor
  * decide4 is the IPv4 decision for an enrolled endpoint. dst is in network
  * byte order, dport in host byte order. Order:
  *  1. port 53 (TCP or UDP) to any address -> gateway:dns_port;
- *  2. loopback (127/8) -> untouched;
+ *  2. loopback (127/8), 0.0.0.0 and the endpoint's own address -> untouched;
  *  3. the gateway: TCP 80 -> gateway:ca_port, anything else denied;
  *  4. the endpoint's own subnet -> allowed with ICC, else denied;
  *  5. bypass in force -> untouched (the closed network redirects the flow);
@@ -267,7 +267,9 @@ static __always_inline int decide4(struct endpoint *ep, __u32 dst, __u16 dport, 
 		d->port = ep->dns_port;
 		return V_REWRITE;
 	}
-	if ((bpf_ntohl(dst) >> 24) == 127)
+	/* Loopback, 0.0.0.0 (the local host) and the endpoint's own address
+	 * never leave the namespace. */
+	if ((bpf_ntohl(dst) >> 24) == 127 || dst == 0 || dst == ep->ip)
 		return V_ALLOW;
 	if (dst == ep->gateway) {
 		if (l4 == IPPROTO_TCP && dport == 80) {
@@ -411,8 +413,8 @@ static __always_inline int hook6(struct bpf_sock_addr *ctx)
 	__u32 port = ctx->user_port;
 	__u8 l4 = l4_of(ctx->type);
 	if (!is_mapped(w0, w1, w2)) {
-		/* ::1 is the endpoint's own loopback. */
-		if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == bpf_htonl(1))
+		/* ::1 and :: are the endpoint's own host. */
+		if (w0 == 0 && w1 == 0 && w2 == 0 && (w3 == bpf_htonl(1) || w3 == 0))
 			return 1;
 		deny_event(ep->index, 0, bpf_ntohs((__u16)port), l4, REASON_IPV6, 0);
 		return 0;

@@ -2,7 +2,9 @@ package bpf
 
 import (
 	"errors"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,6 +77,21 @@ func TestDecisionMatrix(t *testing.T) {
 
 	a, c := e.a, e.c
 	gwA, gwC := a.gw.String(), c.gw.String()
+	// A listener inside each client namespace, on all its addresses.
+	local := map[string]string{}
+	for _, cl := range []client{a, c} {
+		require.NoError(t, InNetns(cl.ns, func() error {
+			ln, err := net.Listen("tcp", ":0")
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { ln.Close() })
+			go serveBanner(ln, "local")
+			local[cl.ns] = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+			return nil
+		}))
+	}
+	own := map[string]string{a.ns: a.ip.String(), c.ns: c.ip.String()}
 	rows := []struct {
 		name     string
 		op       func(ns, gw string) result
@@ -125,6 +142,18 @@ func TestDecisionMatrix(t *testing.T) {
 		{"ipv4 loopback untouched",
 			func(ns, _ string) result { return dialTCP(ns, "tcp4", "127.0.0.1:1") },
 			&expect{fails: true}, &expect{fails: true}},
+		{"loopback listener in the namespace",
+			func(ns, _ string) result { return dialTCP(ns, "tcp4", "127.0.0.1:"+local[ns]) },
+			&expect{banner: "local"}, &expect{banner: "local"}},
+		{"own address",
+			func(ns, _ string) result { return dialTCP(ns, "tcp4", own[ns]+":"+local[ns]) },
+			&expect{banner: "local"}, &expect{banner: "local"}},
+		{"0.0.0.0 is the local host",
+			func(ns, _ string) result { return dialTCP(ns, "tcp4", "0.0.0.0:"+local[ns]) },
+			&expect{banner: "local"}, &expect{banner: "local"}},
+		{"ipv6 loopback listener in the namespace",
+			func(ns, _ string) result { return dialTCP(ns, "tcp6", "[::1]:"+local[ns]) },
+			&expect{banner: "local"}, &expect{banner: "local"}},
 		{"go resolver over connected udp to 127.0.0.11",
 			func(ns, _ string) result { return goResolver(ns, "127.0.0.11:53", "allowed.example.test.") },
 			&expect{banner: dnsAnswerProxy}, &expect{fails: true}},
