@@ -39,7 +39,9 @@ type CompileInput struct {
 //     plus those of every allow whose pattern encloses it (".example.com"
 //     encloses "example.com", "api.example.com" and ".x.example.com"; a CIDR
 //     encloses every narrower CIDR inside it), so that the most specific
-//     match routes everything any matching rule allows.
+//     match routes everything any matching rule allows. Rules lists the
+//     pattern's own rules, then those of its enclosing allows, nearest
+//     first.
 //  5. HTTP rules are merged over the same set of rules (the pattern's own and
 //     its enclosing allows' https/http rules), as a union of what each rule
 //     allows minus every path the rules deny: Paths lists every deny path
