@@ -28,6 +28,8 @@ type fakeUpstream struct {
 	queries []string             // "name/TYPE" seen, in order
 	udp     *mdns.Server
 	tcp     *mdns.Server
+	// catchAll answers every A query without a zone entry with 192.0.2.200.
+	catchAll atomic.Bool
 }
 
 func zoneKey(name string, t uint16) string {
@@ -82,6 +84,12 @@ func (f *fakeUpstream) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	m.RecursionAvailable = true
 	for _, rr := range rrs {
 		m.Answer = append(m.Answer, mdns.Copy(rr))
+	}
+	if f.catchAll.Load() && len(rrs) == 0 {
+		if q.Qtype == mdns.TypeA {
+			m.Answer = append(m.Answer, &mdns.A{Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 200)})
+		}
+		exists = true
 	}
 	if !exists {
 		m.Rcode = mdns.RcodeNameError
@@ -236,24 +244,24 @@ func testSnapshot(gen uint64, n2Upstream string) *policy.Snapshot {
 }
 
 var testZone = map[string][]string{
-	"api.example.test/A":          {"api.example.test. 60 IN A 192.0.2.1"},
-	"api.example.test/AAAA":       {"api.example.test. 60 IN AAAA 2001:db8::1"},
-	"api.example.test/TXT":        {`api.example.test. 60 IN TXT "hello"`},
-	"txt.example.test/TXT":        {`txt.example.test. 60 IN TXT "v=1"`},
-	"wild.example.test/A":         {"wild.example.test. 60 IN A 192.0.2.2"},
-	"x.wild.example.test/A":       {"x.wild.example.test. 60 IN A 192.0.2.3"},
-	"a.b.wild.example.test/A":     {"a.b.wild.example.test. 60 IN A 192.0.2.8"},
-	"bad.wild.example.test/A":     {"bad.wild.example.test. 60 IN A 192.0.2.66"},
-	"x.bad.wild.example.test/A":   {"x.bad.wild.example.test. 60 IN A 192.0.2.67"},
-	"evil.example.test/A":         {"evil.example.test. 60 IN A 192.0.2.68"},
-	"only2.example.test/A":        {"only2.example.test. 60 IN A 192.0.2.21"},
-	"ttl-long.example.test/A":     {"ttl-long.example.test. 86400 IN A 192.0.2.6"},
-	"ttl-mid.example.test/A":      {"ttl-mid.example.test. 600 IN A 192.0.2.9"},
-	"shared-a.example.test/A":     {"shared-a.example.test. 60 IN A 192.0.2.77"},
-	"shared-b.example.test/A":     {"shared-b.example.test. 60 IN A 192.0.2.77"},
-	"host.docker.internal/A":      {"host.docker.internal. 60 IN A 192.0.2.250"},
-	"https.example.test/HTTPS":    {`https.example.test. 300 IN HTTPS 1 . alpn="h2" ipv4hint="192.0.2.10,192.0.2.11" ipv6hint="2001:db8::10"`},
-	"https.example.test/A":        {"https.example.test. 300 IN A 192.0.2.10"},
+	"api.example.test/A":        {"api.example.test. 60 IN A 192.0.2.1"},
+	"api.example.test/AAAA":     {"api.example.test. 60 IN AAAA 2001:db8::1"},
+	"api.example.test/TXT":      {`api.example.test. 60 IN TXT "hello"`},
+	"txt.example.test/TXT":      {`txt.example.test. 60 IN TXT "v=1"`},
+	"wild.example.test/A":       {"wild.example.test. 60 IN A 192.0.2.2"},
+	"x.wild.example.test/A":     {"x.wild.example.test. 60 IN A 192.0.2.3"},
+	"a.b.wild.example.test/A":   {"a.b.wild.example.test. 60 IN A 192.0.2.8"},
+	"bad.wild.example.test/A":   {"bad.wild.example.test. 60 IN A 192.0.2.66"},
+	"x.bad.wild.example.test/A": {"x.bad.wild.example.test. 60 IN A 192.0.2.67"},
+	"evil.example.test/A":       {"evil.example.test. 60 IN A 192.0.2.68"},
+	"only2.example.test/A":      {"only2.example.test. 60 IN A 192.0.2.21"},
+	"ttl-long.example.test/A":   {"ttl-long.example.test. 86400 IN A 192.0.2.6"},
+	"ttl-mid.example.test/A":    {"ttl-mid.example.test. 600 IN A 192.0.2.9"},
+	"shared-a.example.test/A":   {"shared-a.example.test. 60 IN A 192.0.2.77"},
+	"shared-b.example.test/A":   {"shared-b.example.test. 60 IN A 192.0.2.77"},
+	"host.docker.internal/A":    {"host.docker.internal. 60 IN A 192.0.2.250"},
+	"https.example.test/HTTPS":  {`https.example.test. 300 IN HTTPS 1 . alpn="h2" ipv4hint="192.0.2.10,192.0.2.11" ipv6hint="2001:db8::10"`},
+	"https.example.test/A":      {"https.example.test. 300 IN A 192.0.2.10"},
 	"cname.example.test/A": {
 		"cname.example.test. 30 IN CNAME c1.cdn.test.",
 		"c1.cdn.test. 30 IN CNAME c2.cdn.test.",
@@ -314,3 +322,5 @@ func addrs(m *mdns.Msg) []string {
 	}
 	return out
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

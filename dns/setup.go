@@ -95,7 +95,7 @@ func parse(c *caddy.Controller) (*Config, error) {
 			return nil, plugin.ErrOnce
 		}
 		i++
-		if c.NextArg() {
+		if len(c.RemainingArgs()) > 0 {
 			return nil, c.ArgErr()
 		}
 		for c.NextBlock() {
