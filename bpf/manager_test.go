@@ -15,6 +15,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/clawker-fw/clawker-fw/internal/testutil"
 )
 
 // TestSharedAddresses: two endpoints learn the same address for different
@@ -327,4 +329,16 @@ func TestCloseWithUndrainedDenials(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close blocked on an undrained denial channel")
 	}
+}
+
+func TestOpenChecks(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	_, err := Open(Config{PinDir: filepath.Join(t.TempDir(), "pins"), CgroupPath: "/sys/fs/cgroup/unified"})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "mount -t bpf bpf /sys/fs/bpf", "a pin dir off bpffs says how to fix it")
+
+	id := randID(t)
+	bpffs := testBPFFS(t, id)
+	_, err = Open(Config{PinDir: filepath.Join(bpffs, "pins"), CgroupPath: t.TempDir()})
+	require.ErrorContains(t, err, "not a cgroup2 directory")
 }
