@@ -102,15 +102,15 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 	}
 
 	slices.SortFunc(patterns, compareSpecificity)
+	prefixes := make(map[string]netip.Prefix, len(patterns))
 	for _, pat := range patterns {
-		a := Allowed{Pattern: pat, Prefix: rulePrefix(own[pat][0])}
+		prefixes[pat] = rulePrefix(own[pat][0])
+	}
+	for _, pat := range patterns {
+		a := Allowed{Pattern: pat, Prefix: prefixes[pat]}
 		rules := slices.Clone(own[pat])
-		// patterns is sorted most specific first, so enclosing patterns
-		// come later, the nearest first.
-		for _, outer := range patterns {
-			if outer != pat && encloses(outer, pat) {
-				rules = append(rules, own[outer]...)
-			}
+		for _, outer := range enclosing(pat, prefixes[pat]) {
+			rules = append(rules, own[outer]...)
 		}
 		a.Rules = rules
 		a.Ports = mergePorts(rules)
@@ -152,23 +152,31 @@ func coveringDeny(denies []Denied, r EgressRule) (Denied, bool) {
 	return Denied{}, false
 }
 
-// encloses reports whether allow pattern outer matches everything inner
-// matches (and more): a wildcard encloses names and narrower wildcards below
-// it, a CIDR encloses narrower CIDRs inside it. An exact name encloses
-// nothing but itself.
-func encloses(outer, inner string) bool {
-	op, oerr := netip.ParsePrefix(outer)
-	ip, ierr := netip.ParsePrefix(inner)
-	switch {
-	case oerr == nil && ierr == nil:
-		return op.Bits() < ip.Bits() && op.Contains(ip.Addr())
-	case oerr == nil || ierr == nil:
-		return false
+// enclosing returns every pattern that may enclose allow pattern pat,
+// nearest first: for a name, the wildcards of its apex (exact names only)
+// and of every parent domain (".x.example.com" is enclosed by
+// ".example.com" and ".com"); for a CIDR, every shorter prefix holding it.
+// An exact name encloses nothing but itself. Callers look the candidates up
+// among the patterns that exist, so the cost is per label or per prefix bit,
+// not per pattern.
+func enclosing(pat string, prefix netip.Prefix) []string {
+	var out []string
+	if prefix.IsValid() {
+		for bits := prefix.Bits() - 1; bits >= 0; bits-- {
+			out = append(out, netip.PrefixFrom(prefix.Addr(), bits).Masked().String())
+		}
+		return out
 	}
-	if !strings.HasPrefix(outer, ".") {
-		return false
+	base, wildcard := strings.CutPrefix(pat, ".")
+	if !wildcard {
+		out = append(out, "."+base)
 	}
-	return Covers(outer, strings.TrimPrefix(inner, "."))
+	for i := 0; i < len(base); i++ {
+		if base[i] == '.' {
+			out = append(out, base[i:])
+		}
+	}
+	return out
 }
 
 // patternClass orders the kinds of patterns: exact names, wildcards, CIDRs.

@@ -402,3 +402,29 @@ func TestPolicyNilAndBypass(t *testing.T) {
 	bypass := &Policy{AllowAll: true}
 	require.True(t, bypass.MatchName("anything.test", 1, L4UDP).Allowed)
 }
+
+func BenchmarkCompile(b *testing.B) {
+	var items []string
+	for i := range 500 {
+		items = append(items, fmt.Sprintf("h%d.s%d.example.test", i, i%20), fmt.Sprintf(".s%d.example.test", i%20), fmt.Sprintf("10.%d.%d.0/24", i/250, i%250))
+	}
+	rules, err := ParseLabels(map[string]string{KeyAllow: joinItems(items)}, "c")
+	require.NoError(b, err)
+	ids := NewIdentityTable()
+	b.ResetTimer()
+	for b.Loop() {
+		_, err := Compile(CompileInput{Label: rules}, ids)
+		require.NoError(b, err)
+	}
+}
+
+func joinItems(items []string) string {
+	out := ""
+	for i, it := range items {
+		if i > 0 {
+			out += ","
+		}
+		out += it
+	}
+	return out
+}
