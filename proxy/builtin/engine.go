@@ -1,0 +1,416 @@
+// Package builtin is clawker-fw's default L7 data plane: a Go proxy that runs
+// in the plugin process and is fed from the listener/route model
+// (proxy/model) and the compiled policy snapshot (policy.Snapshot).
+//
+// Every flow is decided in this order:
+//  1. the endpoint is found from the flow's source address
+//     (policy.Snapshot.EndpointByIP; sound because the closed network
+//     anti-spoofs) and its effective policy taken (Endpoint.Effective): a
+//     pending endpoint waits, bounded, for a snapshot that knows its policy;
+//     a bypassed one is allowed everything; one with a label error has an
+//     empty policy, so everything is denied and the denial names the label;
+//  2. the destination comes from the listener: web listeners know the
+//     original port and learn the name from the TLS SNI (peeked with
+//     MSG_PEEK, never consumed) or the HTTP Host; dedicated listeners carry
+//     their destination and port; the transparent listener reads
+//     SO_ORIGINAL_DST and decides by IP/CIDR rule, else by name as a web
+//     listener would;
+//  3. names are matched with Policy.MatchName; TLS without inspection is
+//     spliced in the kernel between two bare *net.TCPConn, TLS with
+//     inspection (Allowed.Inspect, path rules, or InspectAll) is terminated
+//     with a leaf from CertSource and re-originated, and plain HTTP is
+//     proxied per request;
+//  4. the upstream is always the NAME, resolved by the proxy (invariant 7),
+//     and a name whose addresses are all private or link-local is refused
+//     unless an IP/CIDR rule (or Config.AllowPrivateUpstreams) allows them.
+//
+// Denials reset TLS connections and answer 403 where HTTP is visible; every
+// connection gets one canonical log line, Prometheus counters and a
+// Config.OnDecision callback.
+package builtin
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+)
+
+// CertSource issues the leaf certificates used to terminate inspected TLS.
+// The plugin's *ca.CA satisfies it.
+type CertSource interface {
+	Leaf(serverName string) (*tls.Certificate, error)
+}
+
+// CACertSource is optionally implemented by a CertSource: the CA listener
+// serves CACertPEM at /ca.crt.
+type CACertSource interface {
+	CACertPEM() []byte
+}
+
+// Resolver resolves upstream names. *net.Resolver satisfies it.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Config configures an Engine. Zero values take the documented defaults.
+type Config struct {
+	// Log receives one canonical line per connection. Default: discard.
+	Log *logrus.Entry
+	// Registry, when set, gets the engine's Prometheus collectors.
+	Registry prometheus.Registerer
+	// Certs issues leaves for inspected TLS; without it, connections that
+	// need inspection are denied.
+	Certs CertSource
+	// Resolver resolves upstream names. Default: net.DefaultResolver.
+	Resolver Resolver
+	// UpstreamCAs are extra CAs trusted for re-originated TLS, on top of
+	// the system roots.
+	UpstreamCAs []*x509.Certificate
+	// AllowPrivateUpstreams exempts these prefixes from the refusal of
+	// private and link-local upstream addresses for name rules.
+	AllowPrivateUpstreams []netip.Prefix
+	// BindAddr is the address listeners bind. Default: all addresses.
+	BindAddr string
+	// ListenPort maps a model port to the port actually bound (tests map
+	// to 0 and read Addr). Default: identity.
+	ListenPort func(port uint16) uint16
+	// Listen and ListenPacket open listeners. Default: net.Listen and
+	// net.ListenPacket. Tests use them to open listeners inside a netns.
+	Listen       func(network, addr string) (net.Listener, error)
+	ListenPacket func(network, addr string) (net.PacketConn, error)
+	// UpstreamPort maps the port an upstream is dialled on (tests whose
+	// servers run on random ports). Default: identity.
+	UpstreamPort func(port uint16) uint16
+	// PendingWait bounds how long a flow of a pending endpoint waits for its
+	// policy. Default: 3 s.
+	PendingWait time.Duration
+	// SniffTimeout bounds how long the proxy waits for a ClientHello or an
+	// HTTP request head. Default: 10 s.
+	SniffTimeout time.Duration
+	// DialTimeout bounds name resolution and upstream dials. Default: 10 s.
+	DialTimeout time.Duration
+	// UDPIdle closes a UDP session after this long without traffic.
+	// Default: 60 s.
+	UDPIdle time.Duration
+	// DrainTimeout is how long Close waits for live connections before it
+	// closes them. Default: 5 s.
+	DrainTimeout time.Duration
+	// OnDecision, when set, is called (synchronously; keep it cheap) for
+	// every connection decision and every denied HTTP request.
+	OnDecision func(Decision)
+}
+
+// Decision is one allow/deny decision of the proxy.
+type Decision struct {
+	Time      time.Time
+	Endpoint  uint32
+	Container string
+	Source    netip.Addr
+	Listener  model.Kind
+	// Name is the SNI, Host or dedicated destination ("" when unknown).
+	Name string
+	// Dst is the original destination address (transparent listener).
+	Dst  netip.Addr
+	Port uint16
+	L4   policy.L4
+	// Path and Method are set for HTTP request decisions.
+	Path    string
+	Method  string
+	Allowed bool
+	Reason  policy.Reason
+	// Rule is the provenance of the matching rule ("label clawker.allow=...").
+	Rule string
+	// Detail says more (the label error, a dial error).
+	Detail string
+}
+
+// Health is the engine's state for the health endpoint.
+type Health struct {
+	Generation uint64
+	Listeners  int
+	Conns      int
+	// Errors lists listeners that failed to open in the last Apply.
+	Errors []string
+	Closed bool
+}
+
+// Engine is the builtin proxy. It is safe for concurrent use.
+type Engine struct {
+	cfg     Config
+	log     *logrus.Entry
+	metrics *metrics
+	roots   *x509.CertPool
+
+	cur     atomic.Pointer[current]
+	changed atomic.Pointer[chan struct{}]
+
+	mu        sync.Mutex
+	listeners map[lkey]*listener
+	conns     map[*liveConn]struct{}
+	accepted  map[net.Conn]struct{} // every accepted connection, for Close
+	lerrs     []string
+	closed    bool
+	connWG    sync.WaitGroup
+
+	transports sync.Map // uint32 endpoint index -> *http.Transport
+}
+
+type current struct {
+	snap  *policy.Snapshot
+	model *model.Model
+}
+
+// New returns an engine with no listeners; Apply opens them.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Log == nil {
+		l := logrus.New()
+		l.SetOutput(discard{})
+		cfg.Log = logrus.NewEntry(l)
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
+	}
+	if cfg.ListenPort == nil {
+		cfg.ListenPort = func(p uint16) uint16 { return p }
+	}
+	if cfg.UpstreamPort == nil {
+		cfg.UpstreamPort = func(p uint16) uint16 { return p }
+	}
+	if cfg.Listen == nil {
+		cfg.Listen = net.Listen
+	}
+	if cfg.ListenPacket == nil {
+		cfg.ListenPacket = net.ListenPacket
+	}
+	if cfg.PendingWait == 0 {
+		cfg.PendingWait = 3 * time.Second
+	}
+	if cfg.SniffTimeout == 0 {
+		cfg.SniffTimeout = 10 * time.Second
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.UDPIdle == 0 {
+		cfg.UDPIdle = 60 * time.Second
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 5 * time.Second
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	for _, c := range cfg.UpstreamCAs {
+		roots.AddCert(c)
+	}
+	e := &Engine{
+		cfg:       cfg,
+		log:       cfg.Log,
+		roots:     roots,
+		listeners: map[lkey]*listener{},
+		conns:     map[*liveConn]struct{}{},
+		accepted:  map[net.Conn]struct{}{},
+	}
+	ch := make(chan struct{})
+	e.changed.Store(&ch)
+	e.metrics = newMetrics()
+	if cfg.Registry != nil {
+		if err := e.metrics.register(cfg.Registry); err != nil {
+			return nil, fmt.Errorf("register proxy metrics: %w", err)
+		}
+	}
+	return e, nil
+}
+
+// Apply makes snap and m the engine's state, atomically:
+//   - new connections and new HTTP requests see the new policy at once;
+//   - listeners that are new in m are opened, listeners that m no longer
+//     has are closed, and listeners that stay are never touched, so their
+//     connections carry on;
+//   - every live connection (and UDP session) is re-checked against the new
+//     policy with the endpoint, name/address and port it was allowed for,
+//     and the ones the change now denies are closed; connections that are
+//     still allowed are never interrupted.
+//
+// snap must have been indexed (policy.Snapshot.Index) before it is shared.
+// A listener that fails to open is reported in the error and in Health;
+// the rest of the state is applied anyway.
+func (e *Engine) Apply(snap *policy.Snapshot, m *model.Model) error {
+	if snap == nil || m == nil {
+		return errors.New("apply proxy state: nil snapshot or model")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("apply proxy state: engine closed")
+	}
+	e.cur.Store(&current{snap: snap, model: m})
+	// Wake flows of pending endpoints.
+	ch := make(chan struct{})
+	old := e.changed.Swap(&ch)
+	close(*old)
+
+	err := e.reconcileListeners(m)
+	e.recheckConns(snap)
+	e.dropTransports(snap)
+	return err
+}
+
+// Addr returns the address the listener for model port (and l4) is bound
+// to, or nil when there is none.
+func (e *Engine) Addr(port uint16, l4 policy.L4) net.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if l, ok := e.listeners[lkey{port, l4}]; ok {
+		return l.addr
+	}
+	return nil
+}
+
+// Health returns the engine's current state.
+func (e *Engine) Health() Health {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	h := Health{Listeners: len(e.listeners), Conns: len(e.conns), Errors: append([]string(nil), e.lerrs...), Closed: e.closed}
+	if c := e.cur.Load(); c != nil {
+		h.Generation = c.snap.Generation
+	}
+	return h
+}
+
+// Close closes every listener, waits up to Config.DrainTimeout for live
+// connections to finish, then closes the rest.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	var errs []error
+	for k, l := range e.listeners {
+		if err := l.close(); err != nil {
+			errs = append(errs, err)
+		}
+		delete(e.listeners, k)
+	}
+	e.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { e.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(e.cfg.DrainTimeout):
+		e.mu.Lock()
+		for c := range e.conns {
+			c.kill("engine closed")
+		}
+		for c := range e.accepted {
+			_ = c.Close()
+		}
+		e.mu.Unlock()
+		<-done
+	}
+	e.transports.Range(func(k, v any) bool {
+		v.(*http.Transport).CloseIdleConnections()
+		return true
+	})
+	return errors.Join(errs...)
+}
+
+func (e *Engine) state() *current { return e.cur.Load() }
+
+// policyFor returns the endpoint and effective policy for src, waiting up to
+// PendingWait while the endpoint is pending. A nil endpoint means src is no
+// endpoint; a nil policy after the wait means it is still pending.
+func (e *Engine) policyFor(ctx context.Context, src netip.Addr) (*policy.Endpoint, *policy.Policy) {
+	deadline := time.NewTimer(e.cfg.PendingWait)
+	defer deadline.Stop()
+	for {
+		ch := e.changed.Load()
+		c := e.state()
+		var ep *policy.Endpoint
+		if c != nil {
+			ep, _ = c.snap.EndpointByIP(src)
+		}
+		if ep != nil {
+			if pol := ep.Effective(time.Now()); pol != nil {
+				return ep, pol
+			}
+		} else if c != nil {
+			return nil, nil
+		}
+		select {
+		case <-*ch:
+		case <-deadline.C:
+			return ep, nil
+		case <-ctx.Done():
+			return ep, nil
+		}
+	}
+}
+
+// transport returns the HTTP transport used for one endpoint's inspected
+// and plain-HTTP requests. Transports are per endpoint so that a pooled
+// upstream connection is never shared across policies.
+func (e *Engine) transport(idx uint32) *http.Transport {
+	if v, ok := e.transports.Load(idx); ok {
+		return v.(*http.Transport)
+	}
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, p, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			port, err := strconv.ParseUint(p, 10, 16)
+			if err != nil {
+				return nil, err
+			}
+			pol, _ := ctx.Value(polKey{}).(*policy.Policy)
+			return e.dialName(ctx, pol, network, host, uint16(port))
+		},
+		TLSClientConfig:       &tls.Config{RootCAs: e.roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   e.cfg.DialTimeout,
+		ResponseHeaderTimeout: 0,
+	}
+	v, _ := e.transports.LoadOrStore(idx, t)
+	return v.(*http.Transport)
+}
+
+// dropTransports forgets the transports of endpoints the snapshot no longer
+// has. Called with e.mu held.
+func (e *Engine) dropTransports(snap *policy.Snapshot) {
+	e.transports.Range(func(k, v any) bool {
+		if _, ok := snap.Endpoints[k.(uint32)]; !ok {
+			v.(*http.Transport).CloseIdleConnections()
+			e.transports.Delete(k)
+		}
+		return true
+	})
+}
+
+type polKey struct{}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

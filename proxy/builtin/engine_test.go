@@ -1,0 +1,527 @@
+package builtin
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// procIO reads rchar and wchar of this process: bytes moved by read(2) and
+// write(2)-family calls. splice(2) between sockets moves neither.
+func procIO(t *testing.T) (rchar, wchar int64) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	require.NoError(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ": ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "rchar":
+			rchar = n
+		case "wchar":
+			wchar = n
+		}
+	}
+	return
+}
+
+func basicPolicy() *policy.Policy {
+	return &policy.Policy{Allows: []policy.Allowed{
+		allow("api.example.test", policy.ProtoHTTPS, 443, 443, withPorts(policy.ProtoHTTPS, 8443, 8443)),
+		allow(".pkg.example.test", policy.ProtoHTTPS, 443, 443),
+	}}
+}
+
+func TestPassthroughBulkIsSpliced(t *testing.T) {
+	h := newHarness(t)
+	h.dns.set("api.example.test", "127.0.0.1")
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
+	addr := h.webAddr(443)
+	const payload = 4 << 20
+
+	t.Run("upload", func(t *testing.T) {
+		tc, err := h.tlsFrom("127.0.0.2", addr, "api.example.test")
+		require.NoError(t, err)
+		defer tc.Close()
+		r0, w0 := procIO(t)
+		want := sha256.New()
+		_, err = io.WriteString(tc, "SINK\n")
+		require.NoError(t, err)
+		_, err = io.Copy(io.MultiWriter(tc, want), io.LimitReader(newPRNG(), payload))
+		require.NoError(t, err)
+		require.NoError(t, tc.CloseWrite())
+		got, err := bufio.NewReader(tc).ReadString('\n')
+		require.NoError(t, err)
+		require.Equal(t, hex.EncodeToString(want.Sum(nil)), strings.TrimSpace(got))
+		r1, w1 := procIO(t)
+		// Client write + upstream read move the payload once each; a
+		// user-space copy in the proxy would move it once more each way.
+		t.Logf("upload %d bytes: rchar +%d wchar +%d", payload, r1-r0, w1-w0)
+		require.Less(t, r1-r0, int64(payload*3/2), "proxy copied the upload through user space")
+		require.Less(t, w1-w0, int64(payload*3/2), "proxy copied the upload through user space")
+	})
+	t.Run("download", func(t *testing.T) {
+		tc, err := h.tlsFrom("127.0.0.2", addr, "api.example.test")
+		require.NoError(t, err)
+		defer tc.Close()
+		r0, w0 := procIO(t)
+		_, err = io.WriteString(tc, "SEND "+strconv.Itoa(payload)+"\n")
+		require.NoError(t, err)
+		got, want := sha256.New(), sha256.New()
+		n, err := io.Copy(got, tc)
+		require.NoError(t, err)
+		require.Equal(t, int64(payload), n)
+		_, _ = io.Copy(want, io.LimitReader(newPRNG(), payload))
+		require.Equal(t, want.Sum(nil), got.Sum(nil))
+		r1, w1 := procIO(t)
+		t.Logf("download %d bytes: rchar +%d wchar +%d", payload, r1-r0, w1-w0)
+		require.Less(t, r1-r0, int64(payload*3/2))
+		require.Less(t, w1-w0, int64(payload*3/2))
+	})
+	d := h.waitDecision(func(d Decision) bool { return d.Allowed && d.Name == "api.example.test" })
+	require.Equal(t, uint32(1), d.Endpoint)
+	require.Equal(t, "agent1", d.Container)
+	require.Equal(t, "label clawker.allow=api.example.test", d.Rule)
+}
+
+func TestSNIDecisions(t *testing.T) {
+	h := newHarness(t)
+	for _, n := range []string{"api.example.test", "x.pkg.example.test", "evil.example.test", "pkg.example.test"} {
+		h.dns.set(n, "127.0.0.1")
+	}
+	pol := basicPolicy()
+	pol.Denies = []policy.Denied{deny("bad.pkg.example.test")}
+	h.dns.set("bad.pkg.example.test", "127.0.0.1")
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
+
+	tests := []struct {
+		name   string
+		port   uint16
+		sni    string
+		ok     bool
+		reason policy.Reason
+	}{
+		{"exact name", 443, "api.example.test", true, policy.ReasonAllowed},
+		{"non-default port", 8443, "api.example.test", true, policy.ReasonAllowed},
+		{"wildcard subdomain", 443, "x.pkg.example.test", true, policy.ReasonAllowed},
+		{"wildcard apex", 443, "pkg.example.test", true, policy.ReasonAllowed},
+		{"upper case SNI", 443, "API.Example.Test", true, policy.ReasonAllowed},
+		{"unknown name", 443, "evil.example.test", false, policy.ReasonNoRule},
+		{"deny wins", 443, "bad.pkg.example.test", false, policy.ReasonDenyRule},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tc, err := h.tlsFrom("127.0.0.2", h.webAddr(tt.port), tt.sni)
+			if tt.ok {
+				require.NoError(t, err)
+				_, err = io.WriteString(tc, "ECHO\nhello\n")
+				require.NoError(t, err)
+				line, err := bufio.NewReader(tc).ReadString('\n')
+				require.NoError(t, err)
+				require.Equal(t, "hello\n", line)
+				tc.Close()
+				return
+			}
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "reset", "a denied TLS flow is reset")
+			d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Name == strings.ToLower(tt.sni) })
+			require.Equal(t, tt.reason, d.Reason)
+		})
+	}
+
+	t.Run("8443 only for api", func(t *testing.T) {
+		_, err := h.tlsFrom("127.0.0.2", h.webAddr(8443), "x.pkg.example.test")
+		require.Error(t, err)
+		d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Name == "x.pkg.example.test" && d.Port == 8443 })
+		require.Equal(t, policy.ReasonPortNotAllow, d.Reason)
+	})
+
+	t.Run("canonical log line", func(t *testing.T) {
+		require.Eventually(t, func() bool {
+			for _, en := range h.hook.AllEntries() {
+				if en.Message == logMessage && en.Level == logrus.WarnLevel && en.Data[fieldName] == "evil.example.test" {
+					return en.Data[fieldReason] == string(policy.ReasonNoRule) && en.Data[fieldContainer] == "agent1" &&
+						en.Data[fieldEndpoint] == uint32(1) && en.Data[fieldDecision] == "deny"
+				}
+			}
+			return false
+		}, 5*time.Second, 10*time.Millisecond)
+		require.Eventually(t, func() bool {
+			for _, en := range h.hook.AllEntries() {
+				if en.Message == logMessage && en.Level == logrus.InfoLevel && en.Data[fieldName] == "api.example.test" {
+					return en.Data[fieldBytesUp].(int64) > 0 && en.Data[fieldRule] == "label clawker.allow=api.example.test"
+				}
+			}
+			return false
+		}, 5*time.Second, 10*time.Millisecond)
+	})
+}
+
+func TestNoSNIAndGarbageAreReset(t *testing.T) {
+	h := newHarness(t)
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
+	c := dialFrom(t, "127.0.0.2", h.webAddr(443))
+	defer c.Close()
+	// A ClientHello record with no extensions.
+	hello := []byte{0x16, 3, 1, 0, 45, 1, 0, 0, 41, 3, 3}
+	hello = append(hello, make([]byte, 32)...)
+	hello = append(hello, 0, 0, 2, 0x13, 0x01, 1, 0)
+	_, err := c.Write(hello)
+	require.NoError(t, err)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	require.Error(t, err)
+	d := h.waitDecision(func(d Decision) bool { return !d.Allowed })
+	require.Equal(t, ReasonNoSNI, d.Reason)
+}
+
+func TestDedicatedTCPRange(t *testing.T) {
+	h := newHarness(t)
+	echo := newTCPEcho(t, "127.0.0.1")
+	for p := uint16(5000); p <= 5002; p++ {
+		h.mapPort(p, echo)
+	}
+	h.dns.set("db.example.test", "127.0.0.1")
+	pol := &policy.Policy{Allows: []policy.Allowed{allow("db.example.test", policy.ProtoTCP, 5000, 5002)}}
+	other := &policy.Policy{Allows: []policy.Allowed{allow("api.example.test", policy.ProtoHTTPS, 443, 443)}}
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol), endpoint(2, "127.0.0.3", other)))
+	for p := uint16(5000); p <= 5002; p++ {
+		t.Run("port "+strconv.Itoa(int(p)), func(t *testing.T) {
+			c := dialFrom(t, "127.0.0.2", h.dedicatedAddr(policy.ProtoTCP, "db.example.test", p))
+			defer c.Close()
+			_, err := io.WriteString(c, "ping\n")
+			require.NoError(t, err)
+			line, err := bufio.NewReader(c).ReadString('\n')
+			require.NoError(t, err)
+			require.Equal(t, "ping\n", line)
+		})
+	}
+	t.Run("other endpoint denied", func(t *testing.T) {
+		c := dialFrom(t, "127.0.0.3", h.dedicatedAddr(policy.ProtoTCP, "db.example.test", 5001))
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		require.Error(t, err)
+		d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Endpoint == 2 })
+		require.Equal(t, policy.ReasonNoRule, d.Reason)
+		require.Equal(t, "db.example.test", d.Name)
+	})
+}
+
+func TestDedicatedUDP(t *testing.T) {
+	h := newHarness(t)
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, a, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(append([]byte("echo:"), buf[:n]...), a)
+		}
+	}()
+	h.mapPort(5353, uint16(pc.LocalAddr().(*net.UDPAddr).Port))
+	h.dns.set("udp.example.test", "127.0.0.1")
+	pol := &policy.Policy{Allows: []policy.Allowed{allow("udp.example.test", policy.ProtoUDP, 5353, 5353)}}
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol), endpoint(2, "127.0.0.3", &policy.Policy{})))
+	l, ok := h.listenerByKey("dedicated:udp:udp.example.test:5353")
+	require.True(t, ok)
+	addr := h.e.Addr(l.Port, policy.L4UDP).(*net.UDPAddr)
+
+	exchange := func(src string) (string, error) {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(src)}, addr)
+		require.NoError(t, err)
+		defer c.Close()
+		buf := make([]byte, 100)
+		var rerr error
+		for i := 0; i < 3; i++ {
+			_, err = c.Write([]byte("q"))
+			require.NoError(t, err)
+			_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			var n int
+			n, rerr = c.Read(buf)
+			if rerr == nil {
+				return string(buf[:n]), nil
+			}
+		}
+		return "", rerr
+	}
+	got, err := exchange("127.0.0.2")
+	require.NoError(t, err)
+	require.Equal(t, "echo:q", got)
+	_, err = exchange("127.0.0.3")
+	require.Error(t, err)
+	d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Endpoint == 2 })
+	require.Equal(t, policy.L4UDP, d.L4)
+}
+
+func TestInspection(t *testing.T) {
+	h := newHarness(t)
+	h.dns.set("api.example.test", "127.0.0.1")
+	h.dns.set("other.example.test", "127.0.0.1")
+	pol := &policy.Policy{Allows: []policy.Allowed{
+		allow("api.example.test", policy.ProtoHTTPS, 443, 443, withPaths(policy.Deny,
+			policy.PathRule{Path: "/public/secret", Action: policy.Deny},
+			policy.PathRule{Path: "/public/", Action: policy.Allow},
+			policy.PathRule{Path: "/api/", Methods: []string{"GET"}, Action: policy.Allow},
+			policy.PathRule{Path: "~/v[0-9]+/items$", Action: policy.Allow},
+		)),
+		allow("other.example.test", policy.ProtoHTTPS, 443, 443, inspected),
+	}}
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
+	addr := h.webAddr(443)
+
+	for _, h2 := range []bool{false, true} {
+		proto := "HTTP/1.1"
+		if h2 {
+			proto = "HTTP/2.0"
+		}
+		cl := h.httpClient("127.0.0.2", addr, h2)
+		t.Run(proto, func(t *testing.T) {
+			tests := []struct {
+				method, url string
+				host        string
+				status      int
+			}{
+				{"GET", "https://api.example.test/public/readme", "", 200},
+				{"GET", "https://api.example.test/public/secret/x", "", 403},
+				{"GET", "https://api.example.test/private", "", 403},
+				{"GET", "https://api.example.test/api/x", "", 200},
+				{"POST", "https://api.example.test/api/x", "", 403},
+				{"GET", "https://api.example.test/v2/items", "", 200},
+				{"GET", "https://api.example.test/v2/items/1", "", 403},
+				{"GET", "https://api.example.test/x/v2/items", "", 403},
+				// Encoded tricks never escape a prefix.
+				{"GET", "https://api.example.test/public/%2e%2e/private", "", 403},
+				{"GET", "https://api.example.test/public/..%2Fprivate", "", 403},
+				{"GET", "https://api.example.test/public%2F..%2Fprivate", "", 403},
+				{"GET", "https://api.example.test/public//secret", "", 403},
+				{"GET", "https://api.example.test//public/secret", "", 403},
+				{"GET", "https://api.example.test/public/%73ecret", "", 403},
+				{"GET", "https://api.example.test/public/./secret", "", 403},
+				{"GET", "https://api.example.test/public/a/%2E%2E/%2E%2E/private", "", 403},
+				{"GET", "https://api.example.test/public/a/%2e%2e/readme", "", 200},
+				// Domain fronting: SNI api, Host other.
+				{"GET", "https://api.example.test/public/readme", "other.example.test", 403},
+				{"GET", "https://other.example.test/anything", "", 200},
+			}
+			for _, tt := range tests {
+				req, err := http.NewRequest(tt.method, tt.url, nil)
+				require.NoError(t, err)
+				if tt.host != "" {
+					req.Host = tt.host
+				}
+				resp, err := cl.Do(req)
+				require.NoError(t, err, "%s %s", tt.method, tt.url)
+				body := readAll(t, resp.Body)
+				resp.Body.Close()
+				require.Equal(t, tt.status, resp.StatusCode, "%s %s host=%s: %s", tt.method, tt.url, tt.host, body)
+				require.Equal(t, proto, resp.Proto)
+				if tt.status == 403 {
+					require.NotEmpty(t, resp.Header.Get("X-Clawker-Denied"))
+					require.Contains(t, body, "clawker-fw denied")
+				} else {
+					require.True(t, strings.HasPrefix(body, "https "+tt.method+" "), body)
+				}
+			}
+		})
+	}
+	d := h.waitDecision(func(d Decision) bool { return d.Reason == ReasonDomainFronting })
+	require.Equal(t, "other.example.test", d.Name)
+	d = h.waitDecision(func(d Decision) bool { return d.Reason == policy.ReasonPath && d.Method == "POST" })
+	require.Equal(t, "/api/x", d.Path)
+}
+
+func TestPlainHTTP(t *testing.T) {
+	h := newHarness(t)
+	port := newPlainUpstream(t, "127.0.0.1")
+	h.mapPort(80, port)
+	h.dns.set("web.example.test", "127.0.0.1")
+	h.dns.set("nope.example.test", "127.0.0.1")
+	pol := &policy.Policy{Allows: []policy.Allowed{
+		allow("web.example.test", policy.ProtoHTTP, 80, 80, withPaths(policy.Allow, policy.PathRule{Path: "/admin", Action: policy.Deny})),
+	}}
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
+	cl := h.httpClient("127.0.0.2", h.webAddr(80), false)
+	for _, tt := range []struct {
+		url    string
+		status int
+	}{
+		{"http://web.example.test/ok", 200},
+		{"http://web.example.test/admin/x", 403},
+		{"http://web.example.test/x/%2e%2e/admin", 403},
+		{"http://nope.example.test/", 403},
+	} {
+		resp, err := cl.Get(tt.url)
+		require.NoError(t, err)
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, tt.status, resp.StatusCode, "%s: %s", tt.url, body)
+		if tt.status == 200 {
+			require.Equal(t, "http GET web.example.test /ok", body)
+		}
+	}
+	resp, err := cl.Get("http://nope.example.test/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Contains(t, resp.Header.Get("X-Clawker-Denied"), "clawker.allow=nope.example.test")
+}
+
+func TestPrivateUpstream(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		exempt  []netip.Prefix
+		cidr    bool
+		allowed bool
+	}{
+		{"refused by default", nil, false, false},
+		{"exempted prefix", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, false, true},
+		{"explicit CIDR rule", nil, true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.AllowPrivateUpstreams = tt.exempt })
+			h.dns.set("internal.example.test", "127.0.0.1")
+			pol := &policy.Policy{Allows: []policy.Allowed{allow("internal.example.test", policy.ProtoHTTPS, 443, 443)}}
+			if tt.cidr {
+				pol.Allows = append(pol.Allows, allow("127.0.0.0/8", policy.ProtoTCP, 443, 443))
+			}
+			h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
+			tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "internal.example.test")
+			if tt.allowed {
+				require.NoError(t, err)
+				tc.Close()
+				return
+			}
+			require.Error(t, err)
+			d := h.waitDecision(func(d Decision) bool { return !d.Allowed })
+			require.Equal(t, ReasonPrivateUpstream, d.Reason)
+		})
+	}
+}
+
+func TestEndpointStates(t *testing.T) {
+	t.Run("pending then policy", func(t *testing.T) {
+		h := newHarness(t)
+		h.dns.set("api.example.test", "127.0.0.1")
+		ep := endpoint(1, "127.0.0.2", nil)
+		ep.Pending = true
+		h.apply(snapshot(1, ep, endpoint(2, "127.0.0.9", basicPolicy())))
+		addr := h.webAddr(443)
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			h.apply(snapshot(2, endpoint(1, "127.0.0.2", basicPolicy()), endpoint(2, "127.0.0.9", basicPolicy())))
+		}()
+		start := time.Now()
+		tc, err := h.tlsFrom("127.0.0.2", addr, "api.example.test")
+		require.NoError(t, err)
+		tc.Close()
+		require.GreaterOrEqual(t, time.Since(start), 250*time.Millisecond)
+	})
+	t.Run("pending times out", func(t *testing.T) {
+		h := newHarness(t, func(c *Config) { c.PendingWait = 300 * time.Millisecond })
+		ep := endpoint(1, "127.0.0.2", nil)
+		ep.Pending = true
+		h.apply(snapshot(1, ep, endpoint(2, "127.0.0.9", basicPolicy())))
+		_, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "api.example.test")
+		require.Error(t, err)
+		require.Equal(t, policy.ReasonPending, h.waitDecision(func(d Decision) bool { return !d.Allowed }).Reason)
+	})
+	t.Run("bypass allows all", func(t *testing.T) {
+		h := newHarness(t)
+		h.dns.set("anything.example.test", "127.0.0.1")
+		ep := endpoint(1, "127.0.0.2", &policy.Policy{})
+		ep.BypassUntil = time.Now().Add(time.Hour)
+		h.apply(snapshot(1, ep, endpoint(2, "127.0.0.9", basicPolicy())))
+		tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "anything.example.test")
+		require.NoError(t, err)
+		tc.Close()
+		d := h.waitDecision(func(d Decision) bool { return d.Allowed })
+		require.Equal(t, policy.ReasonBypass, d.Reason)
+	})
+	t.Run("label error denies and names the label", func(t *testing.T) {
+		h := newHarness(t)
+		ep := endpoint(1, "127.0.0.2", basicPolicy())
+		ep.LabelError = `label clawker.allow: "bad name!" is not a host name`
+		h.apply(snapshot(1, ep, endpoint(2, "127.0.0.9", basicPolicy())))
+		_, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "api.example.test")
+		require.Error(t, err)
+		d := h.waitDecision(func(d Decision) bool { return !d.Allowed })
+		require.Equal(t, policy.ReasonBadLabel, d.Reason)
+		require.Contains(t, d.Detail, "clawker.allow")
+	})
+	t.Run("unknown source", func(t *testing.T) {
+		h := newHarness(t)
+		h.apply(snapshot(1, endpoint(2, "127.0.0.9", basicPolicy())))
+		_, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "api.example.test")
+		require.Error(t, err)
+		require.Equal(t, policy.ReasonUnknownPeer, h.waitDecision(func(d Decision) bool { return !d.Allowed }).Reason)
+	})
+}
+
+func TestCAListener(t *testing.T) {
+	h := newHarness(t)
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
+	addr := h.e.Addr(15002, policy.L4TCP)
+	require.NotNil(t, addr)
+	resp, err := http.Get("http://" + addr.String() + "/ca.crt")
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, string(h.ca.pem), readAll(t, resp.Body))
+	resp.Body.Close()
+	resp, err = http.Get("http://" + addr.String() + "/other")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 404, resp.StatusCode)
+}
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, func(c *Config) { c.Registry = reg })
+	h.dns.set("api.example.test", "127.0.0.1")
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
+	tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "api.example.test")
+	require.NoError(t, err)
+	_, _ = io.WriteString(tc, "SEND 1000\n")
+	_, _ = io.Copy(io.Discard, tc)
+	tc.Close()
+	_, err = h.tlsFrom("127.0.0.2", h.webAddr(443), "nope.example.test")
+	require.Error(t, err)
+	require.Eventually(t, func() bool {
+		return counterValue(h.e.metrics.allowed.WithLabelValues("web")) == 1 &&
+			counterValue(h.e.metrics.denied.WithLabelValues("web", "no-rule")) == 1 &&
+			counterValue(h.e.metrics.bytes.WithLabelValues("down")) > 1000
+	}, 5*time.Second, 10*time.Millisecond)
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	require.Len(t, mfs, 3)
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}

@@ -1,0 +1,206 @@
+package builtin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+)
+
+type lkey struct {
+	port uint16
+	l4   policy.L4
+}
+
+// listener is one open model listener.
+type listener struct {
+	def  model.Listener
+	addr net.Addr
+	ln   net.Listener   // TCP
+	pc   net.PacketConn // UDP
+	udp  *udpRelay
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *listener) close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		if l.ln != nil {
+			err = l.ln.Close()
+		}
+		if l.pc != nil {
+			err = l.pc.Close()
+		}
+	})
+	return err
+}
+
+// reconcileListeners opens the listeners m has and the engine lacks (or
+// whose definition changed) and closes the ones m no longer has. Called
+// with e.mu held.
+func (e *Engine) reconcileListeners(m *model.Model) error {
+	want := make(map[lkey]model.Listener, len(m.Listeners))
+	for _, d := range m.Listeners {
+		want[lkey{d.Port, d.L4}] = d
+	}
+	for k, l := range e.listeners {
+		if d, ok := want[k]; !ok || d != l.def {
+			_ = l.close()
+			delete(e.listeners, k)
+		}
+	}
+	var errs []error
+	e.lerrs = nil
+	for k, d := range want {
+		if _, ok := e.listeners[k]; ok {
+			continue
+		}
+		l, err := e.open(d)
+		if err != nil {
+			errs = append(errs, err)
+			e.lerrs = append(e.lerrs, err.Error())
+			continue
+		}
+		e.listeners[k] = l
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Engine) open(d model.Listener) (*listener, error) {
+	addr := net.JoinHostPort(e.cfg.BindAddr, strconv.Itoa(int(e.cfg.ListenPort(d.Port))))
+	l := &listener{def: d, done: make(chan struct{})}
+	if d.L4 == policy.L4UDP {
+		pc, err := e.cfg.ListenPacket("udp4", addr)
+		if err != nil {
+			return nil, fmt.Errorf("open %s listener %s on %s: %w", d.Kind, d.Key, addr, err)
+		}
+		l.pc, l.addr = pc, pc.LocalAddr()
+		l.udp = newUDPRelay(e, l)
+		go l.udp.serve()
+		return l, nil
+	}
+	ln, err := e.cfg.Listen("tcp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("open %s listener %s on %s: %w", d.Kind, d.Key, addr, err)
+	}
+	l.ln, l.addr = ln, ln.Addr()
+	go e.acceptLoop(l)
+	return l, nil
+}
+
+func (e *Engine) acceptLoop(l *listener) {
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			select {
+			case <-l.done:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTemporary) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			// EMFILE and friends: back off and retry.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			e.log.WithError(err).WithField(fieldListener, l.def.Key).Warn("accept failed")
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		e.mu.Lock()
+		if e.closed {
+			e.mu.Unlock()
+			_ = c.Close()
+			return
+		}
+		e.accepted[c] = struct{}{}
+		e.connWG.Add(1)
+		e.mu.Unlock()
+		go func() {
+			defer e.connWG.Done()
+			defer func() {
+				e.mu.Lock()
+				delete(e.accepted, c)
+				e.mu.Unlock()
+			}()
+			e.handle(l.def, c)
+		}()
+	}
+}
+
+var errTemporary = errors.New("temporary")
+
+// liveConn is one tracked connection (or UDP session): what it was allowed
+// for, so Apply can re-check it, and how to stop it.
+type liveConn struct {
+	src    netip.Addr
+	index  uint32
+	name   string     // name it was allowed for ("" for IP flows)
+	dst    netip.Addr // IP it was allowed for (IP flows)
+	port   uint16
+	l4     policy.L4
+	closer func()
+	once   sync.Once
+	e      *Engine
+	// killed is set (under e.mu) when Apply closed it.
+	killed string
+}
+
+func (c *liveConn) kill(reason string) {
+	c.killed = reason
+	c.once.Do(c.closer)
+}
+
+// track registers a live connection; the returned func unregisters it.
+func (e *Engine) track(c *liveConn) (untrack func(), ok bool) {
+	c.e = e
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return func() {}, false
+	}
+	e.conns[c] = struct{}{}
+	return func() {
+		e.mu.Lock()
+		delete(e.conns, c)
+		e.mu.Unlock()
+	}, true
+}
+
+// recheckConns closes the live connections that snap now denies. Called
+// with e.mu held.
+func (e *Engine) recheckConns(snap *policy.Snapshot) {
+	now := time.Now()
+	for c := range e.conns {
+		ep, ok := snap.EndpointByIP(c.src)
+		if !ok || ep.Index != c.index {
+			c.kill("endpoint gone")
+			continue
+		}
+		pol := ep.Effective(now)
+		if pol == nil {
+			continue // pending again: keep what was allowed
+		}
+		var m policy.Match
+		if c.name != "" {
+			m = pol.MatchName(c.name, c.port, c.l4)
+		} else {
+			m = pol.MatchIP(c.dst, c.port, c.l4)
+		}
+		if !m.Allowed {
+			c.kill(string(m.Reason))
+		}
+	}
+}

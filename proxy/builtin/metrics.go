@@ -1,0 +1,66 @@
+package builtin
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Log field names of the canonical decision line.
+const (
+	fieldEndpoint  = "endpoint"
+	fieldContainer = "container"
+	fieldSource    = "src"
+	fieldListener  = "listener"
+	fieldName      = "name"
+	fieldDst       = "dst"
+	fieldPort      = "port"
+	fieldRule      = "rule"
+	fieldDecision  = "decision"
+	fieldReason    = "reason"
+	fieldDetail    = "detail"
+	fieldBytesUp   = "bytes_up"
+	fieldBytesDown = "bytes_down"
+	fieldDuration  = "duration_ms"
+	fieldRequests  = "requests"
+	fieldDeniedReq = "denied_requests"
+	fieldPath      = "path"
+	fieldMethod    = "method"
+	fieldMode      = "mode"
+	fieldClosedBy  = "closed_by"
+
+	logMessage = "CANONICAL-PROXY-DECISION"
+)
+
+type metrics struct {
+	allowed *prometheus.CounterVec
+	denied  *prometheus.CounterVec
+	bytes   *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		allowed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "clawker", Subsystem: "proxy", Name: "allowed_total",
+			Help: "Connections and HTTP requests the builtin proxy allowed.",
+		}, []string{"listener"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "clawker", Subsystem: "proxy", Name: "denied_total",
+			Help: "Connections and HTTP requests the builtin proxy denied, by reason.",
+		}, []string{"listener", "reason"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "clawker", Subsystem: "proxy", Name: "bytes_total",
+			Help: "Bytes relayed by the builtin proxy (up = client to upstream).",
+		}, []string{"direction"}),
+	}
+}
+
+func (m *metrics) register(r prometheus.Registerer) error {
+	var errs []error
+	for _, c := range []prometheus.Collector{m.allowed, m.denied, m.bytes} {
+		if err := r.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

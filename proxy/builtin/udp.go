@@ -1,0 +1,252 @@
+package builtin
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// udpRelay relays the datagrams of one dedicated UDP listener. Each client
+// address gets a session with its own connected upstream socket; a session
+// ends after Config.UDPIdle without traffic or when a policy change denies
+// it.
+type udpRelay struct {
+	e  *Engine
+	l  *listener
+	mu sync.Mutex
+	// sessions is keyed by the client's address.
+	sessions map[netip.AddrPort]*udpSession
+}
+
+type udpSession struct {
+	r       *udpRelay
+	client  netip.AddrPort
+	ready   chan struct{}
+	up      net.Conn // nil when denied
+	queue   [][]byte // datagrams that arrived before the decision
+	last    atomic.Int64
+	bytesUp atomic.Int64
+	bytesDn atomic.Int64
+	closed  atomic.Bool
+	once    sync.Once
+}
+
+const udpQueueMax = 16
+
+func newUDPRelay(e *Engine, l *listener) *udpRelay {
+	return &udpRelay{e: e, l: l, sessions: map[netip.AddrPort]*udpSession{}}
+}
+
+func (r *udpRelay) serve() {
+	buf := make([]byte, 64<<10)
+	defer r.closeAll()
+	for {
+		n, addr, err := r.l.pc.ReadFrom(buf)
+		if err != nil {
+			select {
+			case <-r.l.done:
+				return
+			default:
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		ua, ok := addr.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		client := ua.AddrPort()
+		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		pkt := append([]byte(nil), buf[:n]...)
+		r.mu.Lock()
+		s, ok := r.sessions[client]
+		if !ok {
+			s = &udpSession{r: r, client: client, ready: make(chan struct{})}
+			s.last.Store(time.Now().UnixNano())
+			s.queue = append(s.queue, pkt)
+			r.sessions[client] = s
+			r.mu.Unlock()
+			r.e.connWG.Add(1)
+			go func() {
+				defer r.e.connWG.Done()
+				s.run()
+			}()
+			continue
+		}
+		select {
+		case <-s.ready:
+			r.mu.Unlock()
+			s.last.Store(time.Now().UnixNano())
+			if s.up != nil {
+				if _, err := s.up.Write(pkt); err == nil {
+					s.bytesUp.Add(int64(len(pkt)))
+				}
+			}
+		default:
+			if len(s.queue) < udpQueueMax {
+				s.queue = append(s.queue, pkt)
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *udpRelay) closeAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.sessions {
+		s.close()
+	}
+}
+
+func (s *udpSession) close() {
+	s.once.Do(func() {
+		s.closed.Store(true)
+		if s.up != nil {
+			_ = s.up.Close()
+		}
+	})
+}
+
+// run decides the session, relays upstream replies and ends on idle.
+func (s *udpSession) run() {
+	r := s.r
+	e := r.e
+	def := r.l.def
+	f := &flow{e: e, def: def, start: time.Now(), src: s.client.Addr(), name: def.Dst, port: def.OrigPort, l4: policy.L4UDP, mode: "udp", conn: nopConn{}}
+	defer func() {
+		r.mu.Lock()
+		if r.sessions[s.client] == s {
+			delete(r.sessions, s.client)
+		}
+		r.mu.Unlock()
+		f.up.Store(s.bytesUp.Load())
+		f.down.Store(s.bytesDn.Load())
+		f.finish()
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ep, pol := e.policyFor(ctx, f.src)
+	f.ep = ep
+	var m policy.Match
+	switch {
+	case ep == nil:
+		f.deny(policy.ReasonUnknownPeer, "", "source address is no endpoint")
+	case pol == nil:
+		f.deny(policy.ReasonPending, "", "the container's policy is still unknown")
+	default:
+		if a, err := netip.ParseAddr(def.Dst); err == nil {
+			f.name, f.dst = "", a
+			m = pol.MatchIP(a, f.port, policy.L4UDP)
+		} else {
+			m = pol.MatchName(def.Dst, f.port, policy.L4UDP)
+		}
+		if !m.Allowed {
+			f.denyMatch(m, pol)
+		}
+	}
+	if f.decided {
+		s.markReady(nil)
+		s.idleUntilQuiet()
+		return
+	}
+	var up net.Conn
+	var err error
+	if f.dst.IsValid() {
+		up, err = e.dialAddrs(ctx, "udp4", []netip.Addr{f.dst}, f.port)
+	} else {
+		up, err = e.dialName(ctx, pol, "udp4", f.name, f.port)
+	}
+	if err != nil {
+		f.denyDial(m, err)
+		s.markReady(nil)
+		s.idleUntilQuiet()
+		return
+	}
+	lc := &liveConn{src: f.src, index: ep.Index, name: f.name, dst: f.dst, port: f.port, l4: policy.L4UDP}
+	lc.closer = func() {
+		f.closedBy.Store(true)
+		s.close()
+	}
+	untrack, ok := e.track(lc)
+	if !ok {
+		_ = up.Close()
+		return
+	}
+	defer untrack()
+	f.allow(m)
+	s.markReady(up)
+
+	buf := make([]byte, 64<<10)
+	for {
+		_ = up.SetReadDeadline(time.Now().Add(e.cfg.UDPIdle))
+		n, err := up.Read(buf)
+		if err != nil {
+			if s.closed.Load() {
+				return
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				if time.Since(time.Unix(0, s.last.Load())) >= e.cfg.UDPIdle {
+					s.close()
+					return
+				}
+				continue
+			}
+			// ICMP errors (connection refused) are reported on reads of a
+			// connected UDP socket: the session stays until idle.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		s.last.Store(time.Now().UnixNano())
+		if _, err := r.l.pc.WriteTo(buf[:n], net.UDPAddrFromAddrPort(s.client)); err == nil {
+			s.bytesDn.Add(int64(n))
+		}
+	}
+}
+
+// markReady publishes the decision and flushes datagrams queued before it.
+func (s *udpSession) markReady(up net.Conn) {
+	s.r.mu.Lock()
+	s.up = up
+	q := s.queue
+	s.queue = nil
+	close(s.ready)
+	s.r.mu.Unlock()
+	if up == nil {
+		return
+	}
+	for _, p := range q {
+		if _, err := up.Write(p); err == nil {
+			s.bytesUp.Add(int64(len(p)))
+		}
+	}
+}
+
+// idleUntilQuiet keeps a denied session (dropping its datagrams) until the
+// client has been quiet for UDPIdle, so a flood logs one line, not many.
+func (s *udpSession) idleUntilQuiet() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.r.l.done:
+			return
+		case <-t.C:
+			if time.Since(time.Unix(0, s.last.Load())) >= s.r.e.cfg.UDPIdle {
+				return
+			}
+		}
+	}
+}
+
+// nopConn stands in for the connection of a UDP session's flow.
+type nopConn struct{ net.Conn }
+
+func (nopConn) Close() error { return nil }
