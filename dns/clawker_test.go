@@ -3,12 +3,14 @@ package dns
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	mdns "github.com/miekg/dns"
@@ -319,4 +321,59 @@ func TestConcurrentQueries(t *testing.T) {
 	}
 	wg.Wait()
 	require.Len(t, f.learner.Calls(), 50)
+}
+
+func TestUpstreamNext(t *testing.T) {
+	f := newFixture(t)
+	f.h.UseNext = true
+	var nextCalls int
+	f.h.Next = plugin.HandlerFunc(func(ctx context.Context, w mdns.ResponseWriter, r *mdns.Msg) (int, error) {
+		nextCalls++
+		m := new(mdns.Msg)
+		m.SetReply(r)
+		m.Answer = []mdns.RR{mustRR(r.Question[0].Name + " 60 IN A 192.0.2.42"), mustRR("elsewhere.test. 60 IN A 192.0.2.43")}
+		return mdns.RcodeSuccess, w.WriteMsg(m)
+	})
+	rcode, m, _ := f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
+	require.Equal(t, mdns.RcodeSuccess, rcode)
+	require.Equal(t, []string{"192.0.2.42"}, addrs(m))
+	require.Equal(t, 1, nextCalls)
+	require.Empty(t, f.up.Queries())
+	require.Equal(t, []learnCall{lc(1, "192.0.2.42", 10, 5*time.Minute)}, f.learner.Calls())
+
+	// Denied names never reach the next plugin; networks with their own
+	// upstreams keep using them.
+	rcode, _, _ = f.ask(t, ep1IP, "evil.example.test", mdns.TypeA)
+	require.Equal(t, mdns.RcodeNameError, rcode)
+	rcode, _, _ = f.ask(t, ep4IP, "api.example.test", mdns.TypeA)
+	require.Equal(t, mdns.RcodeSuccess, rcode)
+	require.Equal(t, 1, nextCalls)
+	require.Equal(t, []string{"api.example.test./A"}, f.up2.Queries())
+
+	// A next plugin that fails gives SERVFAIL and nothing learned.
+	f.learner.Reset()
+	f.h.Next = plugin.HandlerFunc(func(context.Context, mdns.ResponseWriter, *mdns.Msg) (int, error) {
+		return mdns.RcodeServerFailure, errors.New("upstream down")
+	})
+	rcode, m, _ = f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
+	require.Equal(t, mdns.RcodeServerFailure, rcode)
+	require.Nil(t, m)
+	require.Empty(t, f.learner.Calls())
+}
+
+func TestUpstreamFailover(t *testing.T) {
+	f := newFixture(t)
+	dead, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	deadAddr := dead.LocalAddr().String()
+	dead.Close() // nothing listens: ICMP port unreachable, fast error
+	f.h.Upstreams = []string{deadAddr, f.up.Addr}
+	rcode, m, _ := f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
+	require.Equal(t, mdns.RcodeSuccess, rcode)
+	require.Equal(t, []string{"192.0.2.1"}, addrs(m))
+
+	f.h.Upstreams = []string{deadAddr}
+	rcode, _, _ = f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
+	require.Equal(t, mdns.RcodeServerFailure, rcode)
+	require.True(t, hasLine(f.log.Lines(), "ERROR", "reason=upstream"), "%v", f.log.Lines())
 }
