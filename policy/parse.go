@@ -160,6 +160,9 @@ func (p *jsonPort) MarshalJSON() ([]byte, error) {
 // are an error. The result is normalized.
 func ParseRuleJSON(data []byte) (EgressRule, error) {
 	var in ruleJSON
+	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		return EgressRule{}, &ruleError{value: string(data), reason: `want a JSON object {"dst": ...} (compact items go in clawker.allow or clawker.deny)`}
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {

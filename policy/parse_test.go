@@ -129,6 +129,8 @@ func TestParseNetworkOptionsErrors(t *testing.T) {
 		{name: "rules empty", opts: map[string]string{KeyRules: `[]`}, field: KeyRules, value: `[]`, reason: "empty list"},
 		{name: "rules unknown field", opts: map[string]string{KeyRules: `[{"dst":"a.example","host":"b"}]`}, field: "clawker.rules[0]", value: `{"dst":"a.example","host":"b"}`, reason: `unknown field "host"`},
 		{name: "rules unknown path field", opts: map[string]string{KeyRules: `[{"dst":"a.example","paths":[{"prefix":"/"}]}]`}, field: "clawker.rules[0]", value: `{"dst":"a.example","paths":[{"prefix":"/"}]}`, reason: `unknown field "prefix"`},
+		{name: "rules compact item", opts: map[string]string{KeyRules: `["github.com"]`}, field: "clawker.rules[0]", value: `"github.com"`, reason: "want a JSON object"},
+		{name: "rules null item", opts: map[string]string{KeyRules: `[null]`}, field: "clawker.rules[0]", value: `null`, reason: "want a JSON object"},
 		{name: "rules missing dst", opts: map[string]string{KeyRules: `[{"proto":"https"}]`}, field: "clawker.rules[0].dst", reason: "missing destination"},
 		{name: "rules bad dst", opts: map[string]string{KeyRules: `[{"dst":"a.example"},{"dst":"exa mple.com"}]`}, field: "clawker.rules[1].dst", value: "exa mple.com", reason: "invalid character ' '"},
 		{name: "rules bad regex", opts: map[string]string{KeyRules: `[{"dst":"a.example","paths":[{"path":"~/v[0-9"}]}]`}, field: "clawker.rules[0].paths[0].path", value: "~/v[0-9", reason: "invalid regular expression"},
