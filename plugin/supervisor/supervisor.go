@@ -31,6 +31,8 @@ type Spec struct {
 	HealthEvery time.Duration
 	// MinBackoff/MaxBackoff bound the restart delay (defaults 100 ms, 10 s).
 	MinBackoff, MaxBackoff time.Duration
+	// OnLine, when set, sees every output line (after it is logged).
+	OnLine func(line string)
 }
 
 // Status is a sidecar's health snapshot.
@@ -163,6 +165,9 @@ func (p *Process) pipe(r io.Reader) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		p.log.Info(sc.Text())
+		if p.spec.OnLine != nil {
+			p.spec.OnLine(sc.Text())
+		}
 	}
 }
 

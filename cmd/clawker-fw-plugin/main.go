@@ -1,0 +1,386 @@
+// Command clawker-fw-plugin is the process of the clawker-fw Docker managed
+// plugin: network driver and authorization plugin on one socket, supervisor
+// of the CoreDNS sidecar, the builtin proxy, and the admin API.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"github.com/clawker-fw/clawker-fw/bpf"
+	"github.com/clawker-fw/clawker-fw/dns"
+	"github.com/clawker-fw/clawker-fw/netguard"
+	"github.com/clawker-fw/clawker-fw/plugin"
+	"github.com/clawker-fw/clawker-fw/plugin/authz"
+	"github.com/clawker-fw/clawker-fw/plugin/supervisor"
+	"github.com/clawker-fw/clawker-fw/plugin/wire"
+	"github.com/clawker-fw/clawker-fw/proxy/builtin"
+	"github.com/clawker-fw/clawker-fw/proxy/ca"
+	"github.com/clawker-fw/clawker-fw/proxy/envoy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+)
+
+// settings are read from the environment (config.json's settable env).
+type settings struct {
+	StateDir        string
+	PluginSocket    string
+	DockerSocket    string
+	PinDir          string
+	Cgroup          string
+	Engine          string
+	Upstreams       []string
+	TTLFloor        time.Duration
+	TTLCeiling      time.Duration
+	AllowPrivate    []netip.Prefix
+	ExtraCA         string
+	LogLevel        logrus.Level
+	AuthzOverride   bool
+	CoreDNSBinary   string
+	DefaultUpstream []string
+}
+
+func env(k, def string) string {
+	if v := strings.TrimSpace(os.Getenv(k)); v != "" {
+		return v
+	}
+	return def
+}
+
+func readSettings() (settings, error) {
+	s := settings{
+		StateDir:      env("CLAWKER_STATE_DIR", "/var/lib/clawker-fw"),
+		PluginSocket:  env("CLAWKER_PLUGIN_SOCKET", "/run/docker/plugins/clawker-fw.sock"),
+		DockerSocket:  env("CLAWKER_DOCKER_SOCKET", "/var/run/docker.sock"),
+		PinDir:        env("CLAWKER_BPF_PIN_DIR", bpf.DefaultPinDir),
+		Cgroup:        env("CLAWKER_CGROUP2", ""),
+		Engine:        env("CLAWKER_PROXY_ENGINE", "builtin"),
+		ExtraCA:       env("CLAWKER_EXTRA_CA", ""),
+		CoreDNSBinary: env("CLAWKER_COREDNS", "/bin/clawker-coredns"),
+		AuthzOverride: env("CLAWKER_AUTHZ_OVERRIDE", "false") == "true",
+	}
+	var err error
+	if s.LogLevel, err = logrus.ParseLevel(env("CLAWKER_LOG_LEVEL", "info")); err != nil {
+		return s, fmt.Errorf("setting CLAWKER_LOG_LEVEL: %w", err)
+	}
+	if s.TTLFloor, err = time.ParseDuration(env("CLAWKER_DNS_TTL_FLOOR", "5m")); err != nil {
+		return s, fmt.Errorf("setting CLAWKER_DNS_TTL_FLOOR: %w", err)
+	}
+	if s.TTLCeiling, err = time.ParseDuration(env("CLAWKER_DNS_TTL_CEILING", "1h")); err != nil {
+		return s, fmt.Errorf("setting CLAWKER_DNS_TTL_CEILING: %w", err)
+	}
+	if s.TTLFloor > s.TTLCeiling {
+		return s, fmt.Errorf("setting CLAWKER_DNS_TTL_FLOOR (%s) is above CLAWKER_DNS_TTL_CEILING (%s)", s.TTLFloor, s.TTLCeiling)
+	}
+	for _, u := range splitList(env("CLAWKER_DNS_UPSTREAM", "1.1.1.2,1.0.0.2")) {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			if _, err2 := netip.ParseAddr(u); err2 != nil {
+				return s, fmt.Errorf("setting CLAWKER_DNS_UPSTREAM: %q is not ip or ip:port", u)
+			}
+			u = net.JoinHostPort(u, "53")
+		}
+		s.Upstreams = append(s.Upstreams, u)
+	}
+	for _, c := range splitList(env("CLAWKER_ALLOW_PRIVATE_UPSTREAMS", "")) {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return s, fmt.Errorf("setting CLAWKER_ALLOW_PRIVATE_UPSTREAMS: %w", err)
+		}
+		s.AllowPrivate = append(s.AllowPrivate, p.Masked())
+	}
+	if s.Engine != "builtin" && s.Engine != "envoy" {
+		return s, fmt.Errorf("setting CLAWKER_PROXY_ENGINE: %q is not builtin or envoy", s.Engine)
+	}
+	return s, nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func main() {
+	logger := logrus.New()
+	logger.SetFormatter(&logrus.JSONFormatter{})
+	logger.SetOutput(os.Stderr)
+	log := logrus.NewEntry(logger).WithField(plugin.FieldComponent, "main")
+	if err := run(logger, log); err != nil {
+		log.WithError(err).Error("clawker-fw plugin stopped")
+		os.Exit(1)
+	}
+}
+
+// upstreamResolver resolves names through the configured upstreams (the
+// plugin's rootfs has no resolv.conf, and tests must never reach a public
+// resolver).
+func upstreamResolver(upstreams []string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		var last error
+		for _, u := range upstreams {
+			c, err := d.DialContext(ctx, network, u)
+			if err == nil {
+				return c, nil
+			}
+			last = err
+		}
+		return nil, fmt.Errorf("dial upstream resolvers %v: %w", upstreams, last)
+	}}
+}
+
+func loadCAs(path string) ([]*x509.Certificate, error) {
+	if path == "" {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("setting CLAWKER_EXTRA_CA: %w", err)
+	}
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, raw = pem.Decode(raw)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("setting CLAWKER_EXTRA_CA: parse %s: %w", path, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("setting CLAWKER_EXTRA_CA: no certificate in %s", path)
+	}
+	return out, nil
+}
+
+func run(logger *logrus.Logger, log *logrus.Entry) error {
+	s, err := readSettings()
+	if err != nil {
+		return err
+	}
+	logger.SetLevel(s.LogLevel)
+	root := logrus.NewEntry(logger)
+	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	if s.Engine == "envoy" {
+		if _, err := envoy.FindEnvoy(); err != nil {
+			return err
+		}
+		return errors.New("setting CLAWKER_PROXY_ENGINE=envoy: the Envoy sidecar is validated in Go only in this release; use builtin")
+	}
+
+	// Kernel half: the host's bpffs and the cgroup2 root.
+	if err := bpf.CheckHostBPFFS(filepath.Dir(s.PinDir)); err != nil {
+		return err
+	}
+	mgr, err := bpf.Open(bpf.Config{PinDir: s.PinDir, CgroupPath: s.Cgroup})
+	if err != nil {
+		return err
+	}
+	defer mgr.Close() // leaves pins and links: enforcement holds while we are down
+	guard, err := netguard.New(0)
+	if err != nil {
+		return err
+	}
+	defer guard.Close()
+
+	authority, err := ca.Open(filepath.Join(s.StateDir, "ca"))
+	if err != nil {
+		return err
+	}
+	extra, err := loadCAs(s.ExtraCA)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	denials := plugin.NewDenialLog(500)
+	engine, err := builtin.New(builtin.Config{
+		Log:                   root.WithField(plugin.FieldComponent, "proxy"),
+		Registry:              reg,
+		Certs:                 authority,
+		Resolver:              upstreamResolver(s.Upstreams),
+		UpstreamCAs:           extra,
+		AllowPrivateUpstreams: s.AllowPrivate,
+		OnDecision: func(d builtin.Decision) {
+			if d.Allowed {
+				return
+			}
+			denials.Add(plugin.Denial{Time: d.Time, Source: "proxy", Index: d.Endpoint, Container: d.Container,
+				Destination: firstNonEmpty(d.Name, d.Dst.String()), Port: d.Port, Reason: string(d.Reason), Rule: d.Rule,
+				Fix: plugin.FixFor(firstNonEmpty(d.Name, d.Dst.String()), d.Port, d.Reason, nil)})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer engine.Close()
+
+	docker, err := wire.NewDocker(s.DockerSocket)
+	if err != nil {
+		return err
+	}
+	snapPath := filepath.Join(s.StateDir, "snapshot.json")
+	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root},
+		wire.Kernel{M: mgr}, wire.HostNet{H: guard}, engine, docker, wire.SnapshotFile{Path: snapPath})
+	if err != nil {
+		return err
+	}
+	p.Denials = denials
+	go func() {
+		for d := range mgr.Denials() {
+			p.RecordKernelDenial(d.Index, d.Addr, d.Port, uint8(d.L4), d.Reason.String())
+		}
+	}()
+
+	// Publish once so the DNS sidecar finds a snapshot, then start it.
+	if err := p.Start(); err != nil {
+		log.WithError(err).Warn("restoring state was only partly successful")
+	}
+	corefile := filepath.Join(s.StateDir, "Corefile")
+	if err := os.WriteFile(corefile, []byte(dns.Corefile(dns.CorefileConfig{
+		SnapshotPath: snapPath, PinDir: s.PinDir, Upstreams: s.Upstreams,
+		TTLFloor: s.TTLFloor, TTLCeiling: s.TTLCeiling,
+	})), 0o644); err != nil {
+		return fmt.Errorf("write Corefile: %w", err)
+	}
+	coredns := supervisor.Start(supervisor.Spec{
+		Name: "coredns", Path: s.CoreDNSBinary, Args: []string{"-conf", corefile},
+		Health: func(ctx context.Context) error { return httpOK(ctx, "http://"+dns.DefaultHealthAddr+"/health") },
+		OnLine: func(line string) {
+			if d, ok := dnsDenial(line); ok {
+				denials.Add(d)
+			}
+		},
+	}, root.WithField(plugin.FieldComponent, "coredns"))
+	defer coredns.Stop(5 * time.Second)
+
+	// Plugin socket: network driver + authz.
+	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.FirewallNetworks, ContainerNetworks: docker.ContainerNetworks, Override: s.AuthzOverride, Log: root.WithField(plugin.FieldComponent, "authz")})
+	if err := os.MkdirAll(filepath.Dir(s.PluginSocket), 0o755); err != nil {
+		return err
+	}
+	_ = os.Remove(s.PluginSocket)
+	pl, err := net.Listen("unix", s.PluginSocket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.PluginSocket, err)
+	}
+	srv := &http.Server{Handler: plugin.Handler(p, az, root.WithField(plugin.FieldComponent, "driver")), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(pl) }()
+
+	// Admin API on the host through the state mount.
+	adminPath := filepath.Join(s.StateDir, "admin.sock")
+	_ = os.Remove(adminPath)
+	al, err := net.Listen("unix", adminPath)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", adminPath, err)
+	}
+	_ = os.Chmod(adminPath, 0o600)
+	admin := &http.Server{Handler: plugin.AdminHandler(p, plugin.AdminHooks{
+		Engine: s.Engine,
+		Components: func() []plugin.Component {
+			st := coredns.Status()
+			dnsC := plugin.Component{Name: "dns", Healthy: st.Healthy, Restarts: st.Restarts, Detail: fmt.Sprintf("pid %d", st.PID)}
+			if !st.Healthy {
+				dnsC.Detail = st.LastError
+			}
+			return []plugin.Component{dnsC, {Name: "proxy", Healthy: true, Detail: "builtin"}, {Name: "bpf", Healthy: true, Detail: mgr.CgroupPath()}}
+		},
+		CACertPEM: authority.CACertPEM,
+		RotateCA:  authority.Rotate,
+	}, root.WithField(plugin.FieldComponent, "admin")), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = admin.Serve(al) }()
+	go gcLoop(mgr, root)
+	log.WithField("socket", s.PluginSocket).WithField("admin", adminPath).WithField("engine", s.Engine).
+		WithField("listeners", model.ReservedLo).Info("clawker-fw plugin ready")
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	log.Info("stopping: enforcement stays in place (pinned BPF, nftables)")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(ctx)
+	_ = admin.Shutdown(ctx)
+	p.Close()
+	return nil
+}
+
+func gcLoop(m *bpf.Manager, log *logrus.Entry) {
+	for range time.Tick(30 * time.Second) {
+		if n, err := m.GC(time.Now()); err != nil {
+			log.WithError(err).Warn("learned-map GC failed")
+		} else if n > 0 {
+			log.WithField("expired", n).Debug("learned-map GC")
+		}
+	}
+}
+
+func httpOK(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
+	}
+	return nil
+}
+
+func firstNonEmpty(v ...string) string {
+	for _, s := range v {
+		if s != "" && s != "invalid IP" {
+			return s
+		}
+	}
+	return ""
+}
+
+// dnsDenial turns the DNS sidecar's decision line
+// ("CLAWKER-DNS-DECISION decision=deny endpoint=3 container=x name=a.b. type=A reason=no-rule ...")
+// into a recorded denial.
+func dnsDenial(line string) (plugin.Denial, bool) {
+	i := strings.Index(line, "CLAWKER-DNS-DECISION decision=deny")
+	if i < 0 {
+		return plugin.Denial{}, false
+	}
+	kv := map[string]string{}
+	for _, f := range strings.Fields(line[i:]) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			kv[k] = v
+		}
+	}
+	var idx uint32
+	_, _ = fmt.Sscanf(kv["endpoint"], "%d", &idx)
+	name := strings.TrimSuffix(kv["name"], ".")
+	d := plugin.Denial{Time: time.Now(), Source: "dns", Index: idx, Container: kv["container"], Destination: name,
+		Reason: kv["reason"] + " (" + kv["type"] + " query answered " + kv["rcode"] + ")"}
+	d.Fix = plugin.FixFor(name, 0, "", nil)
+	return d, true
+}

@@ -1,0 +1,236 @@
+package plugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/clawker-fw/clawker-fw/plugin/queue"
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// ErrorDomain is the domain of every reason on the admin API wire (the
+// equivalent of gRPC errdetails.ErrorInfo{Domain, Reason}).
+const ErrorDomain = "clawker-fw.admin"
+
+// APIError is the admin API's error body. Clients dispatch on Reason, never
+// on Message.
+type APIError struct {
+	Message string `json:"error"`
+	Reason  string `json:"reason"`
+	Layer   Layer  `json:"layer"`
+	Domain  string `json:"domain"`
+}
+
+// StatusReport is GET /v1/status.
+type StatusReport struct {
+	Running    bool            `json:"running"`
+	Healthy    bool            `json:"healthy"`
+	Generation uint64          `json:"generation"`
+	Engine     string          `json:"engine"`
+	Components []Component     `json:"components"`
+	Networks   []NetworkStatus `json:"networks"`
+	Listeners  []string        `json:"listeners"`
+}
+
+// Component is one part of the stack in a StatusReport.
+type Component struct {
+	Name     string `json:"name"`
+	Healthy  bool   `json:"healthy"`
+	Detail   string `json:"detail,omitempty"`
+	Restarts int    `json:"restarts,omitempty"`
+}
+
+// AdminHooks are the parts of the admin API that live outside the core.
+type AdminHooks struct {
+	Engine     string
+	Components func() []Component
+	CACertPEM  func() []byte
+	RotateCA   func() error
+}
+
+// AdminHandler serves the admin API (a unix socket on the host).
+func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		nets, gen, err := p.Networks()
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		rep := StatusReport{Running: true, Healthy: true, Generation: gen, Engine: hooks.Engine, Networks: nets}
+		if hooks.Components != nil {
+			rep.Components = hooks.Components()
+		}
+		for _, c := range rep.Components {
+			rep.Healthy = rep.Healthy && c.Healthy
+		}
+		if m := p.Model(); m != nil {
+			for _, l := range m.Listeners {
+				rep.Listeners = append(rep.Listeners, fmt.Sprintf("%s %d", l.Key, l.Port))
+			}
+		}
+		writeAPI(w, rep)
+	})
+	mux.HandleFunc("GET /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
+		id, rules, err := p.RuntimeRules(r.PathValue("net"))
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		writeAPI(w, rulesBody(id, rules))
+	})
+	mux.HandleFunc("POST /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Rules []string }
+		if err := decodeAPI(r, &body); err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		added, err := p.AddRules(r.PathValue("net"), body.Rules)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		writeAPI(w, rulesBody(r.PathValue("net"), added))
+	})
+	mux.HandleFunc("DELETE /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Rules []string }
+		if err := decodeAPI(r, &body); err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		if err := p.RemoveRules(r.PathValue("net"), body.Rules); err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		writeAPI(w, map[string]any{"removed": body.Rules})
+	})
+	mux.HandleFunc("GET /v1/denials", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		enc := json.NewEncoder(w)
+		if r.URL.Query().Get("follow") == "" {
+			for _, d := range p.Denials.Recent() {
+				_ = enc.Encode(d)
+			}
+			return
+		}
+		c, cancel := p.Denials.Follow()
+		defer cancel()
+		fl, _ := w.(http.Flusher)
+		for _, d := range p.Denials.Recent() {
+			_ = enc.Encode(d)
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case d := <-c:
+				if enc.Encode(d) != nil {
+					return
+				}
+				if fl != nil {
+					fl.Flush()
+				}
+			}
+		}
+	})
+	mux.HandleFunc("POST /v1/bypass", func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Container, For string }
+		if err := decodeAPI(r, &body); err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		d, err := time.ParseDuration(body.For)
+		if err != nil {
+			writeAPIError(w, rejected(ReasonInvalidRequest, "bypass duration %q: %v (examples: 30s, 10m)", body.For, err))
+			return
+		}
+		until, err := p.Bypass(body.Container, d)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		log.WithField(FieldContainer, body.Container).WithField("until", until).Warn("bypass granted")
+		writeAPI(w, map[string]any{"container": body.Container, "until": until})
+	})
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		if err := p.Reload(); err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		writeAPI(w, map[string]any{"reloaded": true})
+	})
+	mux.HandleFunc("GET /v1/ca", func(w http.ResponseWriter, r *http.Request) {
+		if hooks.CACertPEM == nil {
+			writeAPIError(w, rejected(ReasonStackUnhealthy, "no CA configured"))
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		_, _ = w.Write(hooks.CACertPEM())
+	})
+	mux.HandleFunc("POST /v1/ca/rotate", func(w http.ResponseWriter, r *http.Request) {
+		if hooks.RotateCA == nil {
+			writeAPIError(w, rejected(ReasonStackUnhealthy, "no CA configured"))
+			return
+		}
+		if err := hooks.RotateCA(); err != nil {
+			writeAPIError(w, partial(ReasonConfigRegenFailed, err))
+			return
+		}
+		writeAPI(w, map[string]any{"rotated": true})
+	})
+	return mux
+}
+
+func rulesBody(network string, rules []policy.EgressRule) map[string]any {
+	items := make([]string, 0, len(rules))
+	for _, r := range rules {
+		items = append(items, policy.FormatRule(r))
+	}
+	return map[string]any{"network": network, "rules": items}
+}
+
+func decodeAPI(r *http.Request, v any) error {
+	body, err := readBody(r)
+	if err != nil {
+		return rejected(ReasonInvalidRequest, "read request: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return rejected(ReasonInvalidRequest, "decode request: %v", err)
+	}
+	return nil
+}
+
+func writeAPI(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeAPIError(w http.ResponseWriter, err error) {
+	layer, reason := ReasonOf(err)
+	status := http.StatusInternalServerError
+	switch {
+	case reason == "":
+		layer, reason = LayerPartial, ReasonConfigRegenFailed
+	case reason == ReasonNetworkNotFound || reason == ReasonRuleNotFound || reason == ReasonContainerGone:
+		status = http.StatusNotFound
+	case layer == LayerRejected && reason != ReasonStoreWriteFailed:
+		status = http.StatusBadRequest
+	}
+	if errors.Is(err, queue.ErrClosed) {
+		layer, reason, status = LayerNotRunning, ReasonNotRunning, http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(APIError{Message: err.Error(), Reason: reason, Layer: layer, Domain: ErrorDomain})
+}

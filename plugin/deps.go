@@ -1,0 +1,82 @@
+package plugin
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+)
+
+// The plugin's core talks to the kernel, the host network, the data planes
+// and Docker through these small interfaces. main wires the real packages
+// (bpf, netguard, proxy/builtin, the Docker client); unit tests of the state
+// machine swap them at this boundary.
+
+// Enrollment is what the socket hooks need to know about one endpoint.
+type Enrollment struct {
+	Index   uint32
+	IP      netip.Addr
+	Gateway netip.Addr
+	Subnet  netip.Prefix
+	ICC     bool
+	// PassUntil leaves the endpoint's non-DNS flows untouched by the hooks
+	// until then, so the closed network redirects them to the transparent
+	// listener: used while the container is pending and during a bypass.
+	PassUntil time.Time
+}
+
+// Kernel is the BPF socket-hook enforcement (package bpf).
+type Kernel interface {
+	Enroll(cookie uint64, e Enrollment) error
+	Unenroll(cookie uint64) error
+	SyncRoutes(m *model.Model) error
+	ForgetEndpoint(index uint32) error
+}
+
+// HostNet is the closed network: bridges, veths and the nftables guard
+// (package netguard).
+type HostNet interface {
+	AddNetwork(n *Network) error
+	RemoveNetwork(n *Network) error
+	AddEndpoint(n *Network, ep *Endpoint) error
+	RemoveEndpoint(n *Network, ep *Endpoint) error
+	// NetnsPid returns a process living in the network namespace that the
+	// endpoint's container-side veth was moved into, and ok=false while the
+	// veth is still in the host namespace. gone is true when the host-side
+	// veth no longer exists.
+	NetnsPid(ep *Endpoint) (pid int, ok, gone bool, err error)
+	// NetnsCookie returns the cookie of the network namespace at path.
+	NetnsCookie(path string) (uint64, error)
+}
+
+// DataPlane is an L7 proxy engine (builtin or envoy).
+type DataPlane interface {
+	Apply(snap *policy.Snapshot, m *model.Model) error
+}
+
+// Container is what the plugin learns about a container from Docker.
+type Container struct {
+	ID      string
+	Name    string
+	Aliases []string
+	Labels  map[string]string
+}
+
+// Docker is the slice of the Docker API the plugin uses. It must never
+// inspect a starting container (the call blocks while the container is
+// locked during start): implementations list.
+type Docker interface {
+	Container(ctx context.Context, id string) (Container, bool, error)
+	Running(ctx context.Context) (map[string]bool, error)
+}
+
+// SnapshotSink receives every published snapshot (the DNS sidecar's file).
+type SnapshotSink interface {
+	Publish(snap *policy.Snapshot) error
+}
+
+// Listener opens the plugin's API sockets (tests use net.Listen on temp paths).
+type Listener func(path string) (net.Listener, error)

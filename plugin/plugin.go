@@ -1,0 +1,283 @@
+// Package plugin is the Docker-facing process of clawker-fw: the network
+// driver's state machine (networks, endpoints, enrollment), the persisted
+// state, snapshot publication to the data planes, and the admin operations.
+// The HTTP surfaces (driver, authz, admin) only decode, call and encode.
+//
+// Every mutation goes through one serialized action queue (plugin/queue);
+// the data planes and authz never wait on it: they read the latest published
+// snapshot.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/clawker-fw/clawker-fw/plugin/queue"
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+)
+
+// Log field names.
+const (
+	FieldComponent = "component"
+	FieldNetwork   = "network"
+	FieldEndpoint  = "endpoint"
+	FieldIndex     = "index"
+	FieldContainer = "container"
+	FieldError     = "error"
+)
+
+// Config configures the plugin core.
+type Config struct {
+	// StateDir holds state.json.
+	StateDir string
+	Log      *logrus.Entry
+	// IdentifyTimeout bounds how long an endpoint may stay unidentified
+	// after Join before it is left with no egress (default 60 s).
+	IdentifyTimeout time.Duration
+	// PendingPass is how long the hooks leave a pending endpoint's flows to
+	// the closed network's redirect (default 15 s).
+	PendingPass time.Duration
+	Now         func() time.Time
+}
+
+// Plugin is the running plugin core.
+type Plugin struct {
+	cfg   Config
+	log   *logrus.Entry
+	k     Kernel
+	hn    HostNet
+	dp    DataPlane
+	dk    Docker
+	sinks []SnapshotSink
+
+	q     *queue.Queue
+	st    *State // owned by queue actions
+	snap  atomic.Pointer[policy.Snapshot]
+	model atomic.Pointer[model.Model]
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	bypassMu     sync.Mutex
+	bypassTimers map[string]*time.Timer
+
+	Denials *DenialLog
+}
+
+// New loads the persisted state and returns a plugin that is not started.
+func New(cfg Config, k Kernel, hn HostNet, dp DataPlane, dk Docker, sinks ...SnapshotSink) (*Plugin, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.IdentifyTimeout == 0 {
+		cfg.IdentifyTimeout = 60 * time.Second
+	}
+	if cfg.PendingPass == 0 {
+		cfg.PendingPass = 15 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	st, err := loadState(filepath.Join(cfg.StateDir, "state.json"))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Plugin{
+		cfg: cfg, log: cfg.Log.WithField(FieldComponent, "plugin"),
+		k: k, hn: hn, dp: dp, dk: dk, sinks: sinks,
+		q: queue.New(), st: st, ctx: ctx, cancel: cancel,
+		bypassTimers: map[string]*time.Timer{},
+		Denials:      NewDenialLog(500),
+	}
+	p.snap.Store((&policy.Snapshot{Networks: map[string]*policy.Network{}, Endpoints: map[uint32]*policy.Endpoint{}}).Index())
+	return p, nil
+}
+
+func (p *Plugin) statePath() string { return filepath.Join(p.cfg.StateDir, "state.json") }
+
+// Snapshot returns the latest published snapshot (never waits on the queue).
+func (p *Plugin) Snapshot() *policy.Snapshot { return p.snap.Load() }
+
+// Model returns the latest published listener model.
+func (p *Plugin) Model() *model.Model { return p.model.Load() }
+
+// Start restores every persisted network and endpoint (Docker does not
+// replay CreateNetwork/CreateEndpoint), publishes the first snapshot, and
+// re-identifies joined endpoints so running containers are enforced exactly
+// as before.
+func (p *Plugin) Start() error {
+	var rejoin []*Endpoint
+	err := p.q.Do(p.ctx, queue.KindBringUp, func() error {
+		var errs []error
+		for _, n := range p.sortedNetworks() {
+			if err := p.hn.AddNetwork(n); err != nil {
+				errs = append(errs, fmt.Errorf("restore network %s: %w", short(n.ID), err))
+			}
+			for _, ep := range p.st.endpointsOf(n.ID) {
+				if err := p.hn.AddEndpoint(n, ep); err != nil {
+					errs = append(errs, fmt.Errorf("restore endpoint %s: %w", short(ep.ID), err))
+				}
+				if ep.Joined {
+					rejoin = append(rejoin, ep)
+				}
+			}
+		}
+		if err := p.publish(); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+	for _, ep := range rejoin {
+		p.identifyAsync(ep.ID, ep.HostVeth, true)
+	}
+	p.restoreBypassTimers()
+	return err
+}
+
+// Close stops background work and drains the queue. Enforcement (pinned BPF,
+// nftables, bridges) stays in place.
+func (p *Plugin) Close() {
+	p.cancel()
+	p.wg.Wait()
+	p.bypassMu.Lock()
+	for _, t := range p.bypassTimers {
+		t.Stop()
+	}
+	p.bypassMu.Unlock()
+	p.q.Close()
+}
+
+func (p *Plugin) sortedNetworks() []*Network {
+	out := make([]*Network, 0, len(p.st.Networks))
+	for _, n := range p.st.Networks {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// commit makes next the current state after writing it durably; on a failed
+// write the current state is unchanged.
+func (p *Plugin) commit(next *State) error {
+	if err := next.save(p.statePath()); err != nil {
+		return &Error{Layer: LayerRejected, Reason: ReasonStoreWriteFailed, Err: fmt.Errorf("write state: %w", err)}
+	}
+	p.st = next
+	return nil
+}
+
+// buildSnapshot compiles every endpoint's policy from the current state.
+func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
+	snap := &policy.Snapshot{Generation: gen, Networks: map[string]*policy.Network{}, Endpoints: map[uint32]*policy.Endpoint{}}
+	for id, n := range p.st.Networks {
+		snap.Networks[id] = &policy.Network{ID: id, Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, Settings: n.Config.Settings}
+	}
+	for _, ep := range p.st.Endpoints {
+		n := p.st.Networks[ep.NetworkID]
+		if n == nil {
+			continue
+		}
+		sep := &policy.Endpoint{
+			Index: ep.Index, ID: ep.ID, NetworkID: ep.NetworkID, IP: ep.IP, MAC: ep.MAC,
+			ContainerID: ep.ContainerID, ContainerName: ep.ContainerName, Aliases: ep.Aliases,
+			BypassUntil: ep.BypassUntil,
+		}
+		switch {
+		case !ep.Identified():
+			sep.Pending = true
+		case ep.LabelError != "":
+			sep.LabelError = ep.LabelError
+		default:
+			pol, err := policy.Compile(policy.CompileInput{
+				Network: n.Config.Rules, Runtime: n.Runtime, Label: ep.LabelRules,
+				Settings: n.Config.Settings, Generation: gen,
+			}, p.st.Identities)
+			if err != nil {
+				sep.LabelError = fmt.Sprintf("compile policy: %v", err)
+			} else {
+				pol.InspectAll = n.Config.Settings.InspectAll
+				sep.Policy = pol
+			}
+		}
+		snap.Endpoints[ep.Index] = sep
+	}
+	return snap.Index()
+}
+
+// publish recompiles everything into generation N+1 and hands it to every
+// consumer: BPF routes, the proxy, the DNS sidecar's file, and the in-process
+// pointer authz reads. It runs inside queue actions only. Errors here come
+// after the store committed: they are partial failures.
+func (p *Plugin) publish() error {
+	gen := p.st.Generation + 1
+	snap := p.buildSnapshot(gen)
+	m, err := model.Build(snap, p.st.Ports)
+	if err != nil {
+		return partial(ReasonConfigRegenFailed, fmt.Errorf("build listener model: %w", err))
+	}
+	p.st.Generation = gen
+	// Identities and ports may have grown: persist them before anyone uses them.
+	if err := p.st.save(p.statePath()); err != nil {
+		return partial(ReasonStoreWriteFailed, fmt.Errorf("persist identities: %w", err))
+	}
+	var errs []error
+	if err := p.k.SyncRoutes(m); err != nil {
+		errs = append(errs, partial(ReasonRouteSyncFailed, fmt.Errorf("sync BPF routes: %w", err)))
+	}
+	if err := p.dp.Apply(snap, m); err != nil {
+		errs = append(errs, partial(ReasonConfigRegenFailed, fmt.Errorf("apply proxy config: %w", err)))
+	}
+	for _, s := range p.sinks {
+		if err := s.Publish(snap); err != nil {
+			errs = append(errs, partial(ReasonConfigRegenFailed, fmt.Errorf("publish snapshot: %w", err)))
+		}
+	}
+	p.snap.Store(snap)
+	p.model.Store(m)
+	p.log.WithField("generation", gen).WithField("endpoints", len(snap.Endpoints)).Debug("published snapshot")
+	return errors.Join(errs...)
+}
+
+// enrollment builds the hook enrollment of ep.
+func (p *Plugin) enrollment(n *Network, ep *Endpoint) Enrollment {
+	e := Enrollment{Index: ep.Index, IP: ep.IP, Gateway: n.Gateway, Subnet: n.Subnet, ICC: n.Config.Settings.ICC}
+	now := p.cfg.Now()
+	switch {
+	case ep.BypassUntil.After(now):
+		e.PassUntil = ep.BypassUntil
+	case !ep.Identified():
+		e.PassUntil = now.Add(p.cfg.PendingPass)
+	}
+	return e
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// parsePrefixAddr parses Docker's "10.0.0.2/24" form.
+func parsePrefixAddr(s string) (netip.Prefix, error) {
+	pf, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if !pf.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("%s is not IPv4 (IPv6 is not supported yet)", s)
+	}
+	return pf, nil
+}

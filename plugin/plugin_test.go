@@ -1,0 +1,347 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+)
+
+// Fakes at the kernel/netlink/Docker boundary: the state machine is what
+// these tests prove; the real subsystems have their own privileged tests and
+// the e2e suite joins them.
+
+type fakeKernel struct {
+	mu       sync.Mutex
+	enrolled map[uint64]Enrollment
+	model    *model.Model
+	forgot   []uint32
+}
+
+func (k *fakeKernel) Enroll(c uint64, e Enrollment) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.enrolled[c] = e
+	return nil
+}
+func (k *fakeKernel) Unenroll(c uint64) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.enrolled, c)
+	return nil
+}
+func (k *fakeKernel) SyncRoutes(m *model.Model) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.model = m
+	return nil
+}
+func (k *fakeKernel) ForgetEndpoint(i uint32) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.forgot = append(k.forgot, i)
+	return nil
+}
+func (k *fakeKernel) get(c uint64) (Enrollment, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e, ok := k.enrolled[c]
+	return e, ok
+}
+
+type fakeHost struct {
+	mu       sync.Mutex
+	networks map[string]bool
+	eps      map[string]bool
+	moved    map[string]int // host veth -> pid once "moved into the container"
+	failNet  bool
+}
+
+func (h *fakeHost) AddNetwork(n *Network) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failNet {
+		return fmt.Errorf("bridge: operation not permitted")
+	}
+	h.networks[n.ID] = true
+	return nil
+}
+func (h *fakeHost) RemoveNetwork(n *Network) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.networks, n.ID)
+	return nil
+}
+func (h *fakeHost) AddEndpoint(n *Network, ep *Endpoint) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.eps[ep.HostVeth] = true
+	return nil
+}
+func (h *fakeHost) RemoveEndpoint(n *Network, ep *Endpoint) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.eps, ep.HostVeth)
+	return nil
+}
+func (h *fakeHost) NetnsPid(ep *Endpoint) (int, bool, bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pid, ok := h.moved[ep.HostVeth]
+	return pid, ok, false, nil
+}
+func (h *fakeHost) NetnsCookie(path string) (uint64, error) {
+	var pid int
+	if _, err := fmt.Sscanf(filepath.Base(filepath.Dir(filepath.Dir(path))), "%d", &pid); err != nil {
+		return 0, err
+	}
+	return uint64(pid) * 1000, nil
+}
+
+type fakeDocker struct {
+	mu         sync.Mutex
+	containers map[string]Container
+}
+
+func (d *fakeDocker) Container(_ context.Context, id string) (Container, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.containers[id]
+	return c, ok, nil
+}
+func (d *fakeDocker) Running(context.Context) (map[string]bool, error) { return nil, nil }
+
+type fakePlane struct {
+	mu   sync.Mutex
+	snap *policy.Snapshot
+}
+
+func (f *fakePlane) Apply(s *policy.Snapshot, _ *model.Model) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.snap = s
+	return nil
+}
+
+type rig struct {
+	dir  string
+	proc string
+	k    *fakeKernel
+	h    *fakeHost
+	d    *fakeDocker
+	dp   *fakePlane
+	p    *Plugin
+}
+
+func newRig(t *testing.T) *rig {
+	r := &rig{
+		dir: t.TempDir(), proc: t.TempDir(),
+		k:  &fakeKernel{enrolled: map[uint64]Enrollment{}},
+		h:  &fakeHost{networks: map[string]bool{}, eps: map[string]bool{}, moved: map[string]int{}},
+		d:  &fakeDocker{containers: map[string]Container{}},
+		dp: &fakePlane{},
+	}
+	procRoot = r.proc
+	t.Cleanup(func() { procRoot = "/proc" })
+	r.start(t)
+	return r
+}
+
+func (r *rig) start(t *testing.T) {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	p, err := New(Config{StateDir: r.dir, Log: logrus.NewEntry(l), IdentifyTimeout: 5 * time.Second}, r.k, r.h, r.dp, r.d)
+	require.NoError(t, err)
+	require.NoError(t, p.Start())
+	r.p = p
+	t.Cleanup(p.Close)
+}
+
+const netA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+func cid(n int) string { return fmt.Sprintf("%064x", n) }
+
+// container simulates Docker starting a container on an endpoint: its
+// process appears in the host's /proc with a docker cgroup, and the veth
+// moves into its netns.
+func (r *rig) container(t *testing.T, epID string, pid int, c Container) {
+	require.NoError(t, os.MkdirAll(filepath.Join(r.proc, fmt.Sprint(pid)), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(r.proc, fmt.Sprint(pid), "cgroup"), []byte("0::/docker/"+c.ID+"\n"), 0o644))
+	r.d.mu.Lock()
+	r.d.containers[c.ID] = c
+	r.d.mu.Unlock()
+	r.h.mu.Lock()
+	r.h.moved[vethName("cfwh", epID)] = pid
+	r.h.mu.Unlock()
+}
+
+func (r *rig) network(t *testing.T, opts map[string]string) {
+	require.NoError(t, r.p.CreateNetwork(NetworkRequest{ID: netA, Options: opts, Pool: "10.230.0.0/24", Gateway: "10.230.0.1/24"}))
+}
+
+func (r *rig) endpoint(t *testing.T, id, ip string) {
+	mac, err := r.p.CreateEndpoint(EndpointRequest{NetworkID: netA, EndpointID: id, Address: ip + "/24"})
+	require.NoError(t, err)
+	require.NotEmpty(t, mac)
+	_, err = r.p.Join(netA, id, "/var/run/docker/netns/x")
+	require.NoError(t, err)
+}
+
+func (r *rig) policyOf(t *testing.T, ip string) *policy.Endpoint {
+	ep, ok := r.p.Snapshot().EndpointByIP(netip.MustParseAddr(ip))
+	require.True(t, ok)
+	return ep
+}
+
+func TestBadOptionFailsCreateAndChangesNothing(t *testing.T) {
+	r := newRig(t)
+	before, err := os.ReadFile(filepath.Join(r.dir, "state.json"))
+	require.NoError(t, err)
+	err = r.p.CreateNetwork(NetworkRequest{ID: netA, Options: map[string]string{"clawker.allow": "exa mple.com"}, Pool: "10.230.0.0/24", Gateway: "10.230.0.1/24"})
+	require.ErrorContains(t, err, "clawker.allow")
+	_, reason := ReasonOf(err)
+	require.Equal(t, ReasonInvalidRule, reason)
+	require.Empty(t, r.h.networks)
+	after, err := os.ReadFile(filepath.Join(r.dir, "state.json"))
+	require.NoError(t, err)
+	require.Equal(t, string(before), string(after), "state unchanged")
+
+	r.h.failNet = true
+	err = r.p.CreateNetwork(NetworkRequest{ID: netA, Options: map[string]string{"clawker.allow": "example.com"}, Pool: "10.230.0.0/24", Gateway: "10.230.0.1/24"})
+	require.ErrorContains(t, err, "operation not permitted")
+	nets, _, err := r.p.Networks()
+	require.NoError(t, err)
+	require.Empty(t, nets, "a failed bring-up is undone")
+}
+
+func TestLabelsApplyPerContainerAndEnrollmentFollowsIdentity(t *testing.T) {
+	r := newRig(t)
+	r.network(t, map[string]string{"clawker.allow": "net.example.test"})
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.endpoint(t, "ep2", "10.230.0.3")
+	require.True(t, r.policyOf(t, "10.230.0.2").Pending, "unidentified endpoint is pending")
+
+	r.container(t, "ep1", 101, Container{ID: cid(1), Name: "a", Labels: map[string]string{"clawker.allow": "only-a.example.test"}})
+	r.container(t, "ep2", 102, Container{ID: cid(2), Name: "b"})
+	require.Eventually(t, func() bool {
+		return !r.policyOf(t, "10.230.0.2").Pending && !r.policyOf(t, "10.230.0.3").Pending
+	}, 5*time.Second, 10*time.Millisecond)
+
+	a := r.policyOf(t, "10.230.0.2").Policy
+	b := r.policyOf(t, "10.230.0.3").Policy
+	require.True(t, a.MatchName("only-a.example.test", 443, policy.L4TCP).Allowed)
+	require.False(t, b.MatchName("only-a.example.test", 443, policy.L4TCP).Allowed, "label rules apply to that container only")
+	require.True(t, b.MatchName("net.example.test", 443, policy.L4TCP).Allowed)
+
+	e, ok := r.k.get(101000)
+	require.True(t, ok, "enrolled by netns cookie")
+	require.True(t, e.PassUntil.IsZero(), "identified endpoint is enforced, not passed through")
+	require.Equal(t, netip.MustParseAddr("10.230.0.1"), e.Gateway)
+}
+
+func TestInvalidLabelLeavesNoEgress(t *testing.T) {
+	r := newRig(t)
+	r.network(t, map[string]string{"clawker.allow": "net.example.test"})
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 201, Container{ID: cid(3), Name: "bad", Labels: map[string]string{"clawker.allow": "-bad-.example..test"}})
+	require.Eventually(t, func() bool { return r.policyOf(t, "10.230.0.2").LabelError != "" }, 5*time.Second, 10*time.Millisecond)
+	ep := r.policyOf(t, "10.230.0.2")
+	require.Contains(t, ep.LabelError, "clawker.allow")
+	require.False(t, ep.Effective(time.Now()).MatchName("net.example.test", 443, policy.L4TCP).Allowed, "no egress at all, even network rules")
+}
+
+func TestStateSurvivesRestart(t *testing.T) {
+	r := newRig(t)
+	r.network(t, map[string]string{"clawker.allow": "net.example.test"})
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 301, Container{ID: cid(4), Name: "c"})
+	require.Eventually(t, func() bool { return !r.policyOf(t, "10.230.0.2").Pending }, 5*time.Second, 10*time.Millisecond)
+	_, err := r.p.AddRules(netA[:12], []string{"runtime.example.test"})
+	require.NoError(t, err)
+	before := r.policyOf(t, "10.230.0.2").Policy
+	idBefore := before.MatchName("runtime.example.test", 443, policy.L4TCP).Entry.Identity
+
+	r.p.Close()
+	r.k.enrolled = map[uint64]Enrollment{} // as if the pinned entry had been lost
+	r.start(t)
+	require.Eventually(t, func() bool { _, ok := r.k.get(301000); return ok }, 5*time.Second, 10*time.Millisecond, "re-enrolled after restart")
+	after := r.policyOf(t, "10.230.0.2").Policy
+	m := after.MatchName("runtime.example.test", 443, policy.L4TCP)
+	require.True(t, m.Allowed, "runtime rules survive a restart")
+	require.Equal(t, idBefore, m.Entry.Identity, "identities are persisted")
+	require.True(t, r.h.networks[netA], "network restored")
+}
+
+func TestRuntimeRulesAddRemoveAndErrors(t *testing.T) {
+	r := newRig(t)
+	r.network(t, nil)
+	_, err := r.p.AddRules(netA, []string{"ok.example.test", "exa mple"})
+	_, reason := ReasonOf(err)
+	require.Equal(t, ReasonInvalidRule, reason)
+	_, rules, err := r.p.RuntimeRules(netA)
+	require.NoError(t, err)
+	require.Empty(t, rules, "a bad rule rejects the whole call and changes nothing")
+
+	_, err = r.p.AddRules(netA, []string{"ok.example.test"})
+	require.NoError(t, err)
+	_, rules, _ = r.p.RuntimeRules(netA)
+	require.Len(t, rules, 1)
+	err = r.p.RemoveRules(netA, []string{"nope.example.test"})
+	_, reason = ReasonOf(err)
+	require.Equal(t, ReasonRuleNotFound, reason)
+	require.NoError(t, r.p.RemoveRules(netA, []string{"ok.example.test"}))
+	_, rules, _ = r.p.RuntimeRules(netA)
+	require.Empty(t, rules)
+	_, err = r.p.AddRules("nonexistent", []string{"x.example.test"})
+	_, reason = ReasonOf(err)
+	require.Equal(t, ReasonNetworkNotFound, reason)
+}
+
+func TestBypassExpiresEvenAcrossRestart(t *testing.T) {
+	r := newRig(t)
+	r.network(t, nil)
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 401, Container{ID: cid(5), Name: "byp"})
+	require.Eventually(t, func() bool { return !r.policyOf(t, "10.230.0.2").Pending }, 5*time.Second, 10*time.Millisecond)
+	until, err := r.p.Bypass("byp", 400*time.Millisecond)
+	require.NoError(t, err)
+	require.True(t, r.policyOf(t, "10.230.0.2").Effective(time.Now()).AllowAll)
+	e, _ := r.k.get(401000)
+	require.Equal(t, until, e.PassUntil.UTC())
+
+	r.p.Close()
+	r.start(t)
+	require.Eventually(t, func() bool {
+		ep := r.policyOf(t, "10.230.0.2")
+		e, ok := r.k.get(401000)
+		return ep.BypassUntil.IsZero() && ok && e.PassUntil.IsZero()
+	}, 5*time.Second, 20*time.Millisecond, "enforcement returns by itself after a restart")
+}
+
+func TestDeleteCleansUp(t *testing.T) {
+	r := newRig(t)
+	r.network(t, map[string]string{"clawker.allow": "x.example.test"})
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 501, Container{ID: cid(6), Name: "d"})
+	require.Eventually(t, func() bool { _, ok := r.k.get(501000); return ok }, 5*time.Second, 10*time.Millisecond)
+	require.NoError(t, r.p.Leave(netA, "ep1"))
+	require.NoError(t, r.p.DeleteEndpoint(netA, "ep1"))
+	require.NoError(t, r.p.DeleteNetwork(netA))
+	_, ok := r.k.get(501000)
+	require.False(t, ok)
+	require.Empty(t, r.h.eps)
+	require.Empty(t, r.h.networks)
+	require.Empty(t, r.p.Snapshot().Endpoints)
+	require.Empty(t, r.k.model.Routes)
+}

@@ -1,0 +1,172 @@
+package plugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+	"github.com/clawker-fw/clawker-fw/store"
+)
+
+// stateVersion is the layout version of state.json.
+const stateVersion = 1
+
+// Network is one persisted clawker-fw network. Docker does not replay
+// CreateNetwork after a restart, so everything needed to rebuild it is here.
+type Network struct {
+	ID      string               `json:"id"`
+	Options map[string]string    `json:"options"`
+	Config  policy.NetworkConfig `json:"config"`
+	Bridge  string               `json:"bridge"`
+	Subnet  netip.Prefix         `json:"subnet"`
+	Gateway netip.Addr           `json:"gateway"`
+	// Runtime holds the rules added through the admin API.
+	Runtime []policy.EgressRule `json:"runtime,omitempty"`
+	Created time.Time           `json:"created"`
+}
+
+// Endpoint is one persisted endpoint.
+type Endpoint struct {
+	ID        string     `json:"id"`
+	NetworkID string     `json:"network_id"`
+	Index     uint32     `json:"index"`
+	IP        netip.Addr `json:"ip"`
+	MAC       string     `json:"mac"`
+	HostVeth  string     `json:"host_veth"`
+	PeerVeth  string     `json:"peer_veth"`
+	Joined    bool       `json:"joined,omitempty"`
+	// SandboxKey is the netns path Docker gave at Join.
+	SandboxKey string `json:"sandbox_key,omitempty"`
+	// NetnsCookie is set once the endpoint is enrolled in the hooks.
+	NetnsCookie uint64 `json:"netns_cookie,omitempty"`
+	// Container identity, known some time after Join.
+	ContainerID   string              `json:"container_id,omitempty"`
+	ContainerName string              `json:"container_name,omitempty"`
+	Aliases       []string            `json:"aliases,omitempty"`
+	Labels        map[string]string   `json:"labels,omitempty"`
+	LabelRules    []policy.EgressRule `json:"label_rules,omitempty"`
+	LabelError    string              `json:"label_error,omitempty"`
+	BypassUntil   time.Time           `json:"bypass_until,omitzero"`
+}
+
+// Identified reports whether the endpoint's container (and so its labels) is
+// known.
+func (e *Endpoint) Identified() bool { return e.ContainerID != "" }
+
+// State is everything the plugin persists, in one atomically written file.
+type State struct {
+	Version    int                        `json:"version"`
+	Generation uint64                     `json:"generation"`
+	NextIndex  uint32                     `json:"next_index"`
+	Networks   map[string]*Network        `json:"networks"`
+	Endpoints  map[string]*Endpoint       `json:"endpoints"`
+	Identities *policy.IdentityTable      `json:"identities"`
+	Ports      *model.PortAllocator       `json:"ports"`
+	Extra      map[string]json.RawMessage `json:"extra,omitempty"`
+}
+
+func newState() *State {
+	return &State{
+		Version:    stateVersion,
+		NextIndex:  1,
+		Networks:   map[string]*Network{},
+		Endpoints:  map[string]*Endpoint{},
+		Identities: policy.NewIdentityTable(),
+		Ports:      model.NewPortAllocator(),
+	}
+}
+
+// loadState reads path, or returns a fresh state when it does not exist.
+func loadState(path string) (*State, error) {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return newState(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state %s: %w", path, err)
+	}
+	st := newState()
+	if err := json.Unmarshal(raw, st); err != nil {
+		return nil, fmt.Errorf("decode state %s: %w", path, err)
+	}
+	if st.Version != stateVersion {
+		return nil, fmt.Errorf("decode state %s: layout version %d, this plugin reads %d", path, st.Version, stateVersion)
+	}
+	if st.Networks == nil {
+		st.Networks = map[string]*Network{}
+	}
+	if st.Endpoints == nil {
+		st.Endpoints = map[string]*Endpoint{}
+	}
+	return st, nil
+}
+
+// save writes the state durably (temp file, fsync, rename, fsync dir).
+func (st *State) save(path string) error {
+	raw, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	return store.WriteFileAtomic(path, raw, 0o600)
+}
+
+// clone deep-copies the state through JSON, so an action can mutate a copy
+// and commit it only when the store write succeeded.
+func (st *State) clone() *State {
+	raw, err := json.Marshal(st)
+	if err != nil {
+		panic(fmt.Sprintf("clone state: %v", err))
+	}
+	c := newState()
+	if err := json.Unmarshal(raw, c); err != nil {
+		panic(fmt.Sprintf("clone state: %v", err))
+	}
+	return c
+}
+
+// endpointsOf returns the endpoints of network id, sorted by index.
+func (st *State) endpointsOf(id string) []*Endpoint {
+	var out []*Endpoint
+	for _, ep := range st.Endpoints {
+		if ep.NetworkID == id {
+			out = append(out, ep)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
+	return out
+}
+
+// endpointByIndex finds the endpoint with index idx.
+func (st *State) endpointByIndex(idx uint32) *Endpoint {
+	for _, ep := range st.Endpoints {
+		if ep.Index == idx {
+			return ep
+		}
+	}
+	return nil
+}
+
+// endpointByContainer finds a container's endpoint (by full or short id, or
+// name) on any clawker-fw network.
+func (st *State) endpointByContainer(ref string) *Endpoint {
+	for _, ep := range st.Endpoints {
+		if ep.ContainerID == "" {
+			continue
+		}
+		if ep.ContainerID == ref || (len(ref) >= 12 && len(ref) <= len(ep.ContainerID) && ep.ContainerID[:len(ref)] == ref) ||
+			ep.ContainerName == ref {
+			return ep
+		}
+	}
+	return nil
+}

@@ -1,0 +1,274 @@
+// Package wire adapts the real subsystems (bpf, netguard, the Docker API,
+// the snapshot file) to the small interfaces of the plugin core.
+package wire
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/vishvananda/netlink"
+
+	"github.com/clawker-fw/clawker-fw/bpf"
+	"github.com/clawker-fw/clawker-fw/netguard"
+	"github.com/clawker-fw/clawker-fw/plugin"
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+	"github.com/clawker-fw/clawker-fw/store"
+)
+
+// Kernel adapts *bpf.Manager.
+type Kernel struct{ M *bpf.Manager }
+
+// Enroll implements plugin.Kernel.
+func (k Kernel) Enroll(cookie uint64, e plugin.Enrollment) error {
+	return k.M.Enroll(cookie, bpf.Endpoint{
+		Index: e.Index, IP: e.IP, Gateway: e.Gateway, Subnet: e.Subnet, ICC: e.ICC,
+		DNSPort: model.DNSPort, CAPort: model.CAPort, BypassUntil: e.PassUntil,
+	})
+}
+
+// Unenroll implements plugin.Kernel.
+func (k Kernel) Unenroll(cookie uint64) error { return k.M.Unenroll(cookie) }
+
+// ForgetEndpoint implements plugin.Kernel.
+func (k Kernel) ForgetEndpoint(index uint32) error { return k.M.ForgetEndpoint(index) }
+
+// SyncRoutes implements plugin.Kernel: routes first, then CIDRs.
+func (k Kernel) SyncRoutes(m *model.Model) error {
+	routes := make(map[uint32][]bpf.Route, len(m.Routes))
+	for idx, rs := range m.Routes {
+		out := make([]bpf.Route, 0, len(rs))
+		for _, r := range rs {
+			out = append(out, bpf.Route{Identity: uint32(r.Identity), Port: r.Port, L4: uint8(r.L4), ListenerPort: r.ListenerPort})
+		}
+		routes[idx] = out
+	}
+	cidrs := make(map[uint32][]bpf.CIDR, len(m.CIDRs))
+	for idx, cs := range m.CIDRs {
+		for _, c := range cs {
+			cidrs[idx] = append(cidrs[idx], bpf.CIDR{Prefix: c.Prefix, Identity: uint32(c.Identity)})
+		}
+	}
+	if err := k.M.SyncRoutes(routes); err != nil {
+		return err
+	}
+	return k.M.SyncCIDRs(cidrs)
+}
+
+// HostNet adapts *netguard.Handle and finds container network namespaces.
+type HostNet struct {
+	H *netguard.Handle
+	// ProcRoot is the host's /proc (the plugin runs with pidhost).
+	ProcRoot string
+}
+
+func guardOf(n *plugin.Network) netguard.Network {
+	return netguard.Network{
+		Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, ICC: n.Config.Settings.ICC,
+		DNSPort: model.DNSPort, TransparentPort: model.TransparentPort, CAPort: model.CAPort,
+		PortLo: model.ReservedLo, PortHi: model.ReservedHi,
+	}
+}
+
+// AddNetwork implements plugin.HostNet: bridge, then guard (idempotent).
+func (h HostNet) AddNetwork(n *plugin.Network) error {
+	if err := h.H.EnsureBridge(n.Bridge, netip.PrefixFrom(n.Gateway, n.Subnet.Bits())); err != nil {
+		return err
+	}
+	return h.H.GuardNetwork(guardOf(n))
+}
+
+// RemoveNetwork implements plugin.HostNet.
+func (h HostNet) RemoveNetwork(n *plugin.Network) error {
+	errU := h.H.UnguardNetwork(n.Bridge)
+	errB := h.H.DeleteBridge(n.Bridge)
+	if errU != nil {
+		return errU
+	}
+	return errB
+}
+
+// AddEndpoint implements plugin.HostNet: the veth pair and its
+// anti-spoofing guard, both in place before Join returns.
+func (h HostNet) AddEndpoint(n *plugin.Network, ep *plugin.Endpoint) error {
+	mac, err := net.ParseMAC(ep.MAC)
+	if err != nil {
+		return fmt.Errorf("endpoint MAC %q: %w", ep.MAC, err)
+	}
+	if _, err := netlink.LinkByName(ep.HostVeth); err != nil {
+		if ep.Joined {
+			// The container side was moved away and the pair is gone with
+			// the container: nothing to restore.
+			return nil
+		}
+		if err := h.H.CreateVeth(ep.HostVeth, ep.PeerVeth, n.Bridge, mac); err != nil {
+			return err
+		}
+	}
+	return h.H.GuardEndpoint(netguard.Endpoint{Bridge: n.Bridge, HostVeth: ep.HostVeth, IP: ep.IP, MAC: mac})
+}
+
+// RemoveEndpoint implements plugin.HostNet.
+func (h HostNet) RemoveEndpoint(n *plugin.Network, ep *plugin.Endpoint) error {
+	errG := h.H.UnguardEndpoint(ep.HostVeth)
+	errV := h.H.DeleteVeth(ep.HostVeth)
+	if errG != nil {
+		return errG
+	}
+	return errV
+}
+
+// NetnsPid implements plugin.HostNet: when Docker has moved the peer veth
+// into the container's netns, the host-side veth carries that netns's id
+// (IFLA_LINK_NETNSID); the process whose /proc/PID/ns/net has the same id is
+// in the container's netns.
+func (h HostNet) NetnsPid(ep *plugin.Endpoint) (int, bool, bool, error) {
+	l, err := netlink.LinkByName(ep.HostVeth)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return 0, false, true, nil
+		}
+		return 0, false, false, err
+	}
+	nsid := l.Attrs().NetNsID
+	if nsid < 0 {
+		return 0, false, false, nil
+	}
+	root := h.ProcRoot
+	if root == "" {
+		root = "/proc"
+	}
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return 0, false, false, err
+	}
+	// Newest processes first: the container's init was just created.
+	for i := len(ents) - 1; i >= 0; i-- {
+		pid, err := strconv.Atoi(ents[i].Name())
+		if err != nil {
+			continue
+		}
+		f, err := os.Open(filepath.Join(root, ents[i].Name(), "ns", "net"))
+		if err != nil {
+			continue
+		}
+		id, err := netlink.GetNetNsIdByFd(int(f.Fd()))
+		f.Close()
+		if err == nil && id == nsid {
+			return pid, true, false, nil
+		}
+	}
+	return 0, false, false, fmt.Errorf("no process in netns id %d of %s yet", nsid, ep.HostVeth)
+}
+
+// NetnsCookie implements plugin.HostNet.
+func (h HostNet) NetnsCookie(path string) (uint64, error) { return bpf.NetnsCookie(path) }
+
+// Docker adapts the Docker API client.
+type Docker struct{ C *client.Client }
+
+// NewDocker connects to the Docker socket at sock.
+func NewDocker(sock string) (*Docker, error) {
+	c, err := client.NewClientWithOpts(client.WithHost("unix://"+sock), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("connect to docker at %s: %w", sock, err)
+	}
+	return &Docker{C: c}, nil
+}
+
+// Container implements plugin.Docker through the container list, which does
+// not take the container's lock (inspect would block during start).
+func (d *Docker) Container(ctx context.Context, id string) (plugin.Container, bool, error) {
+	list, err := d.C.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("id", id))})
+	if err != nil {
+		return plugin.Container{}, false, err
+	}
+	for _, c := range list {
+		if c.ID != id {
+			continue
+		}
+		out := plugin.Container{ID: c.ID, Labels: c.Labels}
+		if len(c.Names) > 0 {
+			out.Name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		out.Aliases = append(out.Aliases, c.ID[:12])
+		if c.NetworkSettings != nil {
+			for _, es := range c.NetworkSettings.Networks {
+				if es != nil {
+					out.Aliases = append(out.Aliases, es.Aliases...)
+				}
+			}
+		}
+		return out, true, nil
+	}
+	return plugin.Container{}, false, nil
+}
+
+// Running implements plugin.Docker.
+func (d *Docker) Running(ctx context.Context) (map[string]bool, error) {
+	list, err := d.C.ContainerList(ctx, container.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool, len(list))
+	for _, c := range list {
+		out[c.ID] = true
+	}
+	return out, nil
+}
+
+// SnapshotFile publishes snapshots to the DNS sidecar as an atomically
+// written JSON file it watches.
+type SnapshotFile struct{ Path string }
+
+// Publish implements plugin.SnapshotSink.
+func (s SnapshotFile) Publish(snap *policy.Snapshot) error {
+	raw, err := json.Marshal(snap)
+	if err != nil {
+		return fmt.Errorf("encode snapshot: %w", err)
+	}
+	return store.WriteFileAtomic(s.Path, raw, 0o644)
+}
+
+// FirewallNetworks lists clawker-fw networks as name -> id.
+func (d *Docker) FirewallNetworks(ctx context.Context) (map[string]string, error) {
+	list, err := d.C.NetworkList(ctx, network.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, n := range list {
+		if strings.HasPrefix(n.Driver, "clawker-fw") {
+			out[n.Name] = n.ID
+		}
+	}
+	return out, nil
+}
+
+// ContainerNetworks returns the network ids a container is attached to.
+func (d *Docker) ContainerNetworks(ctx context.Context, ref string) ([]string, error) {
+	c, err := d.C.ContainerInspect(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	if c.NetworkSettings != nil {
+		for name := range c.NetworkSettings.Networks {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
