@@ -17,7 +17,7 @@ const fwID = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"
 
 func testAuthz(override bool) *Authz {
 	snap := (&policy.Snapshot{
-		Networks: map[string]*policy.Network{fwID: {ID: fwID}},
+		Networks:  map[string]*policy.Network{fwID: {ID: fwID}},
 		Endpoints: map[uint32]*policy.Endpoint{1: {Index: 1, NetworkID: fwID, ContainerID: "c0ffee" + fwID[6:], ContainerName: "agent"}},
 	}).Index()
 	l := logrus.New()
