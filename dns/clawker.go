@@ -102,31 +102,81 @@ type query struct {
 	start time.Time
 }
 
-func (q *query) fields() string {
-	index, container := "-", "-"
+// line builds one decision line without fmt: it is written for every query.
+func (q *query) line(decision string, reason string, rcode int) []byte {
+	b := make([]byte, 0, 192)
+	b = append(b, "CLAWKER-DNS-DECISION decision="...)
+	b = append(b, decision...)
+	b = append(b, ' ')
+	b = append(b, fSource...)
+	b = append(b, '=')
+	b = q.src.AppendTo(b)
+	b = append(b, ' ')
+	b = append(b, fEndpoint...)
+	b = append(b, '=')
+	container := "-"
 	if q.ep != nil {
-		index = strconv.FormatUint(uint64(q.ep.Index), 10)
+		b = strconv.AppendUint(b, uint64(q.ep.Index), 10)
 		if q.ep.ContainerName != "" {
 			container = q.ep.ContainerName
 		}
+	} else {
+		b = append(b, '-')
 	}
-	return fmt.Sprintf("%s=%s %s=%s %s=%s %s=%q %s=%s", fSource, q.src, fEndpoint, index, fContainer, container,
-		fName, q.name, fType, mdns.Type(q.qtype).String())
+	b = append(b, ' ')
+	b = append(b, fContainer...)
+	b = append(b, '=')
+	b = append(b, container...)
+	b = append(b, ' ')
+	b = append(b, fName...)
+	b = append(b, '=')
+	b = strconv.AppendQuote(b, q.name)
+	b = append(b, ' ')
+	b = append(b, fType...)
+	b = append(b, '=')
+	if t, ok := mdns.TypeToString[q.qtype]; ok {
+		b = append(b, t...)
+	} else {
+		b = append(b, "TYPE"...)
+		b = strconv.AppendUint(b, uint64(q.qtype), 10)
+	}
+	b = append(b, ' ')
+	b = append(b, fReason...)
+	b = append(b, '=')
+	b = append(b, reason...)
+	b = append(b, ' ')
+	b = append(b, fRcode...)
+	b = append(b, '=')
+	b = append(b, mdns.RcodeToString[rcode]...)
+	return b
 }
 
 func (c *Clawker) deny(q *query, reason policy.Reason, rcode int) {
-	deniedCount.WithLabelValues(string(reason)).Inc()
-	c.Log.Warningf("CLAWKER-DNS-DECISION decision=deny %s %s=%s %s=%s", q.fields(), fReason, reason, fRcode, mdns.RcodeToString[rcode])
+	deniedCounter(reason).Inc()
+	c.Log.Warning(string(q.line("deny", string(reason), rcode)))
 }
 
 func (c *Clawker) allow(q *query, reason string, id policy.Identity, answers int, upstream string) {
 	allowedCount.Inc()
-	c.Log.Infof("CLAWKER-DNS-DECISION decision=allow %s %s=%s %s=%d %s=%d %s=%s", q.fields(), fReason, reason, fIdentity, id, fAnswers, answers, fUpstream, upstream)
+	b := q.line("allow", reason, mdns.RcodeSuccess)
+	b = append(b, ' ')
+	b = append(b, fIdentity...)
+	b = append(b, '=')
+	b = strconv.AppendUint(b, uint64(id), 10)
+	b = append(b, ' ')
+	b = append(b, fAnswers...)
+	b = append(b, '=')
+	b = strconv.AppendInt(b, int64(answers), 10)
+	b = append(b, ' ')
+	b = append(b, fUpstream...)
+	b = append(b, '=')
+	b = append(b, upstream...)
+	c.Log.Info(string(b))
 }
 
 func (c *Clawker) fail(q *query, cause string, err error) {
 	errorCount.WithLabelValues(cause).Inc()
-	c.Log.Errorf("CLAWKER-DNS-DECISION decision=error %s %s=%s %s=SERVFAIL: %v", q.fields(), fReason, cause, fRcode, err)
+	c.Log.Error(string(q.line("error", cause, mdns.RcodeServerFailure)) + ": " + err.Error())
 }
 
 // ServeDNS implements plugin.Handler.

@@ -50,11 +50,22 @@ func newFakeUpstream(t testing.TB, zone map[string][]string) *fakeUpstream {
 			f.zone[key] = append(f.zone[key], rr)
 		}
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	require.NoError(t, err)
+	// One port for UDP and TCP: retry until a UDP port is also free for TCP.
+	var pc net.PacketConn
+	var ln net.Listener
+	for range 100 {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		ln, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
+		pc.Close()
+		pc = nil
+	}
+	require.NotNil(t, pc, "no port free for both UDP and TCP")
 	f.Addr = pc.LocalAddr().String()
-	ln, err := net.Listen("tcp", f.Addr)
-	require.NoError(t, err)
 	f.udp = &mdns.Server{PacketConn: pc, Handler: f}
 	f.tcp = &mdns.Server{Listener: ln, Handler: f}
 	go f.udp.ActivateAndServe()
@@ -185,6 +196,9 @@ func (l *logRecorder) add(level, format string, v ...any) {
 	defer l.mu.Unlock()
 	l.lines = append(l.lines, level+" "+fmt.Sprintf(format, v...))
 }
+func (l *logRecorder) Info(v ...any)               { l.add("INFO", "%s", fmt.Sprint(v...)) }
+func (l *logRecorder) Warning(v ...any)            { l.add("WARNING", "%s", fmt.Sprint(v...)) }
+func (l *logRecorder) Error(v ...any)              { l.add("ERROR", "%s", fmt.Sprint(v...)) }
 func (l *logRecorder) Debugf(f string, v ...any)   { l.add("DEBUG", f, v...) }
 func (l *logRecorder) Infof(f string, v ...any)    { l.add("INFO", f, v...) }
 func (l *logRecorder) Warningf(f string, v ...any) { l.add("WARNING", f, v...) }

@@ -1,6 +1,8 @@
 package dns
 
 import (
+	"github.com/clawker-fw/clawker-fw/policy"
+
 	"github.com/coredns/coredns/plugin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -57,3 +59,20 @@ var (
 		Help:      "Addresses written into the BPF learned map.",
 	})
 )
+
+// deniedCounters caches the counters of the reasons the plugin gives, so the
+// hot path skips the label hash.
+var deniedCounters = func() map[policy.Reason]prometheus.Counter {
+	m := map[policy.Reason]prometheus.Counter{}
+	for _, r := range []policy.Reason{policy.ReasonNoRule, policy.ReasonDenyRule, policy.ReasonUnknownPeer, "class"} {
+		m[r] = deniedCount.WithLabelValues(string(r))
+	}
+	return m
+}()
+
+func deniedCounter(r policy.Reason) prometheus.Counter {
+	if c, ok := deniedCounters[r]; ok {
+		return c
+	}
+	return deniedCount.WithLabelValues(string(r))
+}
