@@ -250,6 +250,13 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 	// 3. Policy.
 	m := pol.MatchName(q.name, 0, 0)
 	if !m.Allowed {
+		if ep.LabelError != "" {
+			// The container's labels did not parse: it has no egress at
+			// all, and the denial names the label.
+			deniedCounter(policy.ReasonBadLabel).Inc()
+			c.Log.Warning(string(q.line("deny", string(policy.ReasonBadLabel), mdns.RcodeNameError)) + " label_error=" + strconv.Quote(ep.LabelError))
+			return c.write(w, r, mdns.RcodeNameError, nil)
+		}
 		c.deny(q, m.Reason, mdns.RcodeNameError)
 		return c.write(w, r, mdns.RcodeNameError, nil)
 	}

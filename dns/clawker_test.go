@@ -264,6 +264,11 @@ func TestLabelErrorDeniesEverything(t *testing.T) {
 	rcode, _, _ := f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
 	require.Equal(t, mdns.RcodeNameError, rcode)
 	require.Empty(t, f.up.Queries())
+	require.True(t, hasLine(f.log.Lines(), "WARNING", "reason=bad-label", `label_error="clawker.allow: bad"`), "%v", f.log.Lines())
+	// Container names of its network still resolve.
+	rcode, m, _ := f.ask(t, ep1IP, "db", mdns.TypeA)
+	require.Equal(t, mdns.RcodeSuccess, rcode)
+	require.Equal(t, []string{ep2IP}, addrs(m))
 }
 
 func hasLine(lines []string, parts ...string) bool {
