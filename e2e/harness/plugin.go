@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -93,4 +94,21 @@ func (e *Env) RemovePlugin() error {
 	_, _, _ = e.Docker("plugin", "disable", "-f", PluginName)
 	_, _, err := e.Docker("plugin", "rm", "-f", PluginName)
 	return err
+}
+
+// HasBoundingCap reports whether capability number c (e.g. 24 for
+// CAP_SYS_RESOURCE) is in this process's bounding set. runc refuses to
+// start a plugin whose config.json asks for a capability outside it.
+func HasBoundingCap(c int) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<uint(c)) != 0
+		}
+	}
+	return false
 }
