@@ -256,8 +256,8 @@ func (e *Engine) Apply(snap *policy.Snapshot, m *model.Model) error {
 		return errors.New("apply proxy state: nil snapshot or model")
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.closed {
+		e.mu.Unlock()
 		return errors.New("apply proxy state: engine closed")
 	}
 	e.cur.Store(&current{snap: snap, model: m})
@@ -267,8 +267,22 @@ func (e *Engine) Apply(snap *policy.Snapshot, m *model.Model) error {
 	close(*old)
 
 	err := e.reconcileListeners(m)
-	e.recheckConns(snap)
+	doomed := e.recheckConns(snap)
 	e.dropTransports(snap)
+	e.mu.Unlock()
+
+	// Closing a socket that another goroutine is splicing waits for that
+	// goroutine to let go of it: close them all in parallel, outside the
+	// lock, and return once they are closed.
+	var wg sync.WaitGroup
+	for _, d := range doomed {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.c.kill(d.reason)
+		}()
+	}
+	wg.Wait()
 	return err
 }
 
@@ -318,13 +332,21 @@ func (e *Engine) Close() error {
 	case <-done:
 	case <-time.After(e.cfg.DrainTimeout):
 		e.mu.Lock()
+		var live []*liveConn
 		for c := range e.conns {
-			c.kill("engine closed")
+			live = append(live, c)
 		}
+		var acc []net.Conn
 		for c := range e.accepted {
-			_ = c.Close()
+			acc = append(acc, c)
 		}
 		e.mu.Unlock()
+		for _, c := range live {
+			go c.kill("engine closed")
+		}
+		for _, c := range acc {
+			go c.Close()
+		}
 		<-done
 	}
 	e.transports.Range(func(k, v any) bool {

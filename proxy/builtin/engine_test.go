@@ -179,19 +179,21 @@ func TestSNIDecisions(t *testing.T) {
 func TestNoSNIAndGarbageAreReset(t *testing.T) {
 	h := newHarness(t)
 	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
-	c := dialFrom(t, "127.0.0.2", h.webAddr(443))
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	c, err := d.Dial("tcp4", h.webAddr(443))
+	require.NoError(t, err)
 	defer c.Close()
 	// A ClientHello record with no extensions.
 	hello := []byte{0x16, 3, 1, 0, 45, 1, 0, 0, 41, 3, 3}
 	hello = append(hello, make([]byte, 32)...)
 	hello = append(hello, 0, 0, 2, 0x13, 0x01, 1, 0)
-	_, err := c.Write(hello)
+	_, err = c.Write(hello)
 	require.NoError(t, err)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err = c.Read(make([]byte, 1))
 	require.Error(t, err)
-	d := h.waitDecision(func(d Decision) bool { return !d.Allowed })
-	require.Equal(t, ReasonNoSNI, d.Reason)
+	dec := h.waitDecision(func(d Decision) bool { return !d.Allowed })
+	require.Equal(t, ReasonNoSNI, dec.Reason)
 }
 
 func TestDedicatedTCPRange(t *testing.T) {
@@ -216,11 +218,7 @@ func TestDedicatedTCPRange(t *testing.T) {
 		})
 	}
 	t.Run("other endpoint denied", func(t *testing.T) {
-		c := dialFrom(t, "127.0.0.3", h.dedicatedAddr(policy.ProtoTCP, "db.example.test", 5001))
-		defer c.Close()
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, err := c.Read(make([]byte, 1))
-		require.Error(t, err)
+		requireReset(t, "127.0.0.3", h.dedicatedAddr(policy.ProtoTCP, "db.example.test", 5001))
 		d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Endpoint == 2 })
 		require.Equal(t, policy.ReasonNoRule, d.Reason)
 		require.Equal(t, "db.example.test", d.Name)
@@ -524,4 +522,20 @@ func counterValue(c prometheus.Counter) float64 {
 		return -1
 	}
 	return m.GetCounter().GetValue()
+}
+
+// requireReset connects from src to addr and requires the proxy to end the
+// connection without a byte (a reset can even beat connect's completion).
+func requireReset(t *testing.T, src, addr string) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp4", addr)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "timeout")
 }

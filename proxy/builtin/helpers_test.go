@@ -547,3 +547,7 @@ func readAll(t testing.TB, r io.Reader) string {
 	require.NoError(t, err)
 	return string(b)
 }
+
+func modelBuild(snap *policy.Snapshot, h *harness) (*model.Model, error) {
+	return model.Build(snap, h.alloc)
+}

@@ -154,14 +154,9 @@ type liveConn struct {
 	closer func()
 	once   sync.Once
 	e      *Engine
-	// killed is set (under e.mu) when Apply closed it.
-	killed string
 }
 
-func (c *liveConn) kill(reason string) {
-	c.killed = reason
-	c.once.Do(c.closer)
-}
+func (c *liveConn) kill(string) { c.once.Do(c.closer) }
 
 // track registers a live connection; the returned func unregisters it.
 func (e *Engine) track(c *liveConn) (untrack func(), ok bool) {
@@ -179,14 +174,21 @@ func (e *Engine) track(c *liveConn) (untrack func(), ok bool) {
 	}, true
 }
 
-// recheckConns closes the live connections that snap now denies. Called
-// with e.mu held.
-func (e *Engine) recheckConns(snap *policy.Snapshot) {
+// doomedConn is a live connection that a new policy denies.
+type doomedConn struct {
+	c      *liveConn
+	reason string
+}
+
+// recheckConns returns the live connections that snap now denies. Called
+// with e.mu held; the caller closes them.
+func (e *Engine) recheckConns(snap *policy.Snapshot) []doomedConn {
 	now := time.Now()
+	var out []doomedConn
 	for c := range e.conns {
 		ep, ok := snap.EndpointByIP(c.src)
 		if !ok || ep.Index != c.index {
-			c.kill("endpoint gone")
+			out = append(out, doomedConn{c, "endpoint gone"})
 			continue
 		}
 		pol := ep.Effective(now)
@@ -200,7 +202,8 @@ func (e *Engine) recheckConns(snap *policy.Snapshot) {
 			m = pol.MatchIP(c.dst, c.port, c.l4)
 		}
 		if !m.Allowed {
-			c.kill(string(m.Reason))
+			out = append(out, doomedConn{c, string(m.Reason)})
 		}
 	}
+	return out
 }
