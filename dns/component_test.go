@@ -17,6 +17,8 @@ import (
 
 	mdns "github.com/miekg/dns"
 	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/policy"
 )
 
 // The custom CoreDNS builds slowly (~60 s cold): once per test run.
@@ -243,14 +245,43 @@ func TestComponentRealCoreDNS(t *testing.T) {
 	require.Less(t, took, time.Second)
 	t.Logf("snapshot rewrite -> served and answered in %s", took)
 
+	// A pending endpoint's query waits for its policy and is answered as
+	// soon as the snapshot that carries it is served.
+	type result struct {
+		r   *mdns.Msg
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c := &mdns.Client{Net: "udp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(ep3IP)}}}
+		m := new(mdns.Msg)
+		m.SetQuestion("api.example.test.", mdns.TypeA)
+		r, _, err := c.Exchange(m, sc.dnsAddr)
+		done <- result{r, err}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	snap = testSnapshot(3, up2.Addr)
+	snap.Endpoints[3].Pending = false
+	snap.Endpoints[3].Policy = &policy.Policy{Generation: 3, Allows: []policy.Allowed{allow(10, "api.example.test")}}
+	start = time.Now()
+	writeSnapshot(t, snapPath, snap)
+	res := <-done
+	took = time.Since(start)
+	require.NoError(t, res.err)
+	require.Equal(t, []string{"192.0.2.1"}, addrs(res.r))
+	require.Less(t, took, time.Second)
+	t.Logf("pending endpoint answered %s after its policy was written", took)
+	require.Contains(t, learnedEntries(t, learned), "3/192.0.2.1")
+
 	// Metrics through CoreDNS's prometheus plugin.
 	resp, err := http.Get("http://" + sc.metricsAddr + "/metrics")
 	require.NoError(t, err)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	require.Contains(t, string(body), "coredns_clawker_snapshot_generation 2")
+	require.Contains(t, string(body), "coredns_clawker_snapshot_generation 3")
 	require.Contains(t, string(body), `coredns_clawker_denied_total{reason="no-rule"}`)
 	require.Contains(t, string(body), "coredns_clawker_forwarded_total")
+	require.Contains(t, string(body), "coredns_clawker_pending_waits_total 1")
 
 	// One deny line per denied query.
 	require.Contains(t, sc.out.String(), `decision=deny src=127.0.0.2 endpoint=1 container=/web name="evil.example.test" type=A reason=no-rule`)
