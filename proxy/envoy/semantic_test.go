@@ -180,16 +180,14 @@ func request(t *testing.T, rc *route.RouteConfiguration, host, method, path stri
 		if dr := r.GetDirectResponse(); dr != nil {
 			require.EqualValues(t, 403, dr.GetStatus())
 			var hdr string
-			for _, h := range vh.GetResponseHeadersToAdd() {
+			for _, h := range r.GetResponseHeadersToAdd() {
 				if h.GetHeader().GetKey() == DeniedHeader {
 					hdr = h.GetHeader().GetValue()
 				}
 			}
 			reason := r.GetMetadata().GetFilterMetadata()[metadataNamespace].GetFields()["reason"].GetStringValue()
 			require.Contains(t, dr.GetBody().GetInlineString(), "clawker-fw: denied ("+reason+")")
-			if hdr != "" {
-				require.Equal(t, reason, hdr)
-			}
+			require.Equal(t, reason, hdr, "every 403 carries %s", DeniedHeader)
 			return "403:" + reason
 		}
 		return r.GetRoute().GetCluster()

@@ -744,18 +744,17 @@ func (b *builder) pathRoutes(v verdict, clusterName string) []*route.Route {
 				methods = []string{""}
 			}
 			for _, m := range methods {
-				r := &route.Route{
-					Name:     fmt.Sprintf("path%d%s", i, methodSuffix(m)),
+				name := fmt.Sprintf("path%d%s", i, methodSuffix(m))
+				if action != policy.Allow {
+					out = append(out, denyRoute(name, pathMatch(pr.Path, m), policy.ReasonPath, "path "+pr.Path, v.rule))
+					continue
+				}
+				out = append(out, &route.Route{
+					Name:     name,
 					Match:    pathMatch(pr.Path, m),
-					Metadata: decisionMetadata(action, policy.ReasonPath, v.rule),
-				}
-				if action == policy.Allow {
-					r.Metadata = decisionMetadata(policy.Allow, policy.ReasonAllowed, v.rule)
-					r.Action = toCluster(clusterName)
-				} else {
-					r.Action = denyAction(policy.ReasonPath, "path "+pr.Path)
-				}
-				out = append(out, r)
+					Metadata: decisionMetadata(policy.Allow, policy.ReasonAllowed, v.rule),
+					Action:   toCluster(clusterName),
+				})
 			}
 		}
 	}
@@ -769,22 +768,20 @@ func (b *builder) pathRoutes(v verdict, clusterName string) []*route.Route {
 			}
 		}
 	}
-	last := &route.Route{
-		Name:  "default",
-		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+	all := &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}
+	if def != policy.Allow {
+		return append(out, denyRoute("default", all, policy.ReasonPath, "no path rule allows this path", v.rule))
 	}
-	if def == policy.Allow {
-		reason := policy.ReasonAllowed
-		if v.bypass {
-			reason = policy.ReasonBypass
-		}
-		last.Metadata = decisionMetadata(policy.Allow, reason, v.rule)
-		last.Action = toCluster(clusterName)
-	} else {
-		last.Metadata = decisionMetadata(policy.Deny, policy.ReasonPath, v.rule)
-		last.Action = denyAction(policy.ReasonPath, "no path rule allows this path")
+	reason := policy.ReasonAllowed
+	if v.bypass {
+		reason = policy.ReasonBypass
 	}
-	return append(out, last)
+	return append(out, &route.Route{
+		Name:     "default",
+		Match:    all,
+		Metadata: decisionMetadata(policy.Allow, reason, v.rule),
+		Action:   toCluster(clusterName),
+	})
 }
 
 func methodSuffix(m string) string {
@@ -855,12 +852,19 @@ func denyVhost(name string, domains []string, reason policy.Reason, rule string)
 	return &route.VirtualHost{
 		Name:    "deny:" + name,
 		Domains: domains,
-		Routes: []*route.Route{{
-			Name:     "deny",
-			Match:    &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-			Action:   denyAction(reason, detail),
-			Metadata: decisionMetadata(policy.Deny, reason, rule),
-		}},
+		Routes: []*route.Route{denyRoute("deny", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+			reason, detail, rule)},
+	}
+}
+
+// denyRoute answers 403 itself, with the DeniedHeader and the decision
+// metadata the access log reads.
+func denyRoute(name string, match *route.RouteMatch, reason policy.Reason, detail, rule string) *route.Route {
+	return &route.Route{
+		Name:     name,
+		Match:    match,
+		Action:   denyAction(reason, detail),
+		Metadata: decisionMetadata(policy.Deny, reason, rule),
 		ResponseHeadersToAdd: []*core.HeaderValueOption{{
 			Header:       &core.HeaderValue{Key: DeniedHeader, Value: string(reason)},
 			AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
