@@ -98,6 +98,8 @@ func (s *syncBuffer) String() string {
 type sidecar struct {
 	dnsAddr, statusAddr, metricsAddr string
 	out                              *syncBuffer
+	corefile                         string
+	cfg                              CorefileConfig
 }
 
 func startSidecar(t testing.TB, cfg CorefileConfig) *sidecar {
@@ -114,7 +116,8 @@ func startSidecar(t testing.TB, cfg CorefileConfig) *sidecar {
 	corefile := filepath.Join(dir, "Corefile")
 	require.NoError(t, os.WriteFile(corefile, []byte(Corefile(cfg)), 0o644))
 
-	s := &sidecar{dnsAddr: fmt.Sprintf("127.0.0.1:%d", port), statusAddr: cfg.StatusAddr, metricsAddr: cfg.MetricsAddr, out: &syncBuffer{}}
+	s := &sidecar{dnsAddr: fmt.Sprintf("127.0.0.1:%d", port), statusAddr: cfg.StatusAddr, metricsAddr: cfg.MetricsAddr,
+		out: &syncBuffer{}, corefile: corefile, cfg: cfg}
 	cmd := exec.Command(bin, "-conf", corefile)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	require.NoError(t, cmd.Start())
@@ -285,4 +288,40 @@ func TestComponentRealCoreDNS(t *testing.T) {
 
 	// One deny line per denied query.
 	require.Contains(t, sc.out.String(), `decision=deny src=127.0.0.2 endpoint=1 container=/web name="evil.example.test" type=A reason=no-rule`)
+}
+
+// TestBinaryPlugins checks what the custom binary carries: the plugins the
+// sidecar needs and no cache.
+func TestBinaryPlugins(t *testing.T) {
+	out, err := exec.Command(coreDNSBinary(t), "-plugins").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	plugins := strings.Fields(string(out))
+	for _, p := range []string{"clawker", "forward", "health", "ready", "log", "errors", "reload", "prometheus", "bind"} {
+		require.Contains(t, plugins, p)
+	}
+	require.NotContains(t, plugins, "cache")
+}
+
+// TestComponentReload rewrites the Corefile under the reload plugin: the new
+// upstream is used and the status server keeps answering.
+func TestComponentReload(t *testing.T) {
+	testPinsDir, _ := testPins(t, LayoutVersion)
+	up := newFakeUpstream(t, testZone)
+	upNew := newFakeUpstream(t, testZone)
+	snapPath := filepath.Join(t.TempDir(), "snapshot.json")
+	writeSnapshot(t, snapPath, testSnapshot(1, up.Addr))
+	cfg := CorefileConfig{SnapshotPath: snapPath, PinDir: testPinsDir, Upstreams: []string{up.Addr}, ReloadInterval: 2 * time.Second}
+	sc := startSidecar(t, cfg)
+	require.Equal(t, []string{"192.0.2.1"}, addrs(sc.query(t, ep1IP, "udp", "api.example.test", mdns.TypeA)))
+	require.Len(t, up.Queries(), 1)
+
+	sc.cfg.Upstreams = []string{upNew.Addr}
+	require.NoError(t, os.WriteFile(sc.corefile, []byte(Corefile(sc.cfg)), 0o644))
+	require.Eventually(t, func() bool {
+		r := sc.query(t, ep1IP, "udp", "api.example.test", mdns.TypeA)
+		return len(upNew.Queries()) > 0 && len(addrs(r)) == 1
+	}, 10*time.Second, 100*time.Millisecond, "reloaded Corefile not in force:\n%s", sc.out)
+	require.Equal(t, "1", sc.generation(t))
+	writeSnapshot(t, snapPath, testSnapshot(2, up.Addr))
+	require.Eventually(t, func() bool { return sc.generation(t) == "2" }, time.Second, 10*time.Millisecond)
 }
