@@ -272,9 +272,11 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 		if n != nil && n.Gateway.Unmap().Is4() && (q.qtype == mdns.TypeA || q.qtype == mdns.TypeANY) {
 			gw := n.Gateway.Unmap()
 			ttl := c.TTLFloor
-			if err := c.learn(ep, gw, id, ttl); err != nil {
-				c.fail(q, "learn", err)
-				return mdns.RcodeServerFailure, nil
+			if m.Entry != nil { // bypassed endpoints are not learned
+				if err := c.learn(ep, gw, id, ttl); err != nil {
+					c.fail(q, "learn", err)
+					return mdns.RcodeServerFailure, nil
+				}
 			}
 			ans = append(ans, &mdns.A{Hdr: hdr(r, mdns.TypeA, uint32(ttl/time.Second)), A: gw.AsSlice()})
 		}
