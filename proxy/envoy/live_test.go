@@ -136,6 +136,8 @@ func TestLiveEnvoy(t *testing.T) {
 	resp, b, err := get("evil.example.test")
 	require.NoError(t, err)
 	require.Equal(t, http.StatusForbidden, resp.StatusCode)
-	require.Equal(t, string(policy.ReasonNoRule), resp.Header.Get(DeniedHeader))
-	require.Equal(t, DeniedBody(policy.ReasonNoRule, ""), b)
+	require.Equal(t, "GET evil.example.test / (no-rule); allow it with clawker.allow=evil.example.test as a network option "+
+		"(docker network create -o clawker.allow=evil.example.test) or a container label (--label clawker.allow=evil.example.test)",
+		resp.Header.Get(DeniedHeader))
+	require.Equal(t, DeniedBody("", uint16(upPort), policy.ReasonNoRule, "", ""), b)
 }

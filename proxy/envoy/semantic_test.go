@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
@@ -186,8 +187,10 @@ func request(t *testing.T, rc *route.RouteConfiguration, host, method, path stri
 				}
 			}
 			reason := r.GetMetadata().GetFilterMetadata()[metadataNamespace].GetFields()["reason"].GetStringValue()
-			require.Contains(t, dr.GetBody().GetInlineString(), "clawker-fw: denied ("+reason+")")
-			require.Equal(t, reason, hdr, "every 403 carries %s", DeniedHeader)
+			require.Contains(t, dr.GetBody().GetInlineString(), ": "+reason+"\n")
+			require.True(t, strings.HasPrefix(dr.GetBody().GetInlineString(), "clawker-fw denied "), dr.GetBody().GetInlineString())
+			require.True(t, strings.HasPrefix(hdr, "%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% ("+reason+"); "),
+				"every 403 carries %s, got %q", DeniedHeader, hdr)
 			return "403:" + reason
 		}
 		return r.GetRoute().GetCluster()
@@ -478,4 +481,34 @@ func TestWildcardServerNames(t *testing.T) {
 	// The wildcard's inspected leaf carries both SANs.
 	sec := out.GetResources(resource.SecretType)["leaf:*.example.test"]
 	require.NotNil(t, sec)
+}
+
+func TestDenialText(t *testing.T) {
+	tests := []struct {
+		d          denial
+		wantHeader string
+		wantBody   string
+	}{
+		{
+			denial{key: "api.example.test", port: 443, reason: policy.ReasonDenyRule, rule: "api.example.test"},
+			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (deny-rule); a deny rule (api.example.test) covers api.example.test; remove it to allow",
+			"clawker-fw denied api.example.test:443: deny-rule\na deny rule (api.example.test) covers api.example.test; remove it to allow\n",
+		},
+		{
+			denial{port: 80, reason: policy.ReasonNoRule},
+			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (no-rule); allow it with clawker.allow=%REQ(:AUTHORITY)% as a network option (docker network create -o clawker.allow=%REQ(:AUTHORITY)%) or a container label (--label clawker.allow=%REQ(:AUTHORITY)%)",
+			"clawker-fw denied this host on port 80: no-rule\nallow it with clawker.allow=<host> as a network option (docker network create -o clawker.allow=<host>) or a container label (--label clawker.allow=<host>)\n",
+		},
+		{
+			denial{key: "git.example.test", port: 443, reason: policy.ReasonPath, rule: "git.example.test", detail: "path rule /a%2F"},
+			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (path-rule); the request path is denied by path rule /a%%2F (git.example.test)",
+			"clawker-fw denied git.example.test:443: path-rule\nthe request path is denied by path rule /a%2F (git.example.test)\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.d.reason), func(t *testing.T) {
+			require.Equal(t, tt.wantHeader, tt.d.header())
+			require.Equal(t, tt.wantBody, tt.d.body())
+		})
+	}
 }

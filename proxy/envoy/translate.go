@@ -574,7 +574,7 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 	unknown := l.Key + "/http/unknown"
 	b.routes[unknown] = &route.RouteConfiguration{
 		Name:         unknown,
-		VirtualHosts: []*route.VirtualHost{denyVhost("unknown", []string{"*"}, policy.ReasonUnknownPeer, "")},
+		VirtualHosts: []*route.VirtualHost{denyVhost("unknown", []string{"*"}, denial{port: p, reason: policy.ReasonUnknownPeer})},
 	}
 	chains = append(chains, &listener.FilterChain{
 		Name:             unknown,
@@ -681,7 +681,7 @@ func (b *builder) webRoutes(name string, keys []string, vs []verdict, p uint16, 
 		v := vs[k]
 		domains := []string{key, key + ":" + strconv.Itoa(int(p))}
 		if !v.allowedOn(tlsSide) {
-			rc.VirtualHosts = append(rc.VirtualHosts, denyVhost(key, domains, v.denyReason(), v.rule))
+			rc.VirtualHosts = append(rc.VirtualHosts, denyVhost(key, domains, denial{key: key, port: p, reason: v.denyReason(), rule: v.rule}))
 			continue
 		}
 		clusterName := ""
@@ -694,17 +694,17 @@ func (b *builder) webRoutes(name string, keys []string, vs []verdict, p uint16, 
 		rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
 			Name:    key,
 			Domains: domains,
-			Routes:  b.pathRoutes(v, clusterName),
+			Routes:  b.pathRoutes(key, p, v, clusterName),
 		})
 	}
 	if allowAll {
 		v := verdict{allowed: true, reason: policy.ReasonBypass, bypass: true, rule: "*"}
 		rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
-			Name: "bypass", Domains: []string{"*"}, Routes: b.pathRoutes(v, b.dfpClusterName(tlsSide)),
+			Name: "bypass", Domains: []string{"*"}, Routes: b.pathRoutes("", p, v, b.dfpClusterName(tlsSide)),
 		})
 		usesDFP = true
 	} else {
-		rc.VirtualHosts = append(rc.VirtualHosts, denyVhost("no-rule", []string{"*"}, policy.ReasonNoRule, ""))
+		rc.VirtualHosts = append(rc.VirtualHosts, denyVhost("no-rule", []string{"*"}, denial{port: p, reason: policy.ReasonNoRule}))
 	}
 	b.routes[name] = rc
 	b.routesDFP[name] = usesDFP
@@ -722,7 +722,7 @@ func (b *builder) dfpClusterName(tlsSide bool) string {
 
 // pathRoutes renders an allowed verdict's path rules, in order, then the
 // path default. Denied paths answer 403.
-func (b *builder) pathRoutes(v verdict, clusterName string) []*route.Route {
+func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string) []*route.Route {
 	var out []*route.Route
 	allowAny := false
 	if v.entry != nil {
@@ -746,7 +746,7 @@ func (b *builder) pathRoutes(v verdict, clusterName string) []*route.Route {
 			for _, m := range methods {
 				name := fmt.Sprintf("path%d%s", i, methodSuffix(m))
 				if action != policy.Allow {
-					out = append(out, denyRoute(name, pathMatch(pr.Path, m), policy.ReasonPath, "path "+pr.Path, v.rule))
+					out = append(out, denyRoute(name, pathMatch(pr.Path, m), denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule, detail: "path rule " + pr.Path}))
 					continue
 				}
 				out = append(out, &route.Route{
@@ -770,7 +770,7 @@ func (b *builder) pathRoutes(v verdict, clusterName string) []*route.Route {
 	}
 	all := &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}
 	if def != policy.Allow {
-		return append(out, denyRoute("default", all, policy.ReasonPath, "no path rule allows this path", v.rule))
+		return append(out, denyRoute("default", all, denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule, detail: "the path default (no path rule allows it)"}))
 	}
 	reason := policy.ReasonAllowed
 	if v.bypass {
@@ -829,44 +829,84 @@ func toCluster(name string) *route.Route_Route {
 	}}
 }
 
-// DeniedBody is the body of the proxy's own 403s.
-func DeniedBody(reason policy.Reason, detail string) string {
-	if detail == "" {
-		return fmt.Sprintf("clawker-fw: denied (%s)\n", reason)
-	}
-	return fmt.Sprintf("clawker-fw: denied (%s): %s\n", reason, detail)
+// denial is what one of the proxy's own 403s says. The header and body
+// follow the builtin engine's: "X-Clawker-Denied: <method> <host> <path>
+// (<reason>); <how to allow it>" and "clawker-fw denied <dest>: <reason>"
+// plus the hint. Envoy fills the request's method, authority and path into
+// the header; the body is fixed per route, so it names the rule's key.
+type denial struct {
+	key    string // virtual host key: exact name, "*.apex", or "" (catch-all)
+	port   uint16
+	reason policy.Reason
+	rule   string
+	detail string // the path rule, for path denials
 }
 
-func denyAction(reason policy.Reason, detail string) *route.Route_DirectResponse {
-	return &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
-		Status: 403,
-		Body:   inlineString(DeniedBody(reason, detail)),
-	}}
+// exact reports whether the key is one name (not a wildcard or catch-all).
+func (d denial) exact() bool { return d.key != "" && !strings.HasPrefix(d.key, "*") }
+
+// hint says how to allow it, like the builtin engine's hint.
+func (d denial) hint(name string) string {
+	switch d.reason {
+	case policy.ReasonDenyRule:
+		return fmt.Sprintf("a deny rule (%s) covers %s; remove it to allow", d.rule, name)
+	case policy.ReasonUnknownPeer:
+		return "the source address is no clawker-fw endpoint"
+	case policy.ReasonPath:
+		return fmt.Sprintf("the request path is denied by %s (%s)", d.detail, d.rule)
+	}
+	return fmt.Sprintf("allow it with clawker.allow=%s as a network option (docker network create -o clawker.allow=%s) or a container label (--label clawker.allow=%s)", name, name, name)
 }
 
-func denyVhost(name string, domains []string, reason policy.Reason, rule string) *route.VirtualHost {
-	detail := ""
-	if rule != "" {
-		detail = "rule " + rule
+// header is the X-Clawker-Denied value, with Envoy command operators.
+func (d denial) header() string {
+	esc := func(s string) string { return strings.ReplaceAll(s, "%", "%%") }
+	name := "%REQ(:AUTHORITY)%"
+	if d.exact() {
+		name = esc(d.key)
 	}
+	return "%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (" + esc(string(d.reason)) + "); " +
+		strings.ReplaceAll(esc(d.hint("\x00")), "\x00", name)
+}
+
+// DeniedBody is the body of the proxy's own 403 for a request to key on
+// port (key "" for the catch-all, "*.apex" for a wildcard).
+func DeniedBody(key string, port uint16, reason policy.Reason, rule, detail string) string {
+	return denial{key: key, port: port, reason: reason, rule: rule, detail: detail}.body()
+}
+
+func (d denial) body() string {
+	name, dest := d.key, fmt.Sprintf("%s:%d", d.key, d.port)
+	switch {
+	case d.key == "":
+		name, dest = "<host>", fmt.Sprintf("this host on port %d", d.port)
+	case !d.exact():
+		name, dest = "<host>", fmt.Sprintf("%s:%d", d.key, d.port)
+	}
+	return fmt.Sprintf("clawker-fw denied %s: %s\n%s\n", dest, d.reason, d.hint(name))
+}
+
+func denyVhost(name string, domains []string, d denial) *route.VirtualHost {
 	return &route.VirtualHost{
 		Name:    "deny:" + name,
 		Domains: domains,
-		Routes: []*route.Route{denyRoute("deny", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-			reason, detail, rule)},
+		Routes:  []*route.Route{denyRoute("deny", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}, d)},
 	}
 }
 
 // denyRoute answers 403 itself, with the DeniedHeader and the decision
 // metadata the access log reads.
-func denyRoute(name string, match *route.RouteMatch, reason policy.Reason, detail, rule string) *route.Route {
+func denyRoute(name string, match *route.RouteMatch, d denial) *route.Route {
 	return &route.Route{
-		Name:     name,
-		Match:    match,
-		Action:   denyAction(reason, detail),
-		Metadata: decisionMetadata(policy.Deny, reason, rule),
+		Name:  name,
+		Match: match,
+		Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+			Status: 403,
+			Body:   inlineString(d.body()),
+		}},
+		Metadata: decisionMetadata(policy.Deny, d.reason, d.rule),
 		ResponseHeadersToAdd: []*core.HeaderValueOption{{
-			Header:       &core.HeaderValue{Key: DeniedHeader, Value: string(reason)},
+			Header:       &core.HeaderValue{Key: DeniedHeader, Value: d.header()},
 			AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		}},
 	}
