@@ -104,6 +104,10 @@ type Config struct {
 	SniffTimeout time.Duration
 	// DialTimeout bounds name resolution and upstream dials. Default: 10 s.
 	DialTimeout time.Duration
+	// ResolveCacheTTL is how long the proxy reuses an upstream name's
+	// addresses (net.Resolver exposes no TTLs). Default: 5 s; negative
+	// disables the cache.
+	ResolveCacheTTL time.Duration
 	// UDPIdle closes a UDP session after this long without traffic.
 	// Default: 60 s.
 	UDPIdle time.Duration
@@ -168,6 +172,8 @@ type Engine struct {
 	connWG    sync.WaitGroup
 
 	transports sync.Map // uint32 endpoint index -> *http.Transport
+	dnsCache   sync.Map // name -> *dnsEntry
+	dnsCacheN  atomic.Int64
 }
 
 type current struct {
@@ -205,6 +211,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.ResolveCacheTTL == 0 {
+		cfg.ResolveCacheTTL = 5 * time.Second
 	}
 	if cfg.UDPIdle == 0 {
 		cfg.UDPIdle = 60 * time.Second

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -116,11 +117,9 @@ func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, name string, p
 	if a, err := netip.ParseAddr(name); err == nil {
 		return []netip.Addr{a}, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.DialTimeout)
-	defer cancel()
-	addrs, err := e.cfg.Resolver.LookupNetIP(ctx, "ip4", name)
+	addrs, err := e.lookup(ctx, name)
 	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", name, err)
+		return nil, err
 	}
 	ok := addrs[:0:0]
 	for _, a := range addrs {
@@ -158,3 +157,41 @@ func (e *Engine) dialAddrs(ctx context.Context, network string, addrs []netip.Ad
 	}
 	return nil, fmt.Errorf("dial upstream: %w", errors.Join(errs...))
 }
+
+// dnsEntry is one cached lookup.
+type dnsEntry struct {
+	addrs   []netip.Addr
+	expires time.Time
+}
+
+// lookup resolves name with the configured resolver, caching answers for
+// Config.ResolveCacheTTL (failures are not cached). The cache only saves
+// round trips: every use of an answer is checked again (upstreamOK).
+func (e *Engine) lookup(ctx context.Context, name string) ([]netip.Addr, error) {
+	now := time.Now()
+	if e.cfg.ResolveCacheTTL > 0 {
+		if v, ok := e.dnsCache.Load(name); ok {
+			if ent := v.(*dnsEntry); now.Before(ent.expires) {
+				return ent.addrs, nil
+			}
+			e.dnsCache.Delete(name)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.DialTimeout)
+	defer cancel()
+	addrs, err := e.cfg.Resolver.LookupNetIP(ctx, "ip4", name)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", name, err)
+	}
+	if e.cfg.ResolveCacheTTL > 0 && len(addrs) > 0 {
+		if e.dnsCacheN.Add(1) > maxDNSCache {
+			// Crude bound: start over rather than grow without limit.
+			e.dnsCache.Clear()
+			e.dnsCacheN.Store(0)
+		}
+		e.dnsCache.Store(name, &dnsEntry{addrs: addrs, expires: now.Add(e.cfg.ResolveCacheTTL)})
+	}
+	return addrs, nil
+}
+
+const maxDNSCache = 4096

@@ -1,0 +1,898 @@
+// Command proxy benchmarks clawker-fw's builtin proxy engine side by side
+// with a direct connection and with Debian's squid (forward proxy, CONNECT +
+// ssl_bump peek/splice on an SNI allowlist), on one loopback topology:
+//
+//	client (127.0.0.2) -> [builtin web listener | squid http_port | nothing] -> TLS upstream (127.0.0.1)
+//
+// Every workload runs the variants interleaved in one run, so the ratios
+// compare like with like. Loops are bounded in count and time; everything
+// stays on loopback.
+//
+//	go run ./bench/proxy -out bench/results/proxy.txt
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/http2"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/builtin"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
+)
+
+const (
+	benchName   = "bench.example.test"
+	inspectName = "inspect.example.test"
+	clientIP    = "127.0.0.2"
+)
+
+var (
+	out      = flag.String("out", "", "write the report to this file too")
+	bulkMB   = flag.Int("bulk-mb", 256, "MB per bulk transfer")
+	bulkReps = flag.Int("bulk-reps", 3, "bulk transfers per variant")
+	connN    = flag.Int("conns", 300, "new connections per variant for the latency test")
+	conc     = flag.Int("concurrency", 16, "concurrent clients for the requests/s tests")
+	dur      = flag.Duration("duration", 3*time.Second, "duration of each requests/s run")
+	noSquid  = flag.Bool("no-squid", false, "skip squid")
+	inProc   = flag.Bool("in-process", false, "run the builtin engine inside the bench process instead of a child process")
+
+	// Flags of the child process that runs the engine.
+	child    = flag.Bool("engine-child", false, "internal: run the engine and print its address")
+	childUp  = flag.Int("child-up-port", 0, "internal")
+	childDNS = flag.String("child-dns", "", "internal")
+	childCA  = flag.String("child-ca", "", "internal: CA cert+key PEM file")
+	cpuProf  = flag.String("engine-cpuprofile", "", "write a CPU profile of the engine process here")
+	only     = flag.String("only", "", "run only workloads whose group is this (bulk, newconn, keepalive, inspect)")
+)
+
+func main() {
+	flag.Parse()
+	if *child {
+		if err := runChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench engine:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type env struct {
+	ca        *testCA
+	upPort    uint16
+	dnsAddr   string
+	eng       *builtin.Engine
+	webAddr   string // builtin web listener for original port 443
+	squidAddr string // "" without squid
+	tmp       string
+}
+
+func run() error {
+	tmp, err := os.MkdirTemp("", "clawker-bench-proxy-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	e := &env{ca: newTestCA(), tmp: tmp}
+	if e.upPort, err = startUpstream(e.ca); err != nil {
+		return err
+	}
+	if e.dnsAddr, err = startDNS(); err != nil {
+		return err
+	}
+	if *inProc {
+		if err := e.startEngine(); err != nil {
+			return err
+		}
+		defer e.eng.Close()
+	} else {
+		stop, err := e.startEngineChild()
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if !*noSquid {
+		stop, addr, err := startSquid(tmp, e.ca, e.upPort)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "squid unavailable:", err)
+		} else {
+			defer stop()
+			e.squidAddr = addr
+		}
+	}
+
+	var rep report
+	rep.header(e)
+	for _, w := range []struct {
+		group string
+		fn    func(*report)
+	}{{"bulk", e.benchBulk}, {"newconn", e.benchNewConn}, {"keepalive", e.benchKeepAlive}, {"inspect", e.benchInspect}} {
+		if *only == "" || *only == w.group {
+			w.fn(&rep)
+		}
+	}
+	text := rep.String()
+	fmt.Print(text)
+	if *out != "" {
+		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(*out, []byte(text), 0o644)
+	}
+	return nil
+}
+
+func (e *env) startEngine() error {
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", e.dnsAddr)
+	}}
+	eng, err := builtin.New(builtin.Config{
+		Certs:                 e.ca,
+		Resolver:              resolver,
+		UpstreamCAs:           []*x509.Certificate{e.ca.cert},
+		AllowPrivateUpstreams: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		BindAddr:              "127.0.0.1",
+		ListenPort:            func(uint16) uint16 { return 0 },
+		UpstreamPort:          func(uint16) uint16 { return e.upPort },
+		DrainTimeout:          time.Second,
+	})
+	if err != nil {
+		return err
+	}
+	src := policy.Provenance{Kind: policy.SourceLabel, Key: "clawker.allow"}
+	pol := &policy.Policy{Generation: 1, Allows: []policy.Allowed{
+		{Identity: 1, Pattern: benchName, Ports: []policy.PortRange{{Proto: policy.ProtoHTTPS, Lo: 443, Hi: 443}},
+			Rules: []policy.EgressRule{{Dst: benchName, Proto: policy.ProtoHTTPS, Port: 443, Action: policy.Allow, Source: src}}},
+		{Identity: 2, Pattern: inspectName, Inspect: true, Ports: []policy.PortRange{{Proto: policy.ProtoHTTPS, Lo: 443, Hi: 443}},
+			Rules: []policy.EgressRule{{Dst: inspectName, Proto: policy.ProtoHTTPS, Port: 443, Action: policy.Allow, Inspect: true, Source: src}}},
+	}}
+	snap := (&policy.Snapshot{Generation: 1, Endpoints: map[uint32]*policy.Endpoint{
+		1: {Index: 1, ID: "bench", IP: netip.MustParseAddr(clientIP), ContainerName: "bench", Policy: pol},
+	}}).Index()
+	m, err := model.Build(snap, model.NewPortAllocator())
+	if err != nil {
+		return err
+	}
+	if err := eng.Apply(snap, m); err != nil {
+		return err
+	}
+	for _, l := range m.Listeners {
+		if l.Kind == model.KindWeb && l.OrigPort == 443 {
+			e.webAddr = eng.Addr(l.Port, l.L4).String()
+		}
+	}
+	e.eng = eng
+	return nil
+}
+
+// --- variants ---
+
+type variant struct {
+	name string
+	// dial opens a TCP path to name's upstream, ready for TLS.
+	dial func(ctx context.Context, name string) (net.Conn, error)
+	// proxyURL is set for squid (the HTTP client does CONNECT itself).
+	proxyURL string
+}
+
+func (e *env) variants() []variant {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
+	up := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(e.upPort)))
+	vs := []variant{
+		{name: "direct", dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", up) }},
+		{name: "builtin", dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", e.webAddr) }},
+	}
+	if e.squidAddr != "" {
+		vs = append(vs, variant{name: "squid", proxyURL: "http://" + e.squidAddr, dial: func(ctx context.Context, name string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, "tcp4", e.squidAddr)
+			if err != nil {
+				return nil, err
+			}
+			target := net.JoinHostPort(name, strconv.Itoa(int(e.upPort)))
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			if resp.StatusCode != 200 {
+				c.Close()
+				return nil, fmt.Errorf("squid CONNECT: %s", resp.Status)
+			}
+			if br.Buffered() > 0 {
+				c.Close()
+				return nil, errors.New("squid sent bytes after CONNECT")
+			}
+			return c, nil
+		}})
+	}
+	return vs
+}
+
+func (e *env) tlsDial(ctx context.Context, v variant, name string, alpn ...string) (*tls.Conn, error) {
+	c, err := v.dial(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: name, RootCAs: e.ca.pool(), NextProtos: alpn})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+func (e *env) httpClient(v variant, keepAlive, h2 bool) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: e.ca.pool()},
+		DisableKeepAlives:   !keepAlive,
+		MaxIdleConnsPerHost: 1024,
+		ForceAttemptHTTP2:   h2,
+	}
+	if !h2 {
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	if v.proxyURL != "" {
+		tr.Proxy = func(*http.Request) (*urlT, error) { return parseURL(v.proxyURL) }
+	} else {
+		tr.DialContext = func(ctx context.Context, _, addr string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(addr)
+			return v.dial(ctx, host)
+		}
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func (e *env) url(v variant, name, path string) string {
+	if v.name == "builtin" {
+		return "https://" + name + path
+	}
+	return "https://" + net.JoinHostPort(name, strconv.Itoa(int(e.upPort))) + path
+}
+
+// --- workloads ---
+
+func (e *env) benchBulk(rep *report) {
+	n := int64(*bulkMB) << 20
+	for _, dir := range []string{"download", "upload"} {
+		res := map[string][]float64{}
+		for r := 0; r < *bulkReps; r++ {
+			for _, v := range e.variants() {
+				mbps, err := e.bulkOnce(v, dir, n)
+				if err != nil {
+					rep.note("bulk %s %s: %v", dir, v.name, err)
+					continue
+				}
+				res[v.name] = append(res[v.name], mbps)
+			}
+		}
+		rep.row("TLS passthrough bulk "+dir+" (MB/s, median of "+strconv.Itoa(*bulkReps)+" x "+strconv.Itoa(*bulkMB)+" MB)", median(res["direct"]), median(res["builtin"]), median(res["squid"]), true)
+	}
+}
+
+func (e *env) bulkOnce(v variant, dir string, n int64) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tc, err := e.tlsDial(ctx, v, benchName)
+	if err != nil {
+		return 0, err
+	}
+	defer tc.Close()
+	_ = tc.SetDeadline(time.Now().Add(60 * time.Second))
+	start := time.Now()
+	if dir == "download" {
+		fmt.Fprintf(tc, "SEND %d\n", n)
+		got, err := io.Copy(io.Discard, tc)
+		if err != nil {
+			return 0, err
+		}
+		if got != n {
+			return 0, fmt.Errorf("got %d of %d bytes", got, n)
+		}
+	} else {
+		fmt.Fprintf(tc, "SINK\n")
+		if _, err := io.Copy(tc, io.LimitReader(zeroReader{}, n)); err != nil {
+			return 0, err
+		}
+		_ = tc.CloseWrite()
+		if _, err := bufio.NewReader(tc).ReadString('\n'); err != nil {
+			return 0, err
+		}
+	}
+	return float64(n) / (1 << 20) / time.Since(start).Seconds(), nil
+}
+
+func (e *env) benchNewConn(rep *report) {
+	vs := e.variants()
+	lat := map[string][]time.Duration{}
+	clients := map[string]*http.Client{}
+	for _, v := range vs {
+		clients[v.name] = e.httpClient(v, false, false)
+	}
+	for i := 0; i < *connN; i++ {
+		for _, v := range vs {
+			start := time.Now()
+			resp, err := clients[v.name].Get(e.url(v, benchName, "/small"))
+			if err != nil {
+				rep.note("new conn %s: %v", v.name, err)
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			lat[v.name] = append(lat[v.name], time.Since(start))
+		}
+	}
+	for _, p := range []float64{0.5, 0.99} {
+		q := func(n string) float64 { return float64(pct(lat[n], p).Microseconds()) / 1000 }
+		rep.row(fmt.Sprintf("HTTPS new connection + GET, p%d latency (ms, %d conns)", int(p*100), *connN), q("direct"), q("builtin"), q("squid"), false)
+	}
+}
+
+func (e *env) benchKeepAlive(rep *report) {
+	res := map[string]float64{}
+	for _, v := range e.variants() {
+		res[v.name] = e.rps(e.httpClient(v, true, false), e.url(v, benchName, "/small"))
+	}
+	rep.row(fmt.Sprintf("HTTPS keep-alive GET, passthrough (req/s, %d clients, %s)", *conc, *dur), res["direct"], res["builtin"], res["squid"], true)
+}
+
+func (e *env) benchInspect(rep *report) {
+	vs := e.variants()
+	for _, h2 := range []bool{false, true} {
+		name := "HTTP/1.1"
+		if h2 {
+			name = "HTTP/2"
+		}
+		direct := e.rps(e.httpClient(vs[0], true, h2), e.url(vs[0], inspectName, "/small"))
+		insp := e.rps(e.httpClient(vs[1], true, h2), e.url(vs[1], inspectName, "/small"))
+		rep.row(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients)", name, *conc), direct, insp, 0, true)
+	}
+	// New connections under inspection.
+	lat := map[string][]time.Duration{}
+	cl := []*http.Client{e.httpClient(vs[0], false, false), e.httpClient(vs[1], false, false)}
+	for i := 0; i < *connN/2; i++ {
+		for j, v := range vs[:2] {
+			start := time.Now()
+			resp, err := cl[j].Get(e.url(v, inspectName, "/small"))
+			if err != nil {
+				rep.note("inspect new conn %s: %v", v.name, err)
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			lat[v.name] = append(lat[v.name], time.Since(start))
+		}
+	}
+	rep.row("HTTPS new connection + GET, builtin INSPECTING, p50 (ms)", ms(pct(lat["direct"], .5)), ms(pct(lat["builtin"], .5)), 0, false)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// rps runs conc clients doing GETs for dur and returns requests per second.
+func (e *env) rps(cl *http.Client, url string) float64 {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(*dur)
+	for i := 0; i < *conc; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				resp, err := cl.Get(url)
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					n.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	cl.CloseIdleConnections()
+	return float64(n.Load()) / dur.Seconds()
+}
+
+// --- report ---
+
+type report struct {
+	b     strings.Builder
+	notes []string
+}
+
+func (r *report) header(e *env) {
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	fmt.Fprintf(&r.b, "clawker-fw builtin proxy benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(&r.b, "go %s, GOMAXPROCS %d, kernel %s", runtime.Version(), runtime.GOMAXPROCS(0), kernel)
+	fmt.Fprintf(&r.b, "load average at start: %s", load)
+	fmt.Fprintf(&r.b, "topology: Go client (127.0.0.2) -> [direct | builtin web listener | squid] -> Go TLS upstream (127.0.0.1), all loopback, one host\n")
+	where := "its own process (like squid; the plugin runs it apart from the containers)"
+	if *inProc {
+		where = "the bench process (shares GOMAXPROCS with client and upstream)"
+	}
+	fmt.Fprintf(&r.b, "builtin engine: in %s\n", where)
+	if e.squidAddr != "" {
+		fmt.Fprintf(&r.b, "squid: %s, forward proxy (http_port ssl-bump), CONNECT + ssl_bump peek step1 / splice on ssl::server_name allowlist / terminate rest\n", squidVersion())
+	} else {
+		fmt.Fprintf(&r.b, "squid: not run\n")
+	}
+	fmt.Fprintf(&r.b, "ratios: builtin/direct and builtin/squid; for MB/s and req/s higher is better, for latency lower is better\n\n")
+	fmt.Fprintf(&r.b, "%-78s %10s %10s %10s %9s %9s\n", "workload", "direct", "builtin", "squid", "b/direct", "b/squid")
+}
+
+func (r *report) row(name string, direct, b, squid float64, _ bool) {
+	sq, rs := "-", "-"
+	if squid > 0 {
+		sq = fmt.Sprintf("%.2f", squid)
+		rs = fmt.Sprintf("%.2fx", b/squid)
+	}
+	rd := "-"
+	if direct > 0 {
+		rd = fmt.Sprintf("%.2fx", b/direct)
+	}
+	fmt.Fprintf(&r.b, "%-78s %10.2f %10.2f %10s %9s %9s\n", name, direct, b, sq, rd, rs)
+}
+
+func (r *report) note(format string, args ...any) {
+	if len(r.notes) < 20 {
+		r.notes = append(r.notes, fmt.Sprintf(format, args...))
+	}
+}
+
+func (r *report) String() string {
+	s := r.b.String()
+	if len(r.notes) > 0 {
+		s += "\nerrors during the run:\n  " + strings.Join(r.notes, "\n  ") + "\n"
+	}
+	return s
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// --- upstream, DNS, CA ---
+
+func startUpstream(ca *testCA) (uint16, error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	cfg := &tls.Config{
+		GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.Leaf(h.ServerName) },
+		NextProtos:     []string{"h2", "http/1.1"},
+	}
+	small := []byte(strings.Repeat("x", 512))
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(small) })
+	h1 := &http.Server{Handler: handler}
+	h2s := &http2.Server{}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				tc := tls.Server(c, cfg)
+				if err := tc.Handshake(); err != nil {
+					c.Close()
+					return
+				}
+				if tc.ConnectionState().NegotiatedProtocol == "h2" {
+					h2s.ServeConn(tc, &http2.ServeConnOpts{Handler: handler, BaseConfig: h1})
+					tc.Close()
+					return
+				}
+				br := bufio.NewReader(tc)
+				peek, err := br.Peek(4)
+				if err != nil {
+					tc.Close()
+					return
+				}
+				if string(peek) == "SEND" || string(peek) == "SINK" {
+					rawServe(tc, br)
+					return
+				}
+				serveConn(h1, &bufConn{Conn: tc, r: br})
+			}()
+		}
+	}()
+	return uint16(ln.Addr().(*net.TCPAddr).Port), nil
+}
+
+func rawServe(c *tls.Conn, br *bufio.Reader) {
+	defer c.Close()
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return
+	}
+	if strings.HasPrefix(line, "SEND ") {
+		n, _ := strconv.ParseInt(strings.TrimSpace(line[5:]), 10, 64)
+		_, _ = io.Copy(c, io.LimitReader(zeroReader{}, n))
+		_ = c.CloseWrite()
+		_, _ = io.Copy(io.Discard, br)
+		return
+	}
+	_, _ = io.Copy(io.Discard, br)
+	_, _ = io.WriteString(c, "done\n")
+}
+
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// serveConn serves one HTTP/1.1 connection with srv's handler.
+func serveConn(srv *http.Server, c net.Conn) {
+	l := &oneListener{c: c, done: make(chan struct{})}
+	s := &http.Server{Handler: srv.Handler, ConnState: func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			l.once.Do(func() { close(l.done) })
+		}
+	}}
+	_ = s.Serve(l)
+}
+
+type oneListener struct {
+	c    net.Conn
+	used atomic.Bool
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *oneListener) Accept() (net.Conn, error) {
+	if l.used.CompareAndSwap(false, true) {
+		return l.c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+func (l *oneListener) Close() error   { return nil }
+func (l *oneListener) Addr() net.Addr { return l.c.LocalAddr() }
+
+func startDNS() (string, error) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		for _, q := range r.Question {
+			if q.Qtype == dns.TypeA && strings.HasSuffix(q.Name, ".example.test.") {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(127, 0, 0, 1)})
+			}
+		}
+		_ = w.WriteMsg(m)
+	})}
+	go func() { _ = srv.ActivateAndServe() }()
+	return pc.LocalAddr().String(), nil
+}
+
+type testCA struct {
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+	der  []byte
+	mu   sync.Mutex
+	leaf map[string]*tls.Certificate
+}
+
+func newTestCA() *testCA {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "clawker-fw bench CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{key: key, cert: cert, der: der, leaf: map[string]*tls.Certificate{}}
+}
+
+func (c *testCA) Leaf(name string) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l, ok := c.leaf[name]; ok {
+		return l, nil
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
+	if err != nil {
+		return nil, err
+	}
+	l := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	c.leaf[name] = l
+	return l, nil
+}
+
+func (c *testCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c.cert)
+	return p
+}
+
+// --- squid ---
+
+func squidVersion() string {
+	out, err := exec.Command("squid", "-v").Output()
+	if err != nil {
+		return "squid"
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(first)
+}
+
+// startSquid runs squid in the foreground with a config of its own under
+// dir: a forward proxy whose CONNECT tunnels are peeked at (SNI) and spliced
+// for the bench names only.
+func startSquid(dir string, ca *testCA, upPort uint16) (stop func(), addr string, err error) {
+	if _, err := exec.LookPath("squid"); err != nil {
+		return nil, "", err
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	sq := filepath.Join(dir, "squid")
+	if err := os.MkdirAll(sq, 0o777); err != nil {
+		return nil, "", err
+	}
+	_ = os.Chmod(dir, 0o755)
+	_ = os.Chmod(sq, 0o777)
+	// squid's own bump certificate (needed by ssl-bump ports even when it
+	// only peeks and splices).
+	leaf, err := ca.Leaf("squid.bench.test")
+	if err != nil {
+		return nil, "", err
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(leaf.PrivateKey.(*ecdsa.PrivateKey))
+	var pemb []byte
+	pemb = append(pemb, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]})...)
+	pemb = append(pemb, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der})...)
+	pemb = append(pemb, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})...)
+	if err := os.WriteFile(filepath.Join(sq, "bump.pem"), pemb, 0o644); err != nil {
+		return nil, "", err
+	}
+	hosts := fmt.Sprintf("127.0.0.1 %s %s\n", benchName, inspectName)
+	if err := os.WriteFile(filepath.Join(sq, "hosts"), []byte(hosts), 0o644); err != nil {
+		return nil, "", err
+	}
+	conf := fmt.Sprintf(`
+http_port 127.0.0.1:%[1]d ssl-bump tls-cert=%[2]s/bump.pem generate-host-certificates=off
+acl localnet src 127.0.0.0/8
+acl allowed_sni ssl::server_name %[3]s
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump splice allowed_sni
+ssl_bump terminate all
+acl CONNECT method CONNECT
+acl bench_port port %[4]d
+http_access deny CONNECT !bench_port
+http_access allow localnet
+http_access deny all
+hosts_file %[2]s/hosts
+dns_nameservers 127.0.0.1
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_log %[2]s/cache.log
+pid_filename %[2]s/squid.pid
+coredump_dir %[2]s
+cache_effective_user proxy
+workers 1
+shutdown_lifetime 0 seconds
+`, port, sq, benchName, upPort)
+	cfgPath := filepath.Join(sq, "squid.conf")
+	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
+		return nil, "", err
+	}
+	cmd := exec.Command("squid", "-N", "-f", cfgPath)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp4", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			log, _ := os.ReadFile(filepath.Join(sq, "cache.log"))
+			return nil, "", fmt.Errorf("squid did not start: %s %s", stderr.String(), tail(string(log), 800))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}, addr, nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+type urlT = url.URL
+
+func parseURL(s string) (*url.URL, error) { return url.Parse(s) }
+
+// startEngineChild runs the engine in a child process of this binary, as
+// squid runs in its own: client, upstream and proxy do not share one Go
+// scheduler.
+func (e *env) startEngineChild() (func(), error) {
+	caFile := filepath.Join(e.tmp, "ca.pem")
+	keyDER, err := x509.MarshalECPrivateKey(e.ca.key)
+	if err != nil {
+		return nil, err
+	}
+	pemb := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.ca.der})
+	pemb = append(pemb, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})...)
+	if err := os.WriteFile(caFile, pemb, 0o600); err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile, "-engine-cpuprofile", *cpuProf)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ADDR ") {
+		stop()
+		return nil, fmt.Errorf("engine child: %q %v", line, err)
+	}
+	e.webAddr = strings.TrimSpace(line[5:])
+	return stop, nil
+}
+
+// runChild is the child process: it starts the engine, prints the web
+// listener's address and runs until its stdin closes.
+func runChild() error {
+	b, err := os.ReadFile(*childCA)
+	if err != nil {
+		return err
+	}
+	ca := &testCA{leaf: map[string]*tls.Certificate{}}
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		switch blk.Type {
+		case "CERTIFICATE":
+			ca.der = blk.Bytes
+			if ca.cert, err = x509.ParseCertificate(blk.Bytes); err != nil {
+				return err
+			}
+		case "EC PRIVATE KEY":
+			if ca.key, err = x509.ParseECPrivateKey(blk.Bytes); err != nil {
+				return err
+			}
+		}
+	}
+	e := &env{ca: ca, upPort: uint16(*childUp), dnsAddr: *childDNS}
+	if err := e.startEngine(); err != nil {
+		return err
+	}
+	defer e.eng.Close()
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fmt.Printf("ADDR %s\n", e.webAddr)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
