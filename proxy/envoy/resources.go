@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -197,19 +198,40 @@ func (b *builder) tcpProxy(stat, clusterName string, log map[string]any) *listen
 	})
 }
 
-func dnsCacheConfig() *dnscache.DnsCacheConfig {
-	return &dnscache.DnsCacheConfig{
+// privateRanges are the addresses a name under a wildcard rule must not
+// resolve to (the builtin engine refuses the same): loopback, RFC 1918,
+// CGNAT, link-local, unspecified, and their IPv6 counterparts.
+var privateRanges = []string{
+	"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
+	"::/128", "::1/128", "fc00::/7", "fe80::/10",
+}
+
+// dnsCacheConfig is the one DNS cache of the dynamic forward proxy. Unless
+// Options.AllowPrivateUpstreams, answers in privateRanges are dropped, so a
+// name under a wildcard cannot be pointed at the host or the local network
+// (DNS rebinding).
+func (b *builder) dnsCacheConfig() *dnscache.DnsCacheConfig {
+	c := &dnscache.DnsCacheConfig{
 		Name:            dnsCacheName,
 		DnsLookupFamily: cluster.Cluster_V4_PREFERRED,
 		MaxHosts:        u32(4096),
 	}
+	if !b.opts.AllowPrivateUpstreams {
+		m := &matcherv3.AddressMatcher{}
+		for _, r := range privateRanges {
+			p := netip.MustParsePrefix(r)
+			m.Ranges = append(m.Ranges, &xdscore.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: u32(uint32(p.Bits()))})
+		}
+		c.ResolvedAddressFilter = m
+	}
+	return c
 }
 
 // sniDFP resolves the TLS SNI as the upstream name (on the original port)
 // for the tcp_proxy to DFPRawCluster that follows it.
-func sniDFP(p uint16) *listener.Filter {
+func (b *builder) sniDFP(p uint16) *listener.Filter {
 	return networkFilter("envoy.filters.network.sni_dynamic_forward_proxy", &snidfp.FilterConfig{
-		DnsCacheConfig: dnsCacheConfig(),
+		DnsCacheConfig: b.dnsCacheConfig(),
 		PortSpecifier:  &snidfp.FilterConfig_PortValue{PortValue: uint32(p)},
 	})
 }
@@ -220,7 +242,7 @@ func (b *builder) hcm(stat, routeName string, dfp bool, log map[string]any) *lis
 		filters = append(filters, &hcmv3.HttpFilter{
 			Name: "envoy.filters.http.dynamic_forward_proxy",
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&dfphttp.FilterConfig{
-				ImplementationSpecifier: &dfphttp.FilterConfig_DnsCacheConfig{DnsCacheConfig: dnsCacheConfig()},
+				ImplementationSpecifier: &dfphttp.FilterConfig_DnsCacheConfig{DnsCacheConfig: b.dnsCacheConfig()},
 			})},
 		})
 	}
@@ -323,7 +345,7 @@ func (b *builder) dfpCluster(name string, tlsUp bool) *cluster.Cluster {
 		ClusterDiscoveryType: &cluster.Cluster_ClusterType{ClusterType: &cluster.Cluster_CustomClusterType{
 			Name: "envoy.clusters.dynamic_forward_proxy",
 			TypedConfig: mustAny(&dfpcluster.ClusterConfig{
-				ClusterImplementationSpecifier: &dfpcluster.ClusterConfig_DnsCacheConfig{DnsCacheConfig: dnsCacheConfig()},
+				ClusterImplementationSpecifier: &dfpcluster.ClusterConfig_DnsCacheConfig{DnsCacheConfig: b.dnsCacheConfig()},
 			}),
 		}},
 	}

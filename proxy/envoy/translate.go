@@ -107,6 +107,10 @@ type Options struct {
 	AccessLogPath string
 	// Now decides bypass expiry (default time.Now).
 	Now func() time.Time
+	// AllowPrivateUpstreams lets names under wildcard rules resolve to
+	// private and loopback addresses (tests; see dnsCacheConfig). Exact
+	// names use LOGICAL_DNS clusters, which Envoy cannot filter this way.
+	AllowPrivateUpstreams bool
 }
 
 func (o Options) withDefaults() Options {
@@ -617,7 +621,7 @@ func (b *builder) tlsChain(name, key string, p uint16, v verdict, routeName stri
 		if key == "*" || strings.HasPrefix(key, "*.") {
 			b.clusters[DFPRawCluster] = b.dfpCluster(DFPRawCluster, false)
 			chain.Filters = []*listener.Filter{
-				sniDFP(p),
+				b.sniDFP(p),
 				b.tcpProxy(name, DFPRawCluster, lc.allow(v.rule, "passthrough", "tls")),
 			}
 		} else {
