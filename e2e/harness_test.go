@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clawker-fw/clawker-fw/e2e/fakenet"
 	"github.com/clawker-fw/clawker-fw/e2e/harness"
@@ -223,4 +224,27 @@ func TestHarnessInstallPlugin(t *testing.T) {
 	require.True(t, rep.TestCA)
 	require.True(t, rep.BPFFS)
 	require.Equal(t, "200 OK", rep.DockerPing)
+}
+
+// RestartDockerd keeps containers (live-restore); ReloadDockerd applies a
+// new daemon.json.
+func TestHarnessDockerdRestartAndReload(t *testing.T) {
+	e := env(t)
+	img, err := e.ImportBusybox()
+	require.NoError(t, err)
+	id := e.MustDocker(t, "run", "-d", "--network", "none", img, "sleep", "300")
+	t.Cleanup(func() { _, _, _ = e.Docker("rm", "-f", id) })
+	pid := e.DockerdPID()
+	require.NoError(t, e.RestartDockerd())
+	require.NotEqual(t, pid, e.DockerdPID())
+	require.Equal(t, "true", e.MustDocker(t, "inspect", "-f", "{{.State.Running}}", id))
+
+	require.NoError(t, e.WriteDaemonConfig(map[string]any{"labels": []string{"clawker-e2e=reloaded"}}))
+	require.NoError(t, e.ReloadDockerd())
+	require.Eventually(t, func() bool {
+		out, _, err := e.Docker("info", "-f", "{{json .Labels}}")
+		return err == nil && strings.Contains(out, "clawker-e2e=reloaded")
+	}, 10*time.Second, 100*time.Millisecond)
+	require.NoError(t, e.WriteDaemonConfig(nil))
+	require.NoError(t, e.ReloadDockerd())
 }

@@ -333,23 +333,40 @@ func (e *Env) emptyDockerd() error {
 // killProcessesUsing ends (SIGKILL, by PID) the processes whose command
 // line mentions dir: the test dockerd's containerd and shims, all started
 // by this Env.
+//
+// Their children are ended first: a shim's child is a container's (or
+// plugin's) init, and ending a PID namespace's init ends the whole
+// container; killing only the shim would orphan it.
 func killProcessesUsing(dir string) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return
+	procs := processesUsing(dir)
+	for pid := range procs {
+		for _, child := range childrenOf(pid) {
+			if _, own := procs[child]; !own {
+				_ = syscall.Kill(child, syscall.SIGKILL)
+			}
+		}
 	}
-	self := os.Getpid()
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(b), dir+"/") {
-			continue
-		}
+	for pid := range procs {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// childrenOf lists the direct children of pid.
+func childrenOf(pid int) []int {
+	var out []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // mountsUnder lists the mount points at or below dir in this mount
@@ -390,4 +407,60 @@ func unmountUnder(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cleanStaleEnvs removes what an Env of a test process that died without
+// Close left behind. It runs under the machine lock, so no other Env is
+// live: a /tmp/cfw-e2e-* directory where neither a dockerd nor a fakenet
+// runs any more is stale. It ends the processes started from that directory
+// (containers and plugins, their shims, containerd) by PID, unmounts and
+// removes it. A directory kept after a failed Close goes too.
+func cleanStaleEnvs(logf func(string, ...any)) {
+	dirs, _ := filepath.Glob("/tmp/cfw-e2e-*")
+	for _, dir := range dirs {
+		fi, err := os.Stat(dir)
+		if err != nil || !fi.IsDir() {
+			continue
+		}
+		alive := false
+		for _, argv0 := range processesUsing(dir) {
+			if strings.HasSuffix(argv0, "dockerd") || strings.HasSuffix(argv0, "clawker-fakenet") {
+				alive = true
+			}
+		}
+		if alive {
+			logf("not removing %s: its dockerd or fakenet still runs", dir)
+			continue
+		}
+		logf("removing stale environment %s", dir)
+		killProcessesUsing(dir)
+		_ = unmountUnder(dir)
+		if err := removeTree(dir); err != nil {
+			logf("stale environment: %v", err)
+		}
+	}
+}
+
+// processesUsing returns pid -> argv[0] of the processes whose command line
+// mentions dir.
+func processesUsing(dir string) map[int]string {
+	out := map[int]string{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	self := os.Getpid()
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), dir+"/") {
+			continue
+		}
+		argv0, _, _ := strings.Cut(string(b), "\x00")
+		out[pid] = argv0
+	}
+	return out
 }

@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,9 +133,10 @@ type Env struct {
 	dir  string
 	logf func(format string, args ...any)
 
-	fakenetCmd  *exec.Cmd
-	fakenetDone chan struct{}
-	relay       *dnsRelay
+	netnsCreated bool
+	fakenetCmd   *exec.Cmd
+	fakenetDone  chan struct{}
+	relay        *dnsRelay
 
 	mu        sync.Mutex
 	dockerd   *exec.Cmd
@@ -142,6 +144,7 @@ type Env struct {
 	hostState *hostState
 	images    map[string]bool
 
+	lock      *os.File // machine-wide lock held while the Env exists
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -180,11 +183,17 @@ func Start(opts Options) (_ *Env, err error) {
 			fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...)
 		}
 	}
+	lock, err := lockMachine(opts.Logf)
+	if err != nil {
+		return nil, err
+	}
+	cleanStaleEnvs(opts.Logf)
 	dir, err := os.MkdirTemp("/tmp", "cfw-e2e-")
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("create env dir: %w", err)
 	}
-	e := &Env{opts: opts, dir: dir, logf: opts.Logf, images: map[string]bool{}}
+	e := &Env{opts: opts, dir: dir, logf: opts.Logf, images: map[string]bool{}, lock: lock}
 	defer func() {
 		if err != nil {
 			if cerr := e.Close(); cerr != nil {
@@ -354,11 +363,13 @@ func (e *Env) LoopbackDNSLog() []fakenet.Entry {
 func (e *Env) Close() error {
 	e.closeOnce.Do(func() {
 		var errs []error
-		errs = append(errs, e.stopDockerEnv())
+		// The fake internet goes first (gracefully): the docker teardown
+		// ends every leftover process started from the Env directory.
+		errs = append(errs, e.stopFakenet())
 		if e.relay != nil {
 			e.relay.Close()
 		}
-		errs = append(errs, e.stopFakenet())
+		errs = append(errs, e.stopDockerEnv())
 		if err := errors.Join(errs...); err != nil {
 			e.closeErr = err
 			e.logf("keeping %s for inspection: %v", e.dir, err)
@@ -368,7 +379,46 @@ func (e *Env) Close() error {
 			e.closeErr = err
 		}
 	})
+	if e.lock != nil {
+		e.lock.Close() // releases the flock
+		e.lock = nil
+	}
 	return e.closeErr
+}
+
+// LockFile serializes environments machine-wide: the names and addresses
+// are fixed, so a second Env (another test process) waits for the first.
+const LockFile = "/run/clawker-fw-e2e.lock"
+
+// lockWait bounds how long Start waits for another process's Env.
+const lockWait = 15 * time.Minute
+
+func lockMachine(logf func(string, ...any)) (*os.File, error) {
+	f, err := os.OpenFile(LockFile, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", LockFile, err)
+	}
+	deadline := time.Now().Add(lockWait)
+	logged := false
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", LockFile, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("another e2e environment held %s for %v", LockFile, lockWait)
+		}
+		if !logged {
+			logf("waiting for another process's e2e environment (%s)", LockFile)
+			logged = true
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // removeTree removes dir unless something is still mounted under it.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,21 +29,21 @@ func inNetns(args ...string) error {
 }
 
 // removeStaleNetns removes a namespace and link left by a run that died
-// without Close. Processes still inside the namespace can only be fakenet
-// processes of such a run (or its sshd); they are ended by PID.
-func removeStaleNetns() {
+// without Close. A namespace with processes in it belongs to a live Env
+// (fakenet dies with its test process: Pdeathsig), possibly of a harness
+// build that predates LockFile: refuse to touch it.
+func removeStaleNetns() error {
 	if _, err := os.Stat(filepath.Join("/run/netns", NetnsName)); err == nil {
 		out, _ := exec.Command("ip", "netns", "pids", NetnsName).Output()
-		for _, f := range strings.Fields(string(out)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid > 1 && pid != os.Getpid() {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
+		if pids := strings.Fields(string(out)); len(pids) > 0 {
+			return fmt.Errorf("another e2e environment is running: processes %v in netns %s", pids, NetnsName)
 		}
 		_ = run("ip", "netns", "del", NetnsName)
 	}
 	if _, err := net.InterfaceByName(HostLink); err == nil {
 		_ = run("ip", "link", "del", HostLink)
 	}
+	return nil
 }
 
 // serviceIPs returns every address assigned inside the namespace besides
@@ -67,9 +66,14 @@ func (e *Env) serviceIPs() []string {
 }
 
 func (e *Env) setupNetns() error {
-	removeStaleNetns()
+	if err := removeStaleNetns(); err != nil {
+		return err
+	}
+	if err := run("ip", "netns", "add", NetnsName); err != nil {
+		return fmt.Errorf("set up fake internet: %w", err)
+	}
+	e.netnsCreated = true
 	steps := [][]string{
-		{"ip", "netns", "add", NetnsName},
 		{"ip", "link", "add", HostLink, "type", "veth", "peer", "name", "eth0", "netns", NetnsName},
 		// No IPv6 on the link: nothing but what the tests send crosses it.
 		{"sysctl", "-qw", "net.ipv6.conf." + HostLink + ".disable_ipv6=1"},
@@ -223,14 +227,24 @@ func (e *Env) stopFakenet() error {
 			<-e.fakenetDone
 		}
 	}
+	if !e.netnsCreated {
+		return nil // never touch another Env's namespace
+	}
 	if _, err := os.Stat(filepath.Join("/run/netns", NetnsName)); err == nil {
 		if err := run("ip", "netns", "del", NetnsName); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	// Deleting the namespace deletes the veth pair; make sure.
+	// Deleting the namespace deletes the veth pair, asynchronously; wait
+	// for it, then delete the link by hand if it is still there.
+	for i := 0; i < 50; i++ {
+		if _, err := net.InterfaceByName(HostLink); err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if _, err := net.InterfaceByName(HostLink); err == nil {
-		if err := run("ip", "link", "del", HostLink); err != nil {
+		if err := run("ip", "link", "del", HostLink); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
 			errs = append(errs, err)
 		}
 	}
