@@ -51,9 +51,11 @@ type flow struct {
 	detail   string
 	closedBy atomic.Bool // closed by a policy change
 
-	up, down   atomic.Int64
-	requests   atomic.Int64
-	deniedReqs atomic.Int64
+	up, down    atomic.Int64
+	requests    atomic.Int64
+	allowedReqs atomic.Int64
+	deniedReqs  atomic.Int64
+	lastDeny    atomic.Value // policy.Reason of the last denied request
 }
 
 func addrOf(a net.Addr) netip.Addr {

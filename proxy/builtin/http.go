@@ -93,9 +93,17 @@ func (f *flow) serveHTTP(ctx context.Context, c net.Conn, tlsName string) {
 			Handler:    h,
 			BaseConfig: &http.Server{ReadHeaderTimeout: f.e.cfg.SniffTimeout},
 		})
-		return
+	} else {
+		serveOne(c, h, f.e.cfg.SniffTimeout)
 	}
-	serveOne(c, h, f.e.cfg.SniffTimeout)
+	// A hijacked connection (an upgrade such as WebSocket) lives on in its
+	// handler: the flow ends when the handlers do.
+	h.wg.Wait()
+	if tlsName == "" && f.allowedReqs.Load() == 0 && f.deniedReqs.Load() > 0 {
+		// A plain-HTTP connection whose every request was denied.
+		f.allowed = false
+		f.reason, _ = f.lastDeny.Load().(policy.Reason)
+	}
 }
 
 // serveOne serves HTTP/1.x on one connection and returns when it is closed.
@@ -170,6 +178,7 @@ type httpHandler struct {
 	f       *flow
 	tlsName string
 	proxy   *httputil.ReverseProxy
+	wg      sync.WaitGroup
 }
 
 // ServeHTTP decides one request:
@@ -180,6 +189,8 @@ type httpHandler struct {
 //  3. the entry's path rules, matched on the normalized path, decide the
 //     method and path.
 func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.wg.Add(1)
+	defer h.wg.Done()
 	f := h.f
 	f.requests.Add(1)
 	host := strings.ToLower(strings.TrimSuffix(stripPort(r.Host), "."))
@@ -235,6 +246,7 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ri.allowed = true
+	f.allowedReqs.Add(1)
 	f.e.metrics.allowed.WithLabelValues(string(f.def.Kind)).Inc()
 	lc := &liveConn{src: f.src, index: f.ep.Index, name: host, port: f.port, l4: policy.L4TCP}
 	ctx, cancel := context.WithCancel(r.Context())
@@ -282,6 +294,7 @@ func stripPort(hostport string) string {
 func (h *httpHandler) denyRequest(w http.ResponseWriter, ri *reqInfo) {
 	f := h.f
 	f.deniedReqs.Add(1)
+	f.lastDeny.Store(ri.reason)
 	f.e.metrics.denied.WithLabelValues(string(f.def.Kind), string(ri.reason)).Inc()
 	d := f.decision(ri)
 	f.e.emit(d)
