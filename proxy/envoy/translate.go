@@ -292,7 +292,7 @@ func (b *builder) webKeys(p uint16) []string {
 			if a.Prefix.IsValid() {
 				continue
 			}
-			if _, ok := webProto(a, p); !ok {
+			if tlsOK, plainOK := webProto(a, p); !tlsOK && !plainOK {
 				continue
 			}
 			for _, k := range keysFor(a.Pattern, false) {
@@ -329,7 +329,7 @@ func webProto(a *policy.Allowed, p uint16) (tlsOK, plainOK bool) {
 			plainOK = true
 		}
 	}
-	return tlsOK, tlsOK || plainOK
+	return tlsOK, plainOK
 }
 
 // decide is Policy.MatchName for a key: "*.apex" is probed with the literal
@@ -352,12 +352,7 @@ func decide(pol *policy.Policy, key string, p uint16) verdict {
 		return v
 	}
 	v.entry = m.Entry
-	v.tls, _ = webProto(m.Entry, p)
-	for _, r := range m.Entry.Ports {
-		if r.Contains(p, policy.L4TCP) && r.Proto == policy.ProtoHTTP {
-			v.plain = true
-		}
-	}
+	v.tls, v.plain = webProto(m.Entry, p)
 	v.inspect = m.Entry.Inspect || pol.InspectAll || len(m.Entry.Paths) > 0
 	if !v.tls && !v.plain {
 		v.allowed, v.reason = false, policy.ReasonPortNotAllow
@@ -618,7 +613,7 @@ func (b *builder) tlsChain(name, key string, p uint16, v verdict, routeName stri
 		chain.TransportSocket = downstreamTLS(secret)
 		chain.Filters = []*listener.Filter{b.hcm(name, routeName, routeDFP, lc.with("inspect"))}
 	default:
-		if key == "*" || strings.HasPrefix(key, "*.") {
+		if strings.HasPrefix(key, "*") { // wildcard key or bypass catch-all: the SNI names the upstream
 			b.clusters[DFPRawCluster] = b.dfpCluster(DFPRawCluster, false)
 			chain.Filters = []*listener.Filter{
 				b.sniDFP(p),
@@ -689,7 +684,7 @@ func (b *builder) webRoutes(name string, keys []string, vs []verdict, p uint16, 
 			continue
 		}
 		clusterName := ""
-		if strings.HasPrefix(key, "*.") || v.bypass && strings.HasPrefix(key, "*") {
+		if strings.HasPrefix(key, "*") { // a wildcard key: the name is only known per request
 			clusterName = b.dfpClusterName(tlsSide)
 			usesDFP = true
 		} else {
