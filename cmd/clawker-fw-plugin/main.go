@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netns"
 
 	"github.com/clawker-fw/clawker-fw/bpf"
 	"github.com/clawker-fw/clawker-fw/dns"
@@ -200,7 +201,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 		return err
 	}
 	defer mgr.Close() // leaves pins and links: enforcement holds while we are down
-	guard, err := netguard.New(0)
+	guard, err := netguard.New(netns.None())
 	if err != nil {
 		return err
 	}
