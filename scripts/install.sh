@@ -31,7 +31,17 @@ if $docker plugin inspect "$name" >/dev/null 2>&1; then
   $docker plugin rm -f "$name" >/dev/null
 fi
 if $uninstall; then
-  echo "install: $name removed (pinned BPF programs stay until you run: rm -rf /sys/fs/bpf/clawker-fw)"
+  # Enforcement is pinned and outlives the plugin on purpose; an uninstall
+  # removes it: unpinning the links detaches the programs.
+  rm -rf /sys/fs/bpf/clawker-fw
+  if command -v nft >/dev/null; then
+    nft delete table inet clawker_fw 2>/dev/null || true
+    nft delete table bridge clawker_fw 2>/dev/null || true
+  fi
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^cfw(-|h|c)[0-9a-f]{11}$' || true); do
+    ip link del "$l" 2>/dev/null || true
+  done
+  echo "install: $name removed with its BPF programs, nftables tables and links"
   exit 0
 fi
 
