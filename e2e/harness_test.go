@@ -224,6 +224,23 @@ func TestHarnessInstallPlugin(t *testing.T) {
 	require.True(t, rep.TestCA)
 	require.True(t, rep.BPFFS)
 	require.Equal(t, "200 OK", rep.DockerPing)
+
+	// Authz: enabled plugin first, then daemon.json + SIGHUP. The reload
+	// is asynchronous and `docker info` keeps showing the authz plugins of
+	// the start (20.10), so watch the stub's log of AuthZReq calls.
+	authzLog := filepath.Join(e.StateDir(), "stub-authz.log")
+	require.NoError(t, e.SetAuthzPlugins(harness.PluginName))
+	require.Eventually(t, func() bool {
+		e.MustDocker(t, "ps")
+		b, _ := os.ReadFile(authzLog)
+		return strings.Contains(string(b), "/containers/json")
+	}, 20*time.Second, 200*time.Millisecond, "authz plugin consulted after reload")
+	require.NoError(t, e.SetAuthzPlugins())
+	time.Sleep(time.Second)
+	before, _ := os.ReadFile(authzLog)
+	e.MustDocker(t, "ps")
+	after, _ := os.ReadFile(authzLog)
+	require.Equal(t, string(before), string(after), "authz plugin no longer consulted")
 }
 
 // RestartDockerd keeps containers (live-restore); ReloadDockerd applies a

@@ -464,3 +464,24 @@ func processesUsing(dir string) map[int]string {
 	}
 	return out
 }
+
+// SetAuthzPlugins sets daemon.json's "authorization-plugins" to names (none:
+// removes the key) and reloads dockerd. Enable a plugin before naming it
+// here, and call SetAuthzPlugins() before disabling it: dockerd refuses
+// unknown authz plugins and a dead one blocks the API (DESIGN.md).
+func (e *Env) SetAuthzPlugins(names ...string) error {
+	e.mu.Lock()
+	cfg := map[string]any{}
+	for k, v := range e.opts.DaemonConfig {
+		cfg[k] = v
+	}
+	e.mu.Unlock()
+	delete(cfg, "authorization-plugins")
+	if len(names) > 0 {
+		cfg["authorization-plugins"] = names
+	}
+	if err := e.WriteDaemonConfig(cfg); err != nil {
+		return err
+	}
+	return e.ReloadDockerd()
+}

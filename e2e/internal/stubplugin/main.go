@@ -20,6 +20,8 @@ import (
 const (
 	socketPath = "/run/docker/plugins/clawker-fw.sock"
 	reportPath = "/var/lib/clawker-fw/stub-report.json"
+	// authzLogPath gets one "METHOD URI" line per authorization request.
+	authzLogPath = "/var/lib/clawker-fw/stub-authz.log"
 )
 
 // Report is what the stub writes.
@@ -75,7 +77,13 @@ func run() error {
 	mux.HandleFunc("/NetworkDriver.GetCapabilities", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprint(w, `{"Scope":"local"}`)
 	})
-	mux.HandleFunc("/AuthZPlugin.AuthZReq", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/AuthZPlugin.AuthZReq", func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ RequestMethod, RequestURI string }
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		if f, err := os.OpenFile(authzLogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			fmt.Fprintf(f, "%s %s\n", req.RequestMethod, req.RequestURI)
+			f.Close()
+		}
 		fmt.Fprint(w, `{"Allow":true}`)
 	})
 	mux.HandleFunc("/AuthZPlugin.AuthZRes", func(w http.ResponseWriter, _ *http.Request) {
