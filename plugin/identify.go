@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -29,6 +30,10 @@ import (
 
 var containerIDRe = regexp.MustCompile(`[0-9a-f]{64}`)
 
+// errVethGone says the endpoint's host-side veth no longer exists: its
+// container (and netns) went away.
+var errVethGone = errors.New("veth is gone (container stopped)")
+
 // procRoot is where the host's /proc is (tests point it elsewhere).
 var procRoot = "/proc"
 
@@ -52,6 +57,13 @@ func (p *Plugin) identify(endpointID string, restore bool) error {
 	}
 	start := time.Now()
 	pid, err := p.waitNetns(ctx, ep)
+	if errors.Is(err, errVethGone) && restore {
+		// The container went away while the plugin was down: Docker's
+		// Leave could not reach us, so drop the stale enrollment now.
+		p.log.WithField(FieldEndpoint, short(endpointID)).WithField(FieldContainer, ep.ContainerName).
+			Info("container gone while the plugin was down: cleaning its enrollment")
+		return p.Leave(ep.NetworkID, endpointID)
+	}
 	if err != nil {
 		return err
 	}
@@ -127,7 +139,7 @@ func (p *Plugin) waitNetns(ctx context.Context, ep Endpoint) (int, error) {
 			return pid, nil
 		}
 		if gone {
-			return 0, fmt.Errorf("veth %s is gone (container stopped)", ep.HostVeth)
+			return 0, fmt.Errorf("veth %s: %w", ep.HostVeth, errVethGone)
 		}
 		wait := 2 * time.Millisecond
 		if time.Since(start) > 2*time.Second {

@@ -62,6 +62,7 @@ func (k *fakeKernel) get(c uint64) (Enrollment, bool) {
 
 type fakeHost struct {
 	mu       sync.Mutex
+	gone     map[string]bool
 	networks map[string]bool
 	eps      map[string]bool
 	moved    map[string]int // host veth -> pid once "moved into the container"
@@ -99,7 +100,7 @@ func (h *fakeHost) NetnsPid(ep *Endpoint) (int, bool, bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	pid, ok := h.moved[ep.HostVeth]
-	return pid, ok, false, nil
+	return pid, ok, h.gone[ep.HostVeth], nil
 }
 func (h *fakeHost) NetnsCookie(path string) (uint64, error) {
 	var pid int
@@ -148,7 +149,7 @@ func newRig(t *testing.T) *rig {
 	r := &rig{
 		dir: t.TempDir(), proc: t.TempDir(),
 		k:  &fakeKernel{enrolled: map[uint64]Enrollment{}},
-		h:  &fakeHost{networks: map[string]bool{}, eps: map[string]bool{}, moved: map[string]int{}},
+		h:  &fakeHost{networks: map[string]bool{}, eps: map[string]bool{}, moved: map[string]int{}, gone: map[string]bool{}},
 		d:  &fakeDocker{containers: map[string]Container{}},
 		dp: &fakePlane{},
 	}
@@ -344,4 +345,23 @@ func TestDeleteCleansUp(t *testing.T) {
 	require.Empty(t, r.h.networks)
 	require.Empty(t, r.p.Snapshot().Endpoints)
 	require.Empty(t, r.k.model.Routes)
+}
+
+func TestStaleContainerCleanedOnRestart(t *testing.T) {
+	r := newRig(t)
+	r.network(t, nil)
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 601, Container{ID: cid(7), Name: "gone"})
+	require.Eventually(t, func() bool { _, ok := r.k.get(601000); return ok }, 5*time.Second, 10*time.Millisecond)
+	r.p.Close()
+	// The container stops while the plugin is down: its veth disappears.
+	r.h.mu.Lock()
+	delete(r.h.moved, vethName("cfwh", "ep1"))
+	r.h.gone[vethName("cfwh", "ep1")] = true
+	r.h.mu.Unlock()
+	r.start(t)
+	require.Eventually(t, func() bool { _, ok := r.k.get(601000); return !ok }, 5*time.Second, 10*time.Millisecond, "stale enrollment dropped")
+	nets, _, err := r.p.Networks()
+	require.NoError(t, err)
+	require.False(t, nets[0].Endpoints[0].Enrolled)
 }
