@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -30,6 +29,7 @@ import (
 	"github.com/clawker-fw/clawker-fw/plugin/authz"
 	"github.com/clawker-fw/clawker-fw/plugin/supervisor"
 	"github.com/clawker-fw/clawker-fw/plugin/wire"
+	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/builtin"
 	"github.com/clawker-fw/clawker-fw/proxy/ca"
 	"github.com/clawker-fw/clawker-fw/proxy/envoy"
@@ -185,11 +185,12 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
+	envoyBin := ""
 	if s.Engine == "envoy" {
-		if _, err := envoy.FindEnvoy(); err != nil {
+		// Fail at start, clearly, rather than at the first connection.
+		if envoyBin, err = envoy.FindEnvoy(); err != nil {
 			return err
 		}
-		return errors.New("setting CLAWKER_PROXY_ENGINE=envoy: the Envoy sidecar is validated in Go only in this release; use builtin")
 	}
 
 	// Kernel half: the host's bpffs and the cgroup2 root.
@@ -238,13 +239,24 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	}
 	defer engine.Close()
 
+	var plane plugin.DataPlane = engine
+	var envoyProc *supervisor.Process
+	if s.Engine == "envoy" {
+		ep, proc, err := startEnvoy(s, envoyBin, engine, authority, root)
+		if err != nil {
+			return err
+		}
+		plane, envoyProc = ep, proc
+		defer proc.Stop(10 * time.Second)
+	}
+
 	docker, err := wire.NewDocker(s.DockerSocket)
 	if err != nil {
 		return err
 	}
 	snapPath := filepath.Join(s.StateDir, "snapshot.json")
 	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root},
-		wire.Kernel{M: mgr}, wire.HostNet{H: guard}, engine, docker, wire.SnapshotFile{Path: snapPath})
+		wire.Kernel{M: mgr}, wire.HostNet{H: guard}, plane, docker, wire.SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err
 	}
@@ -306,7 +318,12 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 			if !st.Healthy {
 				dnsC.Detail = st.LastError
 			}
-			return []plugin.Component{dnsC, {Name: "proxy", Healthy: true, Detail: "builtin"}, {Name: "bpf", Healthy: true, Detail: mgr.CgroupPath()}}
+			comps := []plugin.Component{dnsC, {Name: "proxy", Healthy: true, Detail: "builtin"}, {Name: "bpf", Healthy: true, Detail: mgr.CgroupPath()}}
+			if envoyProc != nil {
+				st := envoyProc.Status()
+				comps = append(comps, plugin.Component{Name: "envoy", Healthy: st.Healthy, Restarts: st.Restarts, Detail: st.LastError})
+			}
+			return comps
 		},
 		CACertPEM: authority.CACertPEM,
 		RotateCA:  authority.Rotate,
@@ -384,4 +401,53 @@ func dnsDenial(line string) (plugin.Denial, bool) {
 		Reason: kv["reason"] + " (" + kv["type"] + " query answered " + kv["rcode"] + ")"}
 	d.Fix = plugin.FixFor(name, 0, "", nil)
 	return d, true
+}
+
+// envoyPlane feeds the Envoy sidecar over xDS; the builtin engine keeps
+// serving the transparent and CA listeners, which Envoy does not translate.
+type envoyPlane struct {
+	builtin *builtin.Engine
+	xds     *envoy.Server
+}
+
+func (e envoyPlane) Apply(snap *policy.Snapshot, m *model.Model) error {
+	own := *m
+	own.Listeners = nil
+	for _, l := range m.Listeners {
+		if l.Kind == model.KindTransparent || l.Kind == model.KindCA {
+			own.Listeners = append(own.Listeners, l)
+		}
+	}
+	if err := e.builtin.Apply(snap, &own); err != nil {
+		return err
+	}
+	return e.xds.Update(snap, m)
+}
+
+// startEnvoy starts the xDS server and the supervised Envoy sidecar. The
+// Envoy engine is validated in Go only (no envoy binary exists on the
+// project's machines): see proxy/envoy/README.md.
+func startEnvoy(s settings, bin string, engine *builtin.Engine, authority *ca.CA, log *logrus.Entry) (plugin.DataPlane, *supervisor.Process, error) {
+	dir := filepath.Join(s.StateDir, "envoy")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create envoy dir: %w", err)
+	}
+	addr := "unix://" + filepath.Join(dir, "xds.sock")
+	srv, err := envoy.NewServer(context.Background(), envoy.ServerConfig{Address: addr, Log: log.WithField(plugin.FieldComponent, "xds"),
+		Options: envoy.Options{Certs: authority, AllowPrivateUpstreams: len(s.AllowPrivate) > 0}})
+	if err != nil {
+		return nil, nil, err
+	}
+	bopts := envoy.BootstrapOptions{XDSAddress: addr}
+	boot, err := envoy.Bootstrap(bopts)
+	if err != nil {
+		return nil, nil, err
+	}
+	bootPath := filepath.Join(dir, "bootstrap.json")
+	if err := os.WriteFile(bootPath, boot, 0o600); err != nil {
+		return nil, nil, fmt.Errorf("write envoy bootstrap: %w", err)
+	}
+	cmd := envoy.Command(context.Background(), bin, bootPath, 0, bopts)
+	proc := supervisor.Start(supervisor.Spec{Name: "envoy", Path: cmd.Path, Args: cmd.Args[1:]}, log.WithField(plugin.FieldComponent, "envoy"))
+	return envoyPlane{builtin: engine, xds: srv}, proc, nil
 }
