@@ -195,29 +195,52 @@ func newUpstream(t testing.TB, ca *testCA, ip string) *upstream {
 
 func upstreamHandler(scheme string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			// Not real WebSocket framing: after the 101 it echoes lines.
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			for {
+				l, err := brw.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if _, err := io.WriteString(c, l); err != nil {
+					return
+				}
+			}
+		}
 		w.Header().Set("X-Upstream-Proto", r.Proto)
 		fmt.Fprintf(w, "%s %s %s %s", scheme, r.Method, r.Host, r.URL.RequestURI())
 	})
 }
 
 func (u *upstream) serve(c *tls.Conn, h2s *http2.Server) {
-	defer c.Close()
 	if err := c.Handshake(); err != nil {
+		c.Close()
 		return
 	}
 	if c.ConnectionState().NegotiatedProtocol == "h2" {
 		h2s.ServeConn(c, &http2.ServeConnOpts{Handler: upstreamHandler("https")})
+		c.Close()
 		return
 	}
 	br := bufio.NewReader(c)
 	peek, err := br.Peek(4)
 	if err != nil {
+		c.Close()
 		return
 	}
 	switch string(peek) {
 	case "SINK", "ECHO", "SEND":
 		rawServe(c, br)
+		c.Close()
 	default:
+		// The HTTP server closes the connection, unless a handler
+		// hijacked it (and then owns it).
 		serveOne(&bufConn{Conn: c, r: br}, upstreamHandler("https"), 5*time.Second)
 	}
 }
