@@ -265,6 +265,9 @@ func (f *flow) track(m policy.Match) (func(), bool) {
 // io.Copy ends in TCPConn.ReadFrom and Linux splices in the kernel.
 func (f *flow) splice(up net.Conn) {
 	down := f.conn
+	if spliceHook != nil {
+		spliceHook(up, down)
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -290,6 +293,10 @@ func (f *flow) splice(up net.Conn) {
 	up.Close()
 	down.Close()
 }
+
+// spliceHook, when set (by tests), sees the two connections handed to
+// io.Copy.
+var spliceHook func(up, down net.Conn)
 
 func closeWrite(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {

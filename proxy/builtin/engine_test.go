@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,6 +53,17 @@ func basicPolicy() *policy.Policy {
 }
 
 func TestPassthroughBulkIsSpliced(t *testing.T) {
+	var nonTCP atomic.Int64
+	var spliced atomic.Int64
+	spliceHook = func(up, down net.Conn) {
+		_, ok1 := up.(*net.TCPConn)
+		_, ok2 := down.(*net.TCPConn)
+		if !ok1 || !ok2 {
+			nonTCP.Add(1)
+		}
+		spliced.Add(1)
+	}
+	t.Cleanup(func() { spliceHook = nil })
 	h := newHarness(t)
 	h.dns.set("api.example.test", "127.0.0.1")
 	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
@@ -97,6 +109,8 @@ func TestPassthroughBulkIsSpliced(t *testing.T) {
 		require.Less(t, r1-r0, int64(payload*3/2))
 		require.Less(t, w1-w0, int64(payload*3/2))
 	})
+	require.Equal(t, int64(2), spliced.Load())
+	require.Zero(t, nonTCP.Load(), "io.Copy must get bare *net.TCPConn on both sides")
 	d := h.waitDecision(func(d Decision) bool { return d.Allowed && d.Name == "api.example.test" })
 	require.Equal(t, uint32(1), d.Endpoint)
 	require.Equal(t, "agent1", d.Container)
@@ -226,7 +240,7 @@ func TestDedicatedTCPRange(t *testing.T) {
 }
 
 func TestDedicatedUDP(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, func(c *Config) { c.UDPIdle = 300 * time.Millisecond })
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer pc.Close()
@@ -273,6 +287,15 @@ func TestDedicatedUDP(t *testing.T) {
 	require.Error(t, err)
 	d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Endpoint == 2 })
 	require.Equal(t, policy.L4UDP, d.L4)
+	// The allowed session ends after UDPIdle and writes its line.
+	require.Eventually(t, func() bool {
+		for _, en := range h.hook.AllEntries() {
+			if en.Message == logMessage && en.Data[fieldMode] == "udp" && en.Data[fieldDecision] == "allow" {
+				return en.Data[fieldBytesUp].(int64) >= 1 && en.Data[fieldBytesDown].(int64) >= 6
+			}
+		}
+		return false
+	}, 5*time.Second, 20*time.Millisecond)
 }
 
 func TestInspection(t *testing.T) {
