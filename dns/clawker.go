@@ -300,6 +300,9 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 	reply, learn := c.filter(r, resp)
 	if m.Entry != nil { // AllowAll (bypass) has no entry: the hooks ignore the endpoint
 		for _, l := range learn {
+			if pol.DeniedAddr(l.addr) != nil {
+				continue // a CIDR deny wins over the name's allow: not routed
+			}
 			if err := c.learn(ep, l.addr, id, l.ttl); err != nil {
 				c.fail(q, "learn", err)
 				return mdns.RcodeServerFailure, nil

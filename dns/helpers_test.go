@@ -238,7 +238,7 @@ func testSnapshot(gen uint64, n2Upstream string) *policy.Snapshot {
 		allow(18, "txt.example.test"),
 		allow(19, "missing.example.test"),
 		allow(11, ".wild.example.test"),
-	}, Denies: []policy.Denied{deny("bad.wild.example.test")}}
+	}, Denies: []policy.Denied{deny("bad.wild.example.test"), {Pattern: "192.0.2.99/32", Prefix: netip.MustParsePrefix("192.0.2.99/32")}}}
 	p2 := &policy.Policy{Generation: gen, Allows: []policy.Allowed{allow(20, "shared-b.example.test"), allow(21, "only2.example.test")}}
 	p4 := &policy.Policy{Generation: gen, Allows: []policy.Allowed{allow(10, "api.example.test")}}
 	return &policy.Snapshot{
@@ -265,6 +265,7 @@ var testZone = map[string][]string{
 	"wild.example.test/A":       {"wild.example.test. 60 IN A 192.0.2.2"},
 	"x.wild.example.test/A":     {"x.wild.example.test. 60 IN A 192.0.2.3"},
 	"a.b.wild.example.test/A":   {"a.b.wild.example.test. 60 IN A 192.0.2.8"},
+	"cdn.wild.example.test/A":   {"cdn.wild.example.test. 60 IN A 192.0.2.99", "cdn.wild.example.test. 60 IN A 192.0.2.98"},
 	"bad.wild.example.test/A":   {"bad.wild.example.test. 60 IN A 192.0.2.66"},
 	"x.bad.wild.example.test/A": {"x.bad.wild.example.test. 60 IN A 192.0.2.67"},
 	"evil.example.test/A":       {"evil.example.test. 60 IN A 192.0.2.68"},

@@ -182,3 +182,20 @@ func (ep *Endpoint) Effective(now time.Time) *Policy {
 	}
 	return ep.Policy
 }
+
+// DeniedAddr returns the IP/CIDR deny that covers addr, or nil. A name
+// allow never reaches an address a deny covers: DNS answers in a denied
+// range are not learned (so the hooks refuse them) and the proxy does not
+// dial them.
+func (p *Policy) DeniedAddr(addr netip.Addr) *Denied {
+	if p == nil || p.AllowAll {
+		return nil
+	}
+	addr = addr.Unmap()
+	for i := range p.Denies {
+		if d := &p.Denies[i]; d.Prefix.IsValid() && d.Prefix.Contains(addr) {
+			return d
+		}
+	}
+	return nil
+}
