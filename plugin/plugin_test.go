@@ -2,11 +2,15 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -364,4 +368,38 @@ func TestStaleContainerCleanedOnRestart(t *testing.T) {
 	nets, _, err := r.p.Networks()
 	require.NoError(t, err)
 	require.False(t, nets[0].Endpoints[0].Enrolled)
+}
+
+func TestDriverHTTP(t *testing.T) {
+	r := newRig(t)
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	srv := httptest.NewServer(Handler(r.p, nil, logrus.NewEntry(l)))
+	defer srv.Close()
+	post := func(path, body string) map[string]any {
+		resp, err := http.Post(srv.URL+path, "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var out map[string]any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		return out
+	}
+	act := post("/Plugin.Activate", "")
+	require.ElementsMatch(t, []any{"NetworkDriver", "authz"}, act["Implements"])
+	require.Equal(t, "local", post("/NetworkDriver.GetCapabilities", "")["Scope"])
+
+	bad := post("/NetworkDriver.CreateNetwork", `{"NetworkID":"`+netA+`","Options":{"com.docker.network.generic":{"clawker.allow":"exa mple"}},"IPv4Data":[{"Pool":"10.230.0.0/24","Gateway":"10.230.0.1/24"}]}`)
+	require.Contains(t, bad["Err"], "clawker.allow")
+	ok := post("/NetworkDriver.CreateNetwork", `{"NetworkID":"`+netA+`","Options":{"com.docker.network.generic":{"clawker.allow":"x.example.test"}},"IPv4Data":[{"Pool":"10.230.0.0/24","Gateway":"10.230.0.1/24"}]}`)
+	require.Empty(t, ok["Err"])
+	ep := post("/NetworkDriver.CreateEndpoint", `{"NetworkID":"`+netA+`","EndpointID":"e1","Interface":{"Address":"10.230.0.2/24"}}`)
+	require.Equal(t, "02:42:0a:e6:00:02", ep["Interface"].(map[string]any)["MacAddress"])
+	join := post("/NetworkDriver.Join", `{"NetworkID":"`+netA+`","EndpointID":"e1","SandboxKey":"/var/run/docker/netns/abc"}`)
+	require.Equal(t, "10.230.0.1", join["Gateway"], "a bare IP, not a CIDR")
+	require.Equal(t, true, join["DisableGatewayService"])
+	require.Equal(t, "eth", join["InterfaceName"].(map[string]any)["DstPrefix"])
+	require.Empty(t, post("/NetworkDriver.Leave", `{"NetworkID":"`+netA+`","EndpointID":"e1"}`)["Err"])
+	require.Empty(t, post("/NetworkDriver.DeleteEndpoint", `{"NetworkID":"`+netA+`","EndpointID":"e1"}`)["Err"])
+	require.Empty(t, post("/NetworkDriver.DeleteNetwork", `{"NetworkID":"`+netA+`"}`)["Err"])
+	require.Contains(t, post("/NetworkDriver.CreateNetwork", `{"NetworkID":"x","IPv4Data":[]}`)["Err"], "IPv4 subnet")
 }

@@ -110,6 +110,14 @@ func route[Req any](mux *http.ServeMux, log *logrus.Entry, path string, fn func(
 			}
 		}
 		resp, err := fn(req)
+		if layer, _ := ReasonOf(err); layer == LayerPartial {
+			// The store committed and Docker's view must match it: a data
+			// plane that failed to apply is retried by the next publish
+			// (or `clawker-fw reload`); failing the call would leave Docker
+			// and the plugin disagreeing.
+			log.WithField("call", path).WithError(err).Error("driver call committed but not fully applied")
+			err = nil
+		}
 		if err != nil {
 			log.WithField("call", path).WithError(err).Warn("driver call failed")
 			writeJSON(w, map[string]string{"Err": err.Error()})
