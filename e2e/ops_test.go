@@ -294,12 +294,12 @@ type pollResult struct {
 
 func (f *opsFixture) startPoller(t *testing.T, c, host, path string, want bool, attempts int) *poller {
 	t.Helper()
-	cond := "grep -q path=" + path
+	neg := ""
 	if !want {
-		cond = "! grep -q path=" + path
+		neg = "! "
 	}
-	script := fmt.Sprintf(`echo START; i=0; while [ $i -lt %d ]; do if %s 2>/dev/null | %s; then echo FLIPPED $i; exit 0; fi; i=$((i+1)); usleep 20000; done; echo TIMEOUT $i`,
-		attempts, httpScript(host, path), cond)
+	script := fmt.Sprintf(`echo START; i=0; while [ $i -lt %d ]; do if %s{ %s 2>/dev/null | grep -q path=%s; }; then echo FLIPPED $i; exit 0; fi; i=$((i+1)); usleep 20000; done; echo TIMEOUT $i`,
+		attempts, neg, httpScript(host, path), path)
 	cmd := opsDockerCmd(f.e, "exec", c, "sh", "-c", script)
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -344,9 +344,10 @@ func (p *poller) wait(t *testing.T, timeout time.Duration) pollResult {
 	}
 }
 
-// pluginPIDs returns the PIDs of processes whose executable lives under the
-// test dockerd's data root and ends in suffix (the plugin's rootfs), so
-// nothing outside this environment ever matches.
+// pluginPIDs returns the PIDs of processes whose executable ends in suffix
+// and that descend from a process of this environment (the containerd shim
+// whose command line names the Env directory), so nothing outside this
+// environment ever matches.
 func (f *opsFixture) pluginPIDs(suffix string) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
@@ -359,11 +360,32 @@ func (f *opsFixture) pluginPIDs(suffix string) []int {
 		if err != nil {
 			continue
 		}
-		if strings.HasPrefix(exe, f.e.DataRoot()+"/") && strings.HasSuffix(exe, suffix) {
+		if strings.HasSuffix(exe, suffix) && f.descendsFromEnv(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+func (f *opsFixture) descendsFromEnv(pid int) bool {
+	for i := 0; i < 6 && pid > 1; i++ {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ppid ...
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		fields := strings.Fields(rest)
+		if len(fields) < 2 {
+			return false
+		}
+		pid, _ = strconv.Atoi(fields[1])
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmdline), f.e.Dir()) {
+			return true
+		}
+	}
+	return false
 }
 
 // killPlugin kills the plugin process with SIGKILL and waits until docker
