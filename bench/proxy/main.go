@@ -59,16 +59,17 @@ const (
 var (
 	out      = flag.String("out", "", "write the report to this file too")
 	bulkMB   = flag.Int("bulk-mb", 256, "MB per bulk transfer")
-	bulkReps = flag.Int("bulk-reps", 3, "bulk transfers per variant")
+	bulkReps = flag.Int("bulk-reps", 5, "bulk transfers per variant")
 	connN    = flag.Int("conns", 300, "new connections per variant for the latency test")
 	conc     = flag.Int("concurrency", 16, "concurrent clients for the requests/s tests")
-	dur      = flag.Duration("duration", 3*time.Second, "duration of each requests/s run")
+	dur      = flag.Duration("duration", 2*time.Second, "duration of each requests/s run")
 	noSquid  = flag.Bool("no-squid", false, "skip squid")
 	keep     = flag.Bool("keep", false, "keep the temporary directory (squid config and logs)")
 	inProc   = flag.Bool("in-process", false, "run the builtin engine inside the bench process instead of a child process")
 
 	// Flags of the child process that runs the engine.
 	child    = flag.Bool("engine-child", false, "internal: run the engine and print its address")
+	upChild  = flag.Bool("upstream-child", false, "internal: run the upstream server and print its address")
 	childUp  = flag.Int("child-up-port", 0, "internal")
 	childDNS = flag.String("child-dns", "", "internal")
 	childCA  = flag.String("child-ca", "", "internal: CA cert+key PEM file")
@@ -78,6 +79,13 @@ var (
 
 func main() {
 	flag.Parse()
+	if *upChild {
+		if err := runUpstreamChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench upstream:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *child {
 		if err := runChild(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench engine:", err)
@@ -98,6 +106,8 @@ type env struct {
 	eng       *builtin.Engine
 	webAddr   string // builtin web listener for original port 443
 	squidAddr string // "" without squid
+	enginePID int
+	squidPID  int
 	tmp       string
 }
 
@@ -112,9 +122,22 @@ func run() error {
 		defer os.RemoveAll(tmp)
 	}
 	e := &env{ca: newTestCA(), tmp: tmp}
-	if e.upPort, err = startUpstream(e.ca); err != nil {
+	caFile, err := e.writeCA()
+	if err != nil {
 		return err
 	}
+	// The upstream runs in a process of its own: client, proxy and server
+	// are three processes, as in real use, for every variant.
+	stopUp, upAddr, err := startChild("-upstream-child", "-child-ca", caFile)
+	if err != nil {
+		return err
+	}
+	defer stopUp()
+	ap, err := netip.ParseAddrPort(upAddr)
+	if err != nil {
+		return err
+	}
+	e.upPort = ap.Port()
 	if e.dnsAddr, err = startDNS(); err != nil {
 		return err
 	}
@@ -124,19 +147,19 @@ func run() error {
 		}
 		defer e.eng.Close()
 	} else {
-		stop, err := e.startEngineChild()
+		stop, err := e.startEngineChild(caFile)
 		if err != nil {
 			return err
 		}
 		defer stop()
 	}
 	if !*noSquid {
-		stop, addr, err := startSquid(tmp, e.ca, e.upPort)
+		stop, addr, pid, err := startSquid(tmp, e.ca, e.upPort)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "squid unavailable:", err)
 		} else {
 			defer stop()
-			e.squidAddr = addr
+			e.squidAddr, e.squidPID = addr, pid
 		}
 	}
 
@@ -297,18 +320,53 @@ func (e *env) benchBulk(rep *report) {
 	n := int64(*bulkMB) << 20
 	for _, dir := range []string{"download", "upload"} {
 		res := map[string][]float64{}
+		cpu := map[string]float64{} // proxy process CPU seconds
+		moved := map[string]float64{}
 		for r := 0; r < *bulkReps; r++ {
 			for _, v := range e.variants() {
+				pid := map[string]int{"builtin": e.enginePID, "squid": e.squidPID}[v.name]
+				c0 := procCPU(pid)
 				mbps, err := e.bulkOnce(v, dir, n)
 				if err != nil {
 					rep.note("bulk %s %s: %v", dir, v.name, err)
 					continue
 				}
+				cpu[v.name] += procCPU(pid) - c0
+				moved[v.name] += float64(n) / (1 << 30)
 				res[v.name] = append(res[v.name], mbps)
 			}
 		}
 		rep.row("TLS passthrough bulk "+dir+" (MB/s, median of "+strconv.Itoa(*bulkReps)+" x "+strconv.Itoa(*bulkMB)+" MB)", median(res["direct"]), median(res["builtin"]), median(res["squid"]), true)
+		per := func(name string) float64 {
+			if moved[name] == 0 {
+				return 0
+			}
+			return cpu[name] / moved[name]
+		}
+		if e.enginePID != 0 {
+			rep.row("  proxy process CPU seconds per GB relayed ("+dir+")", 0, per("builtin"), per("squid"), false)
+		}
 	}
+}
+
+// procCPU returns the user+system CPU seconds of process pid (0 for none).
+func procCPU(pid int) float64 {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
 }
 
 func (e *env) bulkOnce(v variant, dir string, n int64) (float64, error) {
@@ -369,12 +427,19 @@ func (e *env) benchNewConn(rep *report) {
 	}
 }
 
+// rounds is how many interleaved rounds the requests/s workloads run; the
+// median round counts (the machine is shared, so one slow second must not
+// decide a ratio).
+const rounds = 3
+
 func (e *env) benchKeepAlive(rep *report) {
-	res := map[string]float64{}
-	for _, v := range e.variants() {
-		res[v.name] = e.rps(e.httpClient(v, true, false), e.url(v, benchName, "/small"))
+	res := map[string][]float64{}
+	for r := 0; r < rounds; r++ {
+		for _, v := range e.variants() {
+			res[v.name] = append(res[v.name], e.rps(e.httpClient(v, true, false), e.url(v, benchName, "/small")))
+		}
 	}
-	rep.row(fmt.Sprintf("HTTPS keep-alive GET, passthrough (req/s, %d clients, %s)", *conc, *dur), res["direct"], res["builtin"], res["squid"], true)
+	rep.row(fmt.Sprintf("HTTPS keep-alive GET, passthrough (req/s, %d clients, median of %d x %s)", *conc, rounds, *dur), median(res["direct"]), median(res["builtin"]), median(res["squid"]), true)
 }
 
 func (e *env) benchInspect(rep *report) {
@@ -384,9 +449,12 @@ func (e *env) benchInspect(rep *report) {
 		if h2 {
 			name = "HTTP/2"
 		}
-		direct := e.rps(e.httpClient(vs[0], true, h2), e.url(vs[0], inspectName, "/small"))
-		insp := e.rps(e.httpClient(vs[1], true, h2), e.url(vs[1], inspectName, "/small"))
-		rep.row(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients)", name, *conc), direct, insp, 0, true)
+		var direct, insp []float64
+		for r := 0; r < rounds; r++ {
+			direct = append(direct, e.rps(e.httpClient(vs[0], true, h2), e.url(vs[0], inspectName, "/small")))
+			insp = append(insp, e.rps(e.httpClient(vs[1], true, h2), e.url(vs[1], inspectName, "/small")))
+		}
+		rep.row(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), median(direct), median(insp), 0, true)
 	}
 	// New connections under inspection.
 	lat := map[string][]time.Duration{}
@@ -454,7 +522,8 @@ func (r *report) header(e *env) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Fprintf(&r.b, "go %s, GOMAXPROCS %d, kernel %s", runtime.Version(), runtime.GOMAXPROCS(0), kernel)
 	fmt.Fprintf(&r.b, "load average at start: %s", load)
-	fmt.Fprintf(&r.b, "topology: Go client (127.0.0.2) -> [direct | builtin web listener | squid] -> Go TLS upstream (127.0.0.1), all loopback, one host\n")
+	fmt.Fprintf(&r.b, "topology: Go client (127.0.0.2) -> [direct | builtin web listener | squid] -> Go TLS upstream (127.0.0.1), all loopback, one host;\n")
+	fmt.Fprintf(&r.b, "  client, upstream, builtin engine and squid each run in a process of their own\n")
 	where := "its own process (like squid; the plugin runs it apart from the containers)"
 	if *inProc {
 		where = "the bench process (shares GOMAXPROCS with client and upstream)"
@@ -699,19 +768,19 @@ func squidVersion() string {
 // startSquid runs squid in the foreground with a config of its own under
 // dir: a forward proxy whose CONNECT tunnels are peeked at (SNI) and spliced
 // for the bench names only.
-func startSquid(dir string, ca *testCA, upPort uint16) (stop func(), addr string, err error) {
+func startSquid(dir string, ca *testCA, upPort uint16) (stop func(), addr string, pid int, err error) {
 	if _, err := exec.LookPath("squid"); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	sq := filepath.Join(dir, "squid")
 	if err := os.MkdirAll(sq, 0o777); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	_ = os.Chmod(dir, 0o755)
 	_ = os.Chmod(sq, 0o777)
@@ -719,27 +788,27 @@ func startSquid(dir string, ca *testCA, upPort uint16) (stop func(), addr string
 	// only peeks and splices).
 	leaf, err := ca.Leaf("squid.bench.test")
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	var pemb []byte
 	pemb = append(pemb, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]})...)
 	pemb = append(pemb, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der})...)
 	if err := os.WriteFile(filepath.Join(sq, "bump.pem"), pemb, 0o644); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	if err := os.WriteFile(filepath.Join(sq, "bump.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o644); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	if err := os.WriteFile(filepath.Join(sq, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der}), 0o644); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	hosts := fmt.Sprintf("127.0.0.1 %s %s\n", benchName, inspectName)
 	if err := os.WriteFile(filepath.Join(sq, "hosts"), []byte(hosts), 0o644); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	conf := fmt.Sprintf(`
 http_port 127.0.0.1:%[1]d ssl-bump tls-cert=%[2]s/bump.pem tls-key=%[2]s/bump.key generate-host-certificates=off
@@ -769,13 +838,13 @@ shutdown_lifetime 0 seconds
 `, port, sq, benchName, upPort)
 	cfgPath := filepath.Join(sq, "squid.conf")
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	cmd := exec.Command("squid", "-N", "-f", cfgPath)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
 	addr = fmt.Sprintf("127.0.0.1:%d", port)
 	deadline := time.Now().Add(15 * time.Second)
@@ -789,7 +858,7 @@ shutdown_lifetime 0 seconds
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 			log, _ := os.ReadFile(filepath.Join(sq, "cache.log"))
-			return nil, "", fmt.Errorf("squid did not start: %s %s", stderr.String(), tail(string(log), 800))
+			return nil, "", 0, fmt.Errorf("squid did not start: %s %s", stderr.String(), tail(string(log), 800))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -803,7 +872,7 @@ shutdown_lifetime 0 seconds
 			_ = cmd.Process.Kill()
 			<-done
 		}
-	}, addr, nil
+	}, addr, cmd.Process.Pid, nil
 }
 
 func tail(s string, n int) string {
@@ -817,38 +886,44 @@ type urlT = url.URL
 
 func parseURL(s string) (*url.URL, error) { return url.Parse(s) }
 
-// startEngineChild runs the engine in a child process of this binary, as
-// squid runs in its own: client, upstream and proxy do not share one Go
-// scheduler.
-func (e *env) startEngineChild() (func(), error) {
+// writeCA writes the CA certificate and key for the child processes.
+func (e *env) writeCA() (string, error) {
 	caFile := filepath.Join(e.tmp, "ca.pem")
 	keyDER, err := x509.MarshalECPrivateKey(e.ca.key)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	pemb := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.ca.der})
 	pemb = append(pemb, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})...)
-	if err := os.WriteFile(caFile, pemb, 0o600); err != nil {
-		return nil, err
-	}
+	return caFile, os.WriteFile(caFile, pemb, 0o600)
+}
+
+// startChild runs this binary with args; the child prints "ADDR <addr>"
+// and runs until its stdin closes.
+func startChild(args ...string) (stop func(), addr string, err error) {
+	stop, addr, _, err = startChildPID(args...)
+	return stop, addr, err
+}
+
+func startChildPID(args ...string) (stop func(), addr string, pid int, err error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, "", 0, err
 	}
-	cmd := exec.Command(exe, "-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile, "-engine-cpuprofile", *cpuProf)
+	cmd := exec.Command(exe, args...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
+		return nil, "", 0, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return nil, "", 0, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, "", 0, err
 	}
-	stop := func() {
+	stop = func() {
 		stdin.Close()
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
@@ -862,37 +937,29 @@ func (e *env) startEngineChild() (func(), error) {
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "ADDR ") {
 		stop()
-		return nil, fmt.Errorf("engine child: %q %v", line, err)
+		return nil, "", 0, fmt.Errorf("child %v: %q %v", args, line, err)
 	}
-	e.webAddr = strings.TrimSpace(line[5:])
+	return stop, strings.TrimSpace(line[5:]), cmd.Process.Pid, nil
+}
+
+// startEngineChild runs the engine in a child process of this binary, as
+// squid runs in its own: client, upstream and proxy do not share one Go
+// scheduler.
+func (e *env) startEngineChild(caFile string) (func(), error) {
+	stop, addr, pid, err := startChildPID("-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile, "-engine-cpuprofile", *cpuProf)
+	if err != nil {
+		return nil, err
+	}
+	e.webAddr, e.enginePID = addr, pid
 	return stop, nil
 }
 
 // runChild is the child process: it starts the engine, prints the web
 // listener's address and runs until its stdin closes.
 func runChild() error {
-	b, err := os.ReadFile(*childCA)
+	ca, err := readCA(*childCA)
 	if err != nil {
 		return err
-	}
-	ca := &testCA{leaf: map[string]*tls.Certificate{}}
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		switch blk.Type {
-		case "CERTIFICATE":
-			ca.der = blk.Bytes
-			if ca.cert, err = x509.ParseCertificate(blk.Bytes); err != nil {
-				return err
-			}
-		case "EC PRIVATE KEY":
-			if ca.key, err = x509.ParseECPrivateKey(blk.Bytes); err != nil {
-				return err
-			}
-		}
 	}
 	e := &env{ca: ca, upPort: uint16(*childUp), dnsAddr: *childDNS}
 	if err := e.startEngine(); err != nil {
@@ -913,4 +980,46 @@ func runChild() error {
 	fmt.Printf("ADDR %s\n", e.webAddr)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
+}
+
+// runUpstreamChild serves the upstream in a process of its own.
+func runUpstreamChild() error {
+	ca, err := readCA(*childCA)
+	if err != nil {
+		return err
+	}
+	port, err := startUpstream(ca)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ADDR 127.0.0.1:%d\n", port)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+func readCA(path string) (*testCA, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	ca := &testCA{leaf: map[string]*tls.Certificate{}}
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		switch blk.Type {
+		case "CERTIFICATE":
+			ca.der = blk.Bytes
+			if ca.cert, err = x509.ParseCertificate(blk.Bytes); err != nil {
+				return nil, err
+			}
+		case "EC PRIVATE KEY":
+			if ca.key, err = x509.ParseECPrivateKey(blk.Bytes); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return ca, nil
 }
