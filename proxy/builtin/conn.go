@@ -145,25 +145,24 @@ func (f *flow) web(ctx context.Context, pol *policy.Policy) {
 		f.deny(ReasonSniffFailed, "", "not a TCP connection")
 		return
 	}
-	deadline := time.Now().Add(f.e.cfg.SniffTimeout)
-	first, err := peekConn(f.tcp, deadline, func(b []byte) int {
-		if len(b) < 1 {
-			return 1
+	// One peek loop: stop at the first byte unless it starts a TLS
+	// handshake, else when the whole ClientHello is queued.
+	hello, err := peekConn(f.tcp, time.Now().Add(f.e.cfg.SniffTimeout), func(b []byte) int {
+		if len(b) >= 1 && b[0] != 0x16 {
+			return 0
 		}
-		return 0
+		return helloNeed(b)
 	})
-	if err != nil {
-		f.deny(ReasonSniffFailed, "", err.Error())
-		f.reset()
-		return
-	}
-	if first[0] != 0x16 {
+	switch {
+	case len(hello) > 0 && hello[0] != 0x16:
 		f.mode = "http"
 		f.serveHTTP(ctx, nil, "")
 		return
-	}
-	hello, err := peekConn(f.tcp, deadline, helloNeed)
-	if err != nil {
+	case err != nil && len(hello) == 0:
+		f.deny(ReasonSniffFailed, "", err.Error())
+		f.reset()
+		return
+	case err != nil:
 		f.deny(ReasonNoSNI, "", err.Error())
 		f.reset()
 		return
