@@ -84,10 +84,10 @@ func TestHarnessFakenetFromHost(t *testing.T) {
 	require.Equal(t, "fakenet-ssh-ok", hostRun(t, "ssh", "-i", e.SSHKeyFile(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
 		"-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "root@10.220.0.15", "echo fakenet-ssh-ok"))
 
+	dns, err := e.WaitFakenetLog(time.Second, func(en fakenet.Entry) bool { return en.Kind == fakenet.KindDNS && en.Name == harness.AllowedHost })
+	require.NoError(t, err)
 	log, err := e.FakenetLog()
 	require.NoError(t, err)
-	dns, ok := findEntry(log, func(en fakenet.Entry) bool { return en.Kind == fakenet.KindDNS && en.Name == harness.AllowedHost })
-	require.True(t, ok, "dns query recorded: %+v", log)
 	require.Equal(t, harness.HostIP, dns.Src)
 	require.Equal(t, harness.FakenetIP, dns.Dst)
 	for _, want := range []struct {
@@ -100,7 +100,7 @@ func TestHarnessFakenetFromHost(t *testing.T) {
 		require.True(t, ok, "connection %+v recorded", want)
 		require.Equal(t, harness.HostIP, c.Src)
 	}
-	_, ok = findEntry(log, func(en fakenet.Entry) bool {
+	_, ok := findEntry(log, func(en fakenet.Entry) bool {
 		return en.Kind == fakenet.KindPacket && en.Src == harness.HostIP && en.Dst == "10.220.0.10" && en.DstPort == 443
 	})
 	require.True(t, ok, "sniffer recorded the flow")

@@ -317,6 +317,27 @@ func (e *Env) FakenetLog() ([]fakenet.Entry, error) {
 	return log, nil
 }
 
+// WaitFakenetLog polls the fake internet's log until an entry matches or
+// timeout passes.
+func (e *Env) WaitFakenetLog(timeout time.Duration, match func(fakenet.Entry) bool) (fakenet.Entry, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		log, err := e.FakenetLog()
+		if err != nil {
+			return fakenet.Entry{}, err
+		}
+		for _, en := range log {
+			if match(en) {
+				return en, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fakenet.Entry{}, fmt.Errorf("no matching fakenet log entry after %v (%d entries)", timeout, len(log))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // ResetFakenetLog drops the fake internet's log.
 func (e *Env) ResetFakenetLog() error {
 	resp, err := controlClient.Post("http://"+ControlAddr+"/reset", "", nil)
