@@ -590,3 +590,47 @@ func TestInspectedUpgrade(t *testing.T) {
 		require.Equal(t, msg, line)
 	}
 }
+
+// TestInspectedPrivateUpstream checks that the refusal of private upstream
+// addresses also holds for re-originated (inspected and plain-HTTP)
+// requests, and that an explicit CIDR rule of the endpoint lifts it.
+func TestInspectedPrivateUpstream(t *testing.T) {
+	for _, cidr := range []bool{false, true} {
+		t.Run("cidr rule "+strconv.FormatBool(cidr), func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.AllowPrivateUpstreams = nil })
+			h.dns.set("internal.example.test", "127.0.0.1")
+			pol := &policy.Policy{Allows: []policy.Allowed{allow("internal.example.test", policy.ProtoHTTPS, 443, 443, inspected)}}
+			if cidr {
+				pol.Allows = append(pol.Allows, allow("127.0.0.1/32", policy.ProtoTCP, 443, 443))
+			}
+			h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
+			resp, err := h.httpClient("127.0.0.2", h.webAddr(443), false).Get("https://internal.example.test/x")
+			require.NoError(t, err)
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if cidr {
+				require.Equal(t, 200, resp.StatusCode, body)
+				return
+			}
+			require.Equal(t, 403, resp.StatusCode, body)
+			require.Contains(t, resp.Header.Get("X-Clawker-Denied"), string(ReasonPrivateUpstream))
+		})
+	}
+}
+
+// TestPerEndpointPolicy: a name allowed for one container only is denied
+// to another on the same listener.
+func TestPerEndpointPolicy(t *testing.T) {
+	h := newHarness(t)
+	h.dns.set("api.example.test", "127.0.0.1")
+	other := &policy.Policy{Allows: []policy.Allowed{allow("else.example.test", policy.ProtoHTTPS, 443, 443)}}
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy()), endpoint(2, "127.0.0.3", other)))
+	tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "api.example.test")
+	require.NoError(t, err)
+	tc.Close()
+	_, err = h.tlsFrom("127.0.0.3", h.webAddr(443), "api.example.test")
+	require.Error(t, err)
+	d := h.waitDecision(func(d Decision) bool { return !d.Allowed })
+	require.Equal(t, uint32(2), d.Endpoint)
+	require.Equal(t, policy.ReasonNoRule, d.Reason)
+}
