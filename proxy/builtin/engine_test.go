@@ -415,11 +415,13 @@ func TestPrivateUpstream(t *testing.T) {
 		name    string
 		exempt  []netip.Prefix
 		cidr    bool
+		deny    bool
 		allowed bool
 	}{
-		{"refused by default", nil, false, false},
-		{"exempted prefix", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, false, true},
-		{"explicit CIDR rule", nil, true, true},
+		{"refused by default", nil, false, false, false},
+		{"exempted prefix", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, false, false, true},
+		{"explicit CIDR rule", nil, true, false, true},
+		{"CIDR deny beats exemption", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, false, true, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.AllowPrivateUpstreams = tt.exempt })
@@ -427,6 +429,9 @@ func TestPrivateUpstream(t *testing.T) {
 			pol := &policy.Policy{Allows: []policy.Allowed{allow("internal.example.test", policy.ProtoHTTPS, 443, 443)}}
 			if tt.cidr {
 				pol.Allows = append(pol.Allows, allow("127.0.0.0/8", policy.ProtoTCP, 443, 443))
+			}
+			if tt.deny {
+				pol.Denies = append(pol.Denies, policy.Denied{Pattern: "127.0.0.1/32", Prefix: netip.MustParsePrefix("127.0.0.1/32")})
 			}
 			h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
 			tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "internal.example.test")

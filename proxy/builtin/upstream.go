@@ -95,6 +95,9 @@ func (e *errPrivate) Error() string {
 
 // upstreamOK reports whether the proxy may dial addr for a name rule of pol.
 func (e *Engine) upstreamOK(pol *policy.Policy, addr netip.Addr, port uint16) bool {
+	if pol.DeniedAddr(addr) != nil {
+		return false // a CIDR deny wins over the name's allow
+	}
 	if !isSpecial(addr) {
 		return true
 	}
