@@ -52,7 +52,7 @@ if [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != bpf_fs ]; then
   echo "install: mounting bpffs at /sys/fs/bpf"
   mount -t bpf bpf /sys/fs/bpf
 fi
-mkdir -p /var/lib/clawker-fw
+mkdir -p /var/lib/clawker-fw /var/run/docker/netns  # mount sources must exist
 start=$(date +%s%3N)
 $docker plugin create "$name" "$dir" >/dev/null
 for kv in "$@"; do $docker plugin set "$name" "$kv"; done
