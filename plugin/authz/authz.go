@@ -242,10 +242,23 @@ func (a *Authz) checkConnect(req *authorization.Request, path string, _ url.Valu
 	if a.onFirewalled(body.Container) {
 		return deny("container %s is on a clawker-fw network and cannot join another network: that would bypass the firewall", body.Container)
 	}
-	if a.isFirewalled(target) && a.cfg.ContainerNetworks != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		nets, err := a.cfg.ContainerNetworks(ctx, body.Container)
+	if a.cfg.ContainerNetworks == nil {
+		return allow()
+	}
+	// A container that is created (or stopped) on a clawker-fw network has
+	// no endpoint in the snapshot, but Docker attaches every network it is
+	// connected to at start: ask Docker for its networks.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	nets, err := a.cfg.ContainerNetworks(ctx, body.Container)
+	if err == nil {
+		for _, n := range nets {
+			if n != target && a.isFirewalled(n) {
+				return deny("container %s is attached to the clawker-fw network %s and cannot join another network: that would bypass the firewall", body.Container, n)
+			}
+		}
+	}
+	if a.isFirewalled(target) {
 		if err != nil {
 			return deny("cannot check container %s's networks: %v", body.Container, err)
 		}

@@ -26,8 +26,11 @@ func testAuthz(override bool) *Authz {
 		Snapshot: func() *policy.Snapshot { return snap },
 		Networks: func(context.Context) (map[string]string, error) { return map[string]string{"agents": fwID}, nil },
 		ContainerNetworks: func(_ context.Context, ref string) ([]string, error) {
-			if ref == "plain" {
+			switch ref {
+			case "plain":
 				return []string{"bridge"}, nil
+			case "created-agent": // created on the firewalled network, not started
+				return []string{"agents"}, nil
 			}
 			return nil, nil
 		},
@@ -93,6 +96,8 @@ func TestAuthz(t *testing.T) {
 			m["NetworkingConfig"] = map[string]any{"EndpointsConfig": map[string]any{"agents": map[string]any{}, "bridge": map[string]any{}}}
 		}), false, "cannot join other networks", false},
 		{"connect firewalled container elsewhere", "POST", "/v1.41/networks/bridge/connect", map[string]string{"Container": "agent"}, false, "cannot join another network", false},
+		{"connect created firewalled container elsewhere", "POST", "/v1.41/networks/bridge/connect", map[string]string{"Container": "created-agent"}, false, "attached to the clawker-fw network agents", false},
+		{"connect plain container to plain", "POST", "/v1.41/networks/other/connect", map[string]string{"Container": "plain"}, true, "", false},
 		{"connect plain container to firewalled", "POST", "/v1.41/networks/agents/connect", map[string]string{"Container": "plain"}, false, "already on other networks", false},
 		{"privileged exec", "POST", "/v1.41/containers/agent/exec", map[string]any{"Privileged": true, "Cmd": []string{"sh"}}, false, "--privileged", false},
 		{"normal exec", "POST", "/v1.41/containers/agent/exec", map[string]any{"Cmd": []string{"sh"}}, true, "", false},
