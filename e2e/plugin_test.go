@@ -169,6 +169,11 @@ type netSpec struct {
 func (f *pluginFixture) createNet(t *testing.T, name string, octet int, opts ...string) netSpec {
 	t.Helper()
 	n := netSpec{Name: name, Subnet: fmt.Sprintf("10.231.%d.0/24", octet), Gateway: fmt.Sprintf("10.231.%d.1", octet)}
+	// A bridge left by an earlier run with the same subnet would take the
+	// replies to this network's containers (two connected routes).
+	if out, _ := exec.Command("ip", "-o", "route", "show", n.Subnet).Output(); strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("the host already routes %s (leftover of an earlier run?): %s", n.Subnet, out)
+	}
 	args := []string{"network", "create", "-d", driver, "--subnet", n.Subnet, "--gateway", n.Gateway}
 	for _, o := range opts {
 		args = append(args, "-o", o)
@@ -311,6 +316,12 @@ func TestPluginInstallNetworkAndRun(t *testing.T) {
 		"clawker.deny=denied.example.test")
 	recordTiming(t, "network_create_plugin", time.Since(start))
 	require.Equal(t, driver, f.e.MustDocker(t, "network", "inspect", "-f", "{{.Driver}}", n.ID))
+
+	// Evidence for the report, not asserted: a client that half-closes after
+	// its request (`printf ... | nc`) gets an empty 200 from the builtin proxy.
+	out, _ := f.run("--network", n.Name, f.busybox, "sh", "-c",
+		`printf 'GET /half-close HTTP/1.0\r\nHost: allowed.example.test\r\n\r\n' | nc -w 5 allowed.example.test 80`)
+	t.Logf("HALF-CLOSE printf|nc through the proxy:\n%s", out)
 
 	// busybox: a network rule (http) and a label rule (tcp echo).
 	out, err := f.run("--network", n.Name, "--label", "clawker.allow=tcp://tcp.example.test:5432", f.busybox, "sh", "-c",
@@ -596,6 +607,21 @@ func TestPluginBadInput(t *testing.T) {
 		}
 	}
 	require.Contains(t, line, "clawker.allow", "log line names the label: %s", line)
+	// The denial of its connection names the label too.
+	defer func() {
+		var mine []string
+		require.Eventually(t, func() bool {
+			d, _ := f.admin("denials")
+			mine = mine[:0]
+			for _, l := range strings.Split(d, "\n") {
+				if strings.Contains(l, "cfw-pt-badlabel-c") {
+					mine = append(mine, l)
+				}
+			}
+			return strings.Contains(strings.Join(mine, "\n"), `clawker.allow: "bad host.test"`)
+		}, 10*time.Second, 200*time.Millisecond, "denial names the label: %v", mine)
+		t.Logf("DENIALS of the invalid-label container:\n%s", strings.Join(mine, "\n"))
+	}()
 	out, _ := f.exec(id, "nslookup", harness.AllowedHost)
 	require.Contains(t, out, "NXDOMAIN")
 	out, _ = f.exec(id, "sh", "-c", "nc -w 3 "+allowedIP+" 80 </dev/null")
@@ -705,18 +731,25 @@ func TestPluginFailClosedRestart(t *testing.T) {
 	}
 	// okAfter waits for an A-OK line after the first `after` lines.
 	okAfter := func(after int, what string) time.Time {
-		var at time.Time
-		require.Eventually(t, func() bool {
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
 			ls := lines()
 			for _, l := range ls[min(after, len(ls)):] {
 				if strings.HasPrefix(l, "A-OK") {
-					at = time.Now()
-					return true
+					return time.Now()
 				}
 			}
-			return false
-		}, 60*time.Second, 100*time.Millisecond, "allowed traffic did not work %s", what)
-		return at
+			time.Sleep(100 * time.Millisecond)
+		}
+		o, _, _ := f.e.Docker("logs", "--tail", "20", id)
+		var rel []string
+		for _, l := range strings.Split(f.dockerdLog(t), "\n") {
+			if strings.Contains(l, "allowed.example.test") || strings.Contains(l, "10.220.0.10") || strings.Contains(l, "level=error") && !strings.Contains(l, "denied.example") && !strings.Contains(l, "10.220.0.11") {
+				rel = append(rel, l)
+			}
+		}
+		t.Fatalf("allowed traffic did not work %s\ncontainer log tail:\n%s\nplugin log (allowed name/IP):\n%s", what, o, tailLines(strings.Join(rel, "\n"), 60))
+		return time.Time{}
 	}
 	okAfter(0, "at start")
 
@@ -748,6 +781,29 @@ func TestPluginFailClosedRestart(t *testing.T) {
 	require.NoError(t, exec.Command("kill", "-9", strconv.Itoa(pid)).Run())
 	f.waitPluginRestart(t, pid)
 	okAfter(len(lines()), "after the second plugin kill")
+
+	// 4. docker plugin disable -f: the plugin stays down as long as we
+	// want; the loop keeps probing the whole time.
+	f.e.MustDocker(t, "plugin", "disable", "-f", driver)
+	// Whatever happens below, enable it again before the network cleanup
+	// (a network removed while its driver is disabled leaves its bridge).
+	t.Cleanup(func() {
+		if out, _, _ := f.e.Docker("plugin", "inspect", "-f", "{{.Enabled}}", driver); strings.TrimSpace(out) == "false" {
+			_, _, _ = f.e.Docker("plugin", "enable", "--timeout", "60", driver)
+		}
+	})
+	require.Zero(t, pidOf(t, pluginArgv0), "plugin process gone after disable")
+	// Skip the line of the iteration that was in flight during disable.
+	downAt := len(lines()) + 1
+	require.Eventually(t, func() bool { return len(lines()) >= downAt+4 }, 90*time.Second, 200*time.Millisecond,
+		"the loop kept running while the plugin was disabled")
+	down := lines()[downAt:]
+	require.NotContains(t, strings.Join(down, "\n"), "A-OK", "nothing is proxied while the plugin is disabled")
+	t.Logf("while disabled: %d probe lines, all failed closed", len(down))
+	enabled := time.Now()
+	f.e.MustDocker(t, "plugin", "enable", "--timeout", "60", driver)
+	back = okAfter(len(lines()), "after disable -f + enable")
+	recordTiming(t, "allowed_traffic_back_after_enable", back.Sub(enabled))
 
 	all := lines()
 	var oks, fails int
