@@ -66,7 +66,7 @@ test-fuzz:
 
 # One e2e environment at a time on a machine (fixed netns, pin dir, nft tables): take the shared lock.
 test-e2e: plugin build
-	flock /tmp/clawker-e2e.lock env CLAWKER_E2E=1 $(GO) test -count=1 -timeout 60m -v ./e2e/... 2>&1 | tee $(BUILD)/e2e.log; exit $${PIPESTATUS[0]}
+	flock -o /tmp/clawker-e2e.lock env CLAWKER_E2E=1 $(GO) test -count=1 -timeout 60m -v ./e2e/... 2>&1 | tee $(BUILD)/e2e.log; exit $${PIPESTATUS[0]}
 
 ## test: the whole suite (README's second command runs this through scripts/test.sh)
 test: lint test-unit test-fuzz test-e2e

@@ -13,6 +13,6 @@ run dns   go run ./bench/dns -out bench/results/dns.txt
 run proxy go run ./bench/proxy -out bench/results/proxy.txt
 if [ -d bench/authz ]; then
   # Starts its own dockerd and the plugin: serialize with the e2e suite.
-  run authz flock /tmp/clawker-e2e.lock go run ./bench/authz -out bench/results/authz.txt
+  run authz flock -o /tmp/clawker-e2e.lock go run ./bench/authz -out bench/results/authz.txt
 fi
 echo "reports: $(ls bench/results)"
