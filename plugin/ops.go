@@ -353,7 +353,13 @@ func FixFor(dst string, port uint16, reason policy.Reason, deny *policy.Denied) 
 		return fmt.Sprintf("denied by %s %s=%q; remove that deny to allow it", deny.Rule.Source.Kind, deny.Rule.Source.Key, deny.Rule.Source.Item)
 	}
 	item := dst
-	if port != 0 && port != 443 {
+	_, ipErr := netip.ParseAddr(dst)
+	switch {
+	case ipErr == nil && port != 0:
+		item = fmt.Sprintf("tcp://%s:%d", dst, port)
+	case port == 80:
+		item = "http://" + dst
+	case port != 0 && port != 443:
 		item = fmt.Sprintf("%s:%d", dst, port)
 	}
 	return fmt.Sprintf("allow it with the container label clawker.allow=%s, the network option -o clawker.allow=%s, or `clawker-fw rules add NETWORK %s`", item, item, item)

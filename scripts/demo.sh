@@ -86,11 +86,8 @@ set +x
 sleep 1
 echo; echo "--- what the firewall saw (clawker-fw denials):"
 ./build/bin/clawker-fw denials
-cat <<MSG
-
-Demo done. The plugin stays installed (docker plugin ls); try:
-  docker run --rm --network $NET --label clawker.allow=http://$DENIED busybox \\
-    sh -c 'printf "GET / HTTP/1.0\\r\\nHost: $DENIED\\r\\n\\r\\n" | nc -w 5 $DENIED 80'
-  ./build/bin/clawker-fw status
-Clean up the demo: sudo ./scripts/demo.sh --clean ; for real use: make install (default upstream DNS).
-MSG
+echo
+echo "Demo done. The plugin stays installed (docker plugin ls). Try a label that allows the denied site:"
+echo "  docker run --rm --network $NET --label clawker.allow=http://$DENIED busybox nslookup $DENIED"
+echo "  ./build/bin/clawker-fw status"
+echo "Clean up the demo: sudo ./scripts/demo.sh --clean ; for real use: make install (default upstream DNS)."

@@ -396,7 +396,7 @@ func dnsDenial(line string) (plugin.Denial, bool) {
 	}
 	var idx uint32
 	_, _ = fmt.Sscanf(kv["endpoint"], "%d", &idx)
-	name := strings.TrimSuffix(kv["name"], ".")
+	name := strings.TrimSuffix(strings.Trim(kv["name"], `"`), ".")
 	d := plugin.Denial{Time: time.Now(), Source: "dns", Index: idx, Container: kv["container"], Destination: name,
 		Reason: kv["reason"] + " (" + kv["type"] + " query answered " + kv["rcode"] + ")"}
 	d.Fix = plugin.FixFor(name, 0, "", nil)
