@@ -83,3 +83,17 @@ func TestUsage(t *testing.T) {
 	require.Contains(t, errb.String(), "unknown command")
 	require.Equal(t, 2, run(nil, &out, &errb))
 }
+
+func TestDenialsRendering(t *testing.T) {
+	sock := fakeAdmin(t, func(w http.ResponseWriter, r *http.Request) {
+		require.Equal(t, "/v1/denials", r.URL.Path)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = w.Write([]byte(`{"time":"2026-11-28T12:00:31.770740085Z","source":"dns","index":1,"container":"agent","destination":"denied.example.test","reason":"no-rule (A query answered NXDOMAIN)","fix":"allow it with the container label clawker.allow=denied.example.test"}
+{"time":"2026-11-28T12:00:32Z","source":"bpf","index":1,"container":"agent","destination":"10.220.0.11","port":80,"reason":"no rule"}
+`))
+	})
+	var out, errb bytes.Buffer
+	require.Equal(t, 0, run([]string{"--socket", sock, "denials"}, &out, &errb), errb.String())
+	require.Contains(t, out.String(), "dns   agent -> denied.example.test: no-rule (A query answered NXDOMAIN); allow it with the container label clawker.allow=denied.example.test")
+	require.Contains(t, out.String(), "bpf   agent -> 10.220.0.11:80: no rule")
+}
