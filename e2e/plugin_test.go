@@ -44,8 +44,7 @@ type pluginFixture struct {
 
 var (
 	pluginMu    sync.Mutex
-	pluginFor   *harness.Env // the Env the plugin was installed into
-	pluginFix   *pluginFixture
+	installs    int // plugin installs so far (only the first is timed)
 	timingsMu   sync.Mutex
 	timingLines []string
 )
@@ -58,23 +57,20 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// pluginEnv returns the shared environment with the plugin installed. The
-// shared Env may have been replaced (ownEnv closes it), so the install is
-// keyed by the Env pointer.
+// pluginEnv returns the package's shared environment (dockerd + fake
+// internet, see env in main_test.go) with the plugin installed for t. At the
+// end of t it removes the containers, the clawker-fw networks, the plugin and
+// what the plugin leaves on the host by design (pins, nft tables), so every
+// test starts from a fresh plugin and the machine is clean whichever subset
+// of tests runs (TestMain is not ours to extend). An install costs ~4.5 s.
 func pluginEnv(t *testing.T) *pluginFixture {
 	t.Helper()
 	e := env(t)
 	pluginMu.Lock()
 	defer pluginMu.Unlock()
-	if pluginFor == e && pluginFix != nil {
-		// Another test may have removed it (the ops tests remove what they install).
-		if out, _, err := e.Docker("plugin", "inspect", "-f", "{{.Enabled}}", driver); err == nil && strings.TrimSpace(out) == "true" {
-			return pluginFix
-		}
-	}
-	pluginFix = installPlugin(t, e)
-	pluginFor = e
-	return pluginFix
+	f := installPlugin(t, e)
+	t.Cleanup(func() { removePluginAndClean(t, e) })
+	return f
 }
 
 // installPlugin imports the images and installs the plugin from a private
@@ -104,14 +100,32 @@ func installPlugin(t *testing.T, e *harness.Env) *pluginFixture {
 	deb, err := e.ImportDebian()
 	require.NoError(t, err)
 
-	if out, _, _ := e.Docker("plugin", "ls", "--format", "{{.Name}}"); strings.Contains(out, "clawker-fw") {
-		require.NoError(t, e.RemovePlugin())
+	// The BPF pin directory and the nft tables are machine-wide: a plugin
+	// of another dockerd (a demo, a developer's install) would share them.
+	// One that still serves (it holds the transparent listener) would make
+	// this run meaningless and be broken by it.
+	if _, others := processesByArgv0(pluginArgv0, e.Dir()); len(others) > 0 {
+		ss, _ := exec.Command("ss", "-Hltnp", "sport = :15001").Output()
+		for _, pid := range others {
+			if strings.Contains(string(ss), fmt.Sprintf("pid=%d,", pid)) {
+				t.Fatalf("another clawker-fw plugin serves on this machine (pid %d, not this Env's): it shares /sys/fs/bpf/clawker-fw, the nft tables and the listener ports; stop it first", pid)
+			}
+		}
+		t.Logf("WARNING: clawker-fw plugin processes of another dockerd run (pids %v) without listeners: orphans? ignoring them", others)
 	}
-	// Pins and nft tables outlive a removed plugin by design: start clean.
-	cleanPluginHostState(t)
+	// Start from a fresh plugin: drop one left installed (with its networks,
+	// which must go while it still runs), and the pins and nft tables that
+	// outlive a removed plugin by design.
+	if out, _, _ := e.Docker("plugin", "ls", "--format", "{{.Name}}"); strings.Contains(out, "clawker-fw") {
+		removePluginAndClean(t, e)
+	} else {
+		cleanPluginHostState(t)
+	}
 	start := time.Now()
 	require.NoError(t, e.InstallPlugin(copyDir))
-	recordTiming(t, "plugin_install", time.Since(start))
+	if installs++; installs == 1 {
+		recordTiming(t, "plugin_install", time.Since(start))
+	}
 	require.Equal(t, "true", e.MustDocker(t, "plugin", "inspect", "-f", "{{.Enabled}}", driver))
 	return &pluginFixture{e: e, busybox: bb, debian: deb, cli: cliCopy}
 }
@@ -259,22 +273,61 @@ func (f *pluginFixture) requireNoLeaks(t *testing.T) {
 	require.Empty(t, leaks, "fake internet saw traffic not from %s", harness.HostIP)
 }
 
-// pidOf returns the PID of the process whose argv[0] is exactly argv0 (the
-// plugin's processes run in the host PID namespace), or 0.
-func pidOf(t *testing.T, argv0 string) int {
+// pidOf returns the PID of the process of this Env whose argv[0] is
+// exactly argv0 (the plugin's processes run in the host PID namespace), or
+// 0. A process belongs to the Env when an ancestor's command line mentions
+// the Env directory (the containerd shim of the test dockerd does).
+func pidOf(t *testing.T, e *harness.Env, argv0 string) int {
 	t.Helper()
-	out, _ := exec.Command("pgrep", "-f", "^"+regexp.QuoteMeta(argv0)+"( |$)").Output()
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		if p, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, p)
-		}
-	}
-	require.LessOrEqual(t, len(pids), 1, "several %s processes: %v", argv0, pids)
-	if len(pids) == 0 {
+	mine, _ := processesByArgv0(argv0, e.Dir())
+	require.LessOrEqual(t, len(mine), 1, "several %s processes: %v", argv0, mine)
+	if len(mine) == 0 {
 		return 0
 	}
-	return pids[0]
+	return mine[0]
+}
+
+// processesByArgv0 splits the processes whose argv[0] is argv0 into those
+// with an ancestor mentioning dir and the others.
+func processesByArgv0(argv0, dir string) (mine, others []int) {
+	out, _ := exec.Command("pgrep", "-f", "^"+regexp.QuoteMeta(argv0)+"( |$)").Output()
+	for _, f := range strings.Fields(string(out)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			continue
+		}
+		if hasAncestorMentioning(pid, dir) {
+			mine = append(mine, pid)
+		} else {
+			others = append(others, pid)
+		}
+	}
+	return mine, others
+}
+
+func hasAncestorMentioning(pid int, dir string) bool {
+	for range 6 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ppid ...: comm may hold spaces; cut after ')'.
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		fs := strings.Fields(rest)
+		if len(fs) < 2 {
+			return false
+		}
+		ppid, _ := strconv.Atoi(fs[1])
+		if ppid <= 1 {
+			return false
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ppid))
+		if strings.Contains(string(cmd), dir+"/") {
+			return true
+		}
+		pid = ppid
+	}
+	return false
 }
 
 const (
@@ -288,7 +341,7 @@ func (f *pluginFixture) waitPluginRestart(t *testing.T, old int) int {
 	t.Helper()
 	var pid int
 	require.Eventually(t, func() bool {
-		pid = pidOf(t, pluginArgv0)
+		pid = pidOf(t, f.e, pluginArgv0)
 		if pid == 0 || pid == old {
 			return false
 		}
@@ -654,7 +707,7 @@ func TestPluginRuntimeRules(t *testing.T) {
 	logs, _, _ := f.e.Docker("logs", id)
 	require.NotContains(t, logs, "REACHED", "alt reachable before the rule")
 
-	pluginPID, corednsPID := pidOf(t, pluginArgv0), pidOf(t, corednsArgv0)
+	pluginPID, corednsPID := pidOf(t, f.e, pluginArgv0), pidOf(t, f.e, corednsArgv0)
 	require.NotZero(t, pluginPID)
 	require.NotZero(t, corednsPID)
 	t0 := time.Now()
@@ -680,8 +733,8 @@ func TestPluginRuntimeRules(t *testing.T) {
 	t.Logf("RULE-PROPAGATION from CLI start %v, after CLI returned %v", prop.Round(time.Millisecond), reached.Sub(t1).Round(time.Millisecond))
 	recordTiming(t, "runtime_rule_propagation", prop)
 	require.Less(t, prop, time.Second+200*time.Millisecond, "rule applied within a second (+ loop granularity)")
-	require.Equal(t, pluginPID, pidOf(t, pluginArgv0), "plugin process unchanged")
-	require.Equal(t, corednsPID, pidOf(t, corednsArgv0), "CoreDNS sidecar unchanged")
+	require.Equal(t, pluginPID, pidOf(t, f.e, pluginArgv0), "plugin process unchanged")
+	require.Equal(t, corednsPID, pidOf(t, f.e, corednsArgv0), "CoreDNS sidecar unchanged")
 	out, err = f.admin("rules", "ls", n.ID[:12])
 	require.NoError(t, err, out)
 	require.Contains(t, out, harness.AltHost)
@@ -754,7 +807,7 @@ func TestPluginFailClosedRestart(t *testing.T) {
 	okAfter(0, "at start")
 
 	// 1. kill -9 of the plugin.
-	pid := pidOf(t, pluginArgv0)
+	pid := pidOf(t, f.e, pluginArgv0)
 	require.NotZero(t, pid)
 	killed := time.Now()
 	require.NoError(t, exec.Command("kill", "-9", strconv.Itoa(pid)).Run())
@@ -776,7 +829,7 @@ func TestPluginFailClosedRestart(t *testing.T) {
 
 	// 3. kill -9 again after the dockerd restart (the new dockerd must
 	// still restart the plugin).
-	pid = pidOf(t, pluginArgv0)
+	pid = pidOf(t, f.e, pluginArgv0)
 	require.NotZero(t, pid)
 	require.NoError(t, exec.Command("kill", "-9", strconv.Itoa(pid)).Run())
 	f.waitPluginRestart(t, pid)
@@ -792,7 +845,7 @@ func TestPluginFailClosedRestart(t *testing.T) {
 			_, _, _ = f.e.Docker("plugin", "enable", "--timeout", "60", driver)
 		}
 	})
-	require.Zero(t, pidOf(t, pluginArgv0), "plugin process gone after disable")
+	require.Zero(t, pidOf(t, f.e, pluginArgv0), "plugin process gone after disable")
 	// Skip the line of the iteration that was in flight during disable.
 	downAt := len(lines()) + 1
 	require.Eventually(t, func() bool { return len(lines()) >= downAt+4 }, 90*time.Second, 200*time.Millisecond,
