@@ -408,6 +408,20 @@ func TestPlainHTTP(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Contains(t, resp.Header.Get("X-Clawker-Denied"), "clawker.allow=nope.example.test")
+
+	// A client that half-closes after its request (printf 'GET ...' | nc)
+	// still gets the upstream's answer, not an empty one.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	c, err := d.Dial("tcp", h.webAddr(80))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte("GET /ok HTTP/1.0\r\nHost: web.example.test\r\n\r\n"))
+	require.NoError(t, err)
+	require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	raw, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.Contains(t, string(raw), "http GET web.example.test /ok", "half-closed client gets the body")
 }
 
 func TestPrivateUpstream(t *testing.T) {

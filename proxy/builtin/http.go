@@ -249,7 +249,11 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.allowedReqs.Add(1)
 	f.e.metrics.allowed.WithLabelValues(string(f.def.Kind)).Inc()
 	lc := &liveConn{src: f.src, index: f.ep.Index, name: host, port: f.port, l4: policy.L4TCP}
-	ctx, cancel := context.WithCancel(r.Context())
+	// The server cancels r.Context() when an HTTP/1 client half-closes
+	// after its request (`printf 'GET ...' | nc`), which would turn a good
+	// request into an empty answer: the upstream request ends only when the
+	// response cannot be written any more, or a policy change closes it.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
 	lc.closer = func() {
 		f.closedBy.Store(true)
