@@ -50,6 +50,10 @@ type HostNet interface {
 	NetnsPid(ep *Endpoint) (pid int, ok, gone bool, err error)
 	// NetnsCookie returns the cookie of the network namespace at path.
 	NetnsCookie(path string) (uint64, error)
+	// RemoveOrphans removes bridges, guards and veths the host carries for
+	// networks not in known (bridge names): left behind when a network was
+	// removed while the plugin was down. It returns what it removed.
+	RemoveOrphans(known map[string]bool) ([]string, error)
 }
 
 // DataPlane is an L7 proxy engine (builtin or envoy).

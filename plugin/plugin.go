@@ -121,6 +121,15 @@ func (p *Plugin) Start() error {
 	var rejoin []*Endpoint
 	err := p.q.Do(p.ctx, queue.KindBringUp, func() error {
 		var errs []error
+		known := map[string]bool{}
+		for _, n := range p.st.Networks {
+			known[n.Bridge] = true
+		}
+		if gone, err := p.hn.RemoveOrphans(known); err != nil {
+			errs = append(errs, fmt.Errorf("remove orphaned networks: %w", err))
+		} else if len(gone) > 0 {
+			p.log.WithField("bridges", gone).Warn("removed networks left behind while the plugin was down")
+		}
 		for _, n := range p.sortedNetworks() {
 			if err := p.hn.AddNetwork(n); err != nil {
 				errs = append(errs, fmt.Errorf("restore network %s: %w", short(n.ID), err))

@@ -67,6 +67,7 @@ func (k *fakeKernel) get(c uint64) (Enrollment, bool) {
 type fakeHost struct {
 	mu       sync.Mutex
 	gone     map[string]bool
+	bridges  map[string]bool // what the host carries, by bridge name
 	networks map[string]bool
 	eps      map[string]bool
 	moved    map[string]int // host veth -> pid once "moved into the container"
@@ -80,12 +81,14 @@ func (h *fakeHost) AddNetwork(n *Network) error {
 		return fmt.Errorf("bridge: operation not permitted")
 	}
 	h.networks[n.ID] = true
+	h.bridges[n.Bridge] = true
 	return nil
 }
 func (h *fakeHost) RemoveNetwork(n *Network) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.networks, n.ID)
+	delete(h.bridges, n.Bridge)
 	return nil
 }
 func (h *fakeHost) AddEndpoint(n *Network, ep *Endpoint) error {
@@ -106,6 +109,19 @@ func (h *fakeHost) NetnsPid(ep *Endpoint) (int, bool, bool, error) {
 	pid, ok := h.moved[ep.HostVeth]
 	return pid, ok, h.gone[ep.HostVeth], nil
 }
+func (h *fakeHost) RemoveOrphans(known map[string]bool) ([]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var gone []string
+	for br := range h.bridges {
+		if !known[br] {
+			delete(h.bridges, br)
+			gone = append(gone, br)
+		}
+	}
+	return gone, nil
+}
+
 func (h *fakeHost) NetnsCookie(path string) (uint64, error) {
 	var pid int
 	if _, err := fmt.Sscanf(filepath.Base(filepath.Dir(filepath.Dir(path))), "%d", &pid); err != nil {
@@ -153,7 +169,7 @@ func newRig(t *testing.T) *rig {
 	r := &rig{
 		dir: t.TempDir(), proc: t.TempDir(),
 		k:  &fakeKernel{enrolled: map[uint64]Enrollment{}},
-		h:  &fakeHost{networks: map[string]bool{}, eps: map[string]bool{}, moved: map[string]int{}, gone: map[string]bool{}},
+		h:  &fakeHost{networks: map[string]bool{}, eps: map[string]bool{}, moved: map[string]int{}, gone: map[string]bool{}, bridges: map[string]bool{}},
 		d:  &fakeDocker{containers: map[string]Container{}},
 		dp: &fakePlane{},
 	}
@@ -402,4 +418,18 @@ func TestDriverHTTP(t *testing.T) {
 	require.Empty(t, post("/NetworkDriver.DeleteEndpoint", `{"NetworkID":"`+netA+`","EndpointID":"e1"}`)["Err"])
 	require.Empty(t, post("/NetworkDriver.DeleteNetwork", `{"NetworkID":"`+netA+`"}`)["Err"])
 	require.Contains(t, post("/NetworkDriver.CreateNetwork", `{"NetworkID":"x","IPv4Data":[]}`)["Err"], "IPv4 subnet")
+}
+
+func TestOrphanedNetworkRemovedAtStart(t *testing.T) {
+	r := newRig(t)
+	r.network(t, nil)
+	r.p.Close()
+	r.h.mu.Lock()
+	r.h.bridges["cfw-0123456789a"] = true // removed from Docker while the plugin was down
+	r.h.mu.Unlock()
+	r.start(t)
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	require.False(t, r.h.bridges["cfw-0123456789a"], "orphan removed")
+	require.True(t, r.h.bridges[bridgeName(netA)], "known network kept")
 }

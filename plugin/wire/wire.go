@@ -174,6 +174,25 @@ func (h HostNet) NetnsPid(ep *plugin.Endpoint) (int, bool, bool, error) {
 	return 0, false, false, fmt.Errorf("no process in netns id %d of %s yet", nsid, ep.HostVeth)
 }
 
+// RemoveOrphans implements plugin.HostNet.
+func (h HostNet) RemoveOrphans(known map[string]bool) ([]string, error) {
+	bridges, err := h.H.Networks()
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	for _, br := range bridges {
+		if known[br] {
+			continue
+		}
+		if err := h.H.Cleanup(br); err != nil {
+			return gone, fmt.Errorf("clean up %s: %w", br, err)
+		}
+		gone = append(gone, br)
+	}
+	return gone, nil
+}
+
 // NetnsCookie implements plugin.HostNet.
 func (h HostNet) NetnsCookie(path string) (uint64, error) { return bpf.NetnsCookie(path) }
 
