@@ -404,7 +404,17 @@ func (f *opsFixture) killPlugin(t *testing.T) time.Duration {
 				break
 			}
 		}
-		require.True(t, time.Now().Before(deadline), "plugin not restarted by docker within 60 s")
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(f.e.DockerdLog())
+			lines := strings.Split(string(b), "\n")
+			var tail []string
+			for _, l := range lines[max(0, len(lines)-4000):] {
+				if strings.Contains(l, "level=error") || strings.Contains(l, "level=warn") || strings.Contains(l, "lugin") && !strings.Contains(l, "DECISION") {
+					tail = append(tail, l)
+				}
+			}
+			t.Fatalf("plugin not restarted by docker within 60 s (pids now %v); dockerd log:\n%s", now, strings.Join(tail[max(0, len(tail)-60):], "\n"))
+		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	took := time.Since(start)
