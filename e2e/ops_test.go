@@ -40,6 +40,9 @@ type opsFixture struct {
 	e   *harness.Env
 	img string
 	cli string
+
+	mu     sync.Mutex
+	netIDs []string // clawker-fw networks this test created
 }
 
 var (
@@ -150,6 +153,36 @@ func (f *opsFixture) removePlugin(t *testing.T) {
 		t.Errorf("remove plugin: %v", err)
 	}
 	opsCleanHost(t)
+	// The plugin's state (networks it still knew, e.g. because it was dead
+	// when they were removed) must not leak into the next installation on
+	// this Env: the next plugin would restore them.
+	if ents, err := os.ReadDir(e.StateDir()); err == nil {
+		for _, d := range ents {
+			if d.Name() != harness.PluginTestCAName {
+				_ = os.RemoveAll(filepath.Join(e.StateDir(), d.Name()))
+			}
+		}
+	}
+	// A network removed while the plugin was dead (a failed restart) leaves
+	// its bridge, gateway address and veths on the host, which would break
+	// the next network on the same subnet: remove them.
+	f.mu.Lock()
+	ids := append([]string(nil), f.netIDs...)
+	f.mu.Unlock()
+	for _, id := range ids {
+		br := "cfw-" + id[:min(11, len(id))]
+		if exec.Command("ip", "link", "show", br).Run() != nil {
+			continue
+		}
+		t.Errorf("bridge %s of network %s left on the host after the plugin was removed; deleting it", br, id[:12])
+		out, _ := exec.Command("ip", "-o", "link", "show", "master", br).Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if fs := strings.Fields(l); len(fs) > 1 {
+				_ = exec.Command("ip", "link", "del", strings.SplitN(strings.TrimSuffix(fs[1], ":"), "@", 2)[0]).Run()
+			}
+		}
+		_ = exec.Command("ip", "link", "del", br).Run()
+	}
 }
 
 // opsCleanHost removes the plugin's pins (unpinning detaches its cgroup
@@ -219,6 +252,9 @@ func (f *opsFixture) network(t *testing.T, name, subnet string, opts ...string) 
 		args = append(args, "-o", o)
 	}
 	id := f.e.MustDocker(t, append(args, name)...)
+	f.mu.Lock()
+	f.netIDs = append(f.netIDs, id)
+	f.mu.Unlock()
 	t.Cleanup(func() {
 		_, _, _ = f.e.Docker("network", "rm", name)
 	})
@@ -419,6 +455,12 @@ func (f *opsFixture) killPlugin(t *testing.T) time.Duration {
 	}
 	took := time.Since(start)
 	t.Logf("plugin pid %d killed (SIGKILL); restarted by docker, admin API up after %v", pids[0], took.Round(time.Millisecond))
+	// Docker 20.10's pluginPostStart sleeps 500 ms, then dials the plugin
+	// socket (retrying every 3 s); a plugin that dies inside that window is
+	// never restarted again and ends up disabled (measured: a second kill
+	// 0.6 s after a restart left it dead). Let that window pass so the next
+	// kill in a test is a fresh crash, not a crash loop.
+	time.Sleep(2 * time.Second)
 	return took
 }
 
@@ -498,8 +540,11 @@ func TestOpsRuntimeRules(t *testing.T) {
 		"clawker.allow=http://"+harness.AllowedHost+",tcp://"+harness.TCPHost+":5432")
 	// A long-lived TCP stream through the proxy in another container on the
 	// same network: a line every 100 ms, echoed back into /tmp/echo.log.
+	// The outer loop reconnects if nc fails (counted in /tmp/retries): the
+	// checks below require one unchanged nc process across the changes.
 	f.run(t, "cfw-ops-stream", "cfw-ops-rt", nil, "sh", "-c",
-		"i=0; while true; do echo tick-$i; i=$((i+1)); usleep 100000; done | nc "+harness.TCPHost+" 5432 > /tmp/echo.log")
+		"n=0; while true; do i=0; (while true; do echo tick-$i; i=$((i+1)); usleep 100000; done) | nc "+harness.TCPHost+" 5432 >> /tmp/echo.log 2>&1; "+
+			"n=$((n+1)); echo $n > /tmp/retries; usleep 200000; done")
 	f.run(t, "cfw-ops-rt-c", "cfw-ops-rt", nil, "sleep", "3600")
 	f.waitIdentified(t, "cfw-ops-rt-c")
 
@@ -514,9 +559,18 @@ func TestOpsRuntimeRules(t *testing.T) {
 		return n, pid
 	}
 	var tick0, ncPID int
-	require.Eventually(t, func() bool { tick0, ncPID = lastTick(); return tick0 > 0 }, 15*time.Second, 100*time.Millisecond,
-		"the tcp stream echoes")
-	t.Logf("stream up: tick %d, nc pid %d", tick0, ncPID)
+	opsEventually(t, 15*time.Second, func() (bool, string) {
+		tick0, ncPID = lastTick()
+		if tick0 > 0 {
+			return true, ""
+		}
+		st, _, _ := f.e.Docker("inspect", "-f", "{{.State.Status}} exit={{.State.ExitCode}}", "cfw-ops-stream")
+		logs, errLogs, _ := f.e.Docker("logs", "cfw-ops-stream")
+		echo, _, _ := f.e.Docker("exec", "cfw-ops-stream", "sh", "-c", "cat /tmp/echo.log | tail -3; pidof nc")
+		return false, fmt.Sprintf("the tcp stream does not echo: state %s, logs %q %q, echo.log/nc pid %q", strings.TrimSpace(st), logs, errLogs, echo)
+	})
+	retries, _, _ := f.e.Docker("exec", "cfw-ops-stream", "sh", "-c", "cat /tmp/retries 2>/dev/null; grep -v tick- /tmp/echo.log")
+	t.Logf("stream up: tick %d, nc pid %d; nc failures before it connected: %q", tick0, ncPID, strings.TrimSpace(retries))
 
 	// Before: alt is not allowed.
 	ok, out := f.reach("cfw-ops-rt-c", harness.AltHost, "/rt")
