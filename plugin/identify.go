@@ -113,7 +113,46 @@ func (p *Plugin) identify(endpointID string, restore bool) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return p.setContainer(endpointID, c)
+	if err := p.setContainer(endpointID, c); err != nil {
+		return err
+	}
+	p.refreshAliases(endpointID, c)
+	return nil
+}
+
+// refreshAliases re-reads the container a little later: Docker fills a
+// container's network aliases (--network-alias) only once it has started,
+// after the listing identification used, and DNS answers them.
+func (p *Plugin) refreshAliases(endpointID string, c Container) {
+	have := strings.Join(c.Aliases, ",")
+	for _, wait := range []time.Duration{500 * time.Millisecond, 2 * time.Second, 5 * time.Second} {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+		now, found, err := p.dk.Container(ctx, c.ID)
+		cancel()
+		if err != nil || !found {
+			return
+		}
+		if got := strings.Join(now.Aliases, ","); got != have {
+			have = got
+			_ = p.q.Do(p.ctx, queue.KindMutate, func() error {
+				cur, ok := p.st.Endpoints[endpointID]
+				if !ok || cur.ContainerID != c.ID {
+					return nil
+				}
+				next := p.st.clone()
+				next.Endpoints[endpointID].Aliases = now.Aliases
+				if err := p.commit(next); err != nil {
+					return err
+				}
+				return p.publish()
+			})
+		}
+	}
 }
 
 func (p *Plugin) endpointCopy(id string) (Endpoint, bool) {

@@ -433,3 +433,19 @@ func TestOrphanedNetworkRemovedAtStart(t *testing.T) {
 	require.False(t, r.h.bridges["cfw-0123456789a"], "orphan removed")
 	require.True(t, r.h.bridges[bridgeName(netA)], "known network kept")
 }
+
+func TestAliasesRefreshedAfterStart(t *testing.T) {
+	r := newRig(t)
+	r.network(t, nil)
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 701, Container{ID: cid(8), Name: "web"})
+	require.Eventually(t, func() bool { return r.policyOf(t, "10.230.0.2").ContainerName == "web" }, 5*time.Second, 10*time.Millisecond)
+	// Docker fills --network-alias names only once the container started.
+	r.d.mu.Lock()
+	r.d.containers[cid(8)] = Container{ID: cid(8), Name: "web", Aliases: []string{"frontend"}}
+	r.d.mu.Unlock()
+	require.Eventually(t, func() bool {
+		a := r.policyOf(t, "10.230.0.2").Aliases
+		return len(a) == 1 && a[0] == "frontend"
+	}, 5*time.Second, 20*time.Millisecond)
+}
