@@ -70,6 +70,13 @@ func New(cfg Config) *Authz {
 	return &Authz{cfg: cfg, log: cfg.Log, learned: map[string]string{}}
 }
 
+// routeOnly is the part of an authz request that decides whether it is
+// inspected at all.
+type routeOnly struct {
+	RequestMethod string `json:"RequestMethod,omitempty"`
+	RequestURI    string `json:"RequestUri,omitempty"`
+}
+
 var versionPrefix = regexp.MustCompile(`^/v[0-9]+(\.[0-9]+)?`)
 
 // route returns the method and the path without the API version prefix.
@@ -89,14 +96,20 @@ func deny(format string, args ...any) authorization.Response {
 
 // AuthZReq decides a request (body is Docker's JSON authz request).
 func (a *Authz) AuthZReq(body []byte) any {
-	var req authorization.Request
-	if err := json.Unmarshal(body, &req); err != nil {
+	// Most calls are not inspected: read only the method and URI first, so
+	// they are answered without decoding (base64) bodies.
+	var head routeOnly
+	if err := json.Unmarshal(body, &head); err != nil {
 		return deny("unreadable authorization request: %v", err)
 	}
+	req := authorization.Request{RequestMethod: head.RequestMethod, RequestURI: head.RequestURI}
 	method, path, query := route(&req)
 	check := a.checker(method, path)
 	if check == nil {
 		return allow()
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return deny("unreadable authorization request: %v", err)
 	}
 	start := time.Now()
 	resp := a.decide(&req, method, path, query, check)
@@ -301,10 +314,16 @@ func (a *Authz) checkPlugin(req *authorization.Request, path string, _ url.Value
 // AuthZRes allows every response; it learns network names from network
 // create responses.
 func (a *Authz) AuthZRes(body []byte) any {
-	var req authorization.Request
+	var head routeOnly
+	if err := json.Unmarshal(body, &head); err != nil {
+		return allow()
+	}
+	req := authorization.Request{RequestMethod: head.RequestMethod, RequestURI: head.RequestURI}
+	if method, path, _ := route(&req); method != "POST" || path != "/networks/create" {
+		return allow()
+	}
 	if err := json.Unmarshal(body, &req); err == nil {
-		method, path, _ := route(&req)
-		if method == "POST" && path == "/networks/create" && req.ResponseStatusCode/100 == 2 {
+		if req.ResponseStatusCode/100 == 2 {
 			var in struct{ Name, Driver string }
 			var out struct {
 				ID string `json:"Id"`
