@@ -201,30 +201,21 @@ func (f *flow) web(ctx context.Context, pol *policy.Policy) {
 
 // decideTCP checks the name rule for (name, port) and splices to the name.
 func (f *flow) decideTCP(ctx context.Context, pol *policy.Policy) {
-	m := pol.MatchName(f.name, f.port, f.l4)
-	if !m.Allowed {
-		f.denyMatch(m, pol)
-		f.reset()
-		return
-	}
-	untrack, ok := f.track(m)
-	if !ok {
-		return
-	}
-	defer untrack()
-	up, err := f.e.dialName(ctx, pol, "tcp4", f.name, f.port)
-	if err != nil {
-		f.denyDial(m, err)
-		f.reset()
-		return
-	}
-	f.allow(m)
-	f.splice(up)
+	f.decideAndSplice(pol.MatchName(f.name, f.port, f.l4), pol, func() (net.Conn, error) {
+		return f.e.dialName(ctx, pol, "tcp4", f.name, f.port)
+	})
 }
 
 // decideIP splices to an IP destination an IP/CIDR rule allows.
 func (f *flow) decideIP(ctx context.Context, pol *policy.Policy) {
-	m := pol.MatchIP(f.dst, f.port, f.l4)
+	f.decideAndSplice(pol.MatchIP(f.dst, f.port, f.l4), pol, func() (net.Conn, error) {
+		return f.e.dialAddrs(ctx, "tcp4", []netip.Addr{f.dst}, f.port)
+	})
+}
+
+// decideAndSplice denies (reset) unless m allows, then dials the upstream
+// while the connection is tracked for policy changes, and splices.
+func (f *flow) decideAndSplice(m policy.Match, pol *policy.Policy, dial func() (net.Conn, error)) {
 	if !m.Allowed {
 		f.denyMatch(m, pol)
 		f.reset()
@@ -235,7 +226,7 @@ func (f *flow) decideIP(ctx context.Context, pol *policy.Policy) {
 		return
 	}
 	defer untrack()
-	up, err := f.e.dialAddrs(ctx, "tcp4", []netip.Addr{f.dst}, f.port)
+	up, err := dial()
 	if err != nil {
 		f.denyDial(m, err)
 		f.reset()

@@ -171,24 +171,34 @@ func (c *CA) Certificate() *x509.Certificate {
 
 // create makes a new CA and writes it.
 func (c *CA) create() error {
-	key, cert, certPEM, err := newCA(c.now())
-	if err != nil {
-		return err
-	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return err
-	}
 	// The key first: a crash between the two writes leaves a key without a
 	// certificate, which Open reports instead of guessing.
-	if err := writeAtomic(c.path(KeyFile), keyPEM, 0o600); err != nil {
-		return err
-	}
-	if err := writeAtomic(c.path(CertFile), certPEM, 0o644); err != nil {
+	key, cert, certPEM, err := c.writeNewPair(KeyFile, CertFile)
+	if err != nil {
 		return err
 	}
 	c.key, c.cert, c.certPEM = key, cert, certPEM
 	return nil
+}
+
+// writeNewPair makes a new CA key and certificate and writes them, key
+// first, to keyFile and certFile in the CA directory.
+func (c *CA) writeNewPair(keyFile, certFile string) (*ecdsa.PrivateKey, *x509.Certificate, []byte, error) {
+	key, cert, certPEM, err := newCA(c.now())
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := writeAtomic(c.path(keyFile), keyPEM, 0o600); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := writeAtomic(c.path(certFile), certPEM, 0o644); err != nil {
+		return nil, nil, nil, err
+	}
+	return key, cert, certPEM, nil
 }
 
 // load reads the key and certificate, finishing a rotation that a crash
@@ -254,18 +264,8 @@ func (c *CA) load() error {
 func (c *CA) Rotate() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	key, cert, certPEM, err := newCA(c.now())
+	key, cert, certPEM, err := c.writeNewPair(nextKeyFile, nextCertFile)
 	if err != nil {
-		return err
-	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return err
-	}
-	if err := writeAtomic(c.path(nextKeyFile), keyPEM, 0o600); err != nil {
-		return err
-	}
-	if err := writeAtomic(c.path(nextCertFile), certPEM, 0o644); err != nil {
 		return err
 	}
 	if err := writeAtomic(c.path(PrevCertFile), c.certPEM, 0o644); err != nil {
