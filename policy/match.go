@@ -143,15 +143,19 @@ func (a *Allowed) ProtoFor(port uint16, l4 L4) (Proto, bool) {
 	return "", false
 }
 
-// Index builds the snapshot's source-address index. Call it once after
-// building a Snapshot (or decoding one from JSON) and before sharing it.
+// Index builds the snapshot's source-address index. Call it after building
+// a Snapshot (or decoding one from JSON) and before sharing it; the index is
+// built once, so a snapshot shared without it still indexes itself safely
+// on its first lookup.
 func (s *Snapshot) Index() *Snapshot {
-	s.byIP = make(map[netip.Addr]*Endpoint, len(s.Endpoints))
-	for _, ep := range s.Endpoints {
-		if ep.IP.IsValid() {
-			s.byIP[ep.IP.Unmap()] = ep
+	s.indexOnce.Do(func() {
+		s.byIP = make(map[netip.Addr]*Endpoint, len(s.Endpoints))
+		for _, ep := range s.Endpoints {
+			if ep.IP.IsValid() {
+				s.byIP[ep.IP.Unmap()] = ep
+			}
 		}
-	}
+	})
 	return s
 }
 
@@ -161,10 +165,7 @@ func (s *Snapshot) EndpointByIP(ip netip.Addr) (*Endpoint, bool) {
 	if s == nil {
 		return nil, false
 	}
-	if s.byIP == nil {
-		s.Index()
-	}
-	ep, ok := s.byIP[ip.Unmap()]
+	ep, ok := s.Index().byIP[ip.Unmap()]
 	return ep, ok
 }
 

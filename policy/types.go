@@ -12,6 +12,7 @@ package policy
 
 import (
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -281,6 +282,7 @@ type Snapshot struct {
 	Generation uint64               `json:"generation"`
 	Networks   map[string]*Network  `json:"networks"`
 	Endpoints  map[uint32]*Endpoint `json:"endpoints"`
-	// byIP is built by Index() for lookups by source address.
-	byIP map[netip.Addr]*Endpoint
+	// byIP is built once, by Index(), for lookups by source address.
+	indexOnce sync.Once
+	byIP      map[netip.Addr]*Endpoint
 }
