@@ -323,7 +323,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 				st := envoyProc.Status()
 				comps = append(comps, plugin.Component{Name: "envoy", Healthy: st.Healthy, Restarts: st.Restarts, Detail: st.LastError})
 			}
-			return comps
+			return append(comps, plugin.Component{Name: "authz", Healthy: true, Detail: az.Stats().Summary()})
 		},
 		CACertPEM: authority.CACertPEM,
 		RotateCA:  authority.Rotate,

@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/authorization"
@@ -53,10 +54,42 @@ type Authz struct {
 	cfg Config
 	log *logrus.Entry
 
-	mu      sync.Mutex
-	names   map[string]string
-	namesAt time.Time
-	learned map[string]string // name -> id seen in network create responses
+	mu         sync.Mutex
+	names      map[string]string
+	namesAt    time.Time
+	learned    map[string]string // name -> id seen in network create responses
+	lastDenial string
+
+	calls, inspected, denied atomic.Uint64
+}
+
+// Stats counts the calls answered since the plugin started.
+type Stats struct {
+	Calls      uint64 // AuthZReq calls
+	Inspected  uint64 // calls whose body was checked
+	Denied     uint64
+	LastDenial string // the message of the latest denial
+}
+
+// Stats returns the counters; no calls at all means dockerd does not use
+// the plugin for authz (not named in daemon.json).
+func (a *Authz) Stats() Stats {
+	a.mu.Lock()
+	last := a.lastDenial
+	a.mu.Unlock()
+	return Stats{Calls: a.calls.Load(), Inspected: a.inspected.Load(), Denied: a.denied.Load(), LastDenial: last}
+}
+
+// Summary is Stats in one line for `clawker-fw status`.
+func (s Stats) Summary() string {
+	if s.Calls == 0 {
+		return "no calls yet (not in daemon.json authorization-plugins?)"
+	}
+	out := fmt.Sprintf("%d calls, %d inspected, %d denied", s.Calls, s.Inspected, s.Denied)
+	if s.LastDenial != "" {
+		out += "; last denial: " + s.LastDenial
+	}
+	return out
 }
 
 // New returns an authorizer.
@@ -96,6 +129,18 @@ func deny(format string, args ...any) authorization.Response {
 
 // AuthZReq decides a request (body is Docker's JSON authz request).
 func (a *Authz) AuthZReq(body []byte) any {
+	a.calls.Add(1)
+	resp := a.authZReq(body)
+	if !resp.Allow {
+		a.denied.Add(1)
+		a.mu.Lock()
+		a.lastDenial = resp.Msg
+		a.mu.Unlock()
+	}
+	return resp
+}
+
+func (a *Authz) authZReq(body []byte) authorization.Response {
 	// Most calls are not inspected: read only the method and URI first, so
 	// they are answered without decoding (base64) bodies.
 	var head routeOnly
@@ -108,17 +153,23 @@ func (a *Authz) AuthZReq(body []byte) any {
 	if check == nil {
 		return allow()
 	}
+	a.inspected.Add(1)
 	if err := json.Unmarshal(body, &req); err != nil {
 		return deny("unreadable authorization request: %v", err)
 	}
 	start := time.Now()
 	resp := a.decide(&req, method, path, query, check)
-	entry := a.log.WithField("method", method).WithField("path", path).WithField("allowed", resp.Allow).
-		WithField("took_us", time.Since(start).Microseconds())
-	if resp.Allow {
-		entry.Info("authz decision")
-	} else {
-		entry.WithField("reason", resp.Msg).Warn("authz decision")
+	// Allowed calls log at debug only: a line on the plugin's stdout is
+	// relayed through dockerd's log while the API call waits (measured:
+	// ~0.3 ms per inspected call on 2 cores, bench/authz).
+	if !resp.Allow || a.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		entry := a.log.WithField("method", method).WithField("path", path).WithField("allowed", resp.Allow).
+			WithField("took_us", time.Since(start).Microseconds())
+		if resp.Allow {
+			entry.Debug("authz decision")
+		} else {
+			entry.WithField("reason", resp.Msg).Warn("authz decision")
+		}
 	}
 	return resp
 }

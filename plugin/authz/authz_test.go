@@ -142,3 +142,17 @@ func FuzzAuthZReq(f *testing.F) {
 		}
 	})
 }
+
+func TestStats(t *testing.T) {
+	a := testAuthz(false)
+	require.Contains(t, a.Stats().Summary(), "no calls yet")
+	require.True(t, call(t, a, "GET", "/v1.41/containers/json", nil).Allow)
+	require.True(t, call(t, a, "POST", "/v1.41/containers/create", create("bridge", nil)).Allow)
+	denied := call(t, a, "POST", "/v1.41/containers/create", create("agents", func(m map[string]any) {
+		m["HostConfig"].(map[string]any)["Privileged"] = true
+	}))
+	require.False(t, denied.Allow)
+	st := a.Stats()
+	require.Equal(t, Stats{Calls: 3, Inspected: 2, Denied: 1, LastDenial: denied.Msg}, st)
+	require.Equal(t, "3 calls, 2 inspected, 1 denied; last denial: "+denied.Msg, st.Summary())
+}
