@@ -60,16 +60,12 @@ func opsRepoRoot(t *testing.T) string {
 }
 
 // opsBuildCLI builds the admin CLI once per test binary from the current
-// source, so the test never runs a stale build/bin.
+// source, so the test never runs a stale build/bin. It goes to build/e2e/
+// (ignored by git, replaced by the next run) so no temporary copy is left.
 func opsBuildCLI(t *testing.T) string {
 	t.Helper()
 	opsCLIOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cfw-ops-cli-")
-		if err != nil {
-			opsCLIErr = err
-			return
-		}
-		opsCLIPath = filepath.Join(dir, "clawker-fw")
+		opsCLIPath = filepath.Join(opsRepoRoot(t), "build", "e2e", "clawker-fw")
 		cmd := exec.Command("go", "build", "-o", opsCLIPath, "./cmd/clawker-fw")
 		cmd.Dir = opsRepoRoot(t)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -757,6 +753,17 @@ func TestOpsAuthz(t *testing.T) {
 		require.Error(t, err, "forced disable refused too")
 		require.Contains(t, errOut, "still has")
 		require.Equal(t, "true", e.MustDocker(t, "plugin", "inspect", "-f", "{{.Enabled}}", harness.PluginName))
+	})
+
+	t.Run("status counts authz calls and shows the last denial", func(t *testing.T) {
+		st := f.mustCFW(t, "status")
+		m := regexp.MustCompile(`authz +healthy (\d+) calls, (\d+) inspected, (\d+) denied; last denial: clawker-fw: (.*)`).FindStringSubmatch(st)
+		require.NotNil(t, m, "authz line in status:\n%s", st)
+		calls, _ := strconv.Atoi(m[1])
+		denied, _ := strconv.Atoi(m[3])
+		require.GreaterOrEqual(t, denied, 12, "the refusals above")
+		require.Greater(t, calls, denied)
+		require.Contains(t, m[4], "still has", "the plugin disable refused just before")
 	})
 
 	t.Run("unaffected outside the firewall", func(t *testing.T) {
