@@ -79,7 +79,9 @@ func (e *Env) dockerdArgs() []string {
 		"--live-restore",
 		"--bridge=none",
 		"--userland-proxy=false",
-		"--debug",
+	}
+	if !e.opts.NoDebug {
+		args = append(args, "--debug")
 	}
 	if !e.opts.LoopbackResolver {
 		// A hook that misses a query can only ever reach the fake DNS.
@@ -141,6 +143,17 @@ func (e *Env) startDockerd() error {
 	for _, d := range []string{e.DataRoot(), e.ExecRoot(), e.StateDir(), filepath.Join(e.dir, "cli")} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if e.opts.TmpfsDataRoot {
+		var st unix.Statfs_t
+		if err := unix.Statfs(e.DataRoot(), &st); err != nil {
+			return fmt.Errorf("statfs %s: %w", e.DataRoot(), err)
+		}
+		if st.Type != unix.TMPFS_MAGIC {
+			if err := unix.Mount("cfw-e2e-data", e.DataRoot(), "tmpfs", 0, "mode=0711"); err != nil {
+				return fmt.Errorf("mount tmpfs on %s: %w", e.DataRoot(), err)
+			}
 		}
 	}
 	if _, err := os.Stat(e.daemonConfigPath()); err != nil {

@@ -120,6 +120,13 @@ type Options struct {
 	DaemonConfig map[string]any
 	// DockerdArgs are extra dockerd flags.
 	DockerdArgs []string
+	// NoDebug runs dockerd without --debug, as in production (benchmarks:
+	// debug logging costs dockerd time on every API call).
+	NoDebug bool
+	// TmpfsDataRoot puts dockerd's --data-root on a tmpfs (unmounted by
+	// Close): benchmarks, so that disk flushes do not add milliseconds of
+	// noise to container create and delete.
+	TmpfsDataRoot bool
 	// NoDocker starts only the fake internet.
 	NoDocker bool
 	// Logf prints progress; default: stderr with an "e2e:" prefix, so that
