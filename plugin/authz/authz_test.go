@@ -104,6 +104,8 @@ func TestAuthz(t *testing.T) {
 		{"disable firewall", "POST", "/v1.41/plugins/clawker-fw:latest/disable", nil, false, "network(s)", false},
 		{"remove firewall", "DELETE", "/v1.41/plugins/clawker-fw:latest?force=1", nil, false, "network(s)", false},
 		{"disable other plugin", "POST", "/v1.41/plugins/other/disable", nil, true, "", false},
+		{"other spelling of create", "POST", "//v1.41/containers/./create/", create("agents", hc("Privileged", true)), false, "--privileged", false},
+		{"escaped plugin name", "POST", "/v1.41/plugins/clawker-fw%3Alatest/disable", nil, false, "network(s)", false},
 		{"missing body", "POST", "/v1.41/containers/create", nil, false, "not forwarded", false},
 		{"truncated body", "POST", "/v1.41/containers/create", `{"Image":"busybox","HostConfig":{"Privileged":tr`, false, "not valid JSON", false},
 		{"override allows", "POST", "/v1.41/containers/create", create("agents", hc("Privileged", true)), true, "", true},
@@ -155,4 +157,47 @@ func TestStats(t *testing.T) {
 	st := a.Stats()
 	require.Equal(t, Stats{Calls: 3, Inspected: 2, Denied: 1, LastDenial: denied.Msg}, st)
 	require.Equal(t, "3 calls, 2 inspected, 1 denied; last denial: "+denied.Msg, st.Summary())
+}
+
+func benchReq(b *testing.B, method, uri string, body any) {
+	a := testAuthz(false)
+	req := authorization.Request{RequestMethod: method, RequestURI: uri,
+		RequestHeaders: map[string]string{"User-Agent": "Docker-Client/20.10.24 (linux)", "Content-Type": "application/json"}}
+	if body != nil {
+		raw, err := json.Marshal(body)
+		require.NoError(b, err)
+		req.RequestBody = raw
+	}
+	raw, err := json.Marshal(req)
+	require.NoError(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !a.AuthZReq(raw).(authorization.Response).Allow {
+			b.Fatal("denied")
+		}
+	}
+}
+
+func BenchmarkAuthZReqPS(b *testing.B) { benchReq(b, "GET", "/v1.41/containers/json", nil) }
+
+func BenchmarkAuthZReqCreate(b *testing.B) {
+	benchReq(b, "POST", "/v1.41/containers/create", create("agents", func(m map[string]any) {
+		m["Labels"] = map[string]string{"clawker.allow": "https://api.example.com,example.org:443"}
+		m["Cmd"] = []string{"sleep", "3600"}
+	}))
+}
+
+func TestRoute(t *testing.T) {
+	for uri, want := range map[string]string{
+		"/v1.41/containers/create?name=x":     "/containers/create",
+		"/v1/containers/json":                 "/containers/json",
+		"/containers/create":                  "/containers/create",
+		"/v1.41/plugins/clawker-fw%3Alatest":  "/plugins/clawker-fw:latest",
+		"/v1.41":                              "",
+		"/vx/containers/json":                 "/vx/containers/json",
+		"/v1.41x/containers/json":             "/v1.41x/containers/json",
+		"/v1.41/networks/abc/connect?force=1": "/networks/abc/connect",
+	} {
+		require.Equal(t, want, route(uri), uri)
+	}
 }
