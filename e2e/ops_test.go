@@ -392,32 +392,11 @@ func (f *opsFixture) pluginPIDs(suffix string) []int {
 		if err != nil {
 			continue
 		}
-		if strings.HasSuffix(exe, suffix) && f.descendsFromEnv(pid) {
+		if strings.HasSuffix(exe, suffix) && f.e.Owns(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
-}
-
-func (f *opsFixture) descendsFromEnv(pid int) bool {
-	for i := 0; i < 6 && pid > 1; i++ {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return false
-		}
-		// pid (comm) state ppid ...
-		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
-		fields := strings.Fields(rest)
-		if len(fields) < 2 {
-			return false
-		}
-		pid, _ = strconv.Atoi(fields[1])
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if strings.Contains(string(cmdline), f.e.Dir()) {
-			return true
-		}
-	}
-	return false
 }
 
 // killPlugin kills the plugin process with SIGKILL and waits until docker

@@ -104,7 +104,7 @@ func installPlugin(t *testing.T, e *harness.Env) *pluginFixture {
 	// of another dockerd (a demo, a developer's install) would share them.
 	// One that still serves (it holds the transparent listener) would make
 	// this run meaningless and be broken by it.
-	if _, others := processesByArgv0(pluginArgv0, e.Dir()); len(others) > 0 {
+	if _, others := processesByArgv0(pluginArgv0, e); len(others) > 0 {
 		ss, _ := exec.Command("ss", "-Hltnp", "sport = :15001").Output()
 		for _, pid := range others {
 			if strings.Contains(string(ss), fmt.Sprintf("pid=%d,", pid)) {
@@ -279,7 +279,7 @@ func (f *pluginFixture) requireNoLeaks(t *testing.T) {
 // the Env directory (the containerd shim of the test dockerd does).
 func pidOf(t *testing.T, e *harness.Env, argv0 string) int {
 	t.Helper()
-	mine, _ := processesByArgv0(argv0, e.Dir())
+	mine, _ := processesByArgv0(argv0, e)
 	require.LessOrEqual(t, len(mine), 1, "several %s processes: %v", argv0, mine)
 	if len(mine) == 0 {
 		return 0
@@ -288,46 +288,21 @@ func pidOf(t *testing.T, e *harness.Env, argv0 string) int {
 }
 
 // processesByArgv0 splits the processes whose argv[0] is argv0 into those
-// with an ancestor mentioning dir and the others.
-func processesByArgv0(argv0, dir string) (mine, others []int) {
+// of the Env (Env.Owns) and the others.
+func processesByArgv0(argv0 string, e *harness.Env) (mine, others []int) {
 	out, _ := exec.Command("pgrep", "-f", "^"+regexp.QuoteMeta(argv0)+"( |$)").Output()
 	for _, f := range strings.Fields(string(out)) {
 		pid, err := strconv.Atoi(f)
 		if err != nil {
 			continue
 		}
-		if hasAncestorMentioning(pid, dir) {
+		if e.Owns(pid) {
 			mine = append(mine, pid)
 		} else {
 			others = append(others, pid)
 		}
 	}
 	return mine, others
-}
-
-func hasAncestorMentioning(pid int, dir string) bool {
-	for range 6 {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return false
-		}
-		// pid (comm) state ppid ...: comm may hold spaces; cut after ')'.
-		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
-		fs := strings.Fields(rest)
-		if len(fs) < 2 {
-			return false
-		}
-		ppid, _ := strconv.Atoi(fs[1])
-		if ppid <= 1 {
-			return false
-		}
-		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ppid))
-		if strings.Contains(string(cmd), dir+"/") {
-			return true
-		}
-		pid = ppid
-	}
-	return false
 }
 
 const (

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -497,4 +498,31 @@ func (e *Env) SetAuthzPlugins(names ...string) error {
 		return err
 	}
 	return e.ReloadDockerd()
+}
+
+// Owns reports whether process pid belongs to this Env: it, or one of its
+// ancestors within six generations (a plugin under its containerd shim, a
+// container's process under runc), has the Env directory in its command
+// line. Nothing outside this environment ever matches.
+func (e *Env) Owns(pid int) bool {
+	dir := e.dir + "/"
+	for range 6 {
+		if pid <= 1 {
+			return false
+		}
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), dir) {
+			return true
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ppid ...: comm may hold spaces; cut after ')'.
+		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(fields) < 2 {
+			return false
+		}
+		pid, _ = strconv.Atoi(fields[1])
+	}
+	return false
 }
