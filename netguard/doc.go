@@ -83,4 +83,6 @@
 // the gateway's listener ports: the guard only ever narrows what others allow.
 // If something flushes table ip filter (a firewall reload, a dockerd start that
 // recreates it), calling GuardNetwork again restores the DOCKER-USER accept.
+// [Handle.Missing] tells what of a network's guard is gone, so that the
+// plugin can notice such a reload and guard again.
 package netguard

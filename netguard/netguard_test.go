@@ -517,3 +517,54 @@ func TestHandleLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, owned.Empty(), owned.String())
 }
+
+// TestMissingAfterRulesetLoss: when something else deletes the plugin's
+// tables (a firewall reload), Missing names every lost piece, the network
+// is open meanwhile (control), and guarding again restores isolation.
+func TestMissingAfterRulesetLoss(t *testing.T) {
+	tp := newTopo(t)
+	c2Rec := &recorder{}
+	listenTCP(t, tp.c2, 9000, false, c2Rec)
+	tp.guard(false)
+	veths := []string{tp.v1, tp.v2, "cfwnvgone"} // a veth that no longer exists is skipped
+	missing, err := tp.h.Missing(tp.network, veths)
+	require.NoError(t, err)
+	require.Empty(t, missing)
+	_, err = dialTCP(t, tp.c1, netip.AddrPortFrom(c2Addr, 9000))
+	require.Error(t, err, "icc off")
+
+	tp.nft(tp.hostN, "delete", "table", "inet", TableName)
+	tp.nft(tp.hostN, "delete", "table", "bridge", TableName)
+	missing, err = tp.h.Missing(tp.network, veths)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{
+		"inet clawker_fw in_" + tp.br, "inet clawker_fw fwd_" + tp.br, "inet clawker_fw nat_" + tp.br,
+		"bridge clawker_fw fwd_" + tp.br, "bridge clawker_fw ep_" + tp.v1, "bridge clawker_fw ep_" + tp.v2,
+		"bridge clawker_fw ports_" + tp.br,
+	}, missing)
+	_, err = dialTCP(t, tp.c1, netip.AddrPortFrom(c2Addr, 9000))
+	require.NoError(t, err, "control: without the tables the bridge is open")
+
+	tp.guard(false)
+	missing, err = tp.h.Missing(tp.network, veths)
+	require.NoError(t, err)
+	require.Empty(t, missing)
+	_, err = dialTCP(t, tp.c1, netip.AddrPortFrom(c2Addr, 9000))
+	require.Error(t, err, "isolation restored")
+
+	t.Run("lost DOCKER-USER accept", func(t *testing.T) {
+		tp.dockerLike()
+		tp.guard(true)
+		missing, err := tp.h.Missing(tp.network, veths)
+		require.NoError(t, err)
+		require.Empty(t, missing)
+		tp.iptables("-F", "DOCKER-USER")
+		missing, err = tp.h.Missing(tp.network, veths)
+		require.NoError(t, err)
+		require.Equal(t, []string{"ip filter DOCKER-USER accept for " + tp.br}, missing)
+		require.NoError(t, tp.h.GuardNetwork(tp.network))
+		missing, err = tp.h.Missing(tp.network, veths)
+		require.NoError(t, err)
+		require.Empty(t, missing)
+	})
+}

@@ -253,3 +253,93 @@ func (h *Handle) Networks() ([]string, error) {
 	sort.Strings(out)
 	return out, nil
 }
+
+// Missing returns what of the guard of network n, and of the endpoint guards
+// of its host veths, is no longer installed: "FAMILY TABLE CHAIN", the ports
+// set or one of its elements, or the DOCKER-USER accept (ICC on, chain
+// present). Something else on the host removed it (a firewall reload that
+// flushes the ruleset, say); GuardNetwork and GuardEndpoint put it back.
+// Veths that no longer exist are skipped: their endpoint is gone.
+func (h *Handle) Missing(n Network, veths []string) ([]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c, err := h.nft()
+	if err != nil {
+		return nil, err
+	}
+	st, err := listState(c)
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	for _, ch := range st.inet {
+		have["inet "+TableName+" "+ch.Name] = true
+	}
+	for _, ch := range st.bridge {
+		have["bridge "+TableName+" "+ch.Name] = true
+	}
+	br := n.Bridge
+	want := []string{
+		"inet " + TableName + " " + inChain(br), "inet " + TableName + " " + fwdChain(br),
+		"inet " + TableName + " " + natChain(br), "bridge " + TableName + " " + fwdChain(br),
+	}
+	var live []string
+	for _, v := range veths {
+		if _, err := h.nl.LinkByName(v); err == nil {
+			live = append(live, v)
+			want = append(want, "bridge "+TableName+" "+epChain(v))
+		}
+	}
+	var missing []string
+	for _, w := range want {
+		if !have[w] {
+			missing = append(missing, w)
+		}
+	}
+	if len(live) > 0 {
+		setName := "bridge " + TableName + " " + portsSet(br)
+		var set *nftables.Set
+		for _, s := range st.sets {
+			if s.Name == portsSet(br) {
+				set = s
+			}
+		}
+		if set == nil {
+			missing = append(missing, setName)
+		} else {
+			elems, err := c.GetSetElements(set)
+			if err != nil {
+				return nil, fmt.Errorf("list set %s: %w", set.Name, err)
+			}
+			in := map[string]bool{}
+			for _, el := range elems {
+				in[ifnameString(el.Key)] = true
+			}
+			for _, v := range live {
+				if !in[v] {
+					missing = append(missing, setName+" element "+v)
+				}
+			}
+		}
+	}
+	if n.ICC {
+		ipf := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: dockerTable}
+		if ch, err := c.ListChain(ipf, dockerChain); err == nil {
+			ch.Table = ipf
+			rules, err := c.GetRules(ipf, ch)
+			if err != nil {
+				return nil, fmt.Errorf("list %s: %w", dockerChain, err)
+			}
+			found := false
+			for _, r := range rules {
+				if rb, _, ok := parseComment(r.UserData); ok && rb == br {
+					found = true
+				}
+			}
+			if !found {
+				missing = append(missing, "ip "+dockerTable+" "+dockerChain+" accept for "+br)
+			}
+		}
+	}
+	return missing, nil
+}
