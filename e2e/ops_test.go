@@ -1006,3 +1006,42 @@ func opsPEM(s string) string {
 	}
 	return s[i : j+len("-----END CERTIFICATE-----")]
 }
+
+// TestOpsHostGuardRestored: a host firewall reload that deletes the plugin's
+// nftables tables is noticed and undone within seconds (the plugin checks
+// every 5 s), the plugin says so in its log, and the container still reaches
+// its allowed site and nothing else.
+func TestOpsHostGuardRestored(t *testing.T) {
+	f := opsSetup(t)
+	f.network(t, "cfw-ops-guard", "10.231.5.0/24", "clawker.allow=http://"+harness.AllowedHost)
+	f.run(t, "cfw-ops-guard-c", "cfw-ops-guard", nil, "sleep", "3600")
+	f.waitIdentified(t, "cfw-ops-guard-c")
+	f.pollReach(t, "cfw-ops-guard-c", harness.AllowedHost, "/guard", true, 5*time.Second)
+
+	tables := func() string {
+		out, _ := exec.Command("nft", "list", "tables").CombinedOutput()
+		return string(out)
+	}
+	require.Contains(t, tables(), "table inet clawker_fw")
+	for _, fam := range []string{"inet", "bridge"} {
+		out, err := exec.Command("nft", "delete", "table", fam, "clawker_fw").CombinedOutput()
+		require.NoError(t, err, "nft delete table %s clawker_fw: %s", fam, out)
+	}
+	start := time.Now()
+	require.NotContains(t, tables(), "clawker_fw")
+	opsEventually(t, 20*time.Second, func() (bool, string) {
+		ts := tables()
+		return strings.Contains(ts, "table inet clawker_fw") && strings.Contains(ts, "table bridge clawker_fw"), "tables not restored: " + ts
+	})
+	t.Logf("host guard restored %v after the tables were deleted", time.Since(start).Round(time.Millisecond))
+	opsEventually(t, 5*time.Second, func() (bool, string) {
+		log, _ := os.ReadFile(f.e.DockerdLog())
+		return strings.Contains(string(log), "removed by something else"), "no warning in the dockerd log"
+	})
+	ruleset, err := exec.Command("nft", "list", "table", "bridge", "clawker_fw").CombinedOutput()
+	require.NoError(t, err)
+	require.Contains(t, string(ruleset), "ports_", "endpoint guards back too")
+	f.pollReach(t, "cfw-ops-guard-c", harness.AllowedHost, "/guard", true, 5*time.Second)
+	ok, out := f.reach("cfw-ops-guard-c", harness.AltHost, "/guard")
+	require.False(t, ok, "a site the container is not allowed: %s", out)
+}

@@ -54,6 +54,10 @@ type HostNet interface {
 	// networks not in known (bridge names): left behind when a network was
 	// removed while the plugin was down. It returns what it removed.
 	RemoveOrphans(known map[string]bool) ([]string, error)
+	// Missing returns what of the network's guard and of its endpoints'
+	// guards is no longer on the host (removed by something else, such as
+	// a firewall reload); empty when all is in place.
+	Missing(n *Network, eps []*Endpoint) ([]string, error)
 }
 
 // DataPlane is an L7 proxy engine (builtin or envoy).

@@ -1,9 +1,11 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -232,6 +234,37 @@ func (p *Plugin) Reload() error {
 		errs = append(errs, p.publish())
 		return joinPartial(errs)
 	})
+}
+
+// RepairHost puts back the host guard of every network whose rules or
+// chains something else removed (a firewall reload flushing the ruleset):
+// the network and endpoint guards are installed again, as by Reload; BPF
+// enrollment is not touched. It returns one line per repaired network,
+// naming what was missing. The plugin runs it periodically.
+func (p *Plugin) RepairHost() ([]string, error) {
+	var repaired []string
+	// Not KindReconcile: coalesced reconciles run only the last one's work.
+	err := p.q.Do(p.ctx, queue.KindRepair, func() error {
+		var errs []error
+		for _, n := range p.sortedNetworks() {
+			eps := p.st.endpointsOf(n.ID)
+			missing, err := p.hn.Missing(n, eps)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("check host guard of network %s: %w", short(n.ID), err))
+				continue
+			}
+			if len(missing) == 0 {
+				continue
+			}
+			repaired = append(repaired, fmt.Sprintf("network %s: %s", short(n.ID), strings.Join(missing, ", ")))
+			errs = append(errs, p.hn.AddNetwork(n))
+			for _, ep := range eps {
+				errs = append(errs, p.hn.AddEndpoint(n, ep))
+			}
+		}
+		return errors.Join(errs...)
+	})
+	return repaired, err
 }
 
 // NetworkStatus is one network in Status.

@@ -72,6 +72,8 @@ type fakeHost struct {
 	eps      map[string]bool
 	moved    map[string]int // host veth -> pid once "moved into the container"
 	failNet  bool
+	lost     map[string][]string // network ID -> guard pieces "removed by someone else"
+	adds     int                 // AddNetwork + AddEndpoint calls
 }
 
 func (h *fakeHost) AddNetwork(n *Network) error {
@@ -82,6 +84,8 @@ func (h *fakeHost) AddNetwork(n *Network) error {
 	}
 	h.networks[n.ID] = true
 	h.bridges[n.Bridge] = true
+	delete(h.lost, n.ID)
+	h.adds++
 	return nil
 }
 func (h *fakeHost) RemoveNetwork(n *Network) error {
@@ -95,7 +99,13 @@ func (h *fakeHost) AddEndpoint(n *Network, ep *Endpoint) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.eps[ep.HostVeth] = true
+	h.adds++
 	return nil
+}
+func (h *fakeHost) Missing(n *Network, eps []*Endpoint) ([]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lost[n.ID], nil
 }
 func (h *fakeHost) RemoveEndpoint(n *Network, ep *Endpoint) error {
 	h.mu.Lock()
@@ -169,7 +179,7 @@ func newRig(t *testing.T) *rig {
 	r := &rig{
 		dir: t.TempDir(), proc: t.TempDir(),
 		k:  &fakeKernel{enrolled: map[uint64]Enrollment{}},
-		h:  &fakeHost{networks: map[string]bool{}, eps: map[string]bool{}, moved: map[string]int{}, gone: map[string]bool{}, bridges: map[string]bool{}},
+		h:  &fakeHost{networks: map[string]bool{}, eps: map[string]bool{}, moved: map[string]int{}, gone: map[string]bool{}, bridges: map[string]bool{}, lost: map[string][]string{}},
 		d:  &fakeDocker{containers: map[string]Container{}},
 		dp: &fakePlane{},
 	}
@@ -448,4 +458,30 @@ func TestAliasesRefreshedAfterStart(t *testing.T) {
 		a := r.policyOf(t, "10.230.0.2").Aliases
 		return len(a) == 1 && a[0] == "frontend"
 	}, 5*time.Second, 20*time.Millisecond)
+}
+
+func TestRepairHostRestoresLostGuards(t *testing.T) {
+	r := newRig(t)
+	r.network(t, map[string]string{"clawker.allow": "net.example.test"})
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.endpoint(t, "ep2", "10.230.0.3")
+
+	repaired, err := r.p.RepairHost()
+	require.NoError(t, err)
+	require.Empty(t, repaired, "nothing lost, nothing done")
+	r.h.mu.Lock()
+	before := r.h.adds
+	r.h.lost[netA] = []string{"inet clawker_fw in_x", "bridge clawker_fw ep_y"}
+	r.h.mu.Unlock()
+
+	repaired, err = r.p.RepairHost()
+	require.NoError(t, err)
+	require.Equal(t, []string{"network " + netA[:12] + ": inet clawker_fw in_x, bridge clawker_fw ep_y"}, repaired)
+	r.h.mu.Lock()
+	require.Equal(t, before+3, r.h.adds, "the network and both endpoints guarded again")
+	require.Empty(t, r.h.lost[netA])
+	r.h.mu.Unlock()
+	repaired, err = r.p.RepairHost()
+	require.NoError(t, err)
+	require.Empty(t, repaired)
 }

@@ -330,6 +330,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	}, root.WithField(plugin.FieldComponent, "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = admin.Serve(al) }()
 	go gcLoop(mgr, root)
+	go repairLoop(p, root)
 	log.WithField("socket", s.PluginSocket).WithField("admin", adminPath).WithField("engine", s.Engine).
 		WithField("listeners", model.ReservedLo).Info("clawker-fw plugin ready")
 
@@ -354,6 +355,26 @@ func gcLoop(m *bpf.Manager, log *logrus.Entry) {
 		}
 	}
 }
+
+// repairLoop notices when something else removed the host guard of a
+// network (a firewall reload flushing the nftables ruleset) and restores it.
+// Meanwhile the BPF hooks still deny enrolled containers' direct
+// connections; the guard adds bridge isolation, anti-spoofing and the
+// redirect of not-yet-enrolled endpoints.
+func repairLoop(p *plugin.Plugin, log *logrus.Entry) {
+	for range time.Tick(guardCheckEvery) {
+		repaired, err := p.RepairHost()
+		for _, r := range repaired {
+			log.WithField("missing", r).Warn("host firewall rules of a clawker-fw network were removed by something else (a firewall reload?); restored")
+		}
+		if err != nil {
+			log.WithError(err).Error("restoring the host firewall rules failed; `clawker-fw reload` retries")
+		}
+	}
+}
+
+// guardCheckEvery is how often repairLoop checks the host guard.
+const guardCheckEvery = 5 * time.Second
 
 func httpOK(ctx context.Context, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

@@ -35,6 +35,7 @@ const (
 	KindTeardown  Kind = "teardown"
 	KindRead      Kind = "read"
 	KindMutate    Kind = "mutate"
+	KindRepair    Kind = "repair"
 )
 
 type item struct {

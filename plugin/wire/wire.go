@@ -174,6 +174,15 @@ func (h HostNet) NetnsPid(ep *plugin.Endpoint) (int, bool, bool, error) {
 	return 0, false, false, fmt.Errorf("no process in netns id %d of %s yet", nsid, ep.HostVeth)
 }
 
+// Missing implements plugin.HostNet.
+func (h HostNet) Missing(n *plugin.Network, eps []*plugin.Endpoint) ([]string, error) {
+	veths := make([]string, 0, len(eps))
+	for _, ep := range eps {
+		veths = append(veths, ep.HostVeth)
+	}
+	return h.H.Missing(guardOf(n), veths)
+}
+
 // RemoveOrphans implements plugin.HostNet.
 func (h HostNet) RemoveOrphans(known map[string]bool) ([]string, error) {
 	bridges, err := h.H.Networks()
