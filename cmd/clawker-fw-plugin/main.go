@@ -362,13 +362,20 @@ func gcLoop(m *bpf.Manager, log *logrus.Entry) {
 // connections; the guard adds bridge isolation, anti-spoofing and the
 // redirect of not-yet-enrolled endpoints.
 func repairLoop(p *plugin.Plugin, log *logrus.Entry) {
+	lastErr := ""
 	for range time.Tick(guardCheckEvery) {
 		repaired, err := p.RepairHost()
 		for _, r := range repaired {
 			log.WithField("missing", r).Warn("host firewall rules of a clawker-fw network were removed by something else (a firewall reload?); restored")
 		}
-		if err != nil {
-			log.WithError(err).Error("restoring the host firewall rules failed; `clawker-fw reload` retries")
+		// A lasting failure is logged once, not every few seconds.
+		switch {
+		case err != nil && err.Error() != lastErr:
+			log.WithError(err).Error("checking or restoring the host firewall rules failed; `clawker-fw reload` retries")
+			lastErr = err.Error()
+		case err == nil && lastErr != "":
+			log.Info("host firewall rules check works again")
+			lastErr = ""
 		}
 	}
 }
