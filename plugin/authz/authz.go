@@ -277,7 +277,11 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 	}
 	var fw []string
 	for _, n := range nets {
-		if a.isFirewalled(n) {
+		isFW, err := a.isFirewalled(n)
+		if err != nil {
+			return deny("%v", err)
+		}
+		if isFW {
 			fw = append(fw, n)
 		}
 	}
@@ -344,12 +348,23 @@ func (a *Authz) checkConnect(raw []byte, path string) authorization.Response {
 	nets, err := a.cfg.ContainerNetworks(ctx, body.Container)
 	if err == nil {
 		for _, n := range nets {
-			if n != target && a.isFirewalled(n) {
+			if n == target {
+				continue
+			}
+			isFW, ferr := a.isFirewalled(n)
+			if ferr != nil {
+				return deny("%v", ferr)
+			}
+			if isFW {
 				return deny("container %s is attached to the clawker-fw network %s and cannot join another network: that would bypass the firewall", body.Container, n)
 			}
 		}
 	}
-	if a.isFirewalled(target) {
+	targetFW, ferr := a.isFirewalled(target)
+	if ferr != nil {
+		return deny("%v", ferr)
+	}
+	if targetFW {
 		if err != nil {
 			return deny("cannot check container %s's networks: %v", body.Container, err)
 		}
@@ -414,27 +429,29 @@ func (a *Authz) AuthZRes(body []byte) any {
 	return allow()
 }
 
-// isFirewalled reports whether a network reference (name, id or id prefix)
-// is a clawker-fw network.
-func (a *Authz) isFirewalled(ref string) bool {
+// isFirewalled reports whether a network reference (name, id or id prefix:
+// Docker accepts any unique prefix) is a clawker-fw network. It fails
+// closed: when Docker's network list is needed and cannot be read, it says
+// so instead of guessing "no".
+func (a *Authz) isFirewalled(ref string) (bool, error) {
 	switch ref {
 	case "", "bridge", "host", "none", "default":
-		return false
+		return false, nil
 	}
 	if strings.HasPrefix(ref, "container:") {
-		return false // shares another container's netns: covered by netns enrollment
+		return false, nil // shares another container's netns: covered by netns enrollment
 	}
 	if snap := a.cfg.Snapshot(); snap != nil {
 		for id := range snap.Networks {
-			if id == ref || (len(ref) >= 12 && strings.HasPrefix(id, ref)) {
-				return true
+			if strings.HasPrefix(id, ref) {
+				return true, nil
 			}
 		}
 	}
 	a.mu.Lock()
 	if id, ok := a.learned[ref]; ok {
 		a.mu.Unlock()
-		return id != ""
+		return id != "", nil
 	}
 	fresh := time.Since(a.namesAt) < 2*time.Second
 	names := a.names
@@ -442,17 +459,25 @@ func (a *Authz) isFirewalled(ref string) bool {
 	if !fresh && a.cfg.Networks != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if n, err := a.cfg.Networks(ctx); err == nil {
-			a.mu.Lock()
-			a.names, a.namesAt = n, time.Now()
-			names = n
-			a.mu.Unlock()
-		} else {
+		n, err := a.cfg.Networks(ctx)
+		if err != nil {
 			a.log.WithError(err).Warn("list clawker-fw networks")
+			return false, fmt.Errorf("cannot tell whether network %q is a clawker-fw network (listing Docker's networks failed: %v); retry", ref, err)
+		}
+		a.mu.Lock()
+		a.names, a.namesAt = n, time.Now()
+		names = n
+		a.mu.Unlock()
+	}
+	if _, ok := names[ref]; ok {
+		return true, nil
+	}
+	for _, id := range names {
+		if strings.HasPrefix(id, ref) {
+			return true, nil
 		}
 	}
-	_, ok := names[ref]
-	return ok
+	return false, nil
 }
 
 // onFirewalled reports whether a container (name or id) is on a clawker-fw

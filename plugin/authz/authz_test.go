@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"testing"
 
@@ -122,12 +123,44 @@ func TestAuthz(t *testing.T) {
 func TestLearnsNetworkNamesFromResponses(t *testing.T) {
 	a := testAuthz(false)
 	a.cfg.Networks = nil
-	require.False(t, a.isFirewalled("fresh"))
+	isFW := func(ref string) bool {
+		fw, err := a.isFirewalled(ref)
+		require.NoError(t, err)
+		return fw
+	}
+	require.False(t, isFW("fresh"))
 	req := authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/networks/create", ResponseStatusCode: 201,
 		RequestBody: []byte(`{"Name":"fresh","Driver":"clawker-fw:latest"}`), ResponseBody: []byte(`{"Id":"abc123"}`)}
 	raw, _ := json.Marshal(req)
 	require.True(t, a.AuthZRes(raw).(authorization.Response).Allow)
-	require.True(t, a.isFirewalled("fresh"))
+	require.True(t, isFW("fresh"))
+}
+
+func TestNetworkReferences(t *testing.T) {
+	priv := func(network string) any {
+		return create(network, func(m map[string]any) { m["HostConfig"].(map[string]any)["Privileged"] = true })
+	}
+	a := testAuthz(false)
+	for _, ref := range []string{fwID, fwID[:12], fwID[:3], "agents"} {
+		resp := call(t, a, "POST", "/v1.41/containers/create", priv(ref))
+		require.False(t, resp.Allow, "network reference %q must be recognized as clawker-fw", ref)
+		require.Contains(t, resp.Msg, "--privileged")
+	}
+	require.True(t, call(t, a, "POST", "/v1.41/containers/create", priv("plainnet")).Allow)
+
+	// Docker's network list fails: a name the plugin cannot place is
+	// refused (fail closed), a known clawker-fw id is still recognized,
+	// and the built-in modes need no list.
+	a = testAuthz(false)
+	a.cfg.Networks = func(context.Context) (map[string]string, error) { return nil, errors.New("dockerd timed out") }
+	resp := call(t, a, "POST", "/v1.41/containers/create", create("plainnet", nil))
+	require.False(t, resp.Allow)
+	require.Contains(t, resp.Msg, `cannot tell whether network "plainnet" is a clawker-fw network`)
+	require.Contains(t, resp.Msg, "dockerd timed out")
+	resp = call(t, a, "POST", "/v1.41/containers/create", priv(fwID[:12]))
+	require.Contains(t, resp.Msg, "--privileged")
+	require.True(t, call(t, a, "POST", "/v1.41/containers/create", create("none", nil)).Allow)
+	require.True(t, call(t, a, "POST", "/v1.41/containers/create", create("bridge", nil)).Allow)
 }
 
 func FuzzAuthZReq(f *testing.F) {
