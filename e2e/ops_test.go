@@ -722,6 +722,14 @@ func TestOpsAuthz(t *testing.T) {
 		require.Equal(t, "ok", e.MustDocker(t, "exec", "cfw-ops-az-in", "echo", "ok"))
 	})
 
+	t.Run("sharing a firewalled container's netns", func(t *testing.T) {
+		refused(t, []string{"--privileged is not allowed", "container:cfw-ops-az-in"},
+			"run", "--rm", "--network", "container:cfw-ops-az-in", "--privileged", f.img, "true")
+		refused(t, []string{"NET_ADMIN is not allowed"},
+			"run", "--rm", "--network", "container:cfw-ops-az-in", "--cap-add", "NET_ADMIN", f.img, "true")
+		require.Equal(t, "ok", e.MustDocker(t, "run", "--rm", "--network", "container:cfw-ops-az-in", f.img, "echo", "ok"))
+	})
+
 	t.Run("plugin disable while networks exist", func(t *testing.T) {
 		_, errOut, err := e.Docker("plugin", "disable", harness.PluginName)
 		require.Error(t, err)

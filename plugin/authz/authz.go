@@ -256,7 +256,10 @@ type createBody struct {
 	} `json:"NetworkingConfig"`
 }
 
-var dangerousCaps = map[string]bool{"NET_ADMIN": true, "SYS_ADMIN": true, "BPF": true, "ALL": true, "SYS_MODULE": true, "SYS_PTRACE": true}
+// dangerousCaps change the container's own network stack or firewall, or are
+// known ways out of a container (SYS_RAWIO, DAC_READ_SEARCH).
+var dangerousCaps = map[string]bool{"NET_ADMIN": true, "SYS_ADMIN": true, "BPF": true, "ALL": true, "SYS_MODULE": true,
+	"SYS_PTRACE": true, "SYS_RAWIO": true, "DAC_READ_SEARCH": true, "PERFMON": true}
 
 func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 	var body createBody
@@ -284,6 +287,12 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 		if isFW {
 			fw = append(fw, n)
 		}
+	}
+	// --network container:X shares X's network namespace: when X is on a
+	// clawker-fw network the new container is inside the same firewall and
+	// gets the same checks.
+	if ref, ok := strings.CutPrefix(body.HostConfig.NetworkMode, "container:"); ok && a.onFirewalled(ref) {
+		fw = append(fw, fmt.Sprintf("of container %s (--network container:%s)", ref, ref))
 	}
 	if len(fw) == 0 {
 		return allow()
@@ -488,11 +497,15 @@ func (a *Authz) onFirewalled(ref string) bool {
 		return false
 	}
 	ref = strings.TrimPrefix(ref, "/")
+	if ref == "" {
+		return false
+	}
 	for _, ep := range snap.Endpoints {
 		if ep.ContainerID == "" {
 			continue
 		}
-		if ep.ContainerName == ref || ep.ContainerID == ref || (len(ref) >= 12 && strings.HasPrefix(ep.ContainerID, ref)) {
+		// Docker accepts any unique id prefix.
+		if ep.ContainerName == ref || strings.HasPrefix(ep.ContainerID, ref) {
 			return true
 		}
 	}
