@@ -680,6 +680,9 @@ func TestOpsAuthz(t *testing.T) {
 		{"docker socket --mount", []string{"--mount", "type=bind,src=/run/docker.sock,dst=/d.sock"}, []string{"mounting the Docker socket"}},
 		{"docker socket dir", []string{"-v", "/var/run:/host-run"}, []string{"mounting the Docker socket"}},
 		{"pid host", []string{"--pid", "host"}, []string{"--pid host is not allowed"}},
+		{"plugin sockets", []string{"-v", "/run/docker/plugins:/p"}, []string{"mounting the Docker socket", "/run/docker/plugins"}},
+		{"bpf pins", []string{"--mount", "type=bind,src=/sys/fs/bpf,dst=/bpf"}, []string{"/sys/fs/bpf"}},
+		{"volumes-from", []string{"--volumes-from", "cfw-ops-az-out"}, []string{"--volumes-from is not allowed"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"run", "--rm", "--network", "cfw-ops-az"}, tc.args...)
@@ -720,6 +723,18 @@ func TestOpsAuthz(t *testing.T) {
 	t.Run("exec privileged", func(t *testing.T) {
 		refused(t, []string{"exec --privileged is not allowed"}, "exec", "--privileged", "cfw-ops-az-in", "true")
 		require.Equal(t, "ok", e.MustDocker(t, "exec", "cfw-ops-az-in", "echo", "ok"))
+	})
+
+	t.Run("named volume that binds the Docker socket's directory", func(t *testing.T) {
+		e.MustDocker(t, "volume", "create", "-o", "type=none", "-o", "o=bind", "-o", "device=/var/run", "cfw-ops-sockvol")
+		t.Cleanup(func() { _, _, _ = e.Docker("volume", "rm", "-f", "cfw-ops-sockvol") })
+		refused(t, []string{"volume cfw-ops-sockvol binds /var/run"},
+			"run", "--rm", "--network", "cfw-ops-az", "-v", "cfw-ops-sockvol:/x", f.img, "true")
+		refused(t, []string{"a volume binding /run/docker"}, "run", "--rm", "--network", "cfw-ops-az",
+			"--mount", "type=volume,dst=/x,volume-driver=local,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=/run/docker", f.img, "true")
+		// A plain named volume is fine.
+		require.Equal(t, "ok", e.MustDocker(t, "run", "--rm", "--network", "cfw-ops-az", "-v", "cfw-ops-datavol:/data", f.img, "echo", "ok"))
+		_, _, _ = e.Docker("volume", "rm", "-f", "cfw-ops-datavol")
 	})
 
 	t.Run("sharing a firewalled container's netns", func(t *testing.T) {

@@ -290,7 +290,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	defer coredns.Stop(5 * time.Second)
 
 	// Plugin socket: network driver + authz.
-	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.FirewallNetworks, ContainerNetworks: docker.ContainerNetworks, Override: s.AuthzOverride, Log: root.WithField(plugin.FieldComponent, "authz")})
+	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.FirewallNetworks, ContainerNetworks: docker.ContainerNetworks, VolumeOptions: docker.VolumeOptions, Override: s.AuthzOverride, Log: root.WithField(plugin.FieldComponent, "authz")})
 	if err := os.MkdirAll(filepath.Dir(s.PluginSocket), 0o755); err != nil {
 		return err
 	}

@@ -38,6 +38,9 @@ type Config struct {
 	// Networks lists clawker-fw networks as name -> id (Docker's network
 	// list; names are not sent to the driver). Cached briefly.
 	Networks func(ctx context.Context) (map[string]string, error)
+	// VolumeOptions returns the driver options of an existing named volume
+	// (found=false when there is none), for mount checks.
+	VolumeOptions func(ctx context.Context, name string) (opts map[string]string, found bool, err error)
 	// ContainerNetworks returns the networks (ids) a running container is
 	// attached to, for network connect checks.
 	ContainerNetworks func(ctx context.Context, ref string) ([]string, error)
@@ -245,9 +248,16 @@ type createBody struct {
 		Privileged  bool     `json:"Privileged"`
 		CapAdd      []string `json:"CapAdd"`
 		Binds       []string `json:"Binds"`
+		VolumesFrom []string `json:"VolumesFrom"`
 		Mounts      []struct {
-			Type   string `json:"Type"`
-			Source string `json:"Source"`
+			Type          string `json:"Type"`
+			Source        string `json:"Source"`
+			VolumeOptions *struct {
+				DriverConfig *struct {
+					Name    string            `json:"Name"`
+					Options map[string]string `json:"Options"`
+				} `json:"DriverConfig"`
+			} `json:"VolumeOptions"`
 		} `json:"Mounts"`
 		PidMode string `json:"PidMode"`
 	} `json:"HostConfig"`
@@ -312,29 +322,107 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 	if body.HostConfig.PidMode == "host" {
 		return deny("--pid host is not allowed on the clawker-fw network %s: it exposes other processes' network namespaces; drop it", fw[0])
 	}
+	if len(body.HostConfig.VolumesFrom) > 0 {
+		return deny("--volumes-from is not allowed on the clawker-fw network %s: the other container's mounts are not checked (they could hold the Docker socket); mount the volumes directly", fw[0])
+	}
+	mountDenied := func(what string) authorization.Response {
+		return deny("mounting the Docker socket, or another path that controls Docker or the firewall (%s), is not allowed on the clawker-fw network %s; remove the mount", what, fw[0])
+	}
 	for _, b := range body.HostConfig.Binds {
-		if dockerSocket(strings.SplitN(b, ":", 2)[0]) {
-			return deny("mounting the Docker socket (%s) is not allowed on the clawker-fw network %s: it controls the firewall; remove the mount", b, fw[0])
+		src := strings.SplitN(b, ":", 2)[0]
+		if !strings.HasPrefix(src, "/") { // a named volume
+			bad, err := a.volumeBindsControl(src)
+			if err != nil {
+				return deny("cannot check volume %s: %v; retry", src, err)
+			}
+			if bad != "" {
+				return mountDenied(b + ": volume " + src + " binds " + bad)
+			}
+			continue
+		}
+		if controlPath(src) {
+			return mountDenied(b)
 		}
 	}
 	for _, m := range body.HostConfig.Mounts {
-		if m.Type == "bind" && dockerSocket(m.Source) {
-			return deny("mounting the Docker socket (%s) is not allowed on the clawker-fw network %s: it controls the firewall; remove the mount", m.Source, fw[0])
+		switch m.Type {
+		case "bind":
+			if controlPath(m.Source) {
+				return mountDenied(m.Source)
+			}
+		case "volume", "":
+			if vo := m.VolumeOptions; vo != nil && vo.DriverConfig != nil {
+				if dev := bindDevice(vo.DriverConfig.Options); dev != "" && controlPath(dev) {
+					return mountDenied("a volume binding " + dev)
+				}
+			}
+			if m.Source != "" {
+				bad, err := a.volumeBindsControl(m.Source)
+				if err != nil {
+					return deny("cannot check volume %s: %v; retry", m.Source, err)
+				}
+				if bad != "" {
+					return mountDenied("volume " + m.Source + " binds " + bad)
+				}
+			}
 		}
 	}
 	return allow()
 }
 
-// dockerSocket reports whether a host path is, or contains, the Docker
-// socket (or the firewall's own admin socket).
-func dockerSocket(src string) bool {
-	src = strings.TrimRight(src, "/")
-	for _, s := range []string{"/var/run/docker.sock", "/run/docker.sock", "/var/lib/clawker-fw/admin.sock"} {
-		if src == s || strings.HasPrefix(s, src+"/") || src == "" {
+// bindDevice returns the host path a local-driver volume's options bind
+// (device=PATH with o=bind or type=none), or "".
+func bindDevice(opts map[string]string) string {
+	dev := opts["device"]
+	if dev == "" || !(strings.Contains(opts["o"], "bind") || opts["type"] == "none") {
+		return ""
+	}
+	return dev
+}
+
+// volumeBindsControl returns the control path an existing named volume
+// binds ("" when it binds none, or does not exist yet: Docker then creates a
+// plain volume).
+func (a *Authz) volumeBindsControl(name string) (string, error) {
+	if a.cfg.VolumeOptions == nil {
+		return "", nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	opts, found, err := a.cfg.VolumeOptions(ctx, name)
+	if err != nil || !found {
+		return "", err
+	}
+	if dev := bindDevice(opts); dev != "" && controlPath(dev) {
+		return dev, nil
+	}
+	return "", nil
+}
+
+// controlPaths are host paths whose mount gives a container control over
+// Docker or the firewall: the Docker and containerd API sockets, Docker's run
+// directory (managed plugin sockets, the firewall's driver socket among
+// them), Docker's data root, the firewall's state (admin socket) and its BPF
+// pins.
+var controlPaths = []string{
+	"/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/var/run/docker",
+	"/run/containerd", "/var/run/containerd", "/var/lib/docker", "/var/lib/containerd",
+	"/var/lib/clawker-fw", "/sys/fs/bpf",
+}
+
+// controlPath reports whether mounting host path src exposes a control path:
+// src is one, lies inside one, or contains one.
+func controlPath(src string) bool {
+	src = pathpkg.Clean("/" + src)
+	if src == "/" {
+		return true
+	}
+	for _, c := range controlPaths {
+		if src == c || strings.HasPrefix(c, src+"/") || strings.HasPrefix(src, c+"/") {
 			return true
 		}
 	}
-	return strings.HasSuffix(src, "docker.sock") || src == "/run/docker" || src == "/var/run/docker"
+	return strings.HasSuffix(src, "docker.sock") || strings.HasSuffix(src, "containerd.sock")
 }
 
 func (a *Authz) checkConnect(raw []byte, path string) authorization.Response {

@@ -35,6 +35,17 @@ func testAuthz(override bool) *Authz {
 			}
 			return nil, nil
 		},
+		VolumeOptions: func(_ context.Context, name string) (map[string]string, bool, error) {
+			switch name {
+			case "sockvol": // docker volume create -o type=none -o o=bind -o device=/var/run
+				return map[string]string{"type": "none", "o": "bind", "device": "/var/run"}, true, nil
+			case "datavol":
+				return map[string]string{}, true, nil
+			case "brokenvol":
+				return nil, false, errors.New("dockerd timed out")
+			}
+			return nil, false, nil
+		},
 		Override: override,
 		Log:      logrus.NewEntry(l),
 	})
@@ -238,5 +249,59 @@ func TestRoute(t *testing.T) {
 		"/v1.41/networks/abc/connect?force=1": "/networks/abc/connect",
 	} {
 		require.Equal(t, want, route(uri), uri)
+	}
+}
+
+func TestMountChecks(t *testing.T) {
+	a := testAuthz(false)
+	withHC := func(k string, v any) any {
+		return create("agents", func(m map[string]any) { m["HostConfig"].(map[string]any)[k] = v })
+	}
+	for _, tc := range []struct {
+		name string
+		body any
+		msg  string // "" = allowed
+	}{
+		{"plain bind", withHC("Binds", []string{"/home/u/src:/src"}), ""},
+		{"plain named volume", withHC("Binds", []string{"datavol:/data"}), ""},
+		{"new named volume", withHC("Binds", []string{"newvol:/data"}), ""},
+		{"plugin sockets", withHC("Binds", []string{"/run/docker/plugins:/p"}), "/run/docker/plugins"},
+		{"containerd socket", withHC("Binds", []string{"/run/containerd/containerd.sock:/c.sock"}), "containerd"},
+		{"bpf pins", withHC("Binds", []string{"/sys/fs/bpf:/bpf:ro"}), "/sys/fs/bpf"},
+		{"firewall state", withHC("Binds", []string{"/var/lib/clawker-fw:/s"}), "/var/lib/clawker-fw"},
+		{"docker data root", withHC("Binds", []string{"/var/lib/docker/plugins:/x"}), "/var/lib/docker"},
+		{"host root", withHC("Binds", []string{"/:/host"}), "remove the mount"},
+		{"unclean path", withHC("Binds", []string{"/var//run/./docker.sock:/d"}), "Docker socket"},
+		{"named volume binding /var/run", withHC("Binds", []string{"sockvol:/x"}), "volume sockvol binds /var/run"},
+		{"volume that cannot be checked", withHC("Binds", []string{"brokenvol:/x"}), "cannot check volume brokenvol"},
+		{"--mount volume binding a control path", withHC("Mounts", []map[string]any{{"Type": "volume", "Target": "/x",
+			"VolumeOptions": map[string]any{"DriverConfig": map[string]any{"Name": "local",
+				"Options": map[string]string{"type": "none", "o": "bind", "device": "/run/docker"}}}}}), "a volume binding /run/docker"},
+		{"--mount existing volume binding /var/run", withHC("Mounts", []map[string]any{{"Type": "volume", "Source": "sockvol", "Target": "/x"}}), "volume sockvol binds"},
+		{"--mount plain volume", withHC("Mounts", []map[string]any{{"Type": "volume", "Source": "datavol", "Target": "/x"}}), ""},
+		{"--volumes-from", withHC("VolumesFrom", []string{"helper"}), "--volumes-from is not allowed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := call(t, a, "POST", "/v1.41/containers/create", tc.body)
+			if tc.msg == "" {
+				require.True(t, resp.Allow, resp.Msg)
+				return
+			}
+			require.False(t, resp.Allow)
+			require.Contains(t, resp.Msg, tc.msg)
+		})
+	}
+	// Off the firewall nothing of this is checked.
+	require.True(t, call(t, a, "POST", "/v1.41/containers/create", create("bridge", func(m map[string]any) {
+		m["HostConfig"].(map[string]any)["Binds"] = []string{"/var/run/docker.sock:/d", "sockvol:/x"}
+	})).Allow)
+}
+
+func TestControlPath(t *testing.T) {
+	for _, p := range []string{"/", "/var", "/var/run", "/run/docker.sock", "/run/docker/plugins/x/clawker-fw.sock", "/sys", "/sys/fs/bpf/clawker-fw", "/home/u/docker.sock", "run/docker"} {
+		require.True(t, controlPath(p), p)
+	}
+	for _, p := range []string{"/home/u", "/run/user/1000", "/var/lib/postgres", "/sys/class/net", "/tmp"} {
+		require.False(t, controlPath(p), p)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
 	"github.com/vishvananda/netlink"
 
 	"github.com/clawker-fw/clawker-fw/bpf"
@@ -284,6 +285,19 @@ func (d *Docker) FirewallNetworks(ctx context.Context) (map[string]string, error
 		}
 	}
 	return out, nil
+}
+
+// VolumeOptions returns the driver options of a local named volume (found
+// false when it does not exist).
+func (d *Docker) VolumeOptions(ctx context.Context, name string) (map[string]string, bool, error) {
+	v, err := d.C.VolumeInspect(ctx, name)
+	if errdefs.IsNotFound(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return v.Options, true, nil
 }
 
 // ContainerNetworks returns the network ids a container is attached to.
