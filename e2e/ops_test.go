@@ -1067,4 +1067,6 @@ func TestOpsHostGuardRestored(t *testing.T) {
 	f.pollReach(t, "cfw-ops-guard-c", harness.AllowedHost, "/guard", true, 5*time.Second)
 	ok, out := f.reach("cfw-ops-guard-c", harness.AltHost, "/guard")
 	require.False(t, ok, "a site the container is not allowed: %s", out)
+	st := f.mustCFW(t, "status")
+	require.Regexp(t, `host-guard +healthy restored \d+ time\(s\), last \d+s ago \(was missing: network [0-9a-f]{12}: inet clawker_fw in_`, st)
 }

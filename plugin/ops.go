@@ -264,7 +264,47 @@ func (p *Plugin) RepairHost() ([]string, error) {
 		}
 		return errors.Join(errs...)
 	})
+	p.guardMu.Lock()
+	p.guard.Checks++
+	if len(repaired) > 0 {
+		p.guard.Restores++
+		p.guard.Last, p.guard.LastAt = strings.Join(repaired, "; "), p.cfg.Now()
+	}
+	p.guard.Err = ""
+	if err != nil {
+		p.guard.Err = err.Error()
+	}
+	p.guardMu.Unlock()
 	return repaired, err
+}
+
+// HostGuardStatus is what RepairHost has seen since the plugin started.
+type HostGuardStatus struct {
+	Checks   int       // RepairHost runs
+	Restores int       // runs that found something missing and put it back
+	Last     string    // what the latest restore found missing
+	LastAt   time.Time // when
+	Err      string    // the latest run's error ("" when it worked)
+}
+
+// HostGuard returns the host guard checks' status.
+func (p *Plugin) HostGuard() HostGuardStatus {
+	p.guardMu.Lock()
+	defer p.guardMu.Unlock()
+	return p.guard
+}
+
+// Summary is the status in one line for `clawker-fw status`.
+func (s HostGuardStatus) Summary(now time.Time) string {
+	switch {
+	case s.Err != "":
+		return "check failed: " + s.Err
+	case s.Checks == 0:
+		return "not checked yet"
+	case s.Restores == 0:
+		return "intact"
+	}
+	return fmt.Sprintf("restored %d time(s), last %s ago (was missing: %s)", s.Restores, now.Sub(s.LastAt).Round(time.Second), s.Last)
 }
 
 // NetworkStatus is one network in Status.

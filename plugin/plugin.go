@@ -72,6 +72,9 @@ type Plugin struct {
 	bypassMu     sync.Mutex
 	bypassTimers map[string]*time.Timer
 
+	guardMu sync.Mutex
+	guard   HostGuardStatus
+
 	Denials *DenialLog
 }
 

@@ -484,4 +484,12 @@ func TestRepairHostRestoresLostGuards(t *testing.T) {
 	repaired, err = r.p.RepairHost()
 	require.NoError(t, err)
 	require.Empty(t, repaired)
+	st := r.p.HostGuard()
+	require.Equal(t, 3, st.Checks)
+	require.Equal(t, 1, st.Restores)
+	require.Contains(t, st.Summary(time.Now()), "restored 1 time(s), last ")
+	require.Contains(t, st.Summary(time.Now()), "was missing: network "+netA[:12]+": inet clawker_fw in_x")
+	require.Equal(t, "not checked yet", HostGuardStatus{}.Summary(time.Now()))
+	require.Equal(t, "intact", HostGuardStatus{Checks: 2}.Summary(time.Now()))
+	require.Equal(t, "check failed: boom", HostGuardStatus{Checks: 2, Restores: 1, Err: "boom"}.Summary(time.Now()))
 }

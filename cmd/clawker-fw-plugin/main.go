@@ -323,6 +323,8 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 				st := envoyProc.Status()
 				comps = append(comps, plugin.Component{Name: "envoy", Healthy: st.Healthy, Restarts: st.Restarts, Detail: st.LastError})
 			}
+			hg := p.HostGuard()
+			comps = append(comps, plugin.Component{Name: "host-guard", Healthy: hg.Err == "", Detail: hg.Summary(time.Now())})
 			return append(comps, plugin.Component{Name: "authz", Healthy: true, Detail: az.Stats().Summary()})
 		},
 		CACertPEM: authority.CACertPEM,
