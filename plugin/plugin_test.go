@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -492,4 +493,44 @@ func TestRepairHostRestoresLostGuards(t *testing.T) {
 	require.Equal(t, "not checked yet", HostGuardStatus{}.Summary(time.Now()))
 	require.Equal(t, "intact", HostGuardStatus{Checks: 2}.Summary(time.Now()))
 	require.Equal(t, "check failed: boom", HostGuardStatus{Checks: 2, Restores: 1, Err: "boom"}.Summary(time.Now()))
+}
+
+type recordingAuthz struct{ reqLen, resLen int }
+
+func (a *recordingAuthz) AuthZReq(body []byte) any {
+	a.reqLen = len(body)
+	return map[string]any{"Allow": true}
+}
+func (a *recordingAuthz) AuthZRes(body []byte) any {
+	a.resLen = len(body)
+	return map[string]any{"Allow": true}
+}
+
+// TestAuthzBodySizes: an oversized request is refused unread; an oversized
+// response (docker ps on a big host) is decided from its first maxBody
+// bytes instead of failing the user's call.
+func TestAuthzBodySizes(t *testing.T) {
+	r := newRig(t)
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	az := &recordingAuthz{}
+	srv := httptest.NewServer(Handler(r.p, az, logrus.NewEntry(l)))
+	defer srv.Close()
+	post := func(path string, body []byte) map[string]any {
+		resp, err := http.Post(srv.URL+path, "application/json", bytes.NewReader(body))
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var out map[string]any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		return out
+	}
+	small := []byte(`{"RequestMethod":"GET","RequestUri":"/v1.41/containers/json"}`)
+	require.Equal(t, true, post("/AuthZPlugin.AuthZReq", small)["Allow"])
+	require.Equal(t, len(small), az.reqLen)
+	huge := bytes.Repeat([]byte("x"), maxBody+100)
+	out := post("/AuthZPlugin.AuthZReq", huge)
+	require.Equal(t, false, out["Allow"])
+	require.Contains(t, out["Err"], "larger than")
+	require.Equal(t, true, post("/AuthZPlugin.AuthZRes", huge)["Allow"])
+	require.Equal(t, maxBody, az.resLen, "the response phase sees the body's start")
 }

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -92,8 +93,10 @@ func Handler(p *Plugin, az Authorizer, log *logrus.Entry) http.Handler {
 		route(mux, log, path, empty)
 	}
 	if az != nil {
-		mux.HandleFunc("/AuthZPlugin.AuthZReq", rawRoute(az.AuthZReq))
-		mux.HandleFunc("/AuthZPlugin.AuthZRes", rawRoute(az.AuthZRes))
+		mux.HandleFunc("/AuthZPlugin.AuthZReq", rawRoute(az.AuthZReq, false))
+		// A response body has no size limit in dockerd (docker ps on a big
+		// host): the response phase is decided from the body's start.
+		mux.HandleFunc("/AuthZPlugin.AuthZRes", rawRoute(az.AuthZRes, true))
 	}
 	return mux
 }
@@ -127,9 +130,15 @@ func route[Req any](mux *http.ServeMux, log *logrus.Entry, path string, fn func(
 	})
 }
 
-func rawRoute(fn func([]byte) any) http.HandlerFunc {
+// rawRoute serves an authz call: fn gets Docker's raw JSON request. With
+// prefixOK a body over maxBody is passed on cut to its first maxBody bytes;
+// otherwise it is refused.
+func rawRoute(fn func([]byte) any, prefixOK bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := readBody(r)
+		if errors.Is(err, errBodyTooLarge) && prefixOK {
+			err = nil
+		}
 		if err != nil {
 			writeJSON(w, map[string]any{"Allow": false, "Msg": "clawker-fw authz: unreadable request", "Err": err.Error()})
 			return
@@ -168,13 +177,25 @@ func genericOpts(options map[string]any) (map[string]string, error) {
 // maxBody bounds request bodies the plugin reads (authz bodies included).
 const maxBody = 16 << 20
 
+var errBodyTooLarge = fmt.Errorf("request body larger than %d bytes", maxBody)
+
+// readBody reads a request body of up to maxBody bytes; a larger one returns
+// its first maxBody bytes with errBodyTooLarge.
 func readBody(r *http.Request) ([]byte, error) {
+	var b []byte
+	if n := r.ContentLength; n > 0 && n <= maxBody {
+		b = make([]byte, n)
+		if _, err := io.ReadFull(r.Body, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil {
 		return nil, err
 	}
 	if len(b) > maxBody {
-		return nil, fmt.Errorf("request body larger than %d bytes", maxBody)
+		return b[:maxBody], errBodyTooLarge
 	}
 	return b, nil
 }

@@ -1,7 +1,9 @@
 package authz
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -303,5 +305,44 @@ func TestControlPath(t *testing.T) {
 	}
 	for _, p := range []string{"/home/u", "/run/user/1000", "/var/lib/postgres", "/sys/class/net", "/tmp"} {
 		require.False(t, controlPath(p), p)
+	}
+}
+
+func TestHead(t *testing.T) {
+	raw, err := json.Marshal(authorization.Request{User: "u", RequestMethod: "POST", RequestURI: "/v1.41/containers/create",
+		RequestBody: []byte(`{"Image":"x"}`), ResponseBody: []byte(`[]`)})
+	require.NoError(t, err)
+	m, u, ok := head(raw)
+	require.True(t, ok)
+	require.Equal(t, "POST", m)
+	require.Equal(t, "/v1.41/containers/create", u)
+
+	// Another layout (bodies first) is not read by head; the full decode
+	// still decides it, so a create hidden behind it is inspected.
+	odd := []byte(`{"RequestBody":"` + base64.StdEncoding.EncodeToString([]byte(`{"HostConfig":{"NetworkMode":"agents","Privileged":true}}`)) +
+		`","RequestMethod":"POST","RequestUri":"/v1.41/containers/create"}`)
+	_, _, ok = head(odd)
+	require.False(t, ok)
+	resp := testAuthz(false).AuthZReq(odd).(authorization.Response)
+	require.False(t, resp.Allow)
+	require.Contains(t, resp.Msg, "--privileged")
+	_, _, ok = head([]byte(`not json`))
+	require.False(t, ok)
+	require.False(t, testAuthz(false).AuthZReq([]byte(`not json`)).(authorization.Response).Allow)
+}
+
+// BenchmarkAuthZResLargeList: the response phase of `docker ps` with ~1 MB
+// of containers must not scan the body.
+func BenchmarkAuthZResLargeList(b *testing.B) {
+	a := testAuthz(false)
+	list := bytes.Repeat([]byte(`{"Id":"0123456789abcdef0123456789abcdef","Names":["/agent"],"Labels":{"clawker.allow":"example.com"}},`), 10000)
+	raw, err := json.Marshal(authorization.Request{RequestMethod: "GET", RequestURI: "/v1.41/containers/json?all=1",
+		ResponseStatusCode: 200, ResponseBody: append(append([]byte("["), list[:len(list)-1]...), ']')})
+	require.NoError(b, err)
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if !a.AuthZRes(raw).(authorization.Response).Allow {
+			b.Fatal("denied")
+		}
 	}
 }
