@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -403,14 +402,7 @@ func TestDriverHTTP(t *testing.T) {
 	l.SetOutput(io.Discard)
 	srv := httptest.NewServer(Handler(r.p, nil, logrus.NewEntry(l)))
 	defer srv.Close()
-	post := func(path, body string) map[string]any {
-		resp, err := http.Post(srv.URL+path, "application/json", strings.NewReader(body))
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		var out map[string]any
-		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-		return out
-	}
+	post := func(path, body string) map[string]any { return postJSON(t, srv.URL+path, []byte(body)) }
 	act := post("/Plugin.Activate", "")
 	require.ElementsMatch(t, []any{"NetworkDriver", "authz"}, act["Implements"])
 	require.Equal(t, "local", post("/NetworkDriver.GetCapabilities", "")["Scope"])
@@ -516,14 +508,7 @@ func TestAuthzBodySizes(t *testing.T) {
 	az := &recordingAuthz{}
 	srv := httptest.NewServer(Handler(r.p, az, logrus.NewEntry(l)))
 	defer srv.Close()
-	post := func(path string, body []byte) map[string]any {
-		resp, err := http.Post(srv.URL+path, "application/json", bytes.NewReader(body))
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		var out map[string]any
-		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-		return out
-	}
+	post := func(path string, body []byte) map[string]any { return postJSON(t, srv.URL+path, body) }
 	small := []byte(`{"RequestMethod":"GET","RequestUri":"/v1.41/containers/json"}`)
 	require.Equal(t, true, post("/AuthZPlugin.AuthZReq", small)["Allow"])
 	require.Equal(t, len(small), az.reqLen)
@@ -533,4 +518,15 @@ func TestAuthzBodySizes(t *testing.T) {
 	require.Contains(t, out["Err"], "larger than")
 	require.Equal(t, true, post("/AuthZPlugin.AuthZRes", huge)["Allow"])
 	require.Equal(t, maxBody, az.resLen, "the response phase sees the body's start")
+}
+
+// postJSON posts body to url and decodes the JSON answer.
+func postJSON(t *testing.T, url string, body []byte) map[string]any {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	return out
 }
