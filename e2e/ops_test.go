@@ -17,8 +17,12 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -735,6 +739,48 @@ func TestOpsAuthz(t *testing.T) {
 		// A plain named volume is fine.
 		require.Equal(t, "ok", e.MustDocker(t, "run", "--rm", "--network", "cfw-ops-az", "-v", "cfw-ops-datavol:/data", f.img, "echo", "ok"))
 		_, _, _ = e.Docker("volume", "rm", "-f", "cfw-ops-datavol")
+	})
+
+	t.Run("raw API: deprecated top-level host config and old-API start", func(t *testing.T) {
+		api := func(method, path, body string) (int, string) {
+			c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", e.Socket())
+				}}}
+			req, err := http.NewRequest(method, "http://docker"+path, strings.NewReader(body))
+			require.NoError(t, err)
+			if body != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			resp, err := c.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		// Control: dockerd applies top-level host config fields.
+		code, out := api("POST", "/v1.41/containers/create", `{"Image":"`+f.img+`","Cmd":["true"],"NetworkMode":"none","Privileged":true}`)
+		require.Equal(t, 201, code, out)
+		var created struct{ Id string }
+		require.NoError(t, json.Unmarshal([]byte(out), &created))
+		require.Equal(t, "true", e.MustDocker(t, "inspect", "-f", "{{.HostConfig.Privileged}}", created.Id), "dockerd honors the deprecated spelling")
+		e.MustDocker(t, "rm", created.Id)
+		// The same on the firewalled network is refused.
+		code, out = api("POST", "/v1.41/containers/create", `{"Image":"`+f.img+`","Cmd":["true"],"NetworkMode":"cfw-ops-az","Privileged":true}`)
+		require.Equal(t, 403, code, out)
+		require.Contains(t, out, "--privileged is not allowed")
+
+		// Starting a firewalled container through API 1.23 (which may
+		// replace its host config) is refused; a current start works.
+		id := e.MustDocker(t, "create", "--network", "cfw-ops-az", f.img, "sleep", "30")
+		t.Cleanup(func() { _, _, _ = e.Docker("rm", "-f", id) })
+		code, out = api("POST", "/v1.23/containers/"+id+"/start", `{"Privileged":true,"NetworkMode":"host"}`)
+		require.Equal(t, 403, code, out)
+		require.Contains(t, out, "use a current Docker client")
+		code, out = api("POST", "/v1.41/containers/"+id+"/start", "")
+		require.Equal(t, 204, code, out)
+		require.Equal(t, "false", e.MustDocker(t, "inspect", "-f", "{{.HostConfig.Privileged}}", id))
 	})
 
 	t.Run("sharing a firewalled container's netns", func(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net/url"
 	pathpkg "path"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -166,7 +167,14 @@ func decodeBytes(raw json.RawMessage) ([]byte, error) {
 // version prefix (/v1.41), unescaped and cleaned (//, ., ..), so that no
 // spelling of an inspected path slips past the checks.
 func route(uri string) string {
-	path, _, _ := strings.Cut(uri, "?")
+	path, _ := routeVersion(uri)
+	return path
+}
+
+// routeVersion is route that also returns the API version the URI names
+// ("1.23"; "" when none, which Docker serves at its current version).
+func routeVersion(uri string) (path, version string) {
+	path, _, _ = strings.Cut(uri, "?")
 	if strings.Contains(path, "%") {
 		if p, err := url.PathUnescape(path); err == nil {
 			path = p
@@ -181,10 +189,10 @@ func route(uri string) string {
 			i++
 		}
 		if i > 0 && (i == len(rest) || rest[i] == '/') {
-			path = rest[i:]
+			path, version = rest[i:], rest[:i]
 		}
 	}
-	return path
+	return path, version
 }
 
 func allow() authorization.Response { return authorization.Response{Allow: true} }
@@ -214,7 +222,8 @@ func (a *Authz) authZReq(body []byte) authorization.Response {
 	if err := json.Unmarshal(body, &env); err != nil {
 		return deny("unreadable authorization request: %v", err)
 	}
-	method, path := env.RequestMethod, route(env.RequestURI)
+	method := env.RequestMethod
+	path, version := routeVersion(env.RequestURI)
 	check := a.checker(method, path)
 	if check == nil {
 		return allow()
@@ -225,7 +234,7 @@ func (a *Authz) authZReq(body []byte) authorization.Response {
 		return deny("unreadable authorization request: %v", err)
 	}
 	start := time.Now()
-	resp := a.decide(reqBody, method, path, check)
+	resp := a.decide(apiCall{body: reqBody, path: path, version: version}, method, check)
 	// Allowed calls log at debug only: a line on the plugin's stdout is
 	// relayed through dockerd's log while the API call waits (measured:
 	// ~0.3 ms per inspected call on 2 cores, bench/authz).
@@ -241,8 +250,15 @@ func (a *Authz) authZReq(body []byte) authorization.Response {
 	return resp
 }
 
-// checkFn decides an inspected call from its request body and path.
-type checkFn func(a *Authz, body []byte, path string) authorization.Response
+// apiCall is what a check reads of an inspected Docker API call.
+type apiCall struct {
+	body    []byte // the request body (JSON), if any
+	path    string // without the version prefix
+	version string // the API version in the URI, "" when none
+}
+
+// checkFn decides an inspected call.
+type checkFn func(a *Authz, c apiCall) authorization.Response
 
 func (a *Authz) checker(method, path string) checkFn {
 	switch {
@@ -254,6 +270,8 @@ func (a *Authz) checker(method, path string) checkFn {
 		return (*Authz).checkExec
 	case method == "POST" && strings.HasPrefix(path, "/containers/") && strings.HasSuffix(path, "/update"):
 		return (*Authz).checkBodyOnly
+	case method == "POST" && strings.HasPrefix(path, "/containers/") && strings.HasSuffix(path, "/start"):
+		return (*Authz).checkStart
 	case (method == "POST" && strings.HasPrefix(path, "/plugins/") && strings.HasSuffix(path, "/disable")) ||
 		(method == "DELETE" && strings.HasPrefix(path, "/plugins/")):
 		return (*Authz).checkPlugin
@@ -261,12 +279,13 @@ func (a *Authz) checker(method, path string) checkFn {
 	return nil
 }
 
-func (a *Authz) decide(body []byte, method, path string, check checkFn) authorization.Response {
+func (a *Authz) decide(c apiCall, method string, check checkFn) authorization.Response {
 	if a.cfg.Override {
-		a.log.WithField("path", path).Warn("authz override is on: allowing without checks")
+		a.log.WithField("path", c.path).Warn("authz override is on: allowing without checks")
 		return allow()
 	}
-	needsBody := check != nil && !(method == "DELETE" || strings.HasSuffix(path, "/disable"))
+	needsBody := check != nil && !(method == "DELETE" || strings.HasSuffix(c.path, "/disable") || strings.HasSuffix(c.path, "/start"))
+	body := c.body
 	if needsBody {
 		if len(body) == 0 {
 			return deny("the request body was not forwarded to the authorization plugin (too large, or chunked); send a normal-sized JSON body")
@@ -275,33 +294,51 @@ func (a *Authz) decide(body []byte, method, path string, check checkFn) authoriz
 			return deny("the request body is not valid JSON (truncated?); refusing to authorize what cannot be inspected")
 		}
 	}
-	return check(a, body, path)
+	return check(a, c)
 }
 
-// createBody is the part of POST /containers/create the checks read.
+// HostConfigBody is the part of a container's host config the checks read.
+type HostConfigBody struct {
+	NetworkMode string   `json:"NetworkMode"`
+	Privileged  bool     `json:"Privileged"`
+	CapAdd      []string `json:"CapAdd"`
+	Binds       []string `json:"Binds"`
+	VolumesFrom []string `json:"VolumesFrom"`
+	Mounts      []struct {
+		Type          string `json:"Type"`
+		Source        string `json:"Source"`
+		VolumeOptions *struct {
+			DriverConfig *struct {
+				Name    string            `json:"Name"`
+				Options map[string]string `json:"Options"`
+			} `json:"DriverConfig"`
+		} `json:"VolumeOptions"`
+	} `json:"Mounts"`
+	PidMode string `json:"PidMode"`
+}
+
+// createBody is the part of POST /containers/create the checks read,
+// decoded the way dockerd decodes it (encoding/json, the same wrapper
+// shape): host config fields at the top level are the deprecated spelling
+// that dockerd still applies when there is no "HostConfig" object.
 type createBody struct {
-	Labels     map[string]string `json:"Labels"`
-	HostConfig struct {
-		NetworkMode string   `json:"NetworkMode"`
-		Privileged  bool     `json:"Privileged"`
-		CapAdd      []string `json:"CapAdd"`
-		Binds       []string `json:"Binds"`
-		VolumesFrom []string `json:"VolumesFrom"`
-		Mounts      []struct {
-			Type          string `json:"Type"`
-			Source        string `json:"Source"`
-			VolumeOptions *struct {
-				DriverConfig *struct {
-					Name    string            `json:"Name"`
-					Options map[string]string `json:"Options"`
-				} `json:"DriverConfig"`
-			} `json:"VolumeOptions"`
-		} `json:"Mounts"`
-		PidMode string `json:"PidMode"`
-	} `json:"HostConfig"`
+	Labels           map[string]string `json:"Labels"`
+	Inner            *HostConfigBody   `json:"HostConfig"`
+	*HostConfigBody                    // deprecated top-level fields
 	NetworkingConfig struct {
 		EndpointsConfig map[string]json.RawMessage `json:"EndpointsConfig"`
 	} `json:"NetworkingConfig"`
+}
+
+// hostConfig returns the host config dockerd will use.
+func (b *createBody) hostConfig() HostConfigBody {
+	switch {
+	case b.Inner != nil:
+		return *b.Inner
+	case b.HostConfigBody != nil:
+		return *b.HostConfigBody
+	}
+	return HostConfigBody{}
 }
 
 // dangerousCaps change the container's own network stack or firewall, or are
@@ -309,7 +346,8 @@ type createBody struct {
 var dangerousCaps = map[string]bool{"NET_ADMIN": true, "SYS_ADMIN": true, "BPF": true, "ALL": true, "SYS_MODULE": true,
 	"SYS_PTRACE": true, "SYS_RAWIO": true, "DAC_READ_SEARCH": true, "PERFMON": true}
 
-func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
+func (a *Authz) checkCreate(c apiCall) authorization.Response {
+	raw := c.body
 	var body createBody
 	if err := json.Unmarshal(raw, &body); err != nil {
 		return deny("cannot parse the container create request: %v", err)
@@ -317,11 +355,17 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 	if _, err := policy.ParseLabels(body.Labels, ""); err != nil {
 		return deny("invalid label: %v. Fix the label (syntax: clawker.allow=[proto://]host[:port],...) and run again; nothing was created", err)
 	}
+	return a.checkHostConfig(body.hostConfig(), body.NetworkingConfig.EndpointsConfig)
+}
+
+// checkHostConfig applies invariant 8 to a container's host config (and the
+// networks of its create request) when it is on a clawker-fw network.
+func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.RawMessage) authorization.Response {
 	nets := []string{}
-	if m := body.HostConfig.NetworkMode; m != "" && m != "default" {
+	if m := hc.NetworkMode; m != "" && m != "default" {
 		nets = append(nets, m)
 	}
-	for n := range body.NetworkingConfig.EndpointsConfig {
+	for n := range endpoints {
 		if !contains(nets, n) {
 			nets = append(nets, n)
 		}
@@ -339,7 +383,7 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 	// --network container:X shares X's network namespace: when X is on a
 	// clawker-fw network the new container is inside the same firewall and
 	// gets the same checks.
-	if ref, ok := strings.CutPrefix(body.HostConfig.NetworkMode, "container:"); ok && a.onFirewalled(ref) {
+	if ref, ok := strings.CutPrefix(hc.NetworkMode, "container:"); ok && a.onFirewalled(ref) {
 		fw = append(fw, fmt.Sprintf("of container %s (--network container:%s)", ref, ref))
 	}
 	if len(fw) == 0 {
@@ -348,25 +392,25 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 	if len(nets) > 1 {
 		return deny("a container on the clawker-fw network %s cannot join other networks (%s): that would bypass the firewall; use only the firewalled network", fw[0], strings.Join(nets, ", "))
 	}
-	if body.HostConfig.Privileged {
+	if hc.Privileged {
 		return deny("--privileged is not allowed on the clawker-fw network %s: it would let the container change its own firewall; drop --privileged", fw[0])
 	}
-	for _, c := range body.HostConfig.CapAdd {
+	for _, c := range hc.CapAdd {
 		name := strings.TrimPrefix(strings.ToUpper(c), "CAP_")
 		if dangerousCaps[name] {
 			return deny("--cap-add %s is not allowed on the clawker-fw network %s: it would let the container bypass the firewall; drop it", c, fw[0])
 		}
 	}
-	if body.HostConfig.PidMode == "host" {
+	if hc.PidMode == "host" {
 		return deny("--pid host is not allowed on the clawker-fw network %s: it exposes other processes' network namespaces; drop it", fw[0])
 	}
-	if len(body.HostConfig.VolumesFrom) > 0 {
+	if len(hc.VolumesFrom) > 0 {
 		return deny("--volumes-from is not allowed on the clawker-fw network %s: the other container's mounts are not checked (they could hold the Docker socket); mount the volumes directly", fw[0])
 	}
 	mountDenied := func(what string) authorization.Response {
 		return deny("mounting the Docker socket, or another path that controls Docker or the firewall (%s), is not allowed on the clawker-fw network %s; remove the mount", what, fw[0])
 	}
-	for _, b := range body.HostConfig.Binds {
+	for _, b := range hc.Binds {
 		src := strings.SplitN(b, ":", 2)[0]
 		if !strings.HasPrefix(src, "/") { // a named volume
 			bad, err := a.volumeBindsControl(src)
@@ -382,7 +426,7 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 			return mountDenied(b)
 		}
 	}
-	for _, m := range body.HostConfig.Mounts {
+	for _, m := range hc.Mounts {
 		switch m.Type {
 		case "bind":
 			if controlPath(m.Source) {
@@ -406,6 +450,50 @@ func (a *Authz) checkCreate(raw []byte, _ string) authorization.Response {
 		}
 	}
 	return allow()
+}
+
+// checkStart refuses starting a clawker-fw container with an API version
+// below 1.24: dockerd still applies a host config sent with such a start
+// (Privileged, CapAdd, NetworkMode, ...) over the one create checked, and a
+// chunked start body never reaches the authz plugin. Current clients (and
+// URIs without a version) cannot do that and are allowed.
+func (a *Authz) checkStart(c apiCall) authorization.Response {
+	if c.version == "" || !versionBelow(c.version, 1, 24) {
+		return allow()
+	}
+	ref := strings.TrimSuffix(strings.TrimPrefix(c.path, "/containers/"), "/start")
+	onFW := a.onFirewalled(ref)
+	if !onFW && a.cfg.ContainerNetworks != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		nets, err := a.cfg.ContainerNetworks(ctx, ref)
+		if err != nil {
+			return deny("cannot check container %s's networks for a start with API %s: %v; use a current Docker client", ref, c.version, err)
+		}
+		for _, n := range nets {
+			isFW, err := a.isFirewalled(n)
+			if err != nil {
+				return deny("%v", err)
+			}
+			onFW = onFW || isFW
+		}
+	}
+	if onFW {
+		return deny("starting container %s with Docker API %s is not allowed on a clawker-fw network: before API 1.24 a start may replace the container's host config; use a current Docker client", ref, c.version)
+	}
+	return allow()
+}
+
+// versionBelow reports whether API version v ("1.23") is below major.minor;
+// an unparsable version counts as below.
+func versionBelow(v string, major, minor int) bool {
+	maj, min, ok := strings.Cut(v, ".")
+	x, err1 := strconv.Atoi(maj)
+	y, err2 := strconv.Atoi(min)
+	if !ok || err1 != nil || err2 != nil {
+		return true
+	}
+	return x < major || (x == major && y < minor)
 }
 
 // bindDevice returns the host path a local-driver volume's options bind
@@ -463,7 +551,8 @@ func controlPath(src string) bool {
 	return strings.HasSuffix(src, "docker.sock") || strings.HasSuffix(src, "containerd.sock")
 }
 
-func (a *Authz) checkConnect(raw []byte, path string) authorization.Response {
+func (a *Authz) checkConnect(c apiCall) authorization.Response {
+	raw, path := c.body, c.path
 	var body struct{ Container string }
 	if err := json.Unmarshal(raw, &body); err != nil || body.Container == "" {
 		return deny("cannot parse the network connect request")
@@ -510,7 +599,8 @@ func (a *Authz) checkConnect(raw []byte, path string) authorization.Response {
 	return allow()
 }
 
-func (a *Authz) checkExec(raw []byte, path string) authorization.Response {
+func (a *Authz) checkExec(c apiCall) authorization.Response {
+	raw, path := c.body, c.path
 	var body struct{ Privileged bool }
 	if err := json.Unmarshal(raw, &body); err != nil {
 		return deny("cannot parse the exec request")
@@ -522,11 +612,12 @@ func (a *Authz) checkExec(raw []byte, path string) authorization.Response {
 	return allow()
 }
 
-func (a *Authz) checkBodyOnly([]byte, string) authorization.Response {
+func (a *Authz) checkBodyOnly(apiCall) authorization.Response {
 	return allow()
 }
 
-func (a *Authz) checkPlugin(_ []byte, path string) authorization.Response {
+func (a *Authz) checkPlugin(c apiCall) authorization.Response {
+	path := c.path
 	name := strings.TrimPrefix(path, "/plugins/")
 	name = strings.TrimSuffix(name, "/disable")
 	if !contains(a.cfg.PluginNames, name) {

@@ -346,3 +346,40 @@ func BenchmarkAuthZResLargeList(b *testing.B) {
 		}
 	}
 }
+
+func TestDeprecatedHostConfigAndOldStart(t *testing.T) {
+	a := testAuthz(false)
+	// dockerd applies top-level host config fields when "HostConfig" is
+	// absent (the deprecated wrapper), and ignores them when it is there.
+	resp := call(t, a, "POST", "/v1.41/containers/create", `{"Image":"busybox","NetworkMode":"agents","Privileged":true}`)
+	require.False(t, resp.Allow)
+	require.Contains(t, resp.Msg, "--privileged")
+	resp = call(t, a, "POST", "/v1.41/containers/create", `{"Image":"busybox","NetworkMode":"agents","Binds":["/var/run/docker.sock:/d"]}`)
+	require.False(t, resp.Allow)
+	require.True(t, call(t, a, "POST", "/v1.41/containers/create",
+		`{"Image":"busybox","Privileged":true,"HostConfig":{"NetworkMode":"agents"}}`).Allow, "the inner HostConfig wins, as in dockerd")
+	require.False(t, call(t, a, "POST", "/v1.41/containers/create", `{"Image":"busybox","hostconfig":{"NetworkMode":"agents","privileged":true}}`).Allow,
+		"keys match case-insensitively, as in dockerd")
+
+	for _, tc := range []struct {
+		uri   string
+		allow bool
+	}{
+		{"/v1.23/containers/agent/start", false},
+		{"/v1.12/containers/c0ffee/start", false},
+		{"/v1.23/containers/created-agent/start", false}, // not running: its networks come from Docker
+		{"/v1.23/containers/plain/start", true},
+		{"/v1.24/containers/agent/start", true},
+		{"/v1.41/containers/agent/start", true},
+		{"/containers/agent/start", true},
+	} {
+		resp := call(t, a, "POST", tc.uri, nil)
+		require.Equal(t, tc.allow, resp.Allow, "%s: %s", tc.uri, resp.Msg)
+		if !tc.allow {
+			require.Contains(t, resp.Msg, "use a current Docker client")
+		}
+	}
+	require.True(t, versionBelow("1.9", 1, 24))
+	require.False(t, versionBelow("2.0", 1, 24))
+	require.True(t, versionBelow("x", 1, 24))
+}
