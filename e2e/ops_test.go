@@ -687,6 +687,8 @@ func TestOpsAuthz(t *testing.T) {
 		{"plugin sockets", []string{"-v", "/run/docker/plugins:/p"}, []string{"mounting the Docker socket", "/run/docker/plugins"}},
 		{"bpf pins", []string{"--mount", "type=bind,src=/sys/fs/bpf,dst=/bpf"}, []string{"/sys/fs/bpf"}},
 		{"volumes-from", []string{"--volumes-from", "cfw-ops-az-out"}, []string{"--volumes-from is not allowed"}},
+		{"systempaths unconfined", []string{"--security-opt", "systempaths=unconfined"}, []string{"unmasks /proc"}},
+		{"raw disk device", []string{"--device", "/dev/vda"}, []string{"--device /dev/vda is not allowed"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"run", "--rm", "--network", "cfw-ops-az"}, tc.args...)

@@ -314,7 +314,16 @@ type HostConfigBody struct {
 			} `json:"DriverConfig"`
 		} `json:"VolumeOptions"`
 	} `json:"Mounts"`
-	PidMode string `json:"PidMode"`
+	PidMode     string   `json:"PidMode"`
+	SecurityOpt []string `json:"SecurityOpt"`
+	// MaskedPaths and ReadonlyPaths are null unless set: the CLI sends them
+	// empty for --security-opt systempaths=unconfined.
+	MaskedPaths   []string `json:"MaskedPaths"`
+	ReadonlyPaths []string `json:"ReadonlyPaths"`
+	Devices     []struct {
+		PathOnHost string `json:"PathOnHost"`
+	} `json:"Devices"`
+	DeviceCgroupRules []string `json:"DeviceCgroupRules"`
 }
 
 // createBody is the part of POST /containers/create the checks read,
@@ -403,6 +412,23 @@ func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.Raw
 	}
 	if hc.PidMode == "host" {
 		return deny("--pid host is not allowed on the clawker-fw network %s: it exposes other processes' network namespaces; drop it", fw[0])
+	}
+	unmasked := hc.MaskedPaths != nil || hc.ReadonlyPaths != nil
+	for _, o := range hc.SecurityOpt {
+		unmasked = unmasked || strings.ReplaceAll(o, ":", "=") == "systempaths=unconfined"
+	}
+	if unmasked {
+		return deny("--security-opt systempaths=unconfined (or custom MaskedPaths/ReadonlyPaths) is not allowed on the clawker-fw network %s: it unmasks /proc and /sys, a way out of the container; drop it", fw[0])
+	}
+	for _, d := range hc.Devices {
+		if hostDevice(d.PathOnHost) {
+			return deny("--device %s is not allowed on the clawker-fw network %s: raw disk or memory access is a way out of the container; drop it", d.PathOnHost, fw[0])
+		}
+	}
+	for _, r := range hc.DeviceCgroupRules {
+		if t := strings.TrimSpace(r); strings.HasPrefix(t, "a") || strings.HasPrefix(t, "b") {
+			return deny("--device-cgroup-rule %q is not allowed on the clawker-fw network %s: it opens block devices, a way out of the container; drop it", r, fw[0])
+		}
 	}
 	if len(hc.VolumesFrom) > 0 {
 		return deny("--volumes-from is not allowed on the clawker-fw network %s: the other container's mounts are not checked (they could hold the Docker socket); mount the volumes directly", fw[0])
@@ -494,6 +520,21 @@ func versionBelow(v string, major, minor int) bool {
 		return true
 	}
 	return x < major || (x == major && y < minor)
+}
+
+// hostDevices are device path patterns that give raw disk or memory access.
+var hostDevices = []string{"/dev/sd", "/dev/vd", "/dev/xvd", "/dev/hd", "/dev/nvme", "/dev/mmcblk", "/dev/dm-",
+	"/dev/mapper/", "/dev/loop", "/dev/md", "/dev/nbd", "/dev/disk/", "/dev/mem", "/dev/kmem", "/dev/port"}
+
+// hostDevice reports whether a --device host path is a disk or memory device.
+func hostDevice(p string) bool {
+	p = pathpkg.Clean("/" + p)
+	for _, d := range hostDevices {
+		if strings.HasPrefix(p, d) {
+			return true
+		}
+	}
+	return false
 }
 
 // bindDevice returns the host path a local-driver volume's options bind
