@@ -320,7 +320,7 @@ type HostConfigBody struct {
 	// empty for --security-opt systempaths=unconfined.
 	MaskedPaths   []string `json:"MaskedPaths"`
 	ReadonlyPaths []string `json:"ReadonlyPaths"`
-	Devices     []struct {
+	Devices       []struct {
 		PathOnHost string `json:"PathOnHost"`
 	} `json:"Devices"`
 	DeviceCgroupRules []string `json:"DeviceCgroupRules"`
