@@ -143,16 +143,9 @@ func (f *opsFixture) restoreDaemonConfig(t *testing.T, before []byte) {
 func (f *opsFixture) removePlugin(t *testing.T) {
 	e := f.e
 	f.setAuthz(t, false)
-	if out, _, err := e.Docker("ps", "-aq"); err == nil && strings.TrimSpace(out) != "" {
-		_, _, _ = e.Docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...)
+	if err := e.UninstallPlugin(); err != nil {
+		t.Errorf("uninstall plugin: %v", err)
 	}
-	if out, _, err := e.Docker("network", "ls", "-q", "--filter", "driver="+harness.PluginName); err == nil && strings.TrimSpace(out) != "" {
-		_, _, _ = e.Docker(append([]string{"network", "rm"}, strings.Fields(out)...)...)
-	}
-	if err := e.RemovePlugin(); err != nil {
-		t.Errorf("remove plugin: %v", err)
-	}
-	opsCleanHost(t)
 	// The plugin's state (networks it still knew, e.g. because it was dead
 	// when they were removed) must not leak into the next installation on
 	// this Env: the next plugin would restore them.
@@ -182,21 +175,6 @@ func (f *opsFixture) removePlugin(t *testing.T) {
 			}
 		}
 		_ = exec.Command("ip", "link", "del", br).Run()
-	}
-}
-
-// opsCleanHost removes the plugin's pins (unpinning detaches its cgroup
-// programs) and nft tables.
-func opsCleanHost(t *testing.T) {
-	if err := os.RemoveAll("/sys/fs/bpf/clawker-fw"); err != nil {
-		t.Errorf("remove pins: %v", err)
-	}
-	for _, fam := range []string{"inet", "bridge"} {
-		if exec.Command("nft", "list", "table", fam, "clawker_fw").Run() == nil {
-			if out, err := exec.Command("nft", "delete", "table", fam, "clawker_fw").CombinedOutput(); err != nil {
-				t.Errorf("nft delete table %s clawker_fw: %v: %s", fam, err, out)
-			}
-		}
 	}
 }
 

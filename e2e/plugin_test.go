@@ -118,8 +118,8 @@ func installPlugin(t *testing.T, e *harness.Env) *pluginFixture {
 	// outlive a removed plugin by design.
 	if out, _, _ := e.Docker("plugin", "ls", "--format", "{{.Name}}"); strings.Contains(out, "clawker-fw") {
 		removePluginAndClean(t, e)
-	} else {
-		cleanPluginHostState(t)
+	} else if err := harness.CleanPluginHostState(); err != nil {
+		t.Errorf("clean plugin host state: %v", err)
 	}
 	start := time.Now()
 	require.NoError(t, e.InstallPlugin(copyDir))
@@ -130,37 +130,12 @@ func installPlugin(t *testing.T, e *harness.Env) *pluginFixture {
 	return &pluginFixture{e: e, busybox: bb, debian: deb, cli: cliCopy}
 }
 
-// cleanPluginHostState removes what the plugin leaves on the host by
-// design when it is removed: its BPF pins (unpinning detaches the cgroup
-// programs) and its nft tables. Only call it with no plugin running.
-func cleanPluginHostState(t *testing.T) {
-	t.Helper()
-	if err := os.RemoveAll("/sys/fs/bpf/clawker-fw"); err != nil {
-		t.Errorf("remove pins: %v", err)
-	}
-	for _, fam := range []string{"inet", "bridge"} {
-		if exec.Command("nft", "list", "table", fam, "clawker_fw").Run() == nil {
-			if out, err := exec.Command("nft", "delete", "table", fam, "clawker_fw").CombinedOutput(); err != nil {
-				t.Errorf("nft delete table %s clawker_fw: %v: %s", fam, err, out)
-			}
-		}
-	}
-}
-
-// removePluginAndClean removes the env's containers, clawker-fw networks and
-// the plugin, then the host state the plugin leaves.
+// removePluginAndClean uninstalls the plugin and what it leaves behind.
 func removePluginAndClean(t *testing.T, e *harness.Env) {
 	t.Helper()
-	if out, _, err := e.Docker("ps", "-aq"); err == nil && strings.TrimSpace(out) != "" {
-		_, _, _ = e.Docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...)
+	if err := e.UninstallPlugin(); err != nil {
+		t.Errorf("uninstall plugin: %v", err)
 	}
-	if out, _, err := e.Docker("network", "ls", "-q", "--filter", "driver="+driver); err == nil && strings.TrimSpace(out) != "" {
-		_, _, _ = e.Docker(append([]string{"network", "rm"}, strings.Fields(out)...)...)
-	}
-	if err := e.RemovePlugin(); err != nil {
-		t.Errorf("remove plugin: %v", err)
-	}
-	cleanPluginHostState(t)
 }
 
 // recordTiming logs a greppable TIMING line and keeps it for the results file.

@@ -106,7 +106,9 @@ func run(out, pluginDir string, rounds, nPS, nCreate int, debug bool, logLevel s
 		if cerr := e.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
-		cleanHost()
+		if cerr := harness.CleanPluginHostState(); cerr != nil && err == nil {
+			err = cerr
+		}
 	}()
 	img, err := e.ImportBusybox()
 	if err != nil {
@@ -502,15 +504,3 @@ func ci(d, lo, hi time.Duration) string {
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0fus", float64(d)/float64(time.Microsecond)) }
-
-// cleanHost removes what the plugin leaves on the host by design once it
-// is gone: its BPF pins (unpinning detaches the cgroup programs) and nft
-// tables.
-func cleanHost() {
-	_ = os.RemoveAll("/sys/fs/bpf/clawker-fw")
-	for _, fam := range []string{"inet", "bridge"} {
-		if exec.Command("nft", "list", "table", fam, "clawker_fw").Run() == nil {
-			_ = exec.Command("nft", "delete", "table", fam, "clawker_fw").Run()
-		}
-	}
-}

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -94,6 +95,37 @@ func (e *Env) RemovePlugin() error {
 	_, _, _ = e.Docker("plugin", "disable", "-f", PluginName)
 	_, _, err := e.Docker("plugin", "rm", "-f", PluginName)
 	return err
+}
+
+// UninstallPlugin removes every container and clawker-fw network (while the
+// plugin still serves them), the plugin, and then what the plugin leaves on
+// the host by design (CleanPluginHostState). Authz must be off.
+func (e *Env) UninstallPlugin() error {
+	if out, _, err := e.Docker("ps", "-aq"); err == nil && strings.TrimSpace(out) != "" {
+		_, _, _ = e.Docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...)
+	}
+	if out, _, err := e.Docker("network", "ls", "-q", "--filter", "driver="+PluginName); err == nil && strings.TrimSpace(out) != "" {
+		_, _, _ = e.Docker(append([]string{"network", "rm"}, strings.Fields(out)...)...)
+	}
+	return errors.Join(e.RemovePlugin(), CleanPluginHostState())
+}
+
+// CleanPluginHostState removes what the plugin leaves on the host by design
+// once it is gone: its BPF pins (unpinning detaches the cgroup programs) and
+// its nft tables. Only call it with no plugin running.
+func CleanPluginHostState() error {
+	var errs []error
+	if err := os.RemoveAll("/sys/fs/bpf/clawker-fw"); err != nil {
+		errs = append(errs, fmt.Errorf("remove pins: %w", err))
+	}
+	for _, fam := range []string{"inet", "bridge"} {
+		if exec.Command("nft", "list", "table", fam, "clawker_fw").Run() == nil {
+			if out, err := exec.Command("nft", "delete", "table", fam, "clawker_fw").CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("nft delete table %s clawker_fw: %v: %s", fam, err, out))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // HasBoundingCap reports whether capability number c (e.g. 24 for
