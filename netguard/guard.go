@@ -243,31 +243,56 @@ func (h *Handle) GuardNetwork(n Network) error {
 // syncDockerUser removes our accept for br from DOCKER-USER and, when icc,
 // inserts it again at the top. A missing chain is the skip path.
 func (h *Handle) syncDockerUser(c *nftables.Conn, br string, icc bool) error {
-	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: dockerTable}
-	ch, err := c.ListChain(t, dockerChain)
-	if err != nil {
-		// No table ip filter or no DOCKER-USER chain in it.
-		return nil
-	}
-	ch.Table = t
-	rules, err := c.GetRules(t, ch)
-	if err != nil {
-		return fmt.Errorf("list %s: %w", dockerChain, err)
+	ch, rules, err := dockerUserRules(c, br)
+	if err != nil || ch == nil {
+		return err
 	}
 	for _, r := range rules {
-		if rb, _, ok := parseComment(r.UserData); ok && rb == br {
-			if err := c.DelRule(r); err != nil {
-				return fmt.Errorf("delete %s rule: %w", dockerChain, err)
-			}
+		if err := c.DelRule(r); err != nil {
+			return fmt.Errorf("delete %s rule: %w", dockerChain, err)
 		}
 	}
 	if icc {
-		c.InsertRule(&nftables.Rule{Table: t, Chain: ch, Exprs: cat(iif(br), oif(br), accept()), UserData: netComment(br)})
+		c.InsertRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: cat(iif(br), oif(br), accept()), UserData: netComment(br)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("update %s for %s: %w", dockerChain, br, err)
 	}
 	return nil
+}
+
+// dockerUserRules returns chain DOCKER-USER of table ip filter and its rules
+// whose comment names bridge; the chain is nil when it does not exist (no
+// Docker, or iptables-legacy), which is not an error.
+func dockerUserRules(c *nftables.Conn, bridge string) (*nftables.Chain, []*nftables.Rule, error) {
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: dockerTable}
+	ch, err := c.ListChain(t, dockerChain)
+	if err != nil {
+		return nil, nil, nil
+	}
+	ch.Table = t
+	rules, err := c.GetRules(t, ch)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list %s: %w", dockerChain, err)
+	}
+	var mine []*nftables.Rule
+	for _, r := range rules {
+		if br, _, ok := parseComment(r.UserData); ok && br == bridge {
+			mine = append(mine, r)
+		}
+	}
+	return ch, mine, nil
+}
+
+// state returns a connection and what the plugin's tables hold. Callers
+// hold h.mu.
+func (h *Handle) state() (*nftables.Conn, nftState, error) {
+	c, err := h.nft()
+	if err != nil {
+		return nil, nftState{}, err
+	}
+	st, err := listState(c)
+	return c, st, err
 }
 
 // UnguardNetwork removes the network rules of bridge (and its DOCKER-USER
@@ -277,11 +302,7 @@ func (h *Handle) syncDockerUser(c *nftables.Conn, br string, icc bool) error {
 func (h *Handle) UnguardNetwork(bridge string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c, err := h.nft()
-	if err != nil {
-		return err
-	}
-	st, err := listState(c)
+	c, st, err := h.state()
 	if err != nil {
 		return err
 	}

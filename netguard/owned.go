@@ -57,11 +57,7 @@ type ownedRefs struct {
 func (h *Handle) listOwned(bridge string) (Owned, ownedRefs, error) {
 	var o Owned
 	refs := ownedRefs{veths: map[string]bool{}}
-	c, err := h.nft()
-	if err != nil {
-		return o, refs, err
-	}
-	st, err := listState(c)
+	c, st, err := h.state()
 	if err != nil {
 		return o, refs, err
 	}
@@ -116,19 +112,13 @@ func (h *Handle) listOwned(bridge string) (Owned, ownedRefs, error) {
 		}
 	}
 
-	// DOCKER-USER (or any ip filter chain) rules naming the network.
-	ipf := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: dockerTable}
-	if ch, err := c.ListChain(ipf, dockerChain); err == nil {
-		ch.Table = ipf
-		rules, err := c.GetRules(ipf, ch)
-		if err != nil {
-			return o, refs, fmt.Errorf("list %s: %w", dockerChain, err)
-		}
-		for _, r := range rules {
-			if br, _, ok := parseComment(r.UserData); ok && br == bridge {
-				o.Rules = append(o.Rules, fmt.Sprintf("ip %s %s handle %d", dockerTable, dockerChain, r.Handle))
-			}
-		}
+	// DOCKER-USER rules naming the network.
+	_, rules, err := dockerUserRules(c, bridge)
+	if err != nil {
+		return o, refs, err
+	}
+	for _, r := range rules {
+		o.Rules = append(o.Rules, fmt.Sprintf("ip %s %s handle %d", dockerTable, dockerChain, r.Handle))
 	}
 
 	// Links: the bridge, its ports, and the veths its guards name.
@@ -210,11 +200,7 @@ func (h *Handle) Cleanup(bridge string) error {
 func (h *Handle) Networks() ([]string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c, err := h.nft()
-	if err != nil {
-		return nil, err
-	}
-	st, err := listState(c)
+	c, st, err := h.state()
 	if err != nil {
 		return nil, err
 	}
@@ -263,11 +249,7 @@ func (h *Handle) Networks() ([]string, error) {
 func (h *Handle) Missing(n Network, veths []string) ([]string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c, err := h.nft()
-	if err != nil {
-		return nil, err
-	}
-	st, err := listState(c)
+	c, st, err := h.state()
 	if err != nil {
 		return nil, err
 	}
@@ -323,22 +305,12 @@ func (h *Handle) Missing(n Network, veths []string) ([]string, error) {
 		}
 	}
 	if n.ICC {
-		ipf := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: dockerTable}
-		if ch, err := c.ListChain(ipf, dockerChain); err == nil {
-			ch.Table = ipf
-			rules, err := c.GetRules(ipf, ch)
-			if err != nil {
-				return nil, fmt.Errorf("list %s: %w", dockerChain, err)
-			}
-			found := false
-			for _, r := range rules {
-				if rb, _, ok := parseComment(r.UserData); ok && rb == br {
-					found = true
-				}
-			}
-			if !found {
-				missing = append(missing, "ip "+dockerTable+" "+dockerChain+" accept for "+br)
-			}
+		ch, rules, err := dockerUserRules(c, br)
+		if err != nil {
+			return nil, err
+		}
+		if ch != nil && len(rules) == 0 {
+			missing = append(missing, "ip "+dockerTable+" "+dockerChain+" accept for "+br)
 		}
 	}
 	return missing, nil
