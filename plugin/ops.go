@@ -223,9 +223,9 @@ func (p *Plugin) Reload() error {
 	return p.q.Do(p.ctx, queue.KindReconcile, func() error {
 		var errs []error
 		for _, n := range p.sortedNetworks() {
-			errs = append(errs, p.hn.AddNetwork(n))
-			for _, ep := range p.st.endpointsOf(n.ID) {
-				errs = append(errs, p.hn.AddEndpoint(n, ep))
+			eps := p.st.endpointsOf(n.ID)
+			errs = append(errs, p.guardHost(n, eps)...)
+			for _, ep := range eps {
 				if ep.NetnsCookie != 0 {
 					errs = append(errs, p.k.Enroll(ep.NetnsCookie, p.enrollment(n, ep)))
 				}
@@ -257,10 +257,7 @@ func (p *Plugin) RepairHost() ([]string, error) {
 				continue
 			}
 			repaired = append(repaired, fmt.Sprintf("network %s: %s", short(n.ID), strings.Join(missing, ", ")))
-			errs = append(errs, p.hn.AddNetwork(n))
-			for _, ep := range eps {
-				errs = append(errs, p.hn.AddEndpoint(n, ep))
-			}
+			errs = append(errs, p.guardHost(n, eps)...)
 		}
 		return errors.Join(errs...)
 	})
@@ -276,6 +273,15 @@ func (p *Plugin) RepairHost() ([]string, error) {
 	}
 	p.guardMu.Unlock()
 	return repaired, err
+}
+
+// guardHost (re)installs the host side of network n and its endpoints.
+func (p *Plugin) guardHost(n *Network, eps []*Endpoint) []error {
+	errs := []error{p.hn.AddNetwork(n)}
+	for _, ep := range eps {
+		errs = append(errs, p.hn.AddEndpoint(n, ep))
+	}
+	return errs
 }
 
 // HostGuardStatus is what RepairHost has seen since the plugin started.

@@ -436,15 +436,23 @@ func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.Raw
 	mountDenied := func(what string) authorization.Response {
 		return deny("mounting the Docker socket, or another path that controls Docker or the firewall (%s), is not allowed on the clawker-fw network %s; remove the mount", what, fw[0])
 	}
+	// volumeDenied checks an existing named volume (its local driver may
+	// bind a host path).
+	volumeDenied := func(name, what string) (authorization.Response, bool) {
+		bad, err := a.volumeBindsControl(name)
+		switch {
+		case err != nil:
+			return deny("cannot check volume %s: %v; retry", name, err), true
+		case bad != "":
+			return mountDenied(what + "volume " + name + " binds " + bad), true
+		}
+		return authorization.Response{}, false
+	}
 	for _, b := range hc.Binds {
 		src := strings.SplitN(b, ":", 2)[0]
 		if !strings.HasPrefix(src, "/") { // a named volume
-			bad, err := a.volumeBindsControl(src)
-			if err != nil {
-				return deny("cannot check volume %s: %v; retry", src, err)
-			}
-			if bad != "" {
-				return mountDenied(b + ": volume " + src + " binds " + bad)
+			if resp, bad := volumeDenied(src, b+": "); bad {
+				return resp
 			}
 			continue
 		}
@@ -465,12 +473,8 @@ func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.Raw
 				}
 			}
 			if m.Source != "" {
-				bad, err := a.volumeBindsControl(m.Source)
-				if err != nil {
-					return deny("cannot check volume %s: %v; retry", m.Source, err)
-				}
-				if bad != "" {
-					return mountDenied("volume " + m.Source + " binds " + bad)
+				if resp, bad := volumeDenied(m.Source, ""); bad {
+					return resp
 				}
 			}
 		}
@@ -490,24 +494,44 @@ func (a *Authz) checkStart(c apiCall) authorization.Response {
 	ref := strings.TrimSuffix(strings.TrimPrefix(c.path, "/containers/"), "/start")
 	onFW := a.onFirewalled(ref)
 	if !onFW && a.cfg.ContainerNetworks != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := dockerCtx()
 		defer cancel()
 		nets, err := a.cfg.ContainerNetworks(ctx, ref)
 		if err != nil {
 			return deny("cannot check container %s's networks for a start with API %s: %v; use a current Docker client", ref, c.version, err)
 		}
-		for _, n := range nets {
-			isFW, err := a.isFirewalled(n)
-			if err != nil {
-				return deny("%v", err)
-			}
-			onFW = onFW || isFW
+		n, err := a.firstFirewalled(nets, "")
+		if err != nil {
+			return deny("%v", err)
 		}
+		onFW = n != ""
 	}
 	if onFW {
 		return deny("starting container %s with Docker API %s is not allowed on a clawker-fw network: before API 1.24 a start may replace the container's host config; use a current Docker client", ref, c.version)
 	}
 	return allow()
+}
+
+// firstFirewalled returns the first of nets (other than skip) that is a
+// clawker-fw network, or "".
+func (a *Authz) firstFirewalled(nets []string, skip string) (string, error) {
+	for _, n := range nets {
+		if n == skip {
+			continue
+		}
+		isFW, err := a.isFirewalled(n)
+		if err != nil || isFW {
+			return n, err
+		}
+	}
+	return "", nil
+}
+
+// dockerTimeout bounds the Docker API calls a decision makes.
+const dockerTimeout = 2 * time.Second
+
+func dockerCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), dockerTimeout)
 }
 
 // versionBelow reports whether API version v ("1.23") is below major.minor;
@@ -554,7 +578,7 @@ func (a *Authz) volumeBindsControl(name string) (string, error) {
 	if a.cfg.VolumeOptions == nil {
 		return "", nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := dockerCtx()
 	defer cancel()
 	opts, found, err := a.cfg.VolumeOptions(ctx, name)
 	if err != nil || !found {
@@ -608,21 +632,16 @@ func (a *Authz) checkConnect(c apiCall) authorization.Response {
 	// A container that is created (or stopped) on a clawker-fw network has
 	// no endpoint in the snapshot, but Docker attaches every network it is
 	// connected to at start: ask Docker for its networks.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := dockerCtx()
 	defer cancel()
 	nets, err := a.cfg.ContainerNetworks(ctx, body.Container)
 	if err == nil {
-		for _, n := range nets {
-			if n == target {
-				continue
-			}
-			isFW, ferr := a.isFirewalled(n)
-			if ferr != nil {
-				return deny("%v", ferr)
-			}
-			if isFW {
-				return deny("container %s is attached to the clawker-fw network %s and cannot join another network: that would bypass the firewall", body.Container, n)
-			}
+		n, ferr := a.firstFirewalled(nets, target)
+		if ferr != nil {
+			return deny("%v", ferr)
+		}
+		if n != "" {
+			return deny("container %s is attached to the clawker-fw network %s and cannot join another network: that would bypass the firewall", body.Container, n)
 		}
 	}
 	targetFW, ferr := a.isFirewalled(target)
@@ -727,7 +746,7 @@ func (a *Authz) isFirewalled(ref string) (bool, error) {
 	names := a.names
 	a.mu.Unlock()
 	if !fresh && a.cfg.Networks != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := dockerCtx()
 		defer cancel()
 		n, err := a.cfg.Networks(ctx)
 		if err != nil {
