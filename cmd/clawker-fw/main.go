@@ -169,17 +169,16 @@ func (c *client) do(method, path string, body any) (*http.Response, error) {
 }
 
 func (c *client) get(path string, out io.Writer) error {
-	resp, err := c.do(http.MethodGet, path, nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	_, err = io.Copy(out, resp.Body)
-	return err
+	return c.copyTo(http.MethodGet, path, nil, out)
 }
 
 func (c *client) post(path string, body any, out io.Writer) error {
-	resp, err := c.do(http.MethodPost, path, body)
+	return c.copyTo(http.MethodPost, path, body, out)
+}
+
+// copyTo makes a call and copies the answer's body to out.
+func (c *client) copyTo(method, path string, body any, out io.Writer) error {
+	resp, err := c.do(method, path, body)
 	if err != nil {
 		return err
 	}
