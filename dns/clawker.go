@@ -107,13 +107,9 @@ func (q *query) line(decision string, reason string, rcode int) []byte {
 	b := make([]byte, 0, 192)
 	b = append(b, "CLAWKER-DNS-DECISION decision="...)
 	b = append(b, decision...)
-	b = append(b, ' ')
-	b = append(b, fSource...)
-	b = append(b, '=')
+	b = key(b, fSource)
 	b = q.src.AppendTo(b)
-	b = append(b, ' ')
-	b = append(b, fEndpoint...)
-	b = append(b, '=')
+	b = key(b, fEndpoint)
 	container := "-"
 	if q.ep != nil {
 		b = strconv.AppendUint(b, uint64(q.ep.Index), 10)
@@ -123,30 +119,20 @@ func (q *query) line(decision string, reason string, rcode int) []byte {
 	} else {
 		b = append(b, '-')
 	}
-	b = append(b, ' ')
-	b = append(b, fContainer...)
-	b = append(b, '=')
+	b = key(b, fContainer)
 	b = append(b, container...)
-	b = append(b, ' ')
-	b = append(b, fName...)
-	b = append(b, '=')
+	b = key(b, fName)
 	b = strconv.AppendQuote(b, q.name)
-	b = append(b, ' ')
-	b = append(b, fType...)
-	b = append(b, '=')
+	b = key(b, fType)
 	if t, ok := mdns.TypeToString[q.qtype]; ok {
 		b = append(b, t...)
 	} else {
 		b = append(b, "TYPE"...)
 		b = strconv.AppendUint(b, uint64(q.qtype), 10)
 	}
-	b = append(b, ' ')
-	b = append(b, fReason...)
-	b = append(b, '=')
+	b = key(b, fReason)
 	b = append(b, reason...)
-	b = append(b, ' ')
-	b = append(b, fRcode...)
-	b = append(b, '=')
+	b = key(b, fRcode)
 	b = append(b, mdns.RcodeToString[rcode]...)
 	return b
 }
@@ -159,19 +145,20 @@ func (c *Clawker) deny(q *query, reason policy.Reason, rcode int) {
 func (c *Clawker) allow(q *query, reason string, id policy.Identity, answers int, upstream string) {
 	allowedCount.Inc()
 	b := q.line("allow", reason, mdns.RcodeSuccess)
-	b = append(b, ' ')
-	b = append(b, fIdentity...)
-	b = append(b, '=')
+	b = key(b, fIdentity)
 	b = strconv.AppendUint(b, uint64(id), 10)
-	b = append(b, ' ')
-	b = append(b, fAnswers...)
-	b = append(b, '=')
+	b = key(b, fAnswers)
 	b = strconv.AppendInt(b, int64(answers), 10)
-	b = append(b, ' ')
-	b = append(b, fUpstream...)
-	b = append(b, '=')
+	b = key(b, fUpstream)
 	b = append(b, upstream...)
 	c.Log.Info(string(b))
+}
+
+// key appends " k=" to a decision line.
+func key(b []byte, k string) []byte {
+	b = append(b, ' ')
+	b = append(b, k...)
+	return append(b, '=')
 }
 
 func (c *Clawker) fail(q *query, cause string, err error) {
