@@ -401,19 +401,20 @@ func (e *env) bulkOnce(v variant, dir string, n int64) (float64, error) {
 	return float64(n) / (1 << 20) / time.Since(start).Seconds(), nil
 }
 
-func (e *env) benchNewConn(rep *report) {
-	vs := e.variants()
+// newConnLatencies times n rounds of one new-connection GET of host per
+// variant (interleaved), by variant name.
+func (e *env) newConnLatencies(rep *report, vs []variant, host string, n int) map[string][]time.Duration {
 	lat := map[string][]time.Duration{}
 	clients := map[string]*http.Client{}
 	for _, v := range vs {
 		clients[v.name] = e.httpClient(v, false, false)
 	}
-	for i := 0; i < *connN; i++ {
+	for i := 0; i < n; i++ {
 		for _, v := range vs {
 			start := time.Now()
-			resp, err := clients[v.name].Get(e.url(v, benchName, "/small"))
+			resp, err := clients[v.name].Get(e.url(v, host, "/small"))
 			if err != nil {
-				rep.note("new conn %s: %v", v.name, err)
+				rep.note("new conn %s to %s: %v", v.name, host, err)
 				continue
 			}
 			_, _ = io.Copy(io.Discard, resp.Body)
@@ -421,6 +422,11 @@ func (e *env) benchNewConn(rep *report) {
 			lat[v.name] = append(lat[v.name], time.Since(start))
 		}
 	}
+	return lat
+}
+
+func (e *env) benchNewConn(rep *report) {
+	lat := e.newConnLatencies(rep, e.variants(), benchName, *connN)
 	for _, p := range []float64{0.5, 0.99} {
 		q := func(n string) float64 { return float64(pct(lat[n], p).Microseconds()) / 1000 }
 		rep.row(fmt.Sprintf("HTTPS new connection + GET, p%d latency (ms, %d conns)", int(p*100), *connN), q("direct"), q("builtin"), q("squid"), false)
@@ -456,26 +462,8 @@ func (e *env) benchInspect(rep *report) {
 		}
 		rep.row(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), median(direct), median(insp), 0, true)
 	}
-	// New connections under inspection.
-	lat := map[string][]time.Duration{}
-	var cl []*http.Client
-	vs = vs[:2]
-	for _, v := range vs {
-		cl = append(cl, e.httpClient(v, false, false))
-	}
-	for i := 0; i < *connN/2; i++ {
-		for j, v := range vs {
-			start := time.Now()
-			resp, err := cl[j].Get(e.url(v, inspectName, "/small"))
-			if err != nil {
-				rep.note("inspect new conn %s: %v", v.name, err)
-				continue
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			lat[v.name] = append(lat[v.name], time.Since(start))
-		}
-	}
+	// New connections under inspection (direct and builtin only).
+	lat := e.newConnLatencies(rep, vs[:2], inspectName, *connN/2)
 	rep.row("HTTPS new connection + GET, builtin INSPECTING, p50 latency (ms)", ms(pct(lat["direct"], .5)), ms(pct(lat["builtin"], .5)), 0, false)
 }
 
