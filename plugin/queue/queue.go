@@ -64,7 +64,10 @@ func New() *Queue {
 }
 
 // Do submits fn as an action of kind and waits for its result. If ctx ends
-// first, Do returns ctx.Err() but the action still runs (it was accepted).
+// before the action started, it is withdrawn (it never runs) and Do returns
+// ctx.Err(); once started, Do waits for it to finish. Either way nothing of
+// fn runs after Do returns, so fn may write the caller's variables (it used
+// to run later, racing with a caller that had returned).
 func (q *Queue) Do(ctx context.Context, kind Kind, fn func() error) error {
 	it := &item{kind: kind, fn: fn, done: make(chan error, 1)}
 	q.mu.Lock()
@@ -79,8 +82,17 @@ func (q *Queue) Do(ctx context.Context, kind Kind, fn func() error) error {
 	case err := <-it.done:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
 	}
+	q.mu.Lock()
+	for i, pending := range q.items {
+		if pending == it {
+			q.items = append(q.items[:i], q.items[i+1:]...)
+			q.mu.Unlock()
+			return ctx.Err()
+		}
+	}
+	q.mu.Unlock()
+	return <-it.done // the worker has it: wait
 }
 
 // Runs returns how many executions the worker has made.

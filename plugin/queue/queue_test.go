@@ -112,19 +112,45 @@ func TestCloseDrainsAndRejects(t *testing.T) {
 	require.Len(t, ran, 3, "accepted actions drain on close")
 }
 
-func TestContextCancelStillRuns(t *testing.T) {
+// TestContextCancel: a caller that gives up withdraws its action if it has
+// not started (it never runs, so it cannot write the caller's variables
+// after Do returned), and waits for it if it has.
+func TestContextCancel(t *testing.T) {
 	q := New()
 	defer q.Close()
 	block := make(chan struct{})
-	go func() { _ = q.Do(context.Background(), KindRead, func() error { <-block; return nil }) }()
-	time.Sleep(10 * time.Millisecond)
+	started := make(chan struct{})
+	go func() {
+		_ = q.Do(context.Background(), KindRead, func() error { close(started); <-block; return nil })
+	}()
+	<-started
 	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan struct{})
+	ran := false
 	errc := make(chan error)
-	go func() { errc <- q.Do(ctx, KindMutate, func() error { close(ran); return nil }) }()
+	go func() { errc <- q.Do(ctx, KindMutate, func() error { ran = true; return nil }) }()
 	time.Sleep(10 * time.Millisecond)
 	cancel()
 	require.ErrorIs(t, <-errc, context.Canceled)
 	close(block)
-	<-ran
+	require.NoError(t, q.Do(context.Background(), KindRead, func() error { return nil }), "queue still works")
+	require.False(t, ran, "a withdrawn action never runs")
+
+	// Cancelled while running: Do returns only when the action is done.
+	ctx, cancel = context.WithCancel(context.Background())
+	release := make(chan struct{})
+	running := make(chan struct{})
+	finished := false
+	go func() {
+		errc <- q.Do(ctx, KindMutate, func() error { close(running); <-release; finished = true; return nil })
+	}()
+	<-running
+	cancel()
+	select {
+	case err := <-errc:
+		t.Fatalf("Do returned %v while its action was still running", err)
+	case <-time.After(30 * time.Millisecond):
+	}
+	close(release)
+	require.NoError(t, <-errc)
+	require.True(t, finished)
 }
