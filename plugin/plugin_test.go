@@ -345,9 +345,7 @@ func TestBypassExpiresEvenAcrossRestart(t *testing.T) {
 	r.endpoint(t, "ep1", "10.230.0.2")
 	r.container(t, "ep1", 401, Container{ID: cid(5), Name: "byp"})
 	require.Eventually(t, func() bool { return !r.policyOf(t, "10.230.0.2").Pending }, 5*time.Second, 10*time.Millisecond)
-	// Long enough that a loaded -race run cannot let it lapse before the
-	// first assertion (a 400 ms bypass once did, it seems).
-	until, err := r.p.Bypass("byp", 1500*time.Millisecond)
+	until, err := r.p.Bypass("byp", 400*time.Millisecond)
 	require.NoError(t, err)
 	require.True(t, r.policyOf(t, "10.230.0.2").Effective(time.Now()).AllowAll)
 	e, _ := r.k.get(401000)
