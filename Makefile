@@ -8,10 +8,14 @@ PLUGIN_DIR := $(BUILD)/plugin
 GOFLAGS_STATIC := CGO_ENABLED=0
 LDFLAGS := -s -w
 FUZZTIME ?= 15s
+# Docker Engine of the e2e suite: debian (docker.io 20.10) or current (built by
+# scripts/engine.sh from pinned module versions, cached). ENGINES: for test.
+ENGINE ?= debian
+ENGINES ?= debian current
 # Go packages whose tests need no root (race detector on).
 UNIT_PKGS = $$($(GO) list ./... | grep -v -e /e2e -e /bench)
 
-.PHONY: all deps generate build plugin install uninstall demo test test-unit test-fuzz test-e2e check-generate lint bench clean
+.PHONY: all deps generate build plugin install uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench clean
 
 all: build
 
@@ -64,12 +68,25 @@ test-fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzNormalizeHost$$' -fuzztime=$(FUZZTIME) ./policy
 	$(GO) test -run='^$$' -fuzz='^FuzzServeDNS$$' -fuzztime=$(FUZZTIME) ./dns
 
+## engine: build (or find cached) the current Docker Engine's dockerd and runc
+engine:
+	./scripts/engine.sh
+
 # One e2e environment at a time on a machine (fixed netns, pin dir, nft tables): take the shared lock.
+## test-e2e: the e2e suite on one engine (ENGINE=debian, the default, or ENGINE=current)
 test-e2e: plugin build
-	flock -o /tmp/clawker-e2e.lock env CLAWKER_E2E=1 $(GO) test -count=1 -timeout 60m -v ./e2e/... 2>&1 | tee $(BUILD)/e2e.log; exit $${PIPESTATUS[0]}
+	@set -o pipefail; bin=; \
+	if [ "$(ENGINE)" = current ]; then bin=$$(./scripts/engine.sh) || exit 1; \
+	elif [ "$(ENGINE)" != debian ]; then echo "ENGINE=$(ENGINE): want debian or current" >&2; exit 2; fi; \
+	flock -o /tmp/clawker-e2e.lock env CLAWKER_E2E=1 CLAWKER_E2E_ENGINE=$(ENGINE) CLAWKER_E2E_ENGINE_BIN=$$bin \
+		$(GO) test -count=1 -timeout 60m -v ./e2e/... 2>&1 | tee $(BUILD)/e2e-$(ENGINE).log
+
+## test-e2e-engines: the e2e suite on every engine of ENGINES (all run; fails if one fails)
+test-e2e-engines:
+	@rc=0; for eng in $(ENGINES); do $(MAKE) --no-print-directory test-e2e ENGINE=$$eng || rc=1; done; exit $$rc
 
 ## test: the whole suite (README's second command runs this through scripts/test.sh)
-test: lint test-unit test-fuzz test-e2e
+test: lint test-unit test-fuzz test-e2e-engines
 
 bench:
 	./scripts/bench.sh

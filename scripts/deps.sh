@@ -12,6 +12,7 @@ pkgs=(
   openssh-client openssh-server   # ssh rule tests
   squid-openssl wrk hyperfine     # benchmarks (the classic peer)
   ca-certificates git make gcc
+  libseccomp-dev                  # runc of the current engine (scripts/engine.sh, cgo)
 )
 missing=()
 for p in "${pkgs[@]}"; do
