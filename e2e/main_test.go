@@ -1,6 +1,7 @@
 // Package e2e holds clawker-fw's end-to-end tests: a real dockerd (Debian's
-// 20.10), the plugin installed from its build directory, real containers,
-// and a fake internet in a network namespace (see package e2e/harness).
+// 20.10, or the current engine with CLAWKER_E2E_ENGINE=current), the plugin
+// installed from its build directory, real containers, and a fake internet
+// in a network namespace (see package e2e/harness).
 //
 // They need root and run only with CLAWKER_E2E=1 or CI=true:
 //
@@ -9,6 +10,7 @@ package e2e
 
 import (
 	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -69,7 +71,18 @@ func closeShared(t testing.TB) {
 	}
 }
 
+// TestMain runs the tests and then checks that the suite left the host's
+// Docker as it found it (issue 11, class 10; each Env also checks itself in
+// Close).
 func TestMain(m *testing.M) {
+	var before *harness.HostDocker
+	if (os.Getenv("CLAWKER_E2E") == "1" || testutil.InCI()) && os.Geteuid() == 0 {
+		var err error
+		if before, err = harness.SnapshotHostDocker(); err != nil {
+			os.Stderr.WriteString("e2e: read the host's Docker state: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+	}
 	code := m.Run()
 	sharedMu.Lock()
 	if sharedEnv != nil {
@@ -81,5 +94,15 @@ func TestMain(m *testing.M) {
 		}
 	}
 	sharedMu.Unlock()
+	if before != nil {
+		after, err := harness.SnapshotHostDocker()
+		if err != nil {
+			os.Stderr.WriteString("e2e: read the host's Docker state: " + err.Error() + "\n")
+			code = 1
+		} else if d := before.Diff(after); len(d) > 0 {
+			os.Stderr.WriteString("e2e: the suite changed the host's Docker:\n  " + strings.Join(d, "\n  ") + "\n")
+			code = 1
+		}
+	}
 	os.Exit(code)
 }

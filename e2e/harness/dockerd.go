@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Dockerd is the engine the harness runs (Debian's docker.io 20.10).
+// Dockerd is Debian's docker.io 20.10, the default engine (EngineDebian).
 const Dockerd = "/usr/sbin/dockerd"
 
 const (
@@ -29,22 +29,29 @@ const (
 	dockerdStopTimeout  = 20 * time.Second
 )
 
-// hostState is what dockerd changes host-wide, saved before its first start.
+// hostState is what dockerd changes host-wide, saved before its first start:
+// the forwarding sysctls and the FORWARD policies.
 type hostState struct {
-	ipForward     string
-	forwardPolicy string // ACCEPT or DROP; "" if unknown
+	sysctls  map[string]string
+	policies map[string]string // "iptables" / "ip6tables" -> ACCEPT or DROP
 }
 
 func readHostState() *hostState {
-	s := &hostState{}
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil {
-		s.ipForward = strings.TrimSpace(string(b))
+	s := &hostState{sysctls: map[string]string{}, policies: map[string]string{}}
+	for _, p := range hostSysctls {
+		if b, err := os.ReadFile(p); err == nil {
+			s.sysctls[p] = strings.TrimSpace(string(b))
+		}
 	}
-	if out, err := exec.Command("iptables", "-S", "FORWARD").Output(); err == nil {
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		out, err := exec.Command(bin, "-w", "-S", "FORWARD").Output()
+		if err != nil {
+			continue
+		}
 		sc := bufio.NewScanner(strings.NewReader(string(out)))
 		for sc.Scan() {
 			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "-P" && f[1] == "FORWARD" {
-				s.forwardPolicy = f[2]
+				s.policies[bin] = f[2]
 			}
 		}
 	}
@@ -53,13 +60,15 @@ func readHostState() *hostState {
 
 func (s *hostState) restore() error {
 	var errs []error
-	if s.ipForward != "" {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte(s.ipForward), 0o644); err != nil {
-			errs = append(errs, fmt.Errorf("restore ip_forward: %w", err))
+	for _, p := range hostSysctls {
+		if v, ok := s.sysctls[p]; ok {
+			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+				errs = append(errs, fmt.Errorf("restore %s: %w", p, err))
+			}
 		}
 	}
-	if s.forwardPolicy != "" {
-		if err := run("iptables", "-P", "FORWARD", s.forwardPolicy); err != nil {
+	for bin, policy := range s.policies {
+		if err := run(bin, "-w", "-P", "FORWARD", policy); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -78,17 +87,31 @@ func (e *Env) dockerdArgs() []string {
 		"-H", e.DockerHost(),
 		"--config-file", e.daemonConfigPath(),
 		"--live-restore",
-		"--bridge=none",
+		// Never --bridge=none: it deletes the host's docker0 (class 10).
+		"--bridge", DockerBridge,
+		// Default-bridge traffic keeps its own source address, so the leak
+		// detector sees it (a masqueraded flow would look like the host's).
+		"--ip-masq=false",
+		"--default-address-pool", fmt.Sprintf("base=%s,size=%d", DockerAddressPool, DockerAddressPoolSize),
 		"--userland-proxy=false",
 	}
 	if !e.opts.NoDebug {
 		args = append(args, "--debug")
 	}
-	if !e.opts.LoopbackResolver {
+	if e.hostNameserver() == "" {
 		// A hook that misses a query can only ever reach the fake DNS.
 		args = append(args, "--dns", FakenetIP)
 	}
 	return append(args, e.opts.DockerdArgs...)
+}
+
+// hostNameserver is the nameserver of dockerd's private resolv.conf ("":
+// dockerd runs with --dns FakenetIP and the host's resolv.conf).
+func (e *Env) hostNameserver() string {
+	if e.opts.LoopbackResolver {
+		return LoopbackResolverIP
+	}
+	return e.opts.HostNameserver
 }
 
 // WriteDaemonConfig replaces daemon.json; ReloadDockerd applies it.
@@ -141,6 +164,9 @@ func (e *Env) startDockerd() error {
 		e.hostState = readHostState()
 	}
 	e.mu.Unlock()
+	if err := e.setupDockerBridge(); err != nil {
+		return err
+	}
 	for _, d := range []string{e.DataRoot(), e.ExecRoot(), e.StateDir(), filepath.Join(e.dir, "cli")} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
@@ -169,22 +195,23 @@ func (e *Env) startDockerd() error {
 	defer logf.Close()
 
 	var cmd *exec.Cmd
-	if e.opts.LoopbackResolver {
+	if ns := e.hostNameserver(); ns != "" {
 		// dockerd reads /etc/resolv.conf at every container start, so the
 		// replacement must stay visible to it, and to it only: run dockerd
 		// (and the containerd it starts) in a private mount namespace with a
 		// bind mount over /etc/resolv.conf. Mounts dockerd makes there
 		// (netns files, overlays) stay in that namespace and vanish with it.
 		resolv := filepath.Join(e.dir, "resolv.conf")
-		if err := os.WriteFile(resolv, []byte("nameserver "+LoopbackResolverIP+"\noptions ndots:0\n"), 0o644); err != nil {
+		if err := os.WriteFile(resolv, []byte("nameserver "+ns+"\noptions ndots:0\n"), 0o644); err != nil {
 			return fmt.Errorf("write resolv.conf: %w", err)
 		}
 		script := `mount --bind "$1" /etc/resolv.conf && shift && exec "$@"`
-		args := append([]string{"-m", "--propagation", "private", "--", "sh", "-c", script, "sh", resolv, Dockerd}, e.dockerdArgs()...)
+		args := append([]string{"-m", "--propagation", "private", "--", "sh", "-c", script, "sh", resolv, e.engine.Dockerd}, e.dockerdArgs()...)
 		cmd = exec.Command("unshare", args...)
 	} else {
-		cmd = exec.Command(Dockerd, e.dockerdArgs()...)
+		cmd = exec.Command(e.engine.Dockerd, e.dockerdArgs()...)
 	}
+	cmd.Env = e.engine.dockerdEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Put dockerd in its own process group so a terminal's Ctrl-C goes to
 	// the test only; end it if the test process dies without Close.
@@ -297,6 +324,7 @@ func (e *Env) stopDockerEnv() error {
 	}
 	killProcessesUsing(e.dir)
 	errs = append(errs, unmountUnder(e.dir))
+	errs = append(errs, e.removeDockerBridge())
 	if e.hostState != nil {
 		errs = append(errs, e.hostState.restore())
 	}

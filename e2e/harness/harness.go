@@ -115,6 +115,13 @@ type Options struct {
 	// HostLoopback case of DESIGN.md). A recording relay on 127.0.0.153:53
 	// forwards to the fake DNS; see Env.LoopbackDNSLog.
 	LoopbackResolver bool
+	// HostNameserver, when set, runs dockerd like LoopbackResolver (private
+	// mount namespace, no --dns) with "nameserver HostNameserver" in its
+	// /etc/resolv.conf, and no relay: e.g. FakenetIP, to see from which
+	// namespace each engine's embedded resolver forwards a nameserver read
+	// from the host's resolv.conf (20.10: the container's; current moby: the
+	// host's, always). Ignored with LoopbackResolver.
+	HostNameserver string
 	// DaemonConfig is written as daemon.json (--config-file). It must not
 	// repeat a flag the harness passes (dockerd refuses duplicates).
 	DaemonConfig map[string]any
@@ -129,6 +136,9 @@ type Options struct {
 	TmpfsDataRoot bool
 	// NoDocker starts only the fake internet.
 	NoDocker bool
+	// Engine is the Docker Engine to run; the zero value means the one
+	// SelectedEngine returns (CLAWKER_E2E_ENGINE).
+	Engine Engine
 	// Logf prints progress; default: stderr with an "e2e:" prefix, so that
 	// slow steps (debootstrap) are visible while a test runs.
 	Logf func(format string, args ...any)
@@ -144,6 +154,10 @@ type Env struct {
 	fakenetCmd   *exec.Cmd
 	fakenetDone  chan struct{}
 	relay        *dnsRelay
+
+	engine        Engine
+	bridgeCreated bool
+	hostBefore    *HostDocker // the host's Docker before Start (class 10)
 
 	mu        sync.Mutex
 	dockerd   *exec.Cmd
@@ -190,17 +204,34 @@ func Start(opts Options) (_ *Env, err error) {
 			fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...)
 		}
 	}
+	if opts.Engine.Name == "" {
+		eng, err := SelectedEngine()
+		if err != nil {
+			return nil, err
+		}
+		opts.Engine = eng
+	}
 	lock, err := lockMachine(opts.Logf)
 	if err != nil {
 		return nil, err
 	}
 	cleanStaleEnvs(opts.Logf)
+	// What a dead Env left goes before the snapshot: it is not the host's.
+	if err := errors.Join(removeStaleNetns(), removeStaleBridge()); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	before, err := SnapshotHostDocker()
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("read the host's Docker state: %w", err)
+	}
 	dir, err := os.MkdirTemp("/tmp", "cfw-e2e-")
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("create env dir: %w", err)
 	}
-	e := &Env{opts: opts, dir: dir, logf: opts.Logf, images: map[string]bool{}, lock: lock}
+	e := &Env{opts: opts, dir: dir, logf: opts.Logf, images: map[string]bool{}, lock: lock, engine: opts.Engine, hostBefore: before}
 	defer func() {
 		if err != nil {
 			if cerr := e.Close(); cerr != nil {
@@ -227,9 +258,12 @@ func Start(opts Options) (_ *Env, err error) {
 	if err := e.startDockerd(); err != nil {
 		return nil, err
 	}
-	e.logf("dockerd up in %v (socket %s)", time.Since(start).Round(time.Millisecond), e.Socket())
+	e.logf("dockerd (%s engine) up in %v (socket %s)", e.engine.Name, time.Since(start).Round(time.Millisecond), e.Socket())
 	return e, nil
 }
+
+// Engine is the Docker Engine this Env runs.
+func (e *Env) Engine() Engine { return e.engine }
 
 // Dir is the Env's private directory (sockets, roots, logs).
 func (e *Env) Dir() string { return e.dir }
@@ -406,12 +440,29 @@ func (e *Env) Close() error {
 		if err := removeTree(e.dir); err != nil {
 			e.closeErr = err
 		}
+		e.closeErr = errors.Join(e.closeErr, e.checkHostDocker())
 	})
 	if e.lock != nil {
 		e.lock.Close() // releases the flock
 		e.lock = nil
 	}
 	return e.closeErr
+}
+
+// checkHostDocker fails when the Env left the host's Docker other than it
+// found it (class 10): see HostDocker.Diff.
+func (e *Env) checkHostDocker() error {
+	if e.hostBefore == nil {
+		return nil
+	}
+	after, err := SnapshotHostDocker()
+	if err != nil {
+		return fmt.Errorf("read the host's Docker state after the environment: %w", err)
+	}
+	if d := e.hostBefore.Diff(after); len(d) > 0 {
+		return fmt.Errorf("the e2e environment changed the host's Docker:\n  %s", strings.Join(d, "\n  "))
+	}
+	return nil
 }
 
 // LockFile serializes environments machine-wide: the names and addresses
