@@ -66,6 +66,7 @@ test-unit:
 test-fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseRules$$' -fuzztime=$(FUZZTIME) ./policy
 	$(GO) test -run='^$$' -fuzz='^FuzzNormalizeHost$$' -fuzztime=$(FUZZTIME) ./policy
+	$(GO) test -run='^$$' -fuzz='^FuzzPathReadings$$' -fuzztime=$(FUZZTIME) ./policy
 	$(GO) test -run='^$$' -fuzz='^FuzzServeDNS$$' -fuzztime=$(FUZZTIME) ./dns
 
 ## engine: build (or find cached) the current Docker Engine's dockerd and runc

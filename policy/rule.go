@@ -116,9 +116,9 @@ func formatPorts(lo, hi uint16) string {
 //  4. tcp, ssh and udp rules need an exact name or an IP/CIDR, never a
 //     wildcard: their listener dials one fixed upstream;
 //  5. path rules are only for https/http allow rules; each path is a prefix
-//     starting with "/" or "~regex" (anchored at the start of the path, it
-//     must compile); methods are upper-cased tokens; a path action defaults
-//     to allow;
+//     starting with "/", in canonical form (CanonicalRulePath), or "~regex"
+//     (anchored at the start of the path, it must compile); methods are
+//     upper-cased tokens; a path action defaults to allow;
 //  6. PathDefault defaults to deny when any path rule allows, else allow,
 //     and is only allowed with path rules;
 //  7. path rules force Inspect on; Inspect is only for https/http allow rules.
@@ -206,10 +206,12 @@ func Normalize(r EgressRule) (EgressRule, error) {
 // String returns the protocol name.
 func (p Proto) String() string { return string(p) }
 
-// normalizePath validates path rule i (step 5 of Normalize).
+// normalizePath validates path rule i (step 5 of Normalize); a prefix takes
+// its canonical form (CanonicalRulePath).
 func normalizePath(i int, pr PathRule) (PathRule, error) {
 	field := fmt.Sprintf("paths[%d]", i)
-	if err := checkPath(pr.Path); err != nil {
+	canon, err := checkPath(pr.Path)
+	if err != nil {
 		var re *ruleError
 		if ok := asRuleError(err, &re); ok {
 			re.field = field + ".path"
@@ -217,6 +219,7 @@ func normalizePath(i int, pr PathRule) (PathRule, error) {
 		}
 		return pr, &ruleError{field: field + ".path", value: pr.Path, reason: err.Error()}
 	}
+	pr.Path = canon
 	var methods []string
 	for j, m := range pr.Methods {
 		u := strings.ToUpper(m)
@@ -244,32 +247,19 @@ func asRuleError(err error, target **ruleError) bool {
 	return ok
 }
 
-// checkPath validates a path prefix or "~regex".
-func checkPath(p string) error {
+// checkPath validates a path prefix or "~regex" and returns its canonical
+// form.
+func checkPath(p string) (string, error) {
 	if re, ok := strings.CutPrefix(p, "~"); ok {
 		if re == "" {
-			return fmt.Errorf("empty regular expression")
+			return "", fmt.Errorf("empty regular expression")
 		}
 		if _, err := CompilePathRegexp(re); err != nil {
-			return &ruleError{value: p, reason: "invalid regular expression: " + err.Error(), err: err}
+			return "", &ruleError{value: p, reason: "invalid regular expression: " + err.Error(), err: err}
 		}
-		return nil
+		return p, nil
 	}
-	if !strings.HasPrefix(p, "/") {
-		return fmt.Errorf("a path must start with '/' (or '~' for a regular expression)")
-	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch {
-		case c <= ' ' || c == 0x7f:
-			return fmt.Errorf("invalid character %q in path", rune(c))
-		case c >= 0x80:
-			return fmt.Errorf("non-ASCII byte 0x%02x in path (percent-encode it)", c)
-		case c == '?' || c == '#':
-			return fmt.Errorf("a path rule cannot hold %q (query strings and fragments are not matched)", rune(c))
-		}
-	}
-	return nil
+	return CanonicalRulePath(p)
 }
 
 // CompilePathRegexp compiles the body of a "~regex" path rule (without the

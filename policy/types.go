@@ -85,10 +85,10 @@ type Provenance struct {
 	Container string `json:"container,omitempty"`
 }
 
-// PathRule is one HTTP path rule. Paths are matched after normalization
-// (percent-decoding of unreserved characters, "//" folding, dot segments
-// resolved); a path that still carries an encoded "/" or "." never matches a
-// prefix it would escape.
+// PathRule is one HTTP path rule. A request path is matched in every way an
+// upstream may read it (escapes decoded or not, %2F and '\' as separators or
+// not, dot segments resolved or not, ;params stripped or not; case-folded
+// for denies) and is allowed only when every reading is: see DecidePath.
 type PathRule struct {
 	// Path is a prefix ("/repos/") or, when it starts with "~", a regular
 	// expression anchored at the start of the path ("~^/v[0-9]+/").

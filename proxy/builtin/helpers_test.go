@@ -214,7 +214,7 @@ func upstreamHandler(scheme string) http.Handler {
 			}
 		}
 		w.Header().Set("X-Upstream-Proto", r.Proto)
-		fmt.Fprintf(w, "%s %s %s %s", scheme, r.Method, r.Host, r.URL.RequestURI())
+		fmt.Fprintf(w, "%s %s %s %s", scheme, r.Method, r.Host, r.RequestURI)
 	})
 }
 

@@ -82,6 +82,7 @@ func (f *flow) serveHTTP(ctx context.Context, c net.Conn, tlsName string) {
 			pr.Out.URL.Scheme = scheme
 			pr.Out.URL.Host = hostPort(host, f.port, scheme)
 			pr.Out.Host = pr.In.Host
+			forwardAsSent(pr.Out.URL, pr.In.URL, rawPath(pr.In))
 		},
 		Transport:    f.e.transport(f.ep.Index),
 		ErrorHandler: h.upstreamError,
@@ -186,15 +187,16 @@ type httpHandler struct {
 //     inspection (no domain fronting);
 //  2. the endpoint's current policy must allow the host on this port, with
 //     a rule of the matching protocol (https under inspection, else http);
-//  3. the entry's path rules, matched on the normalized path, decide the
-//     method and path.
+//  3. the entry's path rules decide the method and the path as sent: every
+//     plausible reading of it must be allowed (policy.DecidePath), and it
+//     is forwarded byte for byte (forwardAsSent).
 func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.wg.Add(1)
 	defer h.wg.Done()
 	f := h.f
 	f.requests.Add(1)
 	host := strings.ToLower(strings.TrimSuffix(stripPort(r.Host), "."))
-	ri := &reqInfo{host: host, method: r.Method, path: r.URL.EscapedPath()}
+	ri := &reqInfo{host: host, method: r.Method, path: rawPath(r)}
 	if f.tlsNameless() && host != "" && f.name == "" {
 		f.name = host // first Host names a plain-HTTP flow in its log line
 	}
@@ -238,6 +240,10 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if len(m.Entry.Paths) > 0 || m.Entry.PathDefault == policy.Deny {
+			if !forwardable(ri.path) {
+				deny(policy.ReasonPath, ruleOf(m), "the path cannot be forwarded as sent")
+				return
+			}
 			ok, which := decidePath(m.Entry.Paths, m.Entry.PathDefault, ri.path, r.Method)
 			if !ok {
 				deny(policy.ReasonPath, ruleOf(m), which)
@@ -334,7 +340,7 @@ func (h *httpHandler) upstreamError(w http.ResponseWriter, r *http.Request, err 
 	var pe *errPrivate
 	if errors.As(err, &pe) {
 		host, _ := r.Context().Value(hostKey{}).(string)
-		h.denyRequest(w, &reqInfo{host: host, path: r.URL.EscapedPath(), method: r.Method, reason: ReasonPrivateUpstream, detail: err.Error()})
+		h.denyRequest(w, &reqInfo{host: host, path: rawPath(r), method: r.Method, reason: ReasonPrivateUpstream, detail: err.Error()})
 		return
 	}
 	if errors.Is(err, context.Canceled) {
