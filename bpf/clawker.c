@@ -21,7 +21,7 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-#define LAYOUT_VERSION 1
+#define LAYOUT_VERSION 2
 
 #define EP_FLAG_ICC 1
 
@@ -38,7 +38,15 @@ enum reason {
 	REASON_GATEWAY = 6,      /* the gateway on a port that is not steered */
 	REASON_EXPIRED = 7,      /* learned entry past its TTL, no CIDR rule */
 	REASON_PROTO = 8,        /* a socket type that is neither TCP nor UDP */
+	REASON_RESOLVER = 9,     /* Docker's embedded resolver on a port other than 53 */
 };
+
+/* Docker's embedded resolver, 127.0.0.11 inside every container namespace
+ * of a user-defined network (host byte order). */
+#define DOCKER_RESOLVER 0x7f00000b
+
+/* Entries of one endpoint's learned map (its quota); see learned below. */
+#define LEARNED_PER_ENDPOINT 4096
 
 struct meta_val {
 	__u32 layout_version;
@@ -55,11 +63,6 @@ struct endpoint {
 	__u16 ca_port;  /* host byte order */
 	__u16 pad;
 	__u64 bypass_until_ns; /* CLOCK_MONOTONIC */
-};
-
-struct learned_key {
-	__u32 index;
-	__u32 addr; /* network byte order */
 };
 
 struct learned_val {
@@ -132,11 +135,26 @@ struct {
 	__type(value, struct endpoint);
 } endpoints SEC(".maps");
 
+/*
+ * learned: endpoint index -> that endpoint's own map of destination address
+ * (network byte order) -> learned_val. One inner map per endpoint, so one
+ * endpoint filling its map can never evict or crowd out another's entries:
+ * a full inner map refuses the insert (E2BIG) and its writer reclaims only
+ * from that map (bpf/learned.go). Inner maps are created by the writer on an
+ * endpoint's first answer; no preallocation, so memory follows use.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct learned_key);
-	__type(value, struct learned_val);
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__uint(max_entries, LEARNED_PER_ENDPOINT);
+		__uint(map_flags, BPF_F_NO_PREALLOC);
+		__type(key, __u32);
+		__type(value, struct learned_val);
+	});
 } learned SEC(".maps");
 
 struct {
@@ -176,6 +194,10 @@ struct {
 
 /* The stored layout version; userspace writes it, this keeps the symbol. */
 const volatile __u32 layout_version = LAYOUT_VERSION;
+
+/* clang describes only the direct member types of a map definition in BTF;
+ * the inner map's value (learned_val) needs a full definition of its own. */
+const volatile struct learned_val learned_val_btf = {};
 
 enum counter { C_ALLOWED, C_DENIED, C_DNS };
 
@@ -250,14 +272,19 @@ static __always_inline int route(struct endpoint *ep, __u32 identity, __u16 dpor
  * decide4 is the IPv4 decision for an enrolled endpoint. dst is in network
  * byte order, dport in host byte order. Order:
  *  1. port 53 (TCP or UDP) to any address -> gateway:dns_port;
- *  2. loopback (127/8), 0.0.0.0 and the endpoint's own address -> untouched;
- *  3. the gateway: TCP 80 -> gateway:ca_port, anything else denied;
- *  4. the endpoint's own subnet -> allowed with ICC, else denied;
- *  5. bypass in force -> untouched (the closed network redirects the flow);
- *  6. identity from learned (unexpired) and from the CIDR trie; the first
+ *  2. Docker's embedded resolver (127.0.0.11) on any other port -> denied:
+ *     dockerd listens there on random ports and may forward from the host's
+ *     namespace, out of every hook's sight (a DNS tunnel). Only 127.0.0.11:
+ *     dockerd binds nothing else on loopback, and other loopback addresses
+ *     are the container's own services;
+ *  3. loopback (127/8), 0.0.0.0 and the endpoint's own address -> untouched;
+ *  4. the gateway: TCP 80 -> gateway:ca_port, anything else denied;
+ *  5. the endpoint's own subnet -> allowed with ICC, else denied;
+ *  6. bypass in force -> untouched (the closed network redirects the flow);
+ *  7. identity from learned (unexpired) and from the CIDR trie; the first
  *     of them with a route for (port, l4) decides: listener_port != 0 ->
  *     gateway:listener_port, 0 -> untouched;
- *  7. everything else denied.
+ *  8. everything else denied.
  */
 static __always_inline int decide4(struct endpoint *ep, __u32 dst, __u16 dport, __u8 l4,
 				   struct decision *d)
@@ -266,6 +293,10 @@ static __always_inline int decide4(struct endpoint *ep, __u32 dst, __u16 dport, 
 		d->addr = ep->gateway;
 		d->port = ep->dns_port;
 		return V_REWRITE;
+	}
+	if (dst == bpf_htonl(DOCKER_RESOLVER)) {
+		d->reason = REASON_RESOLVER;
+		return V_DENY;
 	}
 	/* Loopback, 0.0.0.0 (the local host) and the endpoint's own address
 	 * never leave the namespace. */
@@ -298,8 +329,11 @@ static __always_inline int decide4(struct endpoint *ep, __u32 dst, __u16 dport, 
 
 	int v;
 	__u8 reason = REASON_UNKNOWN_DEST;
-	struct learned_key lk = { .index = ep->index, .addr = dst };
-	struct learned_val *lv = bpf_map_lookup_elem(&learned, &lk);
+	struct learned_val *lv = NULL;
+	__u32 index = ep->index;
+	void *mine = bpf_map_lookup_elem(&learned, &index);
+	if (mine)
+		lv = bpf_map_lookup_elem(mine, &dst);
 	if (lv) {
 		if (lv->expires_ns > now) {
 			d->identity = lv->identity;

@@ -57,12 +57,6 @@ type clawkerEndpoint struct {
 	BypassUntilNs uint64
 }
 
-type clawkerLearnedKey struct {
-	_     structs.HostLayout
-	Index uint32
-	Addr  uint32
-}
-
 type clawkerLearnedVal struct {
 	_         structs.HostLayout
 	Identity  uint32
@@ -119,6 +113,7 @@ const (
 	clawkerProgClawkerSendmsg6     = "clawker_sendmsg6"
 	clawkerProgClawkerSockCreate   = "clawker_sock_create"
 	clawkerVarLayoutVersion        = "layout_version"
+	clawkerVarLearnedValBtf        = "learned_val_btf"
 )
 
 // loadClawker returns the embedded CollectionSpec for clawker.
@@ -193,6 +188,7 @@ type clawkerMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type clawkerVariableSpecs struct {
 	LayoutVersion *ebpf.VariableSpec `ebpf:"layout_version"`
+	LearnedValBtf *ebpf.VariableSpec `ebpf:"learned_val_btf"`
 }
 
 // clawkerObjects contains all objects after they have been loaded into the kernel.
@@ -243,6 +239,7 @@ func (m *clawkerMaps) Close() error {
 // It can be passed to loadClawkerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type clawkerVariables struct {
 	LayoutVersion *ebpf.Variable `ebpf:"layout_version"`
+	LearnedValBtf *ebpf.Variable `ebpf:"learned_val_btf"`
 }
 
 // clawkerPrograms contains all programs after they have been loaded into the kernel.

@@ -481,22 +481,32 @@ func rawSocket(ns string, family, typ, proto int) (r result) {
 	return r
 }
 
+// socket6 opens an AF_INET6 socket of type typ in ns with opTimeout for
+// sends and receives.
+func socket6(ns string, typ int) (int, error) {
+	fd := -1
+	err := InNetns(ns, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return -1, err
+	}
+	tv := unix.NsecToTimeval(opTimeout.Nanoseconds())
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return fd, nil
+}
+
 // dialMapped connects an AF_INET6 socket to an IPv4-mapped address (Go's
 // net package would use AF_INET) and reads the banner.
 func dialMapped(ns string, addr netip.AddrPort) (r result) {
 	var fd int
-	r.err = InNetns(ns, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		return err
-	})
-	if r.err != nil {
+	if fd, r.err = socket6(ns, unix.SOCK_STREAM); r.err != nil {
 		return r
 	}
 	defer unix.Close(fd)
-	tv := unix.NsecToTimeval(opTimeout.Nanoseconds())
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	a16 := netip.AddrFrom16(addr.Addr().As16())
 	if r.err = unix.Connect(fd, &unix.SockaddrInet6{Addr: a16.As16(), Port: int(addr.Port())}); r.err != nil {
 		return r

@@ -24,6 +24,7 @@ const (
 	ReasonGateway     Reason = 6 // the gateway on a port that is not steered
 	ReasonExpired     Reason = 7 // learned address past its TTL
 	ReasonProto       Reason = 8 // neither TCP nor UDP
+	ReasonResolver    Reason = 9 // Docker's embedded resolver (127.0.0.11) on a port other than 53
 )
 
 func (r Reason) String() string {
@@ -44,6 +45,8 @@ func (r Reason) String() string {
 		return "resolved address expired (dns ttl)"
 	case ReasonProto:
 		return "socket type not allowed"
+	case ReasonResolver:
+		return "docker's embedded resolver is reachable only on port 53 (answered by the firewall's DNS)"
 	}
 	return fmt.Sprintf("reason %d", uint8(r))
 }

@@ -29,7 +29,7 @@ var ErrClosed = errors.New("bpf manager is closed")
 // LayoutVersion is the version of the map layouts compiled into this binary
 // (LAYOUT_VERSION in clawker.c). It is stored in the pinned `meta` map; every
 // consumer compares it when it opens the pins.
-const LayoutVersion = 1
+const LayoutVersion = 2
 
 // DefaultPinDir is where production pins live (on the host's bpffs).
 const DefaultPinDir = "/sys/fs/bpf/clawker-fw"
@@ -89,6 +89,9 @@ type Manager struct {
 	maps  map[string]*ebpf.Map
 	progs map[string]*ebpf.Program
 	links map[string]link.Link
+	// learned writes the learned map (the same writer the DNS sidecar
+	// uses through OpenLearned).
+	learned *LearnedWriter
 
 	denialsOnce sync.Once
 	denials     chan Denial
@@ -193,6 +196,11 @@ func Open(cfg Config) (*Manager, error) {
 			m.closeFDs()
 			return nil, fmt.Errorf("write meta: %w", err)
 		}
+	}
+
+	if m.learned, err = newLearnedWriter("", spec, m.maps[MapLearned]); err != nil {
+		m.closeFDs()
+		return nil, err
 	}
 
 	if err := m.attachAll(); err != nil {
@@ -323,6 +331,9 @@ func (m *Manager) PinDir() string { return m.cfg.PinDir }
 func (m *Manager) CgroupPath() string { return m.cfg.CgroupPath }
 
 func (m *Manager) closeFDs() {
+	if m.learned != nil {
+		m.learned.release()
+	}
 	for _, l := range m.links {
 		l.Close()
 	}

@@ -116,7 +116,8 @@ func TestRestart(t *testing.T) {
 	require.NoError(t, err)
 	defer w.Close()
 	require.True(t, w.Current())
-	require.NoError(t, w.Learn(e.a.index, netip.MustParseAddr("10.201.200.6"), idWeb, time.Minute))
+	_, err = w.Learn(e.a.index, netip.MustParseAddr("10.201.200.6"), idWeb, time.Minute)
+	require.NoError(t, err)
 	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.6:443"), &expect{banner: bannerListener, peer: "10.201.200.6:443"})
 	require.NoError(t, m2.Close())
 
@@ -341,4 +342,105 @@ func TestOpenChecks(t *testing.T) {
 	bpffs := testBPFFS(t, id)
 	_, err = Open(Config{PinDir: filepath.Join(bpffs, "pins"), CgroupPath: t.TempDir()})
 	require.ErrorContains(t, err, "not a cgroup2 directory")
+}
+
+// learnedOf dumps endpoint index's inner learned map (address -> value).
+func learnedOf(t *testing.T, m *Manager, index uint32) map[netip.Addr]clawkerLearnedVal {
+	t.Helper()
+	out := map[netip.Addr]clawkerLearnedVal{}
+	require.NoError(t, learnedInner(m.maps[MapLearned], func(i uint32, inner *ebpf.Map) error {
+		if i != index {
+			return nil
+		}
+		var (
+			k uint32
+			v clawkerLearnedVal
+		)
+		it := inner.Iterate()
+		for it.Next(&k, &v) {
+			out[addrOf(k)] = v
+		}
+		return it.Err()
+	}))
+	return out
+}
+
+// TestLearnedQuotaPerEndpoint: endpoint A resolving far more addresses than
+// its quota never removes endpoint B's entries; A's own oldest answers make
+// room for its new ones, and the writer says how many went.
+func TestLearnedQuotaPerEndpoint(t *testing.T) {
+	e := newEnv(t)
+	m := e.openManager()
+	for _, c := range []client{e.a, e.b} {
+		require.NoError(t, m.Enroll(c.cookie, c.endpoint()))
+	}
+	require.NoError(t, m.SyncRoutes(map[uint32][]Route{
+		e.a.index: {{Identity: idWeb, Port: 443, L4: 6, ListenerPort: 15100}},
+		e.b.index: {{Identity: idWeb, Port: 443, L4: 6, ListenerPort: 15100}},
+	}))
+	// The DNS sidecar's writer, on the pins.
+	w, err := OpenLearned(e.cfg.PinDir)
+	require.NoError(t, err)
+	defer w.Close()
+	bAddrs := []netip.Addr{netip.MustParseAddr("10.201.200.5"), netip.MustParseAddr("10.201.200.6")}
+	for _, a := range bAddrs {
+		_, err := w.Learn(e.b.index, a, idWeb, time.Hour)
+		require.NoError(t, err)
+	}
+
+	// A fills its quota; the TTLs grow, so the first answers are the oldest.
+	addrN := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 202, byte(i >> 8), byte(i)}) }
+	for i := range LearnedPerEndpoint {
+		ev, err := w.Learn(e.a.index, addrN(i), idWeb, time.Hour+time.Duration(i)*time.Millisecond)
+		require.NoError(t, err)
+		require.Zero(t, ev, "nothing evicted below the quota (entry %d)", i)
+	}
+	require.Len(t, learnedOf(t, m, e.a.index), LearnedPerEndpoint)
+
+	// One more: A's oldest 1/16 go, B is untouched.
+	ev, err := w.Learn(e.a.index, addrN(LearnedPerEndpoint), idWeb, 2*time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, LearnedPerEndpoint/reclaimShare, ev)
+	got := learnedOf(t, m, e.a.index)
+	require.Len(t, got, LearnedPerEndpoint-ev+1)
+	require.NotContains(t, got, addrN(0), "A's oldest answer made room")
+	require.NotContains(t, got, addrN(ev-1))
+	require.Contains(t, got, addrN(ev))
+	require.Contains(t, got, addrN(LearnedPerEndpoint), "A's new answer is learned")
+	// Keep A flooding well past its quota, through the plugin's writer too.
+	for i := LearnedPerEndpoint + 1; i < 3*LearnedPerEndpoint; i++ {
+		require.NoError(t, m.Learn(e.a.index, addrN(i), idWeb, 2*time.Hour+time.Duration(i)*time.Millisecond))
+	}
+	require.LessOrEqual(t, len(learnedOf(t, m, e.a.index)), LearnedPerEndpoint)
+
+	bGot := learnedOf(t, m, e.b.index)
+	require.Len(t, bGot, len(bAddrs), "B's entries survive A's flood")
+	for _, a := range bAddrs {
+		require.Contains(t, bGot, a)
+	}
+	check(t, dialTCP(e.b.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener, peer: "10.201.200.5:443"})
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{eperm: true})
+
+	// A full map reclaims its expired entries before evicting live ones.
+	require.NoError(t, m.ForgetEndpoint(e.a.index))
+	require.Empty(t, learnedOf(t, m, e.a.index))
+	require.NoError(t, m.SyncRoutes(map[uint32][]Route{
+		e.a.index: {{Identity: idWeb, Port: 443, L4: 6, ListenerPort: 15100}},
+		e.b.index: {{Identity: idWeb, Port: 443, L4: 6, ListenerPort: 15100}},
+	}))
+	for i := range LearnedPerEndpoint {
+		ttl := time.Hour
+		if i < 10 {
+			ttl = time.Millisecond
+		}
+		_, err := w.Learn(e.a.index, addrN(i), idWeb, ttl)
+		require.NoError(t, err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	ev, err = w.Learn(e.a.index, netip.MustParseAddr("10.201.200.5"), idWeb, time.Hour)
+	require.NoError(t, err)
+	require.Zero(t, ev, "expired entries were enough")
+	require.Len(t, learnedOf(t, m, e.a.index), LearnedPerEndpoint-10+1)
+	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener})
+	require.Len(t, learnedOf(t, m, e.b.index), len(bAddrs))
 }

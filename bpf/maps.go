@@ -182,69 +182,45 @@ func (m *Manager) SetBypass(cookie uint64, until time.Time) error {
 	return nil
 }
 
-func learnedEntry(index uint32, addr netip.Addr, identity uint32, ttl time.Duration) (clawkerLearnedKey, clawkerLearnedVal, error) {
-	a, err := ip4(addr)
-	if err != nil {
-		return clawkerLearnedKey{}, clawkerLearnedVal{}, fmt.Errorf("learn for endpoint %d: %w", index, err)
-	}
-	if ttl <= 0 {
-		return clawkerLearnedKey{}, clawkerLearnedVal{}, fmt.Errorf("learn %s for endpoint %d: ttl %s must be positive", addr, index, ttl)
-	}
-	return clawkerLearnedKey{Index: index, Addr: a},
-		clawkerLearnedVal{Identity: identity, ExpiresNs: monoNow() + uint64(ttl)}, nil
-}
-
 // Learn records that addr, answered to endpoint index for a name of this
-// identity, is valid for ttl. A later answer for the same (index, addr)
-// replaces it.
+// identity, is valid for ttl, through the one writer of the learned map
+// (LearnedWriter; the DNS sidecar uses OpenLearned). A later answer for the
+// same (index, addr) replaces it.
 func (m *Manager) Learn(index uint32, addr netip.Addr, identity uint32, ttl time.Duration) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
-	k, v, err := learnedEntry(index, addr, identity, ttl)
-	if err != nil {
-		return err
-	}
-	if err := m.maps[MapLearned].Put(k, v); err != nil {
-		return fmt.Errorf("learn %s for endpoint %d: %w", addr, index, err)
-	}
-	return nil
+	_, err := m.learned.Learn(index, addr, identity, ttl)
+	return err
 }
 
 // GC deletes learned entries that expired at now and returns how many. The
-// kernel ignores expired entries anyway; this frees their slots.
+// kernel ignores expired entries anyway; this frees their slots (and a full
+// endpoint's writer reclaims expired entries by itself). Inner maps stay:
+// ForgetEndpoint drops an endpoint's map.
 func (m *Manager) GC(now time.Time) (int, error) {
 	if m.closed.Load() {
 		return 0, ErrClosed
 	}
 	cut := toMono(now)
-	var (
-		k    clawkerLearnedKey
-		v    clawkerLearnedVal
-		dead []clawkerLearnedKey
-	)
-	it := m.maps[MapLearned].Iterate()
-	for it.Next(&k, &v) {
-		if v.ExpiresNs <= cut {
-			dead = append(dead, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("gc learned: %w", err)
-	}
 	n := 0
-	for _, k := range dead {
-		if err := m.maps[MapLearned].Delete(k); err == nil {
-			n++
-		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("gc learned: %w", err)
+	err := learnedInner(m.maps[MapLearned], func(index uint32, inner *ebpf.Map) error {
+		d, err := deleteWhere(inner, func(_ uint32, v clawkerLearnedVal) bool { return v.ExpiresNs <= cut })
+		n += d
+		if err != nil {
+			return fmt.Errorf("endpoint %d: %w", index, err)
 		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("gc learned: %w", err)
 	}
 	return n, nil
 }
 
-// deleteWhere deletes the keys of mp for which match is true.
-func deleteWhere[K comparable, V any](mp *ebpf.Map, match func(K) bool) error {
+// deleteWhere deletes the entries of mp for which match is true and
+// returns how many it deleted.
+func deleteWhere[K comparable, V any](mp *ebpf.Map, match func(K, V) bool) (int, error) {
 	var (
 		k    K
 		v    V
@@ -252,19 +228,23 @@ func deleteWhere[K comparable, V any](mp *ebpf.Map, match func(K) bool) error {
 	)
 	it := mp.Iterate()
 	for it.Next(&k, &v) {
-		if match(k) {
+		if match(k, v) {
 			keys = append(keys, k)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return err
+		return 0, err
 	}
+	n := 0
 	for _, k := range keys {
-		if err := mp.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
+		err := mp.Delete(k)
+		if err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, err
 		}
 	}
-	return nil
+	return n, nil
 }
 
 // ForgetEndpoint drops everything kept for endpoint index: learned
@@ -276,16 +256,15 @@ func (m *Manager) ForgetEndpoint(index uint32) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := deleteWhere[clawkerLearnedKey, clawkerLearnedVal](m.maps[MapLearned],
-		func(k clawkerLearnedKey) bool { return k.Index == index }); err != nil {
+	if err := m.maps[MapLearned].Delete(index); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("forget endpoint %d learned: %w", index, err)
 	}
-	if err := deleteWhere[clawkerRouteKey, clawkerRouteVal](m.maps[MapRoutes],
-		func(k clawkerRouteKey) bool { return k.Index == index }); err != nil {
+	if _, err := deleteWhere(m.maps[MapRoutes],
+		func(k clawkerRouteKey, _ clawkerRouteVal) bool { return k.Index == index }); err != nil {
 		return fmt.Errorf("forget endpoint %d routes: %w", index, err)
 	}
-	if err := deleteWhere[clawkerCidrKey, clawkerCidrVal](m.maps[MapCIDRs],
-		func(k clawkerCidrKey) bool { return k.Index == be32(index) }); err != nil {
+	if _, err := deleteWhere(m.maps[MapCIDRs],
+		func(k clawkerCidrKey, _ clawkerCidrVal) bool { return k.Index == be32(index) }); err != nil {
 		return fmt.Errorf("forget endpoint %d cidrs: %w", index, err)
 	}
 	if err := m.maps[MapCounters].Delete(index); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -78,7 +78,9 @@ func TestDecisionMatrix(t *testing.T) {
 	a, c := e.a, e.c
 	gwA, gwC := a.gw.String(), c.gw.String()
 	// A listener inside each client namespace, on all its addresses.
-	local := map[string]string{}
+	// resolver: TCP and UDP listeners on 127.0.0.11 at one random port, as
+	// dockerd's embedded resolver has in each container namespace.
+	local, resolver := map[string]string{}, map[string]string{}
 	for _, cl := range []client{a, c} {
 		require.NoError(t, InNetns(cl.ns, func() error {
 			ln, err := net.Listen("tcp", ":0")
@@ -88,9 +90,18 @@ func TestDecisionMatrix(t *testing.T) {
 			t.Cleanup(func() { ln.Close() })
 			go serveBanner(ln, "local")
 			local[cl.ns] = strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+			pc, ln2, err := listenBoth("127.0.0.11")
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { pc.Close(); ln2.Close() })
+			go serveUDPBanner(pc, "dockerd")
+			go serveBanner(ln2, "dockerd")
+			resolver[cl.ns] = strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port)
 			return nil
 		}))
 	}
+	other := func(ns string) string { return "127.0.0.12:" + local[ns] }
 	own := map[string]string{a.ns: a.ip.String(), c.ns: c.ip.String()}
 	rows := []struct {
 		name     string
@@ -153,6 +164,34 @@ func TestDecisionMatrix(t *testing.T) {
 			&expect{banner: "local"}, &expect{banner: "local"}},
 		{"ipv6 loopback listener in the namespace",
 			func(ns, _ string) result { return dialTCP(ns, "tcp6", "[::1]:"+local[ns]) },
+			&expect{banner: "local"}, &expect{banner: "local"}},
+		{"docker's resolver on its real tcp port",
+			func(ns, _ string) result { return dialTCP(ns, "tcp4", "127.0.0.11:"+resolver[ns]) },
+			&expect{eperm: true}, &expect{banner: "dockerd"}},
+		{"docker's resolver on its real udp port, connected",
+			func(ns, _ string) result { return udpConnected(ns, "127.0.0.11:"+resolver[ns]) },
+			&expect{eperm: true}, &expect{banner: "dockerd"}},
+		{"docker's resolver on its real udp port, unconnected",
+			func(ns, _ string) result {
+				r, _ := udpUnconnected(ns, "127.0.0.11:"+resolver[ns], []byte("hi"))
+				return r
+			},
+			&expect{eperm: true}, &expect{banner: "dockerd"}},
+		{"docker's resolver ipv4-mapped tcp",
+			func(ns, _ string) result {
+				return dialMapped(ns, netip.MustParseAddrPort("[::ffff:127.0.0.11]:"+resolver[ns]))
+			},
+			&expect{eperm: true}, &expect{banner: "dockerd"}},
+		{"docker's resolver ipv4-mapped udp, unconnected (sendmsg6)",
+			func(ns, _ string) result {
+				return udpMapped(ns, netip.MustParseAddrPort("[::ffff:127.0.0.11]:"+resolver[ns]))
+			},
+			&expect{eperm: true}, &expect{banner: "dockerd"}},
+		{"docker's resolver on any other port (nothing listens)",
+			func(ns, _ string) result { return udpConnected(ns, "127.0.0.11:5353") },
+			&expect{eperm: true}, &expect{fails: true}},
+		{"another loopback address is the container's own",
+			func(ns, _ string) result { return dialTCP(ns, "tcp4", other(ns)) },
 			&expect{banner: "local"}, &expect{banner: "local"}},
 		{"go resolver over connected udp to 127.0.0.11",
 			func(ns, _ string) result { return goResolver(ns, "127.0.0.11:53", "allowed.example.test.") },
@@ -255,7 +294,8 @@ func TestDecisionMatrix(t *testing.T) {
 		check(t, dialTCP(a.ns, "tcp4", "10.201.200.6:443"), &expect{eperm: true})
 		check(t, dialTCP(a.ns, "tcp4", "10.201.200.5:8443"), &expect{eperm: true})
 		check(t, rawSocket(a.ns, unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP), &expect{eperm: true})
-		got := []Denial{next(t, denials), next(t, denials), next(t, denials)}
+		check(t, udpConnected(a.ns, "127.0.0.11:"+resolver[a.ns]), &expect{eperm: true})
+		got := []Denial{next(t, denials), next(t, denials), next(t, denials), next(t, denials)}
 		require.Equal(t, ReasonUnknownDest, got[0].Reason)
 		require.Equal(t, netip.MustParseAddr("10.201.200.6"), got[0].Addr)
 		require.Equal(t, uint16(443), got[0].Port)
@@ -266,7 +306,47 @@ func TestDecisionMatrix(t *testing.T) {
 		require.Equal(t, uint32(idWeb), got[1].Identity)
 		require.Equal(t, uint16(8443), got[1].Port)
 		require.Equal(t, ReasonRawSocket, got[2].Reason)
+		require.Equal(t, ReasonResolver, got[3].Reason)
+		require.Equal(t, netip.MustParseAddr("127.0.0.11"), got[3].Addr)
+		require.Equal(t, uint8(17), got[3].L4)
 	})
+}
+
+// listenBoth binds UDP and TCP on addr at one free port.
+func listenBoth(addr string) (net.PacketConn, net.Listener, error) {
+	for range 50 {
+		pc, err := net.ListenPacket("udp4", addr+":0")
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp4", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+	}
+	return nil, nil, errors.New("no port free for both udp and tcp")
+}
+
+// udpMapped sends from an unconnected AF_INET6 UDP socket to an IPv4-mapped
+// address (sendmsg6) and reads one reply.
+func udpMapped(ns string, addr netip.AddrPort) (r result) {
+	var fd int
+	if fd, r.err = socket6(ns, unix.SOCK_DGRAM); r.err != nil {
+		return r
+	}
+	defer unix.Close(fd)
+	if r.err = unix.Sendto(fd, []byte("hi"), 0, &unix.SockaddrInet6{Addr: addr.Addr().As16(), Port: int(addr.Port())}); r.err != nil {
+		return r
+	}
+	buf := make([]byte, 128)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	r.banner = string(buf[:n])
+	return r
 }
 
 func drain(ch <-chan Denial) {

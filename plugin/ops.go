@@ -444,6 +444,9 @@ func FixFor(dst string, port uint16, reason policy.Reason, deny *policy.Denied) 
 	return fmt.Sprintf("allow it with the container label clawker.allow=%s, the network option -o clawker.allow=%s, or `clawker-fw rules add NETWORK %s`", item, item, item)
 }
 
+// dockerResolver is Docker's embedded resolver inside each container.
+var dockerResolver = netip.AddrFrom4([4]byte{127, 0, 0, 11})
+
 // RecordKernelDenial records a denial reported by the socket hooks.
 func (p *Plugin) RecordKernelDenial(index uint32, addr netip.Addr, port uint16, l4 uint8, reason string) {
 	d := Denial{Time: p.cfg.Now(), Source: "bpf", Index: index, Port: port, Reason: reason}
@@ -458,7 +461,12 @@ func (p *Plugin) RecordKernelDenial(index uint32, addr netip.Addr, port uint16, 
 			}
 		}
 	}
-	if d.Destination != "" {
+	switch {
+	case addr == dockerResolver:
+		// No rule opens Docker's resolver on its real ports (bpf refuses
+		// them whatever the policy): do not suggest one.
+		d.Fix = "send DNS to port 53 (the firewall's DNS answers it, container names included)"
+	case d.Destination != "":
 		d.Fix = "connect by name (IP literals are denied unless an IP/CIDR rule allows them); " + FixFor(d.Destination, port, "", nil)
 	}
 	p.Denials.Add(d)

@@ -18,7 +18,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -34,13 +33,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cilium/ebpf"
 	mdns "github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"encoding/json"
 	"net/netip"
 
+	"github.com/clawker-fw/clawker-fw/bpf"
 	clawkerdns "github.com/clawker-fw/clawker-fw/dns"
 	"github.com/clawker-fw/clawker-fw/policy"
 )
@@ -355,32 +354,12 @@ func pins() (dir, note string, cleanup func(), err error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return "", "", nil, err
 	}
-	var maps []*ebpf.Map
-	cleanup = func() {
-		for _, m := range maps {
-			m.Close()
-		}
-		os.RemoveAll(dir)
-	}
-	meta, err := ebpf.NewMap(&ebpf.MapSpec{Name: "meta", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
+	cleanup = func() { os.RemoveAll(dir) }
+	if err := bpf.PinMaps(dir); err != nil {
 		cleanup()
 		return "", "", nil, err
 	}
-	maps = append(maps, meta)
-	learned, err := ebpf.NewMap(&ebpf.MapSpec{Name: "learned", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 16, MaxEntries: 65536})
-	if err != nil {
-		cleanup()
-		return "", "", nil, err
-	}
-	maps = append(maps, learned)
-	err = errors.Join(meta.Put(uint32(0), uint32(clawkerdns.LayoutVersion)),
-		meta.Pin(filepath.Join(dir, "meta")), learned.Pin(filepath.Join(dir, "learned")))
-	if err != nil {
-		cleanup()
-		return "", "", nil, err
-	}
-	return dir, ", real pinned LRU map writes", cleanup, nil
+	return dir, ", real pinned learned map writes", cleanup, nil
 }
 
 func writeSnapshot(path string) error {
