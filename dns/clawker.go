@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -172,12 +173,15 @@ func (c *Clawker) fail(q *query, cause string, err error) {
 //  1. the source address must be an endpoint of the served snapshot, else
 //     REFUSED (an unknown source is no endpoint); a pending endpoint (or no
 //     snapshot yet) waits up to PendingTimeout for its policy, else SERVFAIL;
-//  2. container names and aliases of the endpoint's network, and PTR
+//  2. a name outside the rules' alphabet (see ruleName) is NXDOMAIN and
+//     never leaves: the rules cannot see it, so neither an allow nor a deny
+//     could mean it;
+//  3. container names and aliases of the endpoint's network, and PTR
 //     queries for their addresses, are answered locally (no rule needed);
-//  3. a name the policy does not allow is NXDOMAIN and never leaves;
-//  4. host.docker.internal, when allowed, is the endpoint's gateway;
-//  5. AAAA is answered NOERROR with no data (the firewall is IPv4 only);
-//  6. anything else is exchanged upstream (the network's DNSUpstreams, else
+//  4. a name the policy does not allow is NXDOMAIN and never leaves;
+//  5. host.docker.internal, when allowed, is the endpoint's gateway;
+//  6. AAAA is answered NOERROR with no data (the firewall is IPv4 only);
+//  7. anything else is exchanged upstream (the network's DNSUpstreams, else
 //     the plugin's); every IPv4 address of the answer is written to the
 //     learned map under (endpoint, identity of the matched allow) and only
 //     then is the answer returned.
@@ -211,7 +215,13 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 		return c.write(w, r, mdns.RcodeNameError, nil)
 	}
 
-	// 2. Local names of the endpoint's own network.
+	// 2. Names the rules cannot see.
+	if !ruleName(r.Question[0].Name) {
+		c.deny(q, reasonBadName, mdns.RcodeNameError)
+		return c.write(w, r, mdns.RcodeNameError, nil)
+	}
+
+	// 3. Local names of the endpoint's own network.
 	if peer, ok := st.names[nameKey{ep.NetworkID, q.name}]; ok {
 		var ans []mdns.RR
 		if q.qtype == mdns.TypeA || q.qtype == mdns.TypeANY {
@@ -234,7 +244,7 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 		}
 	}
 
-	// 3. Policy.
+	// 4. Policy.
 	m := pol.MatchName(q.name, 0, 0)
 	if !m.Allowed {
 		if ep.LabelError != "" {
@@ -252,7 +262,7 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 		id = m.Entry.Identity
 	}
 
-	// 4. host.docker.internal is the gateway, never asked upstream.
+	// 5. host.docker.internal is the gateway, never asked upstream.
 	if q.name == hostDockerInternal {
 		var ans []mdns.RR
 		n := st.snap.Networks[ep.NetworkID]
@@ -260,7 +270,7 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 			gw := n.Gateway.Unmap()
 			ttl := c.TTLFloor
 			if m.Entry != nil { // bypassed endpoints are not learned
-				if err := c.learn(ep, gw, id, ttl); err != nil {
+				if err := c.learn(q, gw, id, ttl); err != nil {
 					c.fail(q, "learn", err)
 					return mdns.RcodeServerFailure, nil
 				}
@@ -271,13 +281,13 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 		return c.write(w, r, mdns.RcodeSuccess, ans)
 	}
 
-	// 5. No IPv6.
+	// 6. No IPv6.
 	if q.qtype == mdns.TypeAAAA {
 		c.allow(q, "aaaa-empty", id, 0, "local")
 		return c.write(w, r, mdns.RcodeSuccess, nil)
 	}
 
-	// 6. Upstream.
+	// 7. Upstream.
 	resp, upstream, rcode, err := c.exchange(ctx, st, ep, w, r)
 	if err != nil {
 		c.fail(q, "upstream", err)
@@ -290,7 +300,7 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 			if pol.DeniedAddr(l.addr) != nil {
 				continue // a CIDR deny wins over the name's allow: not routed
 			}
-			if err := c.learn(ep, l.addr, id, l.ttl); err != nil {
+			if err := c.learn(q, l.addr, id, l.ttl); err != nil {
 				c.fail(q, "learn", err)
 				return mdns.RcodeServerFailure, nil
 			}
@@ -376,7 +386,7 @@ type learnItem struct {
 //     target reached from it (the chain), never AAAA;
 //   - A records of the chain and ipv4hints of HTTPS/SVCB records of the chain
 //     are returned for learning, with their TTL clamped to [floor, ceiling];
-//     ipv6hints are stripped;
+//     HTTPS/SVCB records keep only the parameters in svcbKept;
 //   - every TTL is capped at the ceiling, so a client never caches an
 //     address longer than the firewall remembers it;
 //   - the authority section loses A/AAAA records, the additional section is
@@ -416,9 +426,9 @@ func (c *Clawker) filter(r, resp *mdns.Msg) (*mdns.Msg, []learnItem) {
 				learn = append(learn, learnItem{a.Unmap(), c.clamp(h.Ttl)})
 			}
 		case *mdns.SVCB:
-			learn = c.hints(v, learn)
+			learn = c.svcbParams(v, learn)
 		case *mdns.HTTPS:
-			learn = c.hints(&v.SVCB, learn)
+			learn = c.svcbParams(&v.SVCB, learn)
 		}
 		if h.Ttl > ceiling {
 			h.Ttl = ceiling
@@ -438,25 +448,64 @@ func (c *Clawker) filter(r, resp *mdns.Msg) (*mdns.Msg, []learnItem) {
 	return reply, learn
 }
 
-// hints strips ipv6hint from s and appends its ipv4hints to learn. The
-// hints are learned rather than stripped: clients that connect straight to
-// a hinted address (browsers do) then work like those that resolve A.
-func (c *Clawker) hints(s *mdns.SVCB, learn []learnItem) []learnItem {
+// svcbKept are the HTTPS/SVCB parameters an answer keeps. Every other one
+// is stripped, known or not, because it could take a connection where the
+// rules do not look:
+//   - ech: with Encrypted ClientHello an allowed outer SNI carries any inner
+//     name (fronting); without the config clients send a plain ClientHello;
+//   - ipv6hint: the firewall is IPv4 only;
+//   - dohpath and ohttp: they announce an encrypted resolver or an
+//     oblivious-HTTP gateway (queries and requests the firewall cannot see);
+//   - keys this code does not know (private "keyNNNNN" ones included): what
+//     they carry is unknown, so fail closed.
+//
+// ipv4hint is kept and its addresses are learned like A records (browsers
+// connect straight to hints); port only picks a port that the hooks and the
+// proxy check like any other; alpn, no-default-alpn and mandatory describe
+// the protocol. A stripped key is also taken out of mandatory (a record
+// whose mandatory key is missing is malformed and clients skip it).
+var svcbKept = map[mdns.SVCBKey]bool{
+	mdns.SVCB_MANDATORY:       true,
+	mdns.SVCB_ALPN:            true,
+	mdns.SVCB_NO_DEFAULT_ALPN: true,
+	mdns.SVCB_PORT:            true,
+	mdns.SVCB_IPV4HINT:        true,
+}
+
+// svcbParams strips s's parameters down to svcbKept and appends its
+// ipv4hints to learn.
+func (c *Clawker) svcbParams(s *mdns.SVCB, learn []learnItem) []learnItem {
 	kept := s.Value[:0]
+	var mandatory *mdns.SVCBMandatory
 	for _, kv := range s.Value {
-		switch v := kv.(type) {
-		case *mdns.SVCBIPv6Hint:
+		if !svcbKept[kv.Key()] {
 			continue
+		}
+		switch v := kv.(type) {
 		case *mdns.SVCBIPv4Hint:
 			for _, ip := range v.Hint {
 				if a, ok := netip.AddrFromSlice(ip); ok && a.Unmap().Is4() {
 					learn = append(learn, learnItem{a.Unmap(), c.clamp(s.Hdr.Ttl)})
 				}
 			}
+		case *mdns.SVCBMandatory:
+			mandatory = v
 		}
 		kept = append(kept, kv)
 	}
 	s.Value = kept
+	if mandatory != nil {
+		var code []mdns.SVCBKey
+		for _, k := range mandatory.Code {
+			if svcbKept[k] && k != mdns.SVCB_MANDATORY {
+				code = append(code, k)
+			}
+		}
+		mandatory.Code = code
+		if len(code) == 0 {
+			s.Value = slices.DeleteFunc(s.Value, func(kv mdns.SVCBKeyValue) bool { return kv == mdns.SVCBKeyValue(mandatory) })
+		}
+	}
 	return learn
 }
 
@@ -466,12 +515,60 @@ func (c *Clawker) clamp(ttl uint32) time.Duration {
 	return min(max(d, c.TTLFloor), c.TTLCeiling)
 }
 
-func (c *Clawker) learn(ep *policy.Endpoint, addr netip.Addr, id policy.Identity, ttl time.Duration) error {
-	if err := c.Learner.Learn(ep.Index, addr, id, ttl); err != nil {
+// learn writes one address into the endpoint's learned map. When the
+// endpoint's quota was full the writer evicted the endpoint's own oldest
+// entries to make room (never another endpoint's): counted and logged, as
+// connects to the evicted addresses are denied until they are resolved
+// again.
+func (c *Clawker) learn(q *query, addr netip.Addr, id policy.Identity, ttl time.Duration) error {
+	evicted, err := c.Learner.Learn(q.ep.Index, addr, id, ttl)
+	if evicted > 0 {
+		learnedEvicted.Add(float64(evicted))
+		c.Log.Warning(string(q.line("learned-quota-full", "evicted-oldest", mdns.RcodeSuccess)) + " evicted=" + strconv.Itoa(evicted))
+	}
+	if err != nil {
 		return err
 	}
 	learnedCount.Inc()
 	return nil
+}
+
+// reasonBadName denies a name outside the rules' alphabet.
+const reasonBadName policy.Reason = "bad-name"
+
+// ruleName reports whether a question name (miekg's presentation form, in
+// which every byte outside printable ASCII, and '.' inside a label, is a
+// backslash escape) is made only of what rules can name: labels of 1 to 63
+// letters (any case), digits, '-' and '_', separated by single dots, with
+// at most one trailing dot. Raw UTF-8, spaces, control bytes, escaped bytes
+// ("\.", "\195"), '*' and empty labels all fail. The root name (".") has
+// no label at all and is left to the policy (which allows no such name).
+func ruleName(name string) bool {
+	name = strings.TrimSuffix(name, ".")
+	if name == "" {
+		return true
+	}
+	if len(name) > 253 {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(name); i++ {
+		switch ch := name[i]; {
+		case ch == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+			continue
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '-', ch == '_':
+		default:
+			return false
+		}
+		if label++; label > 63 {
+			return false
+		}
+	}
+	return label > 0
 }
 
 // write sends a locally built answer.

@@ -385,3 +385,148 @@ func TestUpstreamFailover(t *testing.T) {
 	require.Equal(t, mdns.RcodeServerFailure, rcode)
 	require.True(t, hasLine(f.log.Lines(), "ERROR", "reason=upstream"), "%v", f.log.Lines())
 }
+
+// TestHTTPSParamsStripped: an upstream answering HTTPS records with ech (and
+// every other parameter) gives the client only mandatory, alpn, port and
+// ipv4hint; the ipv4hint is learned; a mandatory list loses stripped keys.
+func TestHTTPSParamsStripped(t *testing.T) {
+	f := newFixture(t)
+	rcode, m, _ := f.ask(t, ep1IP, "ech.example.test", mdns.TypeHTTPS)
+	require.Equal(t, mdns.RcodeSuccess, rcode)
+	require.Equal(t, []string{"ech.example.test./HTTPS"}, f.up.Queries(), "the upstream really answered")
+	require.Len(t, m.Answer, 2)
+	for _, rr := range m.Answer {
+		h := rr.(*mdns.HTTPS)
+		for _, kv := range h.Value {
+			require.Contains(t, []mdns.SVCBKey{mdns.SVCB_MANDATORY, mdns.SVCB_ALPN, mdns.SVCB_PORT, mdns.SVCB_IPV4HINT}, kv.Key(), "%s kept in %s", kv.Key(), h)
+			if mand, ok := kv.(*mdns.SVCBMandatory); ok {
+				require.Equal(t, []mdns.SVCBKey{mdns.SVCB_ALPN}, mand.Code)
+			}
+		}
+		require.NotContains(t, h.String(), "ech=")
+	}
+	first := m.Answer[0].(*mdns.HTTPS)
+	require.Equal(t, `ech.example.test.	300	IN	HTTPS	1 . mandatory="alpn" alpn="h2,h3" port="8443" ipv4hint="192.0.2.12"`, first.String())
+	second := m.Answer[1].(*mdns.HTTPS)
+	require.Empty(t, second.Value, "a mandatory list of stripped keys goes with them")
+	require.Equal(t, []learnCall{lc(1, "192.0.2.12", 22, 5*time.Minute)}, f.learner.Calls())
+
+	// The reply survives the wire (a client parses it).
+	wire, err := m.Pack()
+	require.NoError(t, err)
+	back := new(mdns.Msg)
+	require.NoError(t, back.Unpack(wire))
+	require.Len(t, back.Answer, 2)
+}
+
+// wireQuestion is what the server hands the handler for name sent on the
+// wire: miekg's presentation form after unpacking (bytes outside printable
+// ASCII and dots inside a label escaped).
+func wireQuestion(t *testing.T, labels []string, qtype uint16) *mdns.Msg {
+	t.Helper()
+	// Build the wire name by hand: label bytes exactly as given.
+	var b []byte
+	for _, l := range labels {
+		b = append(b, byte(len(l)))
+		b = append(b, l...)
+	}
+	b = append(b, 0)
+	q := new(mdns.Msg)
+	q.SetQuestion("x.", qtype)
+	wire, err := q.Pack()
+	require.NoError(t, err)
+	// Header (12) + "x." (3 bytes) + type/class (4).
+	wire = append(append(append([]byte{}, wire[:12]...), b...), wire[15:]...)
+	r := new(mdns.Msg)
+	require.NoError(t, r.Unpack(wire))
+	return r
+}
+
+// askWire sends an A query for the wire name made of labels from ep1.
+func (f *fixture) askWire(t *testing.T, labels []string) (*mdns.Msg, int, *dnstest.Recorder) {
+	t.Helper()
+	r := wireQuestion(t, labels, mdns.TypeA)
+	w := dnstest.NewRecorder(&test.ResponseWriter{RemoteIP: ep1IP})
+	rcode, err := f.h.ServeDNS(context.Background(), w, r)
+	require.NoError(t, err)
+	return r, rcode, w
+}
+
+// TestNameAlphabet: a query whose name holds anything the rules cannot
+// name is NXDOMAIN, logged and never forwarded, even under an allowed
+// wildcard; letters in any case, digits, '-' and '_' still resolve.
+func TestNameAlphabet(t *testing.T) {
+	f := newFixture(t)
+	f.up.catchAll.Store(true)
+	wild := []string{"wild", "example", "test"}
+	refused := map[string][]string{
+		"raw utf-8":           append([]string{"b\xc3\xbccher"}, wild...),
+		"invalid utf-8":       append([]string{"x\xff"}, wild...),
+		"space":               append([]string{"a b"}, wild...),
+		"control byte":        append([]string{"a\x00b"}, wild...),
+		"newline":             append([]string{"a\nb"}, wild...),
+		"dot inside a label":  append([]string{"x.bad"}, wild...),
+		"backslash":           append([]string{`x\y`}, wild...),
+		"star label":          append([]string{"*"}, wild...),
+		"slash":               append([]string{"a/b"}, wild...),
+		"punycode lookalike":  append([]string{"xn--bcher-kva\xc3"}, wild...),
+		"utf-8 in the suffix": {"x", "wild", "ex\xc3\xa4mple", "test"},
+	}
+	for name, labels := range refused {
+		t.Run(name, func(t *testing.T) {
+			f.up.Reset()
+			f.learner.Reset()
+			r, rcode, w := f.askWire(t, labels)
+			require.Equal(t, "NXDOMAIN", mdns.RcodeToString[rcode], "%q", r.Question[0].Name)
+			require.Equal(t, mdns.RcodeNameError, w.Msg.Rcode)
+			require.Empty(t, w.Msg.Answer)
+			require.Empty(t, f.up.Queries(), "never forwarded")
+			require.Empty(t, f.learner.Calls())
+			require.True(t, hasLine(f.log.Lines(), "WARNING", "decision=deny", "reason=bad-name", "rcode=NXDOMAIN"), "%v", f.log.Lines())
+		})
+	}
+	// Names that never come off the wire but may reach the handler.
+	for _, name := range []string{"a..wild.example.test.", "bücher.wild.example.test.", ".wild.example.test.", "x.wild.example.test.."} {
+		f.up.Reset()
+		rcode, _, _ := f.ask(t, ep1IP, name, mdns.TypeA)
+		require.Equal(t, mdns.RcodeNameError, rcode, name)
+		require.Empty(t, f.up.Queries(), name)
+	}
+	// Controls: the rule alphabet, any case, resolves.
+	for _, labels := range [][]string{
+		append([]string{"X-1"}, wild...),
+		append([]string{"_dmarc"}, wild...),
+		{"API", "Example", "TEST"},
+		append([]string{"a_b-c", "D9"}, wild...),
+	} {
+		f.up.Reset()
+		r, rcode, w := f.askWire(t, labels)
+		require.Equal(t, "NOERROR", mdns.RcodeToString[rcode], "%q", r.Question[0].Name)
+		require.NotEmpty(t, w.Msg.Answer)
+		require.Len(t, f.up.Queries(), 1)
+	}
+}
+
+func TestRuleName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"": true, ".": true, "a": true, "a.": true, "A-b_c.d9.": true, "_dmarc.example.com": true,
+		strings.Repeat("a", 63) + ".com": true, strings.Repeat("a", 64) + ".com": false,
+		strings.Repeat("a.", 125) + "abc": true, strings.Repeat("a.", 125) + "abcd": false,
+		"a..b": false, ".a": false, "a..": false, `a\.b`: false, `a\032b`: false, "a b": false,
+		"ü": false, "a*": false, "*.a": false, "a/b": false, "a@b": false, "a:b": false,
+	} {
+		require.Equal(t, want, ruleName(name), "%q", name)
+	}
+}
+
+// TestQuotaEvictionLogged: when the writer reports that the endpoint's full
+// quota evicted its own oldest entries, the answer still goes out (it was
+// learned) and the eviction is logged and counted.
+func TestQuotaEvictionLogged(t *testing.T) {
+	f := newFixture(t)
+	f.learner.evict = 256
+	rcode, m, _ := f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
+	require.Equal(t, mdns.RcodeSuccess, rcode)
+	require.Equal(t, []string{"192.0.2.1"}, addrs(m))
+	require.True(t, hasLine(f.log.Lines(), "WARNING", "decision=learned-quota-full", "endpoint=1", "evicted=256"), "%v", f.log.Lines())
+}

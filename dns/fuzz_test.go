@@ -14,11 +14,13 @@ import (
 // Invariants: no panic; an answer with records is only ever given for a
 // name the asking endpoint's policy allows (or a local container name / PTR
 // of its network); a name the policy does not allow never reaches the
-// upstream; learned entries only for allowed names.
+// upstream; learned entries only for allowed names; a name outside the
+// rules' alphabet (as the handler sees it) is NXDOMAIN and never forwarded.
 func FuzzServeDNS(f *testing.F) {
 	for _, s := range []string{"api.example.test", "x.wild.example.test", "bad.wild.example.test", "evil.example.test",
 		"cname.example.test", "db", "WEB.", "3.0.0.127.in-addr.arpa", "host.docker.internal", "", ".", "a..b",
-		"API.EXAMPLE.TEST.", "api.example.test.evil.test", "wild.example.test\\000", "x\\.wild.example.test"} {
+		"API.EXAMPLE.TEST.", "api.example.test.evil.test", "wild.example.test\\000", "x\\.wild.example.test",
+		"b\xc3\xbccher.wild.example.test", "b\\195\\188cher.wild.example.test", "a b.wild.example.test", "_srv._tcp.wild.example.test"} {
 		for _, qt := range []uint16{mdns.TypeA, mdns.TypeAAAA, mdns.TypeTXT, mdns.TypePTR, mdns.TypeHTTPS, mdns.TypeANY, 0, 65535} {
 			f.Add(s, qt, uint8(0))
 			f.Add(s, qt, uint8(1))
@@ -56,6 +58,11 @@ func FuzzServeDNS(f *testing.F) {
 		}
 		if !allowed && len(fx.learner.Calls()) > 0 {
 			t.Fatalf("denied name %q learned %v", name, fx.learner.Calls())
+		}
+		if !ruleName(r.Question[0].Name) {
+			if rcode != mdns.RcodeNameError || len(fx.up.Queries()) > 0 || len(fx.up2.Queries()) > 0 {
+				t.Fatalf("name %q outside the alphabet: rcode %d, upstream saw %v %v", r.Question[0].Name, rcode, fx.up.Queries(), fx.up2.Queries())
+			}
 		}
 		if w.Msg != nil {
 			for _, rr := range w.Msg.Answer {

@@ -144,16 +144,18 @@ type fakeLearner struct {
 	calls []learnCall
 	seq   *atomic.Int64
 	err   error
+	// evict is what every Learn reports as evicted (a full quota).
+	evict int
 }
 
-func (l *fakeLearner) Learn(index uint32, addr netip.Addr, id policy.Identity, ttl time.Duration) error {
+func (l *fakeLearner) Learn(index uint32, addr netip.Addr, id policy.Identity, ttl time.Duration) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
-		return l.err
+		return 0, l.err
 	}
 	l.calls = append(l.calls, learnCall{Index: index, Addr: addr, ID: id, TTL: ttl, seq: l.seq.Add(1)})
-	return nil
+	return l.evict, nil
 }
 
 func (l *fakeLearner) Calls() []learnCall {
@@ -238,6 +240,7 @@ func testSnapshot(gen uint64, n2Upstream string) *policy.Snapshot {
 		allow(18, "txt.example.test"),
 		allow(19, "missing.example.test"),
 		allow(11, ".wild.example.test"),
+		allow(22, "ech.example.test"),
 	}, Denies: []policy.Denied{deny("bad.wild.example.test"), {Pattern: "192.0.2.99/32", Prefix: netip.MustParsePrefix("192.0.2.99/32")}}}
 	p2 := &policy.Policy{Generation: gen, Allows: []policy.Allowed{allow(20, "shared-b.example.test"), allow(21, "only2.example.test")}}
 	p4 := &policy.Policy{Generation: gen, Allows: []policy.Allowed{allow(10, "api.example.test")}}
@@ -277,6 +280,10 @@ var testZone = map[string][]string{
 	"host.docker.internal/A":    {"host.docker.internal. 60 IN A 192.0.2.250"},
 	"https.example.test/HTTPS":  {`https.example.test. 300 IN HTTPS 1 . alpn="h2" ipv4hint="192.0.2.10,192.0.2.11" ipv6hint="2001:db8::10"`},
 	"https.example.test/A":      {"https.example.test. 300 IN A 192.0.2.10"},
+	// Every parameter a server could send: only mandatory (pruned), alpn,
+	// port and ipv4hint may reach the client.
+	"ech.example.test/HTTPS": {`ech.example.test. 300 IN HTTPS 1 . mandatory=alpn,ech alpn="h2,h3" port=8443 ipv4hint="192.0.2.12" ech="AEX+DQBBpQAgACB/6Pfo" ipv6hint="2001:db8::12" dohpath="/dns-query{?dns}" ohttp key65333="private"`,
+		`ech.example.test. 300 IN HTTPS 2 . mandatory=ech ech="AEX+DQBBpQAgACB/6Pfo"`},
 	"cname.example.test/A": {
 		"cname.example.test. 30 IN CNAME c1.cdn.test.",
 		"c1.cdn.test. 30 IN CNAME c2.cdn.test.",

@@ -1,25 +1,23 @@
 package dns
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/clawker-fw/clawker-fw/bpf"
 	"github.com/clawker-fw/clawker-fw/internal/testutil"
 )
 
-// testPins creates the `meta` and `learned` maps of docs/SEAMS.md pinned in
-// a bpffs directory of this package's own, removed at cleanup.
-func testPins(t testing.TB, layout uint32) (string, *ebpf.Map) {
+// testPins pins the real map layout (package bpf, no programs) in a bpffs
+// directory of this package's own, removed at cleanup.
+func testPins(t testing.TB) string {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	var st unix.Statfs_t
@@ -28,88 +26,43 @@ func testPins(t testing.TB, layout uint32) (string, *ebpf.Map) {
 	dir := fmt.Sprintf("/sys/fs/bpf/clawker-test-dns-%08x", rand.Uint32())
 	require.NoError(t, os.Mkdir(dir, 0o700))
 	t.Cleanup(func() { os.RemoveAll(dir) })
-
-	meta, err := ebpf.NewMap(&ebpf.MapSpec{Name: "meta", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	require.NoError(t, err)
-	t.Cleanup(func() { meta.Close() })
-	require.NoError(t, meta.Put(uint32(0), layout))
-	require.NoError(t, meta.Pin(filepath.Join(dir, "meta")))
-
-	learned, err := ebpf.NewMap(&ebpf.MapSpec{Name: "learned", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 16, MaxEntries: 4096})
-	require.NoError(t, err)
-	t.Cleanup(func() { learned.Close() })
-	require.NoError(t, learned.Pin(filepath.Join(dir, "learned")))
-	return dir, learned
+	require.NoError(t, bpf.PinMaps(dir))
+	return dir
 }
 
-// learnedEntries dumps the map as "index/addr" -> value.
-func learnedEntries(t testing.TB, m *ebpf.Map) map[string]learnedValue {
+// learnedEntries dumps the pinned map as "index/addr" -> entry.
+func learnedEntries(t testing.TB, pinDir string) map[string]bpf.LearnedEntry {
 	t.Helper()
-	out := map[string]learnedValue{}
-	var k learnedKey
-	var v learnedValue
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		var a [4]byte
-		binary.NativeEndian.PutUint32(a[:], k.Addr)
-		out[fmt.Sprintf("%d/%s", k.Index, netip.AddrFrom4(a))] = v
+	all, err := bpf.ReadLearned(pinDir)
+	require.NoError(t, err)
+	out := map[string]bpf.LearnedEntry{}
+	for _, e := range all {
+		out[fmt.Sprintf("%d/%s", e.Index, e.Addr)] = e
 	}
-	require.NoError(t, it.Err())
 	return out
 }
 
+// TestMapLearner: the sidecar's writer is package bpf's, on the real layout
+// (the layout itself, its quota and the kernel's view are tested in bpf).
 func TestMapLearner(t *testing.T) {
-	dir, m := testPins(t, LayoutVersion)
+	dir := testPins(t)
 	l, err := OpenMapLearner(dir)
 	require.NoError(t, err)
 	defer l.Close()
 
-	before, err := monotonicNow()
+	before := time.Now()
+	_, err = l.Learn(1, netip.MustParseAddr("192.0.2.1"), 10, 5*time.Minute)
 	require.NoError(t, err)
-	require.NoError(t, l.Learn(1, netip.MustParseAddr("192.0.2.1"), 10, 5*time.Minute))
-	require.NoError(t, l.Learn(2, netip.MustParseAddr("192.0.2.1"), 20, time.Hour))
-	require.NoError(t, l.Learn(2, netip.MustParseAddr("2001:db8::1"), 20, time.Hour), "IPv6 is ignored")
-	after, err := monotonicNow()
+	_, err = l.Learn(2, netip.MustParseAddr("::ffff:192.0.2.1"), 20, time.Hour)
 	require.NoError(t, err)
+	_, err = l.Learn(2, netip.MustParseAddr("2001:db8::1"), 20, time.Hour)
+	require.NoError(t, err, "IPv6 is ignored")
+	after := time.Now()
 
-	got := learnedEntries(t, m)
+	got := learnedEntries(t, dir)
 	require.Len(t, got, 2)
 	v1 := got["1/192.0.2.1"]
 	require.Equal(t, uint32(10), v1.Identity)
-	require.GreaterOrEqual(t, v1.ExpiresNs, before+uint64(5*time.Minute))
-	require.LessOrEqual(t, v1.ExpiresNs, after+uint64(5*time.Minute))
+	require.WithinRange(t, v1.Expires, before.Add(5*time.Minute-time.Millisecond), after.Add(5*time.Minute+time.Millisecond))
 	require.Equal(t, uint32(20), got["2/192.0.2.1"].Identity)
-
-	// Key bytes: index then the address in network byte order.
-	var raw [8]byte
-	binary.NativeEndian.PutUint32(raw[:4], 1)
-	copy(raw[4:], []byte{192, 0, 2, 1})
-	var v learnedValue
-	require.NoError(t, m.Lookup(raw[:], &v))
-	require.Equal(t, uint32(10), v.Identity)
-}
-
-func TestMapLearnerLayoutMismatch(t *testing.T) {
-	dir, _ := testPins(t, LayoutVersion+1)
-	_, err := OpenMapLearner(dir)
-	require.ErrorContains(t, err, "layout_version")
-}
-
-func TestMapLearnerReopensReplacedPins(t *testing.T) {
-	dir, old := testPins(t, LayoutVersion)
-	l, err := OpenMapLearner(dir)
-	require.NoError(t, err)
-	defer l.Close()
-	require.NoError(t, l.Learn(1, netip.MustParseAddr("192.0.2.1"), 10, time.Minute))
-
-	// The plugin process rebuilds the map.
-	require.NoError(t, old.Unpin())
-	fresh, err := ebpf.NewMap(&ebpf.MapSpec{Name: "learned", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 16, MaxEntries: 4096})
-	require.NoError(t, err)
-	defer fresh.Close()
-	require.NoError(t, fresh.Pin(filepath.Join(dir, "learned")))
-
-	l.checked.Store(0) // as if a second had passed
-	require.NoError(t, l.Learn(1, netip.MustParseAddr("192.0.2.2"), 11, time.Minute))
-	require.Contains(t, learnedEntries(t, fresh), "1/192.0.2.2")
 }

@@ -58,13 +58,19 @@ var (
 		Name:      "learned_total",
 		Help:      "Addresses written into the BPF learned map.",
 	})
+	learnedEvicted = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "clawker",
+		Name:      "learned_evicted_total",
+		Help:      "Unexpired learned addresses evicted because their endpoint's quota was full (the endpoint's own oldest).",
+	})
 )
 
 // deniedCounters caches the counters of the reasons the plugin gives, so the
 // hot path skips the label hash.
 var deniedCounters = func() map[policy.Reason]prometheus.Counter {
 	m := map[policy.Reason]prometheus.Counter{}
-	for _, r := range []policy.Reason{policy.ReasonNoRule, policy.ReasonDenyRule, policy.ReasonUnknownPeer, policy.ReasonBadLabel, "class"} {
+	for _, r := range []policy.Reason{policy.ReasonNoRule, policy.ReasonDenyRule, policy.ReasonUnknownPeer, policy.ReasonBadLabel, "class", reasonBadName} {
 		m[r] = deniedCount.WithLabelValues(string(r))
 	}
 	return m
