@@ -33,8 +33,10 @@
 //   - inet in_BR (input, priority -10): established/related accepted; the
 //     gateway's DNS port (udp, tcp), the transparent port (tcp, only for
 //     redirected flows: ct status dnat), the optional CA port (tcp) and the
-//     allocated range PortLo-PortHi (tcp, udp) accepted; everything else from
-//     BR to any host address, IPv6 included, dropped.
+//     allocated listener ports this network's routes use (sets ltcp_BR,
+//     ludp_BR, filled by [Handle.SetListenerPorts]) accepted; everything else
+//     from BR to any host address, IPv6 included, dropped — a host service on
+//     another port of the reserved range is not reachable.
 //   - inet fwd_BR (forward, priority -10): nothing from or to BR is ever
 //     forwarded or routed. The one exception is bridged traffic between two
 //     endpoints of BR when ICC is on: br_netfilter (which Docker loads) makes
@@ -47,6 +49,17 @@
 //     from or to a port in set ports_BR (the network's guarded endpoints) is
 //     dropped. (meta ibrname would name the bridge directly but needs the
 //     nft_meta_bridge module, which the development kernel lacks.)
+//
+// Once for all networks, inet chain listeners (input, priority -10) drops
+// TCP and UDP to the ports the plugin's listeners are bound to (sets
+// bound_tcp, bound_udp) unless they entered from loopback or a guarded
+// bridge (set bridges). The listeners bind every host address, and with
+// rp_filter off a packet that spoofs an endpoint's source address from any
+// other interface would otherwise be taken for that endpoint's. The match is
+// on the input interface, never on addresses. (Binding each listener to each
+// gateway address instead would multiply sockets by networks, make the DNS
+// sidecar restart on every network change, and still not stop such a
+// packet: the host accepts a gateway address on any interface.)
 //
 // Per endpoint (host-side veth V) there is a bridge chain ep_V (prerouting,
 // priority -200). CreateVeth installs it before V joins the bridge with a

@@ -65,10 +65,12 @@ func dport(p uint16) []expr.Any {
 	}
 }
 
-func dportRange(lo, hi uint16) []expr.Any {
+// dportIn matches when the transport destination port is in set (of type
+// inet_service; the caller has matched the L4 protocol first).
+func dportIn(set *nftables.Set) []expr.Any {
 	return []expr.Any{
 		payload(expr.PayloadBaseTransportHeader, 2, 2),
-		&expr.Range{Op: expr.CmpOpEq, Register: reg, FromData: be16(lo), ToData: be16(hi)},
+		&expr.Lookup{SourceRegister: reg, SetName: set.Name, SetID: set.ID},
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -52,10 +53,14 @@ type Network struct {
 	// CAPort, when not zero, is reachable on the gateway over TCP (the CA
 	// listener, to which the hooks steer gateway:80).
 	CAPort uint16
-	// PortLo-PortHi is the range of allocated listeners reachable on the
-	// gateway (tcp, and udp for dedicated udp listeners). Passing the whole
-	// reserved range 15000-15999 covers DNS, CA and transparent ports too.
-	PortLo, PortHi uint16
+	// The allocated listener ports reachable on the gateway are not part of
+	// Network: they change with every rule, and SetListenerPorts sets them
+	// (the Handle remembers them, so GuardNetwork restores them too).
+}
+
+// Ports are listener ports by transport.
+type Ports struct {
+	TCP, UDP []uint16
 }
 
 func (n Network) validate() error {
@@ -71,8 +76,6 @@ func (n Network) validate() error {
 		return fmt.Errorf("network %s: gateway %v is not in subnet %v", n.Bridge, n.Gateway, n.Subnet)
 	case n.DNSPort == 0 || n.TransparentPort == 0:
 		return fmt.Errorf("network %s: DNS port and transparent port must be set", n.Bridge)
-	case n.PortLo == 0 || n.PortLo > n.PortHi:
-		return fmt.Errorf("network %s: bad listener range %d-%d", n.Bridge, n.PortLo, n.PortHi)
 	}
 	return nil
 }
@@ -109,8 +112,18 @@ func bridgeTable() *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyBridge, Name: TableName}
 }
 
-// Chain and set names, per network bridge BR and per host veth V.
+// Chain and set names, per network bridge BR and per host veth V; and the
+// plugin-wide input chain and sets of the listener guard.
+const (
+	reservedChain = "listeners"
+	bridgesSet    = "bridges"
+	boundTCPSet   = "bound_tcp"
+	boundUDPSet   = "bound_udp"
+)
+
 func inChain(br string) string   { return "in_" + br }
+func lTCPSet(br string) string   { return "ltcp_" + br }
+func lUDPSet(br string) string   { return "ludp_" + br }
 func fwdChain(br string) string  { return "fwd_" + br }
 func natChain(br string) string  { return "nat_" + br }
 func portsSet(br string) string  { return "ports_" + br }
@@ -164,6 +177,116 @@ func newPortsSet(br string) *nftables.Set {
 	}
 }
 
+func newServiceSet(name string) *nftables.Set {
+	return &nftables.Set{Table: inetTable(), Name: name, ID: setIDs.Add(1) + 1<<20, KeyType: nftables.TypeInetService}
+}
+
+func portElems(ports []uint16) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(ports))
+	seen := map[uint16]bool{}
+	for _, p := range ports {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, nftables.SetElement{Key: be16(p)})
+		}
+	}
+	return out
+}
+
+// fillPortSet adds set (idempotent), empties it and fills it with ports, in
+// c's batch.
+func fillPortSet(c *nftables.Conn, set *nftables.Set, ports []uint16) error {
+	if err := c.AddSet(set, nil); err != nil {
+		return fmt.Errorf("add set %s: %w", set.Name, err)
+	}
+	c.FlushSet(set)
+	if elems := portElems(ports); len(elems) > 0 {
+		if err := c.SetAddElements(set, elems); err != nil {
+			return fmt.Errorf("fill set %s: %w", set.Name, err)
+		}
+	}
+	return nil
+}
+
+// guardListeners installs (or replaces) the plugin-wide input chain that
+// keeps the plugin's listener ports (set bound_tcp, bound_udp) from every
+// interface except loopback and the guarded bridges (set bridges), in c's
+// batch: the listeners bind every host address, and rp_filter is off on
+// the hosts this runs on, so a packet spoofing an endpoint's address from
+// any other interface would otherwise be taken for that endpoint's. Called
+// with h.mu held.
+func (h *Handle) guardListeners(c *nftables.Conn) (*nftables.Set, error) {
+	inet := c.AddTable(inetTable())
+	bridges := &nftables.Set{Table: inetTable(), Name: bridgesSet, ID: setIDs.Add(1) + 1<<20, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	if err := c.AddSet(bridges, nil); err != nil {
+		return nil, fmt.Errorf("add set %s: %w", bridges.Name, err)
+	}
+	btcp, budp := newServiceSet(boundTCPSet), newServiceSet(boundUDPSet)
+	if err := fillPortSet(c, btcp, h.bound.TCP); err != nil {
+		return nil, err
+	}
+	if err := fillPortSet(c, budp, h.bound.UDP); err != nil {
+		return nil, err
+	}
+	ch := c.AddChain(baseChain(inet, reservedChain, nftables.ChainTypeFilter, nftables.ChainHookInput, prioFilter))
+	c.FlushChain(ch)
+	ud := userdata.AppendString(nil, userdata.TypeComment, "clawker-fw listeners")
+	add := func(exprs ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: inet, Chain: ch, Exprs: cat(exprs...), UserData: ud})
+	}
+	add(iif("lo"), accept())
+	add(inSet(expr.MetaKeyIIFNAME, bridges), accept())
+	add(l4(unix.IPPROTO_TCP), dportIn(btcp), drop())
+	add(l4(unix.IPPROTO_UDP), dportIn(budp), drop())
+	return bridges, nil
+}
+
+// SetListenerPorts records which ports the plugin's listeners are bound to
+// (bound: reachable from loopback and the guarded bridges only) and which of
+// them each network may reach on its gateway (perBridge, by bridge name),
+// and updates the guard of every guarded network in one transaction. The
+// Handle remembers them: GuardNetwork installs them too. A bridge missing
+// from perBridge reaches no allocated listener.
+func (h *Handle) SetListenerPorts(bound Ports, perBridge map[string]Ports) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.bound = bound
+	h.perBr = make(map[string]Ports, len(perBridge))
+	for br, p := range perBridge {
+		h.perBr[br] = p
+	}
+	c, st, err := h.state()
+	if err != nil {
+		return err
+	}
+	if !st.inetExists {
+		return nil // nothing guarded yet: GuardNetwork installs them
+	}
+	if err := fillPortSet(c, newServiceSet(boundTCPSet), bound.TCP); err != nil {
+		return err
+	}
+	if err := fillPortSet(c, newServiceSet(boundUDPSet), bound.UDP); err != nil {
+		return err
+	}
+	for _, ch := range st.inet {
+		br, ok := strings.CutPrefix(ch.Name, "in_")
+		if !ok {
+			continue
+		}
+		p := h.perBr[br]
+		if err := fillPortSet(c, newServiceSet(lTCPSet(br)), p.TCP); err != nil {
+			return err
+		}
+		if err := fillPortSet(c, newServiceSet(lUDPSet(br)), p.UDP); err != nil {
+			return err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("set listener ports: %w", err)
+	}
+	return nil
+}
+
 // GuardNetwork installs (or replaces, atomically) the closed network of n:
 // see the package documentation for the rules. It is idempotent. With ICC on
 // it also accepts bridged traffic of n.Bridge in Docker's DOCKER-USER chain
@@ -187,7 +310,25 @@ func (h *Handle) GuardNetwork(n Network) error {
 		c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: cat(exprs...), UserData: ud})
 	}
 
-	// Input: only the gateway's listener ports.
+	// The plugin-wide listener guard, and this bridge in its set.
+	bridges, err := h.guardListeners(c)
+	if err != nil {
+		return err
+	}
+	if err := c.SetAddElements(bridges, []nftables.SetElement{{Key: ifname(br)}}); err != nil {
+		return fmt.Errorf("add %s to set %s: %w", br, bridgesSet, err)
+	}
+	ltcp, ludp := newServiceSet(lTCPSet(br)), newServiceSet(lUDPSet(br))
+	if err := fillPortSet(c, ltcp, h.perBr[br].TCP); err != nil {
+		return err
+	}
+	if err := fillPortSet(c, ludp, h.perBr[br].UDP); err != nil {
+		return err
+	}
+
+	// Input: only the gateway's listener ports that this network's routes
+	// use (never the rest of the reserved range: a host service there is
+	// not the plugin's).
 	in := c.AddChain(baseChain(inet, inChain(br), nftables.ChainTypeFilter, nftables.ChainHookInput, prioFilter))
 	c.FlushChain(in)
 	gw := ipAddr(ipDaddr, expr.CmpOpEq, n.Gateway)
@@ -198,8 +339,8 @@ func (h *Handle) GuardNetwork(n Network) error {
 	if n.CAPort != 0 {
 		add(in, iif(br), ipv4(), gw, l4(unix.IPPROTO_TCP), dport(n.CAPort), accept())
 	}
-	add(in, iif(br), ipv4(), gw, l4(unix.IPPROTO_TCP), dportRange(n.PortLo, n.PortHi), accept())
-	add(in, iif(br), ipv4(), gw, l4(unix.IPPROTO_UDP), dportRange(n.PortLo, n.PortHi), accept())
+	add(in, iif(br), ipv4(), gw, l4(unix.IPPROTO_TCP), dportIn(ltcp), accept())
+	add(in, iif(br), ipv4(), gw, l4(unix.IPPROTO_UDP), dportIn(ludp), accept())
 	add(in, iif(br), drop())
 
 	// Forward: nothing in or out, except bridged endpoint-to-endpoint traffic
@@ -323,6 +464,25 @@ func (h *Handle) UnguardNetwork(bridge string) error {
 			c.DelSet(s)
 		}
 	}
+	for _, s := range st.inetSets {
+		switch s.Name {
+		case lTCPSet(bridge), lUDPSet(bridge):
+			c.DelSet(s)
+		case bridgesSet:
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return fmt.Errorf("list set %s: %w", s.Name, err)
+			}
+			for _, el := range elems {
+				if ifnameString(el.Key) == bridge {
+					if err := c.SetDeleteElements(s, []nftables.SetElement{{Key: el.Key}}); err != nil {
+						return fmt.Errorf("remove %s from set %s: %w", bridge, bridgesSet, err)
+					}
+				}
+			}
+		}
+	}
+	delete(h.perBr, bridge)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("unguard network %s: %w", bridge, err)
 	}
@@ -481,6 +641,7 @@ func ifnameString(b []byte) string {
 type nftState struct {
 	inet, bridge []*nftables.Chain
 	sets         []*nftables.Set // of the bridge table
+	inetSets     []*nftables.Set
 	inetExists   bool
 	bridgeExists bool
 }
@@ -520,6 +681,13 @@ func listState(c *nftables.Conn) (nftState, error) {
 			st.bridge = append(st.bridge, ch)
 		}
 	}
+	if st.inetExists {
+		sets, err := c.GetSets(inetTable())
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return st, fmt.Errorf("list nftables sets: %w", err)
+		}
+		st.inetSets = sets
+	}
 	if st.bridgeExists {
 		sets, err := c.GetSets(bridgeTable())
 		if err != nil && !errors.Is(err, unix.ENOENT) {
@@ -536,7 +704,8 @@ func deleteEmptyTables(c *nftables.Conn) error {
 		return err
 	}
 	n := 0
-	if st.inetExists && len(st.inet) == 0 {
+	// The listener guard alone guards nothing: it goes with the last network.
+	if st.inetExists && !slices.ContainsFunc(st.inet, func(ch *nftables.Chain) bool { return ch.Name != reservedChain }) {
 		c.DelTable(inetTable())
 		n++
 	}

@@ -22,6 +22,9 @@ type Handle struct {
 	nl     *netlink.Handle
 	ns     netns.NsHandle // netns.None() for the calling process's namespace
 	ownsNS bool
+	// bound and perBr are the listener ports of the last SetListenerPorts.
+	bound Ports
+	perBr map[string]Ports
 }
 
 // New returns a Handle working in the network namespace ns, or in the
@@ -40,7 +43,7 @@ func New(ns netns.NsHandle) (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
-	return &Handle{nl: nl, ns: ns}, nil
+	return &Handle{nl: nl, ns: ns, perBr: map[string]Ports{}}, nil
 }
 
 // NewInNamespace returns a Handle working in the network namespace bound at

@@ -540,7 +540,7 @@ func TestMissingAfterRulesetLoss(t *testing.T) {
 	require.ElementsMatch(t, []string{
 		"inet clawker_fw in_" + tp.br, "inet clawker_fw fwd_" + tp.br, "inet clawker_fw nat_" + tp.br,
 		"bridge clawker_fw fwd_" + tp.br, "bridge clawker_fw ep_" + tp.v1, "bridge clawker_fw ep_" + tp.v2,
-		"bridge clawker_fw ports_" + tp.br,
+		"bridge clawker_fw ports_" + tp.br, "inet clawker_fw listeners",
 	}, missing)
 	_, err = dialTCP(t, tp.c1, netip.AddrPortFrom(c2Addr, 9000))
 	require.NoError(t, err, "control: without the tables the bridge is open")

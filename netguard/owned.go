@@ -112,6 +112,23 @@ func (h *Handle) listOwned(bridge string) (Owned, ownedRefs, error) {
 		}
 	}
 
+	for _, s := range st.inetSets {
+		switch s.Name {
+		case lTCPSet(bridge), lUDPSet(bridge):
+			o.Sets = append(o.Sets, "inet "+TableName+" "+s.Name)
+		case bridgesSet:
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return o, refs, fmt.Errorf("list set %s: %w", s.Name, err)
+			}
+			for _, el := range elems {
+				if ifnameString(el.Key) == bridge {
+					o.Sets = append(o.Sets, "inet "+TableName+" "+s.Name+" element "+bridge)
+				}
+			}
+		}
+	}
+
 	// DOCKER-USER rules naming the network.
 	_, rules, err := dockerUserRules(c, bridge)
 	if err != nil {
@@ -217,6 +234,13 @@ func (h *Handle) Networks() ([]string, error) {
 			seen[br] = true
 		}
 	}
+	for _, s := range st.inetSets {
+		for _, p := range []string{"ltcp_", "ludp_"} {
+			if br, ok := strings.CutPrefix(s.Name, p); ok {
+				seen[br] = true
+			}
+		}
+	}
 	for _, ch := range st.bridge {
 		if br, ok := strings.CutPrefix(ch.Name, "fwd_"); ok {
 			seen[br] = true
@@ -264,6 +288,7 @@ func (h *Handle) Missing(n Network, veths []string) ([]string, error) {
 	want := []string{
 		"inet " + TableName + " " + inChain(br), "inet " + TableName + " " + fwdChain(br),
 		"inet " + TableName + " " + natChain(br), "bridge " + TableName + " " + fwdChain(br),
+		"inet " + TableName + " " + reservedChain,
 	}
 	var live []string
 	for _, v := range veths {

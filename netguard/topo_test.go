@@ -48,7 +48,9 @@ const (
 	transparentPort = 15001
 	caPort          = 15002
 	allocLo         = 15100
-	allocHi         = 15999
+	// hostService is a port of the reserved range that some host service
+	// listens on and that no network's listeners use.
+	hostService = 15101
 	// closedPort is a host port with a listener that is not one of the
 	// plugin's: only reachable when the guard is missing.
 	closedPort = 7777
@@ -165,8 +167,11 @@ func newTopo(t *testing.T) *topo {
 
 	tp.network = Network{
 		Bridge: tp.br, Subnet: subnet, Gateway: gwAddr, ICC: true,
-		DNSPort: dnsPort, TransparentPort: transparentPort, CAPort: caPort, PortLo: allocLo, PortHi: allocHi,
+		DNSPort: dnsPort, TransparentPort: transparentPort, CAPort: caPort,
 	}
+	// The plugin's bound listeners, and the one this network's routes use.
+	lp := Ports{TCP: []uint16{allocLo, dnsPort, transparentPort, caPort}, UDP: []uint16{allocLo, dnsPort}}
+	require.NoError(t, h.SetListenerPorts(lp, map[string]Ports{tp.br: {TCP: []uint16{allocLo}, UDP: []uint16{allocLo}}}))
 	tp.ep1 = Endpoint{Bridge: tp.br, HostVeth: tp.v1, IP: c1Addr, MAC: tp.mac1}
 	tp.ep2 = Endpoint{Bridge: tp.br, HostVeth: tp.v2, IP: c2Addr, MAC: tp.mac2}
 	t.Cleanup(func() {
