@@ -54,14 +54,26 @@ type HostNet interface {
 	// networks not in known (bridge names): left behind when a network was
 	// removed while the plugin was down. It returns what it removed.
 	RemoveOrphans(known map[string]bool) ([]string, error)
+	// SetListenerPorts tells the guard which listener ports the plugin has
+	// bound (reachable from no other interface than the networks' bridges)
+	// and which of them each network (by bridge name) may reach on its
+	// gateway, besides DNS, the CA and the transparent port.
+	SetListenerPorts(bound ListenerPorts, perBridge map[string]ListenerPorts) error
 	// Missing returns what of the network's guard and of its endpoints'
 	// guards is no longer on the host (removed by something else, such as
 	// a firewall reload); empty when all is in place.
 	Missing(n *Network, eps []*Endpoint) ([]string, error)
 }
 
+// ListenerPorts are listener ports by transport.
+type ListenerPorts struct {
+	TCP, UDP []uint16
+}
+
 // DataPlane is an L7 proxy engine (builtin or envoy).
 type DataPlane interface {
+	// Apply returns a *model.BindError (possibly wrapped) naming the
+	// listeners that did not open; everything else is applied.
 	Apply(snap *policy.Snapshot, m *model.Model) error
 }
 

@@ -32,6 +32,12 @@ const (
 	ReasonSidecarRestart    = "SIDECAR_RESTART_FAILED"
 	ReasonStackUnhealthy    = "STACK_UNHEALTHY"
 	ReasonRouteSyncFailed   = "ROUTE_SYNC_FAILED"
+	// ReasonPortLimit: the rules would need more listener ports than one
+	// network may use (model.MaxPortsPerNetwork).
+	ReasonPortLimit = "LISTENER_PORT_LIMIT"
+	// ReasonPortsExhausted: the shared pool of listener ports has too few
+	// free ports for the new rules.
+	ReasonPortsExhausted = "LISTENER_PORTS_EXHAUSTED"
 )
 
 // Error is a typed plugin error carrying its layer and stable reason.

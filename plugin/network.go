@@ -7,6 +7,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 // NetworkRequest is the part of Docker's CreateNetwork the core needs.
@@ -27,6 +28,9 @@ func (p *Plugin) CreateNetwork(req NetworkRequest) error {
 	if err != nil {
 		return rejected(ReasonInvalidRule, "%w", err)
 	}
+	if err := model.CheckLimit(cfg.Rules, model.MaxPortsPerNetwork, "a network"); err != nil {
+		return rejected(ReasonPortLimit, "option %w", err)
+	}
 	pool, err := parsePrefixAddr(req.Pool)
 	if err != nil {
 		return rejected(ReasonInvalidRequest, "network subnet: %w", err)
@@ -45,6 +49,9 @@ func (p *Plugin) CreateNetwork(req NetworkRequest) error {
 	return p.q.Do(p.ctx, queue.KindMutate, func() error {
 		if _, ok := p.st.Networks[req.ID]; ok {
 			return rejected(ReasonInvalidRequest, "network %s exists already", short(req.ID))
+		}
+		if err := p.checkPorts(cfg.Rules); err != nil {
+			return err
 		}
 		next := p.st.clone()
 		next.Networks[n.ID] = n

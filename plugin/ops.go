@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 // networkByRef finds a network by full id, id prefix (>= 4 characters) or
@@ -71,12 +73,44 @@ func (p *Plugin) AddRules(netRef string, items []string) ([]policy.EgressRule, e
 		if _, err := policy.Compile(policy.CompileInput{Network: nn.Config.Rules, Runtime: nn.Runtime, Settings: nn.Config.Settings}, policy.NewIdentityTable()); err != nil {
 			return rejected(ReasonInvalidRule, "%w", err)
 		}
+		if err := p.checkPorts(append(slices.Clone(nn.Config.Rules), nn.Runtime...)); err != nil {
+			return err
+		}
 		if err := p.commit(next); err != nil {
 			return err
 		}
 		return p.publish()
 	})
 	return added, err
+}
+
+// checkPorts refuses network rules (options and runtime rules) that need
+// more listener ports than a network may use, or more new ports than the
+// shared pool has free. It runs in queue actions, before anything is
+// written.
+func (p *Plugin) checkPorts(rules []policy.EgressRule) error {
+	if err := model.CheckLimit(rules, model.MaxPortsPerNetwork, "a network"); err != nil {
+		var le *model.LimitError
+		if errors.As(err, &le) {
+			return rejected(ReasonPortLimit, "%w", err)
+		}
+		return rejected(ReasonInvalidRule, "%w", err)
+	}
+	keys, err := model.RuleKeys(rules)
+	if err != nil {
+		return rejected(ReasonInvalidRule, "%w", err)
+	}
+	fresh := 0
+	for k := range keys {
+		if !p.st.Ports.Has(k) {
+			fresh++
+		}
+	}
+	if free := p.st.Ports.Free(); fresh > free {
+		return rejected(ReasonPortsExhausted, "the rules need %d new listener ports and only %d of the shared pool (%d-%d) are free; remove rules that use port ranges on this or other networks",
+			fresh, free, model.AllocLo, model.AllocHi)
+	}
+	return nil
 }
 
 // RemoveRules removes runtime rules (matched by their formatted form).
@@ -334,12 +368,16 @@ type EPInfo struct {
 	LabelRules  int    `json:"label_rules"`
 	LabelError  string `json:"label_error,omitempty"`
 	BypassUntil string `json:"bypass_until,omitempty"`
+	// Failures lists the endpoint's rules that got no listener port (the
+	// rest of its policy works).
+	Failures []string `json:"failures,omitempty"`
 }
 
 // Networks reports networks and endpoints (read through the queue).
 func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
 	var out []NetworkStatus
 	var gen uint64
+	m := p.Model()
 	err := p.q.Do(p.ctx, queue.KindRead, func() error {
 		gen = p.st.Generation
 		for _, n := range p.sortedNetworks() {
@@ -350,6 +388,11 @@ func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
 					Pending: ep.Joined && !ep.Identified(), LabelRules: len(ep.LabelRules), LabelError: ep.LabelError}
 				if !ep.BypassUntil.IsZero() {
 					info.BypassUntil = ep.BypassUntil.Format(time.RFC3339)
+				}
+				if m != nil {
+					for _, f := range m.Failures[ep.Index] {
+						info.Failures = append(info.Failures, f.String())
+					}
 				}
 				ns.Endpoints = append(ns.Endpoints, info)
 			}
@@ -468,6 +511,17 @@ func (p *Plugin) RecordKernelDenial(index uint32, addr netip.Addr, port uint16, 
 		d.Fix = "send DNS to port 53 (the firewall's DNS answers it, container names included)"
 	case d.Destination != "":
 		d.Fix = "connect by name (IP literals are denied unless an IP/CIDR rule allows them); " + FixFor(d.Destination, port, "", nil)
+	}
+	// A rule that got no listener port is allowed on paper and refused by
+	// the hooks: say so instead of suggesting a rule that exists.
+	if m := p.Model(); m != nil {
+		for _, f := range m.Failures[index] {
+			if f.Covers(port, policy.L4(l4)) {
+				d.Reason += "; " + f.String()
+				d.Fix = "the rule exists but has no listener port: see `clawker-fw status`; remove other port ranges or split the rule"
+				break
+			}
+		}
 	}
 	p.Denials.Add(d)
 	p.log.WithField(FieldIndex, index).WithField(FieldContainer, d.Container).WithField("dst", d.Destination).

@@ -75,6 +75,9 @@ type Plugin struct {
 	guardMu sync.Mutex
 	guard   HostGuardStatus
 
+	failMu   sync.Mutex
+	failSeen map[string]bool
+
 	Denials *DenialLog
 }
 
@@ -229,27 +232,54 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 }
 
 // publish recompiles everything into generation N+1 and hands it to every
-// consumer: BPF routes, the proxy, the DNS sidecar's file, and the in-process
-// pointer authz reads. It runs inside queue actions only. Errors here come
-// after the store committed: they are partial failures.
+// consumer: the proxy, the host guard's listener ports, BPF routes, the DNS
+// sidecar's file, and the in-process pointer authz reads. It runs inside
+// queue actions only. Errors here come after the store committed: they are
+// partial failures.
+//
+// Nothing that fails for one rule may hold back the others, and above all
+// never a revocation: a rule whose listener ports cannot be allocated
+// (budgets, an exhausted pool) or opened (a bind failure) fails alone and is
+// listed in Model.Failures (status and denials show it), and everything
+// else is published. Only when new identities or ports cannot be persisted
+// is nothing applied (they would be renumbered after a restart); a change
+// that allocates nothing (rules removed, containers gone) is applied even
+// then.
 func (p *Plugin) publish() error {
 	gen := p.st.Generation + 1
+	ids := p.st.Identities.Len()
 	snap := p.buildSnapshot(gen)
 	m, err := model.Build(snap, p.st.Ports)
 	if err != nil {
 		return partial(ReasonConfigRegenFailed, fmt.Errorf("build listener model: %w", err))
 	}
 	p.st.Generation = gen
+	var errs []error
 	// Identities and ports may have grown: persist them before anyone uses them.
 	if err := p.st.save(p.statePath()); err != nil {
-		return partial(ReasonStoreWriteFailed, fmt.Errorf("persist identities: %w", err))
+		err = partial(ReasonStoreWriteFailed, fmt.Errorf("persist identities and listener ports: %w", err))
+		if m.NewPorts > 0 || p.st.Identities.Len() != ids {
+			return err
+		}
+		errs = append(errs, err)
 	}
-	var errs []error
+	// Listeners first, so that routes only ever steer to open ones.
+	if err := p.dp.Apply(snap, m); err != nil {
+		var be *model.BindError
+		if errors.As(err, &be) {
+			m = m.WithoutListeners(snap, be.Failed)
+			for _, f := range be.Failed {
+				p.log.WithField("listener", f.Listener.Key).WithField("port", f.Listener.Port).WithField(FieldError, f.Err).
+					Error("proxy listener could not be opened: its routes are withdrawn and its rules refused until it opens")
+			}
+		}
+		errs = append(errs, partial(ReasonConfigRegenFailed, fmt.Errorf("apply proxy config: %w", err)))
+	}
+	if err := p.hn.SetListenerPorts(p.listenerPorts(m)); err != nil {
+		errs = append(errs, partial(ReasonConfigRegenFailed, fmt.Errorf("update the host guard's listener ports: %w", err)))
+	}
 	if err := p.k.SyncRoutes(m); err != nil {
 		errs = append(errs, partial(ReasonRouteSyncFailed, fmt.Errorf("sync BPF routes: %w", err)))
-	}
-	if err := p.dp.Apply(snap, m); err != nil {
-		errs = append(errs, partial(ReasonConfigRegenFailed, fmt.Errorf("apply proxy config: %w", err)))
 	}
 	for _, s := range p.sinks {
 		if err := s.Publish(snap); err != nil {
@@ -258,8 +288,51 @@ func (p *Plugin) publish() error {
 	}
 	p.snap.Store(snap)
 	p.model.Store(m)
+	p.logFailures(m)
 	p.log.WithField("generation", gen).WithField("endpoints", len(snap.Endpoints)).Debug("published snapshot")
 	return errors.Join(errs...)
+}
+
+// listenerPorts returns the ports the plugin's listeners are bound to (the
+// model's, which only lists listeners that opened, and DNS) and, per
+// network bridge, the ones its endpoints' routes steer to: the host guard
+// accepts exactly those from each bridge and no others.
+func (p *Plugin) listenerPorts(m *model.Model) (ListenerPorts, map[string]ListenerPorts) {
+	var all ListenerPorts
+	all.TCP, all.UDP = m.ListenerPorts()
+	all.TCP = append(all.TCP, model.DNSPort)
+	all.UDP = append(all.UDP, model.DNSPort)
+	per := make(map[string]ListenerPorts, len(p.st.Networks))
+	for _, n := range p.st.Networks {
+		var idx []uint32
+		for _, ep := range p.st.endpointsOf(n.ID) {
+			idx = append(idx, ep.Index)
+		}
+		var lp ListenerPorts
+		lp.TCP, lp.UDP = m.RoutePorts(idx)
+		per[n.Bridge] = lp
+	}
+	return all, per
+}
+
+// logFailures logs each rule that got no listener once, when it first
+// fails (the failure is in status and denials for as long as it lasts).
+func (p *Plugin) logFailures(m *model.Model) {
+	p.failMu.Lock()
+	defer p.failMu.Unlock()
+	now := map[string]bool{}
+	for idx, fs := range m.Failures {
+		for _, f := range fs {
+			line := fmt.Sprintf("%d %s", idx, f.String())
+			now[line] = true
+			if p.failSeen[line] {
+				continue
+			}
+			p.log.WithField(FieldIndex, idx).WithField("rule", f.Rule).WithField("reason", string(f.Reason)).
+				Warn(f.String())
+		}
+	}
+	p.failSeen = now
 }
 
 // enrollment builds the hook enrollment of ep.

@@ -74,6 +74,15 @@ type fakeHost struct {
 	failNet  bool
 	lost     map[string][]string // network ID -> guard pieces "removed by someone else"
 	adds     int                 // AddNetwork + AddEndpoint calls
+	bound    ListenerPorts
+	perBr    map[string]ListenerPorts
+}
+
+func (h *fakeHost) SetListenerPorts(bound ListenerPorts, per map[string]ListenerPorts) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.bound, h.perBr = bound, per
+	return nil
 }
 
 func (h *fakeHost) AddNetwork(n *Network) error {
@@ -156,12 +165,23 @@ func (d *fakeDocker) Running(context.Context) (map[string]bool, error) { return 
 type fakePlane struct {
 	mu   sync.Mutex
 	snap *policy.Snapshot
+	// busy lists ports whose listeners "fail to bind".
+	busy map[uint16]bool
 }
 
-func (f *fakePlane) Apply(s *policy.Snapshot, _ *model.Model) error {
+func (f *fakePlane) Apply(s *policy.Snapshot, m *model.Model) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.snap = s
+	var be model.BindError
+	for _, l := range m.Listeners {
+		if f.busy[l.Port] {
+			be.Failed = append(be.Failed, model.BindFailure{Listener: l, Err: "address already in use"})
+		}
+	}
+	if len(be.Failed) > 0 {
+		return &be
+	}
 	return nil
 }
 

@@ -57,6 +57,8 @@ var remediation = map[string]string{
 	plugin.ReasonSidecarRestart:    "the change is saved; a sidecar failed to restart: check `clawker-fw status`",
 	plugin.ReasonStackUnhealthy:    "the change is saved but the stack is unhealthy: check `clawker-fw status` and the plugin log",
 	plugin.ReasonRouteSyncFailed:   "the change is saved but BPF routes did not sync: run `clawker-fw reload`",
+	plugin.ReasonPortLimit:         "a network's rules may need at most 512 listener ports (one per port of each tcp/udp/ssh rule): narrow the port ranges; nothing was changed",
+	plugin.ReasonPortsExhausted:    "the shared pool of listener ports is nearly used up: remove rules with port ranges (here or on other networks); nothing was changed",
 }
 
 func main() {
@@ -233,6 +235,9 @@ func (c *client) status(out io.Writer) error {
 				state += ", BYPASS until " + ep.BypassUntil
 			}
 			fmt.Fprintf(out, "  endpoint %d %s %s: %d label rules, %s\n", ep.Index, ep.IP, ep.Container, ep.LabelRules, state)
+			for _, f := range ep.Failures {
+				fmt.Fprintf(out, "    NOT APPLIED: %s\n", f)
+			}
 		}
 	}
 	if len(st.Listeners) > 0 {

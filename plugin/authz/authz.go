@@ -31,6 +31,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 // Config configures the authorizer.
@@ -373,8 +374,12 @@ func (a *Authz) checkCreate(c apiCall) authorization.Response {
 	if err := json.Unmarshal(raw, &body); err != nil {
 		return deny("cannot parse the container create request: %v", err)
 	}
-	if _, err := policy.ParseLabels(body.Labels, ""); err != nil {
+	rules, err := policy.ParseLabels(body.Labels, "")
+	if err != nil {
 		return deny("invalid label: %v. Fix the label (syntax: clawker.allow=[proto://]host[:port],...) and run again; nothing was created", err)
+	}
+	if err := model.CheckLimit(rules, model.MaxPortsPerContainer, "a container"); err != nil {
+		return deny("label %v. Narrow the port ranges and run again; nothing was created", err)
 	}
 	return a.checkHostConfig(body.hostConfig(), body.NetworkingConfig.EndpointsConfig)
 }

@@ -97,6 +97,12 @@ func TestAuthz(t *testing.T) {
 		{"firewalled run ok", "POST", "/v1.41/containers/create", create("agents", nil), true, "", false},
 		{"by id ok", "POST", "/v1.41/containers/create", create(fwID, nil), true, "", false},
 		{"bad label", "POST", "/v1.41/containers/create", create("agents", func(m map[string]any) { m["Labels"] = map[string]string{"clawker.allow": "exa mple.com"} }), false, "clawker.allow", false},
+		{"label over the port budget", "POST", "/v1.41/containers/create", create("agents", func(m map[string]any) {
+			m["Labels"] = map[string]string{"clawker.allow": "tcp://db.example.com:1000-1255,tcp://db.example.com:2000-2255"}
+		}), false, "clawker.allow=tcp://db.example.com:2000-2255: the rules need 512 listener ports", false},
+		{"label at the port budget", "POST", "/v1.41/containers/create", create("agents", func(m map[string]any) {
+			m["Labels"] = map[string]string{"clawker.allow": "tcp://db.example.com:1000-1255"}
+		}), true, "", false},
 		{"bad label on plain network too", "POST", "/v1.41/containers/create", create("bridge", func(m map[string]any) { m["Labels"] = map[string]string{"clawker.bogus": "x"} }), false, "clawker.bogus", false},
 		{"privileged", "POST", "/v1.41/containers/create", create("agents", hc("Privileged", true)), false, "--privileged", false},
 		{"cap net_admin", "POST", "/v1.41/containers/create", create("agents", hc("CapAdd", []string{"NET_ADMIN"})), false, "NET_ADMIN", false},

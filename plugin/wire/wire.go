@@ -79,8 +79,16 @@ func guardOf(n *plugin.Network) netguard.Network {
 	return netguard.Network{
 		Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, ICC: n.Config.Settings.ICC,
 		DNSPort: model.DNSPort, TransparentPort: model.TransparentPort, CAPort: model.CAPort,
-		PortLo: model.ReservedLo, PortHi: model.ReservedHi,
 	}
+}
+
+// SetListenerPorts implements plugin.HostNet.
+func (h HostNet) SetListenerPorts(bound plugin.ListenerPorts, perBridge map[string]plugin.ListenerPorts) error {
+	per := make(map[string]netguard.Ports, len(perBridge))
+	for br, p := range perBridge {
+		per[br] = netguard.Ports(p)
+	}
+	return h.H.SetListenerPorts(netguard.Ports(bound), per)
 }
 
 // AddNetwork implements plugin.HostNet: bridge, then guard (idempotent).

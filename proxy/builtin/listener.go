@@ -44,8 +44,9 @@ func (l *listener) close() error {
 }
 
 // reconcileListeners opens the listeners m has and the engine lacks (or
-// whose definition changed) and closes the ones m no longer has. Called
-// with e.mu held.
+// whose definition changed) and closes the ones m no longer has. Listeners
+// that fail to open are returned as a *model.BindError (the caller removes
+// their routes) and retried by the next Apply. Called with e.mu held.
 func (e *Engine) reconcileListeners(m *model.Model) error {
 	want := make(map[lkey]model.Listener, len(m.Listeners))
 	for _, d := range m.Listeners {
@@ -57,7 +58,7 @@ func (e *Engine) reconcileListeners(m *model.Model) error {
 			delete(e.listeners, k)
 		}
 	}
-	var errs []error
+	var be model.BindError
 	e.lerrs = nil
 	for k, d := range want {
 		if _, ok := e.listeners[k]; ok {
@@ -65,13 +66,16 @@ func (e *Engine) reconcileListeners(m *model.Model) error {
 		}
 		l, err := e.open(d)
 		if err != nil {
-			errs = append(errs, err)
+			be.Failed = append(be.Failed, model.BindFailure{Listener: d, Err: err.Error()})
 			e.lerrs = append(e.lerrs, err.Error())
 			continue
 		}
 		e.listeners[k] = l
 	}
-	return errors.Join(errs...)
+	if len(be.Failed) == 0 {
+		return nil
+	}
+	return &be
 }
 
 func (e *Engine) open(d model.Listener) (*listener, error) {

@@ -15,8 +15,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -37,7 +39,69 @@ const (
 	AllocHi uint16 = 15999
 	// MaxRangePorts bounds how many ports one rule's range may expand to.
 	MaxRangePorts = 256
+	// MaxPortsPerContainer bounds the listener ports one container's label
+	// rules may need, and MaxPortsPerNetwork those of one network's option
+	// and runtime rules (the pool AllocLo-AllocHi, 900 ports, is shared by
+	// every network): one label or network cannot take the whole pool.
+	MaxPortsPerContainer = 256
+	MaxPortsPerNetwork   = 512
 )
+
+// Limits are the listener-port budgets Build enforces.
+type Limits struct {
+	PerContainer int
+	PerNetwork   int
+}
+
+// DefaultLimits returns MaxPortsPerContainer and MaxPortsPerNetwork.
+func DefaultLimits() Limits {
+	return Limits{PerContainer: MaxPortsPerContainer, PerNetwork: MaxPortsPerNetwork}
+}
+
+// FailReason is the stable code of a rule that got no listener.
+type FailReason string
+
+// Why a rule's port range got no listener.
+const (
+	FailInvalid        FailReason = "invalid-range"
+	FailContainerLimit FailReason = "container-port-limit"
+	FailNetworkLimit   FailReason = "network-port-limit"
+	FailExhausted      FailReason = "ports-exhausted"
+	FailBind           FailReason = "bind-failed"
+)
+
+// Failure is one port range of an endpoint's policy that got no route: the
+// rest of the policy works, connections to this range are refused by the
+// hooks, and status and denials show why.
+type Failure struct {
+	Identity policy.Identity `json:"identity"`
+	Pattern  string          `json:"pattern"`
+	Proto    policy.Proto    `json:"proto"`
+	Lo       uint16          `json:"lo"`
+	Hi       uint16          `json:"hi"`
+	// Rule is the provenance of the rule that asked for the range.
+	Rule   string     `json:"rule,omitempty"`
+	Reason FailReason `json:"reason"`
+	Detail string     `json:"detail"`
+}
+
+// String is the failure in one line for status and denials.
+func (f Failure) String() string {
+	ports := strconv.Itoa(int(f.Lo))
+	if f.Hi != f.Lo {
+		ports += "-" + strconv.Itoa(int(f.Hi))
+	}
+	rule := f.Rule
+	if rule == "" {
+		rule = fmt.Sprintf("%s://%s:%s", f.Proto, f.Pattern, ports)
+	}
+	return fmt.Sprintf("rule %s (%s %s) has no listener: %s: %s", rule, f.Proto, ports, f.Reason, f.Detail)
+}
+
+// Covers reports whether the failed range holds port of transport l4.
+func (f Failure) Covers(port uint16, l4 policy.L4) bool {
+	return f.Proto.L4() == l4 && port >= f.Lo && port <= f.Hi
+}
 
 // Kind is the kind of a listener.
 type Kind string
@@ -91,6 +155,12 @@ type Model struct {
 	// Routes and CIDRs are keyed by endpoint index.
 	Routes map[uint32][]Route `json:"routes"`
 	CIDRs  map[uint32][]CIDR  `json:"cidrs"`
+	// Failures lists, per endpoint index, the port ranges that got no
+	// listener (their routes are absent; everything else is built).
+	Failures map[uint32][]Failure `json:"failures,omitempty"`
+	// NewPorts counts the listener ports allocated by this build (the
+	// allocator must be persisted before they are used).
+	NewPorts int `json:"-"`
 }
 
 // Listener returns the listener on port, if any.
@@ -115,11 +185,40 @@ func DedicatedKey(proto policy.Proto, dst string, port uint16) string {
 // (which the caller persists afterwards). Endpoints that are pending or whose
 // labels failed to parse get no routes: their flows are carried by the
 // closed network's redirect and decided (or refused) by the proxy.
+//
+// Build never fails as a whole: a port range that cannot get its listeners
+// fails alone and is listed in Model.Failures for its endpoint, while every
+// other route (and every revocation) is built. The steps:
+//  1. every (endpoint, allow, port range) is expanded into the listener keys
+//     it needs; a range wider than MaxRangePorts, or a ssh/tcp/udp range on
+//     a wildcard, fails (FailInvalid);
+//  2. ranges are charged, in endpoint and policy order, against the budget
+//     of what they come from: ranges that only label rules ask for against
+//     their container's (Limits.PerContainer), the others against their
+//     network's (Limits.PerNetwork); a range that would exceed its budget
+//     fails (FailContainerLimit, FailNetworkLimit);
+//  3. every allocated key that no surviving range needs is released, so
+//     the ports of rules that went are free again;
+//  4. the surviving ranges get their ports, keys that already have one
+//     first (ports never move), then the others in endpoint order; a range
+//     whose new keys do not all fit in what is free fails whole
+//     (FailExhausted) and allocates nothing.
+//
+// The error is reserved for a nil snapshot or allocator.
 func Build(snap *policy.Snapshot, alloc *PortAllocator) (*Model, error) {
+	return BuildWithLimits(snap, alloc, DefaultLimits())
+}
+
+// BuildWithLimits is Build with explicit budgets.
+func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*Model, error) {
+	if snap == nil || alloc == nil {
+		return nil, fmt.Errorf("build listener model: nil snapshot or allocator")
+	}
 	m := &Model{
 		Generation: snap.Generation,
 		Routes:     map[uint32][]Route{},
 		CIDRs:      map[uint32][]CIDR{},
+		Failures:   map[uint32][]Failure{},
 	}
 	listeners := map[string]Listener{
 		"transparent": {Key: "transparent", Kind: KindTransparent, Port: TransparentPort, L4: policy.L4TCP},
@@ -129,40 +228,100 @@ func Build(snap *policy.Snapshot, alloc *PortAllocator) (*Model, error) {
 	for idx := range snap.Endpoints {
 		indexes = append(indexes, idx)
 	}
-	sort.Slice(indexes, func(i, j int) bool { return indexes[i] < indexes[j] })
+	slices.Sort(indexes)
 
+	// Steps 1 and 2.
+	var cands []*candidate
+	netBudget := map[string]map[string]bool{}
 	for _, idx := range indexes {
 		ep := snap.Endpoints[idx]
 		if ep.Pending || ep.LabelError != "" || ep.Policy == nil {
 			continue
 		}
-		var routes []Route
-		for _, a := range ep.Policy.Allows {
+		if netBudget[ep.NetworkID] == nil {
+			netBudget[ep.NetworkID] = map[string]bool{}
+		}
+		epBudget := map[string]bool{}
+		for ai := range ep.Policy.Allows {
+			a := &ep.Policy.Allows[ai]
 			if a.Prefix.IsValid() {
 				m.CIDRs[idx] = append(m.CIDRs[idx], CIDR{Prefix: a.Prefix, Identity: a.Identity})
 			}
 			for _, r := range a.Ports {
-				if int(r.Hi)-int(r.Lo)+1 > MaxRangePorts || r.Hi < r.Lo {
-					return nil, fmt.Errorf("build routes for %s: port range %d-%d exceeds %d ports", a.Pattern, r.Lo, r.Hi, MaxRangePorts)
+				c := &candidate{index: idx, allow: a, r: r}
+				owner, label := rangeOwner(a, r)
+				c.rule = owner
+				if a.Prefix.IsValid() {
+					cands = append(cands, c) // ListenerPort 0: the closed network redirects
+					continue
 				}
-				for p := int(r.Lo); p <= int(r.Hi); p++ {
-					port := uint16(p)
-					route := Route{Identity: a.Identity, Port: port, L4: r.Proto.L4()}
-					if a.Prefix.IsValid() {
-						routes = append(routes, route) // ListenerPort 0: closed network redirects
-						continue
-					}
-					l, err := listenerFor(a.Pattern, r.Proto, port, alloc)
-					if err != nil {
-						return nil, err
-					}
-					listeners[l.Key] = l
-					route.ListenerPort = l.Port
-					routes = append(routes, route)
+				keys, err := rangeKeys(a.Pattern, r)
+				if err != nil {
+					m.fail(idx, c.failure(FailInvalid, err.Error()))
+					continue
 				}
+				c.keys = keys
+				budget, limit, code, whose := netBudget[ep.NetworkID], lim.PerNetwork, FailNetworkLimit, "network's rules"
+				if label {
+					budget, limit, code, whose = epBudget, lim.PerContainer, FailContainerLimit, "container's labels"
+				}
+				if n := len(budget) + countNew(budget, keys); n > limit {
+					m.fail(idx, c.failure(code, fmt.Sprintf("it needs %d listener ports; with it this %s would use %d, more than the %d allowed", len(keys), whose, n, limit)))
+					continue
+				}
+				for _, k := range keys {
+					budget[k] = true
+				}
+				cands = append(cands, c)
 			}
 		}
-		m.Routes[idx] = dedupRoutes(routes)
+	}
+
+	// Step 3.
+	wanted := map[string]bool{}
+	for _, c := range cands {
+		for _, k := range c.keys {
+			wanted[k] = true
+		}
+	}
+	alloc.releaseExcept(wanted)
+
+	// Step 4: ranges whose keys all have ports, then the others.
+	for _, pass := range []bool{true, false} {
+		for _, c := range cands {
+			if c.done || alloc.allHave(c.keys) != pass {
+				continue
+			}
+			c.done = true
+			ports, fresh, err := alloc.portsAll(c.keys)
+			if err != nil {
+				m.fail(c.index, c.failure(FailExhausted, err.Error()))
+				continue
+			}
+			m.NewPorts += fresh
+			c.ok = true
+			for i := range c.keys {
+				l := listenerOf(c.keys[i], ports[i], c.allow.Pattern, c.r.Proto, c.r.Lo+uint16(i))
+				listeners[l.Key] = l
+			}
+			c.ports = ports
+		}
+	}
+	// Routes in policy order (most specific first) for dedupRoutes.
+	for _, c := range cands {
+		if !c.ok {
+			continue
+		}
+		for i, p := 0, int(c.r.Lo); p <= int(c.r.Hi); i, p = i+1, p+1 {
+			route := Route{Identity: c.allow.Identity, Port: uint16(p), L4: c.r.Proto.L4()}
+			if len(c.keys) > 0 {
+				route.ListenerPort = c.ports[i]
+			}
+			m.Routes[c.index] = append(m.Routes[c.index], route)
+		}
+	}
+	for idx, rs := range m.Routes {
+		m.Routes[idx] = dedupRoutes(rs)
 	}
 	for _, l := range listeners {
 		m.Listeners = append(m.Listeners, l)
@@ -171,24 +330,156 @@ func Build(snap *policy.Snapshot, alloc *PortAllocator) (*Model, error) {
 	return m, nil
 }
 
-func listenerFor(pattern string, proto policy.Proto, port uint16, alloc *PortAllocator) (Listener, error) {
-	if !proto.Dedicated() {
-		key := WebKey(port)
-		lp, err := alloc.Port(key)
-		if err != nil {
-			return Listener{}, err
+// candidate is one (endpoint, allow, port range) of Build.
+type candidate struct {
+	index uint32
+	allow *policy.Allowed
+	r     policy.PortRange
+	keys  []string // one per port of r; none for IP/CIDR allows
+	rule  string
+	done  bool
+	ok    bool     // got its ports
+	ports []uint16 // per key
+}
+
+func (c *candidate) failure(code FailReason, detail string) Failure {
+	return Failure{Identity: c.allow.Identity, Pattern: c.allow.Pattern, Proto: c.r.Proto, Lo: c.r.Lo, Hi: c.r.Hi,
+		Rule: c.rule, Reason: code, Detail: detail}
+}
+
+func (m *Model) fail(idx uint32, f Failure) { m.Failures[idx] = append(m.Failures[idx], f) }
+
+// rangeOwner returns the provenance of the first rule of a that asks for
+// range r ("label clawker.allow=tcp://db:5432"), and whether only label
+// rules ask for it (then it is charged to the container, else to the
+// network).
+func rangeOwner(a *policy.Allowed, r policy.PortRange) (string, bool) {
+	owner, label := "", true
+	for _, rule := range a.Rules {
+		if rule.Action != policy.Allow || rule.Proto != r.Proto || rule.Port != r.Lo || max(rule.PortEnd, rule.Port) != r.Hi {
+			continue
 		}
-		return Listener{Key: key, Kind: KindWeb, Port: lp, L4: policy.L4TCP, OrigPort: port}, nil
+		if owner == "" {
+			owner = Provenance(rule.Source)
+		}
+		if rule.Source.Kind != policy.SourceLabel {
+			label = false
+		}
 	}
-	if len(pattern) > 0 && pattern[0] == '.' {
-		return Listener{}, fmt.Errorf("build listener for %s://%s:%d: %s rules need an exact name", proto, pattern, port, proto)
+	return owner, label
+}
+
+// Provenance describes where a rule came from ("label clawker.allow=x").
+func Provenance(p policy.Provenance) string {
+	if p.Kind == "" {
+		return ""
 	}
-	key := DedicatedKey(proto, pattern, port)
-	lp, err := alloc.Port(key)
-	if err != nil {
-		return Listener{}, err
+	return fmt.Sprintf("%s %s=%s", p.Kind, p.Key, p.Item)
+}
+
+func countNew(have map[string]bool, keys []string) int {
+	n := 0
+	seen := map[string]bool{}
+	for _, k := range keys {
+		if !have[k] && !seen[k] {
+			seen[k] = true
+			n++
+		}
 	}
-	return Listener{Key: key, Kind: KindDedicated, Port: lp, L4: proto.L4(), OrigPort: port, Proto: proto, Dst: pattern}, nil
+	return n
+}
+
+// rangeKeys returns the listener key of every port of r for pattern.
+func rangeKeys(pattern string, r policy.PortRange) ([]string, error) {
+	if r.Hi < r.Lo || int(r.Hi)-int(r.Lo)+1 > MaxRangePorts {
+		return nil, fmt.Errorf("port range %d-%d of %s exceeds %d ports", r.Lo, r.Hi, pattern, MaxRangePorts)
+	}
+	if r.Proto.Dedicated() && strings.HasPrefix(pattern, ".") {
+		return nil, fmt.Errorf("%s://%s:%d: %s rules need an exact name", r.Proto, pattern, r.Lo, r.Proto)
+	}
+	keys := make([]string, 0, int(r.Hi)-int(r.Lo)+1)
+	for p := int(r.Lo); p <= int(r.Hi); p++ {
+		if r.Proto.Dedicated() {
+			keys = append(keys, DedicatedKey(r.Proto, pattern, uint16(p)))
+		} else {
+			keys = append(keys, WebKey(uint16(p)))
+		}
+	}
+	return keys, nil
+}
+
+func listenerOf(key string, port uint16, pattern string, proto policy.Proto, orig uint16) Listener {
+	if !proto.Dedicated() {
+		return Listener{Key: key, Kind: KindWeb, Port: port, L4: policy.L4TCP, OrigPort: orig}
+	}
+	return Listener{Key: key, Kind: KindDedicated, Port: port, L4: proto.L4(), OrigPort: orig, Proto: proto, Dst: pattern}
+}
+
+// RuleKeys returns the distinct listener keys the allow rules of rules need
+// (IP/CIDR rules and denies need none), for the limit checks at network
+// create, container create and rules add.
+func RuleKeys(rules []policy.EgressRule) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, r := range rules {
+		if r.Action != policy.Allow || isIPRule(r.Dst) {
+			continue
+		}
+		keys, err := rangeKeys(r.Dst, policy.PortRange{Proto: r.Proto, Lo: r.Port, Hi: max(r.PortEnd, r.Port)})
+		if err != nil {
+			return nil, fmt.Errorf("%s=%s: %w", r.Source.Key, r.Source.Item, err)
+		}
+		for _, k := range keys {
+			out[k] = true
+		}
+	}
+	return out, nil
+}
+
+func isIPRule(dst string) bool {
+	if _, err := netip.ParsePrefix(dst); err == nil {
+		return true
+	}
+	_, err := netip.ParseAddr(dst)
+	return err == nil
+}
+
+// LimitError says that rules need more listener ports than their budget.
+// Key and Item name the option or label, and the rule with which the count
+// crossed the limit.
+type LimitError struct {
+	Key, Item   string
+	Need, Limit int
+	// Whose is "a network" or "a container".
+	Whose string
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("%s=%s: the rules need %d listener ports (one per port of each tcp/udp/ssh rule, one per distinct https/http port), and %s may use at most %d",
+		e.Key, e.Item, e.Need, e.Whose, e.Limit)
+}
+
+// CheckLimit returns a *LimitError when rules need more than limit listener
+// ports, naming the rule with which the count crosses it. whose is "a
+// network" or "a container".
+func CheckLimit(rules []policy.EgressRule, limit int, whose string) error {
+	seen := map[string]bool{}
+	var first *policy.EgressRule
+	for i := range rules {
+		keys, err := RuleKeys(rules[i : i+1])
+		if err != nil {
+			return err
+		}
+		for k := range keys {
+			seen[k] = true
+		}
+		if len(seen) > limit && first == nil {
+			first = &rules[i]
+		}
+	}
+	if first == nil {
+		return nil
+	}
+	return &LimitError{Key: first.Source.Key, Item: first.Source.Item, Need: len(seen), Limit: limit, Whose: whose}
 }
 
 // dedupRoutes keeps the first route of each (identity, port, l4): entries are
@@ -243,6 +534,76 @@ func (a *PortAllocator) Port(key string) (uint16, error) {
 	return 0, fmt.Errorf("allocate listener port for %s: all %d ports in %d-%d are in use", key, int(AllocHi-AllocLo)+1, AllocLo, AllocHi)
 }
 
+// Free returns how many ports are unallocated.
+func (a *PortAllocator) Free() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return int(AllocHi-AllocLo) + 1 - len(a.ports)
+}
+
+// Has reports whether key has a port.
+func (a *PortAllocator) Has(key string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.ports[key]
+	return ok
+}
+
+func (a *PortAllocator) allHave(keys []string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, k := range keys {
+		if _, ok := a.ports[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// portsAll returns the port of every key, allocating the missing ones, or
+// allocates nothing and fails when they do not all fit. fresh counts the
+// keys it allocated.
+func (a *PortAllocator) portsAll(keys []string) (ports []uint16, fresh int, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	missing := map[string]bool{}
+	for _, k := range keys {
+		if _, ok := a.ports[k]; !ok {
+			missing[k] = true
+		}
+	}
+	if free := int(AllocHi-AllocLo) + 1 - len(a.ports); len(missing) > free {
+		return nil, 0, fmt.Errorf("it needs %d new listener ports and only %d of the %d in %d-%d are free", len(missing), free, int(AllocHi-AllocLo)+1, AllocLo, AllocHi)
+	}
+	ports = make([]uint16, len(keys))
+	next := int(AllocLo)
+	for i, k := range keys {
+		if p, ok := a.ports[k]; ok {
+			ports[i] = p
+			continue
+		}
+		for a.used[uint16(next)] {
+			next++
+		}
+		a.ports[k], a.used[uint16(next)] = uint16(next), true
+		ports[i] = uint16(next)
+		fresh++
+	}
+	return ports, fresh, nil
+}
+
+// releaseExcept frees the port of every key not in keep.
+func (a *PortAllocator) releaseExcept(keep map[string]bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, p := range a.ports {
+		if !keep[k] {
+			delete(a.used, p)
+			delete(a.ports, k)
+		}
+	}
+}
+
 // Release frees key's port (when nothing uses the listener any more).
 func (a *PortAllocator) Release(key string) {
 	a.mu.Lock()
@@ -284,4 +645,111 @@ func (a *PortAllocator) UnmarshalJSON(b []byte) error {
 	defer a.mu.Unlock()
 	a.ports, a.used = ports, used
 	return nil
+}
+
+// BindFailure is a listener a data plane could not open.
+type BindFailure struct {
+	Listener Listener
+	Err      string
+}
+
+// BindError is what a data plane's Apply returns (wrapped or joined) when
+// some listeners did not open; the rest of the state was applied.
+type BindError struct {
+	Failed []BindFailure
+}
+
+func (e *BindError) Error() string {
+	parts := make([]string, 0, len(e.Failed))
+	for _, f := range e.Failed {
+		parts = append(parts, fmt.Sprintf("open %s listener %s on port %d: %s", f.Listener.Kind, f.Listener.Key, f.Listener.Port, f.Err))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// WithoutListeners returns a copy of m without the listeners in failed: the
+// routes that pointed to them are gone (the hooks must never steer to a port
+// that is not listening) and are listed as FailBind failures of their
+// endpoints, named after snap's policies.
+func (m *Model) WithoutListeners(snap *policy.Snapshot, failed []BindFailure) *Model {
+	if len(failed) == 0 {
+		return m
+	}
+	gone := map[uint16]BindFailure{}
+	for _, f := range failed {
+		gone[f.Listener.Port] = f
+	}
+	out := *m
+	out.Listeners = nil
+	for _, l := range m.Listeners {
+		if _, ok := gone[l.Port]; !ok {
+			out.Listeners = append(out.Listeners, l)
+		}
+	}
+	out.Routes = make(map[uint32][]Route, len(m.Routes))
+	out.Failures = make(map[uint32][]Failure, len(m.Failures))
+	for idx, fs := range m.Failures {
+		out.Failures[idx] = slices.Clone(fs)
+	}
+	for idx, rs := range m.Routes {
+		kept := make([]Route, 0, len(rs))
+		for _, r := range rs {
+			f, ok := gone[r.ListenerPort]
+			if r.ListenerPort == 0 || !ok {
+				kept = append(kept, r)
+				continue
+			}
+			fl := Failure{Identity: r.Identity, Pattern: f.Listener.Dst, Proto: f.Listener.Proto, Lo: r.Port, Hi: r.Port, Reason: FailBind,
+				Detail: fmt.Sprintf("listener %s on port %d could not be opened: %s", f.Listener.Key, f.Listener.Port, f.Err)}
+			if fl.Proto == "" {
+				fl.Proto = policy.ProtoHTTPS
+			}
+			if ep := snap.Endpoints[idx]; ep != nil && ep.Policy != nil {
+				for _, a := range ep.Policy.Allows {
+					if a.Identity == r.Identity {
+						fl.Pattern = a.Pattern
+						if len(a.Rules) > 0 {
+							fl.Rule = Provenance(a.Rules[0].Source)
+						}
+						break
+					}
+				}
+			}
+			out.Failures[idx] = append(out.Failures[idx], fl)
+		}
+		out.Routes[idx] = kept
+	}
+	return &out
+}
+
+// ListenerPorts returns the ports of m's listeners by transport.
+func (m *Model) ListenerPorts() (tcp, udp []uint16) {
+	for _, l := range m.Listeners {
+		if l.L4 == policy.L4UDP {
+			udp = append(udp, l.Port)
+		} else {
+			tcp = append(tcp, l.Port)
+		}
+	}
+	return tcp, udp
+}
+
+// RoutePorts returns the listener ports the routes of the given endpoints
+// steer to, by transport, sorted and without duplicates.
+func (m *Model) RoutePorts(indexes []uint32) (tcp, udp []uint16) {
+	for _, idx := range indexes {
+		for _, r := range m.Routes[idx] {
+			if r.ListenerPort == 0 {
+				continue
+			}
+			if r.L4 == policy.L4UDP {
+				udp = append(udp, r.ListenerPort)
+			} else {
+				tcp = append(tcp, r.ListenerPort)
+			}
+		}
+	}
+	slices.Sort(tcp)
+	slices.Sort(udp)
+	return slices.Compact(tcp), slices.Compact(udp)
 }

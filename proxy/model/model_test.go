@@ -75,21 +75,146 @@ func TestPortsStableWhenRulesChange(t *testing.T) {
 	require.Equal(t, before, p)
 }
 
-func TestBuildRejects(t *testing.T) {
+func TestBuildFailsBadRangesAlone(t *testing.T) {
 	tests := []struct {
 		name string
-		pol  *policy.Policy
+		bad  policy.Allowed
 		want string
 	}{
-		{"wide range", &policy.Policy{Allows: []policy.Allowed{{Identity: 1, Pattern: "a.test", Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: 1, Hi: 1000}}}}}, "exceeds 256"},
-		{"wildcard tcp", &policy.Policy{Allows: []policy.Allowed{{Identity: 1, Pattern: ".a.test", Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: 1, Hi: 1}}}}}, "exact name"},
+		{"wide range", policy.Allowed{Identity: 1, Pattern: "a.test", Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: 1, Hi: 1000}}}, "exceeds 256"},
+		{"wildcard tcp", policy.Allowed{Identity: 1, Pattern: ".a.test", Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: 1, Hi: 1}}}, "exact name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Build(snapWith(&policy.Endpoint{Index: 1, Policy: tt.pol}), NewPortAllocator())
-			require.ErrorContains(t, err, tt.want)
+			good := policy.Allowed{Identity: 2, Pattern: "b.test", Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: 22, Hi: 22}}}
+			m, err := Build(snapWith(&policy.Endpoint{Index: 1, Policy: &policy.Policy{Allows: []policy.Allowed{tt.bad, good}}}), NewPortAllocator())
+			require.NoError(t, err)
+			require.Len(t, m.Failures[1], 1)
+			require.Equal(t, FailInvalid, m.Failures[1][0].Reason)
+			require.Contains(t, m.Failures[1][0].Detail, tt.want)
+			require.Len(t, m.Routes[1], 1, "the other rule is routed")
+			require.Equal(t, uint16(22), m.Routes[1][0].Port)
 		})
 	}
+}
+
+// label and opt build an allow of one tcp range asked for by a label or a
+// network option.
+func rangeAllow(id policy.Identity, host string, lo, hi uint16, kind policy.SourceKind) policy.Allowed {
+	r := policy.EgressRule{Dst: host, Proto: policy.ProtoTCP, Port: lo, PortEnd: hi, Action: policy.Allow,
+		Source: policy.Provenance{Kind: kind, Key: "clawker.allow", Item: host}}
+	return policy.Allowed{Identity: id, Pattern: host, Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: lo, Hi: hi}}, Rules: []policy.EgressRule{r}}
+}
+
+func TestAllocatorBudgetsReleaseAndExhaustion(t *testing.T) {
+	lim := Limits{PerContainer: 10, PerNetwork: 20}
+	alloc := NewPortAllocator()
+	free := AllocHi - AllocLo + 1
+
+	// Container budget: the second label range would make 12 > 10.
+	ep1 := &policy.Endpoint{Index: 1, NetworkID: "n", Policy: &policy.Policy{Allows: []policy.Allowed{
+		rangeAllow(1, "a.test", 1, 6, policy.SourceLabel),
+		rangeAllow(2, "b.test", 1, 6, policy.SourceLabel),
+		rangeAllow(3, "c.test", 1, 6, policy.SourceOption),
+	}}}
+	m, err := BuildWithLimits(snapWith(ep1), alloc, lim)
+	require.NoError(t, err)
+	require.Len(t, m.Failures[1], 1)
+	require.Equal(t, FailContainerLimit, m.Failures[1][0].Reason)
+	require.Equal(t, "b.test", m.Failures[1][0].Pattern)
+	require.Contains(t, m.Failures[1][0].String(), "label clawker.allow=b.test")
+	require.Len(t, m.Routes[1], 12, "a.test and c.test are routed")
+	require.Equal(t, int(free)-12, alloc.Free())
+	require.Equal(t, 12, m.NewPorts)
+
+	// Network budget, shared by the endpoints of one network: c.test's 6
+	// plus d.test's 6 fit 20 once, a further 10 do not.
+	ep2 := &policy.Endpoint{Index: 2, NetworkID: "n", Policy: &policy.Policy{Allows: []policy.Allowed{
+		rangeAllow(3, "c.test", 1, 6, policy.SourceOption),
+		rangeAllow(4, "d.test", 1, 6, policy.SourceRuntime),
+		rangeAllow(5, "e.test", 1, 10, policy.SourceRuntime),
+	}}}
+	m, err = BuildWithLimits(snapWith(ep1, ep2), alloc, lim)
+	require.NoError(t, err)
+	require.Len(t, m.Failures[2], 1)
+	require.Equal(t, FailNetworkLimit, m.Failures[2][0].Reason)
+	require.Equal(t, "e.test", m.Failures[2][0].Pattern)
+	require.Equal(t, 6, m.NewPorts, "only d.test is new")
+	cPort := alloc.ports[DedicatedKey(policy.ProtoTCP, "c.test", 1)]
+
+	// Release: when ep1 goes, a.test's ports are free again; c.test's
+	// port does not move.
+	m, err = BuildWithLimits(snapWith(ep2), alloc, lim)
+	require.NoError(t, err)
+	require.False(t, alloc.Has(DedicatedKey(policy.ProtoTCP, "a.test", 1)))
+	require.Equal(t, cPort, alloc.ports[DedicatedKey(policy.ProtoTCP, "c.test", 1)])
+	require.Equal(t, int(free)-12, alloc.Free())
+	require.Zero(t, m.NewPorts)
+
+	// Exhaustion: fill the pool, then a range that does not fit fails
+	// whole (allocating nothing) while ranges already allocated keep
+	// their ports, whatever their order.
+	ep3 := &policy.Endpoint{Index: 3, NetworkID: "m", Policy: &policy.Policy{Allows: []policy.Allowed{
+		rangeAllow(6, "f.test", 1, 5, policy.SourceLabel),
+		rangeAllow(7, "g.test", 1, 2, policy.SourceLabel),
+	}}}
+	full := NewPortAllocator()
+	for i := 0; i < int(free)-3; i++ {
+		_, _ = full.Port(DedicatedKey(policy.ProtoTCP, "h.test", uint16(i+1)))
+	}
+	hold := &policy.Endpoint{Index: 4, NetworkID: "m", Policy: &policy.Policy{Allows: []policy.Allowed{}}}
+	for i := 0; i < int(free)-3; i += 200 {
+		hi := min(i+200, int(free)-3)
+		hold.Policy.Allows = append(hold.Policy.Allows, rangeAllow(policy.Identity(100+i), "h.test", uint16(i+1), uint16(hi), policy.SourceOption))
+	}
+	m, err = BuildWithLimits(snapWith(ep3, hold), full, Limits{PerContainer: 1000, PerNetwork: 1000})
+	require.NoError(t, err)
+	require.Equal(t, []Failure{{Identity: 6, Pattern: "f.test", Proto: policy.ProtoTCP, Lo: 1, Hi: 5, Rule: "label clawker.allow=f.test",
+		Reason: FailExhausted, Detail: m.Failures[3][0].Detail}}, m.Failures[3], "the earlier endpoint's new range fails: held ports never move")
+	require.Contains(t, m.Failures[3][0].Detail, "only 3")
+	require.Len(t, m.Routes[3], 2, "g.test fits in what is left")
+	require.Equal(t, 1, full.Free())
+	require.Empty(t, m.Failures[4])
+}
+
+func TestWithoutListeners(t *testing.T) {
+	alloc := NewPortAllocator()
+	ep := &policy.Endpoint{Index: 1, Policy: &policy.Policy{Allows: []policy.Allowed{
+		rangeAllow(1, "a.test", 22, 22, policy.SourceLabel),
+		rangeAllow(2, "b.test", 23, 23, policy.SourceLabel),
+	}}}
+	snap := snapWith(ep)
+	m, err := Build(snap, alloc)
+	require.NoError(t, err)
+	aPort := alloc.ports[DedicatedKey(policy.ProtoTCP, "a.test", 22)]
+	l, ok := m.Listener(aPort)
+	require.True(t, ok)
+	out := m.WithoutListeners(snap, []BindFailure{{Listener: l, Err: "address already in use"}})
+	require.Len(t, out.Routes[1], 1)
+	require.Equal(t, uint16(23), out.Routes[1][0].Port)
+	_, ok = out.Listener(aPort)
+	require.False(t, ok)
+	require.Len(t, out.Failures[1], 1)
+	require.Equal(t, FailBind, out.Failures[1][0].Reason)
+	require.Contains(t, out.Failures[1][0].String(), "address already in use")
+	require.Len(t, m.Routes[1], 2, "the input model is not changed")
+	tcp, _ := out.RoutePorts([]uint32{1})
+	require.NotContains(t, tcp, aPort)
+}
+
+func TestCheckLimit(t *testing.T) {
+	rules, err := policy.ParseLabels(map[string]string{"clawker.allow": "tcp://a.test:1-256,tcp://a.test:1000-1001,https://b.test,10.0.0.0/8"}, "")
+	require.NoError(t, err)
+	keys, err := RuleKeys(rules)
+	require.NoError(t, err)
+	require.Len(t, keys, 259, "256 + 2 dedicated, one web:443, none for the CIDR")
+	err = CheckLimit(rules, 256, "a container")
+	var le *LimitError
+	require.ErrorAs(t, err, &le)
+	require.Equal(t, "clawker.allow", le.Key)
+	require.Equal(t, "tcp://a.test:1000-1001", le.Item)
+	require.ErrorContains(t, err, "a container may use at most 256")
+	require.NoError(t, CheckLimit(rules, 259, "a container"))
 }
 
 func TestAllocatorExhaustionAndDecode(t *testing.T) {
