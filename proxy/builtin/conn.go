@@ -458,6 +458,8 @@ func hint(name string, reason policy.Reason, rule, detail string) string {
 		return fmt.Sprintf("the request path is denied by %s (%s)", detail, rule)
 	case ReasonDomainFronting:
 		return "the HTTP Host differs from the TLS server name"
+	case ReasonUpgrade:
+		return "only WebSocket may upgrade a checked HTTP connection (its stream is opaque after the handshake); h2c, CONNECT and other tunnels are refused because the requests inside them would not be checked"
 	}
 	return fmt.Sprintf("allow it with clawker.allow=%s as a network option (docker network create -o clawker.allow=%s) or a container label (--label clawker.allow=%s)", name, name, name)
 }

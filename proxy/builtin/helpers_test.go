@@ -202,7 +202,8 @@ func upstreamHandler(scheme string) http.Handler {
 				return
 			}
 			defer c.Close()
-			_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+				"Sec-WebSocket-Accept: "+websocketAccept(r.Header.Get("Sec-WebSocket-Key"))+"\r\n\r\n")
 			for {
 				l, err := brw.ReadString('\n')
 				if err != nil {

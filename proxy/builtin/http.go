@@ -84,8 +84,9 @@ func (f *flow) serveHTTP(ctx context.Context, c net.Conn, tlsName string) {
 			pr.Out.Host = pr.In.Host
 			forwardAsSent(pr.Out.URL, pr.In.URL, rawPath(pr.In))
 		},
-		Transport:    f.e.transport(f.ep.Index),
-		ErrorHandler: h.upstreamError,
+		Transport:      f.e.transport(f.ep.Index),
+		ErrorHandler:   h.upstreamError,
+		ModifyResponse: checkSwitch,
 	}
 	if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
 		srv := &http2.Server{IdleTimeout: 2 * time.Minute}
@@ -190,6 +191,10 @@ type httpHandler struct {
 //  3. the entry's path rules decide the method and the path as sent: every
 //     plausible reading of it must be allowed (policy.DecidePath), and it
 //     is forwarded byte for byte (forwardAsSent).
+//
+// Before all of these, a request that would turn the connection into a
+// tunnel (CONNECT, h2c, any upgrade but WebSocket) is refused:
+// upgradeRefusal.
 func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.wg.Add(1)
 	defer h.wg.Done()
@@ -203,6 +208,11 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	deny := func(reason policy.Reason, rule, detail string) {
 		ri.reason, ri.rule, ri.detail = reason, rule, detail
 		h.denyRequest(w, ri)
+	}
+	key, why := upgradeRefusal(r)
+	if why != "" {
+		deny(ReasonUpgrade, "", why)
+		return
 	}
 	if host == "" {
 		deny(ReasonBadRequest, "", "request has no Host")
@@ -273,6 +283,9 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer untrack()
 	ctx = context.WithValue(ctx, hostKey{}, host)
 	ctx = context.WithValue(ctx, polKey{}, pol)
+	if key != "" {
+		ctx = context.WithValue(ctx, wsKey{}, key)
+	}
 	h.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 

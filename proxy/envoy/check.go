@@ -260,6 +260,7 @@ func (c *checker) chain(ln string, fc *listener.FilterChain) []error {
 			if _, ok := c.routes[name]; !ok {
 				errs = append(errs, fmt.Errorf("%s references undefined route configuration %q", where, name))
 			}
+			errs = append(errs, checkUpgrades(where, cfg, fc.GetTransportSocket() == nil)...)
 			hf := cfg.GetHttpFilters()
 			if len(hf) == 0 || hf[len(hf)-1].Name != "envoy.filters.http.router" {
 				errs = append(errs, fmt.Errorf("%s: the router must be the last HTTP filter", where))
@@ -307,6 +308,9 @@ func (c *checker) routeConfig(rc *route.RouteConfiguration) []error {
 			domains[d] = vh.Name
 		}
 		for _, r := range vh.GetRoutes() {
+			if r.GetMatch().GetConnectMatcher() != nil || len(r.GetRoute().GetUpgradeConfigs()) > 0 {
+				errs = append(errs, fmt.Errorf("route %s/%s/%s: matches CONNECT or configures upgrades: only the connection manager's WebSocket upgrade is allowed", rc.Name, vh.Name, r.Name))
+			}
 			if re := r.GetMatch().GetSafeRegex().GetRegex(); re != "" {
 				if err := checkRegex(re); err != nil {
 					errs = append(errs, fmt.Errorf("route %s/%s/%s: %w", rc.Name, vh.Name, r.Name, err))
@@ -320,6 +324,35 @@ func (c *checker) routeConfig(rc *route.RouteConfiguration) []error {
 				errs = append(errs, fmt.Errorf("route %s/%s/%s neither routes to a cluster nor answers", rc.Name, vh.Name, r.Name))
 			}
 		}
+	}
+	return errs
+}
+
+// websocketUpgrade is the only upgrade type a connection manager may carry.
+const websocketUpgrade = "websocket"
+
+// checkUpgrades holds an HTTP connection manager to WebSocket-only
+// upgrades: requests are decided one by one, and any other upgrade (h2c,
+// CONNECT, a custom type) or HTTP/2 extended CONNECT would turn the
+// connection into a tunnel whose requests are never decided. A plain-HTTP
+// manager (plain) must use the HTTP/1 codec, so that the h2c prior-knowledge
+// preface is refused there.
+func checkUpgrades(where string, cfg *hcmv3.HttpConnectionManager, plain bool) []error {
+	var errs []error
+	ucs := cfg.GetUpgradeConfigs()
+	if len(ucs) != 1 || !strings.EqualFold(ucs[0].GetUpgradeType(), websocketUpgrade) ||
+		(ucs[0].GetEnabled() != nil && !ucs[0].GetEnabled().GetValue()) || len(ucs[0].GetFilters()) > 0 {
+		var types []string
+		for _, u := range ucs {
+			types = append(types, u.GetUpgradeType())
+		}
+		errs = append(errs, fmt.Errorf("%s: upgrade configs %v: want exactly one enabled %q upgrade without its own filters", where, types, websocketUpgrade))
+	}
+	if cfg.GetHttp2ProtocolOptions().GetAllowConnect() {
+		errs = append(errs, fmt.Errorf("%s: HTTP/2 extended CONNECT is allowed", where))
+	}
+	if plain && cfg.GetCodecType() != hcmv3.HttpConnectionManager_HTTP1 {
+		errs = append(errs, fmt.Errorf("%s: plain-HTTP connection manager with codec %v: want HTTP1 (no h2c)", where, cfg.GetCodecType()))
 	}
 	return errs
 }

@@ -3,8 +3,10 @@ package envoy
 import (
 	"testing"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -103,6 +105,31 @@ func TestCheckCatches(t *testing.T) {
 			l.Name = "web:443-again"
 			res[resource.ListenerType] = append(res[resource.ListenerType], l)
 		}, "both bind"},
+		{"h2c upgrade", func(res map[resource.Type][]types.Resource) {
+			editHCM(t, res, "web:80", func(h *hcmv3.HttpConnectionManager) {
+				h.UpgradeConfigs = append(h.UpgradeConfigs, &hcmv3.HttpConnectionManager_UpgradeConfig{UpgradeType: "h2c"})
+			})
+		}, "want exactly one enabled"},
+		{"CONNECT upgrade", func(res map[resource.Type][]types.Resource) {
+			editHCM(t, res, "web:443", func(h *hcmv3.HttpConnectionManager) {
+				h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "CONNECT"}}
+			})
+		}, "want exactly one enabled"},
+		{"no upgrade config", func(res map[resource.Type][]types.Resource) {
+			editHCM(t, res, "web:80", func(h *hcmv3.HttpConnectionManager) { h.UpgradeConfigs = nil })
+		}, "want exactly one enabled"},
+		{"extended CONNECT", func(res map[resource.Type][]types.Resource) {
+			editHCM(t, res, "web:443", func(h *hcmv3.HttpConnectionManager) {
+				h.Http2ProtocolOptions = &core.Http2ProtocolOptions{AllowConnect: true}
+			})
+		}, "extended CONNECT"},
+		{"h2c prior knowledge", func(res map[resource.Type][]types.Resource) {
+			editHCM(t, res, "web:80", func(h *hcmv3.HttpConnectionManager) { h.CodecType = hcmv3.HttpConnectionManager_AUTO })
+		}, "want HTTP1"},
+		{"route CONNECT", func(res map[resource.Type][]types.Resource) {
+			rc := find[*route.RouteConfiguration](res[resource.RouteType], "web:80/http/g1")
+			rc.VirtualHosts[0].Routes[0].Match.PathSpecifier = &route.RouteMatch_ConnectMatcher_{ConnectMatcher: &route.RouteMatch_ConnectMatcher{}}
+		}, "matches CONNECT"},
 		{"bad regex", func(res map[resource.Type][]types.Resource) {
 			rc := find[*route.RouteConfiguration](res[resource.RouteType], "web:443/https/g1")
 			for _, vh := range rc.VirtualHosts {
@@ -124,6 +151,27 @@ func TestCheckCatches(t *testing.T) {
 	t.Run("unmodified passes", func(t *testing.T) {
 		require.NoError(t, Check(mutate(t, func(map[resource.Type][]types.Resource) {})))
 	})
+}
+
+// editHCM applies f to the connection manager of every HTTP chain of the
+// listener named ln (plain-HTTP chains and inspected TLS chains).
+func editHCM(t *testing.T, res map[resource.Type][]types.Resource, ln string, f func(*hcmv3.HttpConnectionManager)) {
+	t.Helper()
+	l := find[*listener.Listener](res[resource.ListenerType], ln)
+	require.NotNil(t, l, ln)
+	n := 0
+	for _, fc := range l.FilterChains {
+		for _, flt := range fc.Filters {
+			m, err := flt.GetTypedConfig().UnmarshalNew()
+			require.NoError(t, err)
+			if h, ok := m.(*hcmv3.HttpConnectionManager); ok {
+				f(h)
+				flt.ConfigType = &listener.Filter_TypedConfig{TypedConfig: mustAny(h)}
+				n++
+			}
+		}
+	}
+	require.NotZero(t, n, "no connection manager in %s", ln)
 }
 
 func TestTranslateErrors(t *testing.T) {

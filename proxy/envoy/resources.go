@@ -236,7 +236,14 @@ func (b *builder) sniDFP(p uint16) *listener.Filter {
 	})
 }
 
-func (b *builder) hcm(stat, routeName string, dfp bool, log map[string]any) *listener.Filter {
+// hcm builds an HTTP connection manager. Requests are decided one by one,
+// so nothing may turn a connection into a tunnel: the only upgrade is
+// WebSocket (its stream is opaque after the handshake, as in the builtin
+// engine), CONNECT is not configured (Envoy answers it 403/404) and HTTP/2
+// extended CONNECT stays off (Http2ProtocolOptions.allow_connect unset).
+// Plain-HTTP chains (plain) use the HTTP/1 codec only: the h2c prior
+// knowledge preface is a protocol error there, not a new HTTP/2 session.
+func (b *builder) hcm(stat, routeName string, dfp, plain bool, log map[string]any) *listener.Filter {
 	var filters []*hcmv3.HttpFilter
 	if dfp {
 		filters = append(filters, &hcmv3.HttpFilter{
@@ -250,9 +257,14 @@ func (b *builder) hcm(stat, routeName string, dfp bool, log map[string]any) *lis
 		Name:       "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerfilter.Router{})},
 	})
+	codec := hcmv3.HttpConnectionManager_AUTO
+	if plain {
+		codec = hcmv3.HttpConnectionManager_HTTP1
+	}
 	return networkFilter("envoy.filters.network.http_connection_manager", &hcmv3.HttpConnectionManager{
-		StatPrefix: stat,
-		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		StatPrefix:     stat,
+		CodecType:      codec,
+		UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: websocketUpgrade}},
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource:    adsSource(),
 			RouteConfigName: routeName,

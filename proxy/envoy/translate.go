@@ -567,7 +567,7 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 				TransportProtocol:  "raw_buffer",
 				SourcePrefixRanges: prefixes(eps),
 			},
-			Filters: []*listener.Filter{b.hcm(g.name, g.name, dfp, lc.with("http"))},
+			Filters: []*listener.Filter{b.hcm(g.name, g.name, dfp, true, lc.with("http"))},
 		})
 	}
 	unknown := l.Key + "/http/unknown"
@@ -578,7 +578,7 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 	chains = append(chains, &listener.FilterChain{
 		Name:             unknown,
 		FilterChainMatch: &listener.FilterChainMatch{TransportProtocol: "raw_buffer"},
-		Filters:          []*listener.Filter{b.hcm(unknown, unknown, false, lc.with("http"))},
+		Filters:          []*listener.Filter{b.hcm(unknown, unknown, false, true, lc.with("http"))},
 	})
 
 	b.clusters[DenyCluster] = denyCluster()
@@ -611,7 +611,7 @@ func (b *builder) tlsChain(name, key string, p uint16, v verdict, routeName stri
 			return nil, err
 		}
 		chain.TransportSocket = downstreamTLS(secret)
-		chain.Filters = []*listener.Filter{b.hcm(name, routeName, routeDFP, lc.with("inspect"))}
+		chain.Filters = []*listener.Filter{b.hcm(name, routeName, routeDFP, false, lc.with("inspect"))}
 	default:
 		if strings.HasPrefix(key, "*") { // wildcard key or bypass catch-all: the SNI names the upstream
 			b.clusters[DFPRawCluster] = b.dfpCluster(DFPRawCluster, false)
