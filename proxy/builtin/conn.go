@@ -27,6 +27,9 @@ const (
 	ReasonNoInspection   policy.Reason = "inspection-unavailable"
 	ReasonUpstream       policy.Reason = "upstream-error"
 	ReasonBadRequest     policy.Reason = "bad-request"
+	// ReasonECH: a passthrough ClientHello with an encrypted ClientHello
+	// extension, whose inner server name the proxy cannot see.
+	ReasonECH policy.Reason = "ech-refused"
 )
 
 // flow is one accepted connection and its canonical log line.
@@ -167,13 +170,13 @@ func (f *flow) web(ctx context.Context, pol *policy.Policy) {
 		f.reset()
 		return
 	}
-	sni, err := parseSNI(hello)
+	ch, err := parseHello(hello)
 	if err != nil {
 		f.deny(ReasonNoSNI, "", err.Error())
 		f.reset()
 		return
 	}
-	f.name = strings.ToLower(strings.TrimSuffix(sni, "."))
+	f.name = strings.ToLower(strings.TrimSuffix(ch.sni, "."))
 	m := pol.MatchName(f.name, f.port, policy.L4TCP)
 	if !m.Allowed {
 		f.denyMatch(m, pol)
@@ -191,11 +194,21 @@ func (f *flow) web(ctx context.Context, pol *policy.Policy) {
 		inspect = proto == policy.ProtoHTTPS && (m.Entry.Inspect || len(m.Entry.Paths) > 0 || pol.InspectAll)
 	}
 	if inspect {
+		// The proxy terminates TLS with the outer hello (crypto/tls
+		// without ECH keys ignores the extension): an ECH client sees
+		// its ECH rejected, and every request is decided by Host.
 		f.mode = "inspect"
 		f.inspect(ctx, m)
 		return
 	}
 	f.mode = "passthrough"
+	if ch.ech != 0 && m.Reason != policy.ReasonBypass {
+		// The allowed outer name says nothing of the inner one, which the
+		// server behind it may route to (fronting): fail closed.
+		f.deny(ReasonECH, ruleOf(m), fmt.Sprintf("the ClientHello carries an encrypted ClientHello (extension %#04x): its inner server name cannot be checked without inspection", ch.ech))
+		f.reset()
+		return
+	}
 	f.decideTCP(ctx, pol)
 }
 
@@ -458,6 +471,8 @@ func hint(name string, reason policy.Reason, rule, detail string) string {
 		return fmt.Sprintf("the request path is denied by %s (%s)", detail, rule)
 	case ReasonDomainFronting:
 		return "the HTTP Host differs from the TLS server name"
+	case ReasonECH:
+		return fmt.Sprintf("encrypted ClientHello (ECH) hides the real server name; connect to %s without ECH (clients retry without it or fail; Chromium sends GREASE ECH by default: set its EncryptedClientHelloEnabled policy to false or run it with --disable-features=EncryptedClientHello), or inspect this rule (clawker.tls.inspect=all or a path rule)", name)
 	case ReasonUpgrade:
 		return "only WebSocket may upgrade a checked HTTP connection (its stream is opaque after the handshake); h2c, CONNECT and other tunnels are refused because the requests inside them would not be checked"
 	}

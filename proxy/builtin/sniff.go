@@ -123,18 +123,55 @@ func walkHello(b []byte) (need int, hs []byte) {
 }
 
 // parseSNI extracts the server name from a peeked ClientHello (one or more
-// TLS records). It is written against RFC 8446 section 4.1.2 and RFC 6066
-// section 3 and never trusts a length it has not checked.
+// TLS records); see parseHello.
 func parseSNI(b []byte) (string, error) {
+	h, err := parseHello(b)
+	return h.sni, err
+}
+
+// hello is what the proxy reads from a ClientHello.
+type hello struct {
+	sni string
+	// ech is the first extension that encrypts or hides the server name
+	// (encrypted_client_hello and its draft and ESNI codepoints), 0 when
+	// there is none.
+	ech uint16
+}
+
+// echExtension reports whether extension type typ carries an encrypted
+// ClientHello or server name, in any version seen deployed:
+// encrypted_client_hello 0xfe0d (RFC 9849) and the draft codepoints
+// 0xfe08-0xfe0c (draft-ietf-tls-esni-08..12; the block 0xfe00-0xfe0f is
+// refused whole), ech_outer_extensions 0xfd00 (only valid in an inner
+// hello), the private codepoints of draft 07 (0xff02, 0xff03) and ESNI's
+// encrypted_server_name 0xffce. GREASE ECH (what Chrome sends when it has
+// no ECH configuration) uses 0xfe0d too and is, by design, indistinguishable
+// from real ECH.
+func echExtension(typ uint16) bool {
+	switch {
+	case typ&0xfff0 == 0xfe00, typ == 0xfd00, typ == 0xff02, typ == 0xff03, typ == 0xffce:
+		return true
+	}
+	return false
+}
+
+// parseHello reads the server name and the ECH extension from a peeked
+// ClientHello (one or more TLS records). It is written against RFC 8446
+// section 4.1.2 and RFC 6066 section 3, never trusts a length it has not
+// checked, reads every extension (an ECH extension may follow the server
+// name) and refuses a hello that repeats an extension (servers refuse
+// those; which copy would they have read?).
+func parseHello(b []byte) (hello, error) {
+	var h hello
 	if len(b) < 5 || b[0] != 0x16 {
-		return "", errNotTLS
+		return h, errNotTLS
 	}
 	need, hs := walkHello(b)
 	if need < 0 {
-		return "", errNotTLS
+		return h, errNotTLS
 	}
 	if need > 0 {
-		return "", errors.New("truncated client hello")
+		return h, errors.New("truncated client hello")
 	}
 	msgLen := int(uint32(hs[1])<<16 | uint32(hs[2])<<8 | uint32(hs[3]))
 	p := hs[4 : 4+msgLen]
@@ -144,40 +181,61 @@ func parseSNI(b []byte) (string, error) {
 	r.skip(int(r.u16())) // cipher_suites
 	r.skip(int(r.u8()))  // legacy_compression_methods
 	if r.err != nil || r.left() == 0 {
-		return "", errNoSNI // no extensions
+		return h, errNoSNI // no extensions
 	}
 	ext := reader{b: r.bytes(int(r.u16()))}
 	if r.err != nil {
-		return "", errors.New("malformed client hello extensions")
+		return h, errors.New("malformed client hello extensions")
 	}
+	seen := map[uint16]bool{}
+	haveSNI := false
 	for ext.left() > 0 && ext.err == nil {
 		typ := ext.u16()
 		data := reader{b: ext.bytes(int(ext.u16()))}
 		if ext.err != nil {
 			break
 		}
+		if seen[typ] {
+			return h, fmt.Errorf("client hello repeats extension %#04x", typ)
+		}
+		seen[typ] = true
+		if echExtension(typ) && h.ech == 0 {
+			h.ech = typ
+		}
 		if typ != 0 { // server_name
 			continue
 		}
-		list := reader{b: data.bytes(int(data.u16()))}
-		for list.left() > 0 && list.err == nil {
-			nameType := list.u8()
-			name := list.bytes(int(list.u16()))
-			if list.err == nil && nameType == 0 && len(name) > 0 {
-				for _, c := range name {
-					if c <= ' ' || c >= 0x7f {
-						return "", errors.New("server name has invalid bytes")
-					}
-				}
-				return string(name), nil
-			}
+		name, err := serverName(data)
+		if err != nil {
+			return h, err
 		}
-		return "", errors.New("malformed server_name extension")
+		h.sni, haveSNI = name, true
 	}
 	if ext.err != nil {
-		return "", errors.New("malformed client hello extensions")
+		return h, errors.New("malformed client hello extensions")
 	}
-	return "", errNoSNI
+	if !haveSNI {
+		return h, errNoSNI
+	}
+	return h, nil
+}
+
+// serverName reads the host_name of a server_name extension.
+func serverName(data reader) (string, error) {
+	list := reader{b: data.bytes(int(data.u16()))}
+	for list.left() > 0 && list.err == nil {
+		nameType := list.u8()
+		name := list.bytes(int(list.u16()))
+		if list.err == nil && nameType == 0 && len(name) > 0 {
+			for _, c := range name {
+				if c <= ' ' || c >= 0x7f {
+					return "", errors.New("server name has invalid bytes")
+				}
+			}
+			return string(name), nil
+		}
+	}
+	return "", errors.New("malformed server_name extension")
 }
 
 type reader struct {
