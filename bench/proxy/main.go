@@ -194,10 +194,13 @@ func (e *env) startEngine() error {
 		Resolver:              resolver,
 		UpstreamCAs:           []*x509.Certificate{e.ca.cert},
 		AllowPrivateUpstreams: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		BindAddr:              "127.0.0.1",
-		ListenPort:            func(uint16) uint16 { return 0 },
-		UpstreamPort:          func(uint16) uint16 { return e.upPort },
-		DrainTimeout:          time.Second,
+		// The bench's "internet" is the host's loopback, which the proxy
+		// otherwise refuses as host-local.
+		HostLocal:    func(netip.Addr) (bool, error) { return false, nil },
+		BindAddr:     "127.0.0.1",
+		ListenPort:   func(uint16) uint16 { return 0 },
+		UpstreamPort: func(uint16) uint16 { return e.upPort },
+		DrainTimeout: time.Second,
 	})
 	if err != nil {
 		return err

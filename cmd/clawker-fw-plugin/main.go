@@ -231,7 +231,8 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 			}
 			denials.Add(plugin.Denial{Time: d.Time, Source: "proxy", Index: d.Endpoint, Container: d.Container,
 				Destination: firstNonEmpty(d.Name, d.Dst.String()), Port: d.Port, Reason: string(d.Reason), Rule: d.Rule,
-				Fix: plugin.FixFor(firstNonEmpty(d.Name, d.Dst.String()), d.Port, d.Reason, nil)})
+				Fix: firstNonEmpty(builtin.FixFor(firstNonEmpty(d.Name, d.Dst.String()), d.Reason),
+					plugin.FixFor(firstNonEmpty(d.Name, d.Dst.String()), d.Port, d.Reason, nil))})
 		},
 	})
 	if err != nil {

@@ -215,14 +215,14 @@ func (f *flow) web(ctx context.Context, pol *policy.Policy) {
 // decideTCP checks the name rule for (name, port) and splices to the name.
 func (f *flow) decideTCP(ctx context.Context, pol *policy.Policy) {
 	f.decideAndSplice(pol.MatchName(f.name, f.port, f.l4), pol, func() (net.Conn, error) {
-		return f.e.dialName(ctx, pol, "tcp4", f.name, f.port)
+		return f.e.dialName(ctx, pol, f.ep.Index, "tcp4", f.name, f.port)
 	})
 }
 
 // decideIP splices to an IP destination an IP/CIDR rule allows.
 func (f *flow) decideIP(ctx context.Context, pol *policy.Policy) {
 	f.decideAndSplice(pol.MatchIP(f.dst, f.port, f.l4), pol, func() (net.Conn, error) {
-		return f.e.dialAddrs(ctx, "tcp4", []netip.Addr{f.dst}, f.port)
+		return f.e.dialIP(ctx, pol, "tcp4", f.dst, f.port)
 	})
 }
 
@@ -355,11 +355,15 @@ func (f *flow) denyMatch(m policy.Match, pol *policy.Policy) {
 
 func (f *flow) denyDial(m policy.Match, err error) {
 	var pe *errPrivate
-	if errors.As(err, &pe) {
+	var le *errHostLocal
+	switch {
+	case errors.As(err, &pe):
 		f.deny(ReasonPrivateUpstream, ruleOf(m), err.Error())
-		return
+	case errors.As(err, &le):
+		f.deny(ReasonHostLocal, ruleOf(m), err.Error())
+	default:
+		f.deny(ReasonUpstream, ruleOf(m), err.Error())
 	}
-	f.deny(ReasonUpstream, ruleOf(m), err.Error())
 }
 
 func (f *flow) deny(reason policy.Reason, rule, detail string) {
@@ -454,6 +458,17 @@ func decisionWord(allowed bool) string {
 	return "deny"
 }
 
+// FixFor says what to do about a denial of name for one of the proxy's own
+// reasons that no allow rule lifts (a refused upgrade, ECH, a host-local
+// upstream), and "" for every other reason.
+func FixFor(name string, reason policy.Reason) string {
+	switch reason {
+	case ReasonUpgrade, ReasonECH, ReasonHostLocal:
+		return hint(name, reason, "", "")
+	}
+	return ""
+}
+
 // hint says how to allow name, for denial messages.
 func hint(name string, reason policy.Reason, rule, detail string) string {
 	switch reason {
@@ -471,6 +486,8 @@ func hint(name string, reason policy.Reason, rule, detail string) string {
 		return fmt.Sprintf("the request path is denied by %s (%s)", detail, rule)
 	case ReasonDomainFronting:
 		return "the HTTP Host differs from the TLS server name"
+	case ReasonHostLocal:
+		return fmt.Sprintf("%s is an address of the Docker host; reach the host with an exact rule tcp://host.docker.internal:PORT, or name the address in an IP/CIDR rule", name)
 	case ReasonECH:
 		return fmt.Sprintf("encrypted ClientHello (ECH) hides the real server name; connect to %s without ECH (clients retry without it or fail; Chromium sends GREASE ECH by default: set its EncryptedClientHelloEnabled policy to false or run it with --disable-features=EncryptedClientHello), or inspect this rule (clawker.tls.inspect=all or a path rule)", name)
 	case ReasonUpgrade:

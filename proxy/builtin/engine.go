@@ -22,7 +22,10 @@
 //     proxied per request;
 //  4. the upstream is always the NAME, resolved by the proxy (invariant 7),
 //     and a name whose addresses are all private or link-local is refused
-//     unless an IP/CIDR rule (or Config.AllowPrivateUpstreams) allows them.
+//     unless an IP/CIDR rule (or Config.AllowPrivateUpstreams) allows them;
+//     an address of the host itself (Config.HostLocal, asked at dial time)
+//     only through an IP/CIDR rule naming it, and host.docker.internal is
+//     the endpoint's gateway through an exact rule.
 //
 // Denials reset TLS connections and answer 403 where HTTP is visible; every
 // connection gets one canonical log line, Prometheus counters and a
@@ -84,6 +87,13 @@ type Config struct {
 	// AllowPrivateUpstreams exempts these prefixes from the refusal of
 	// private and link-local upstream addresses for name rules.
 	AllowPrivateUpstreams []netip.Prefix
+	// HostLocal reports whether the host delivers an address to itself (an
+	// address of any of its interfaces, loopback, a local route). Names
+	// and bypasses never reach such addresses; an IP/CIDR rule naming them,
+	// or an exact host.docker.internal rule, does. Asked at every dial.
+	// Default: a route lookup in the proxy's network namespace
+	// (kernelHostLocal). Tests whose upstreams listen on loopback swap it.
+	HostLocal func(netip.Addr) (bool, error)
 	// BindAddr is the address listeners bind. Default: all addresses.
 	BindAddr string
 	// ListenPort maps a model port to the port actually bound (tests map
@@ -193,6 +203,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.ListenPort == nil {
 		cfg.ListenPort = func(p uint16) uint16 { return p }
+	}
+	if cfg.HostLocal == nil {
+		cfg.HostLocal = kernelHostLocal
 	}
 	if cfg.UpstreamPort == nil {
 		cfg.UpstreamPort = func(p uint16) uint16 { return p }
@@ -415,7 +428,7 @@ func (e *Engine) transport(idx uint32) *http.Transport {
 				return nil, err
 			}
 			pol, _ := ctx.Value(polKey{}).(*policy.Policy)
-			return e.dialName(ctx, pol, network, host, uint16(port))
+			return e.dialName(ctx, pol, idx, network, host, uint16(port))
 		},
 		TLSClientConfig:       &tls.Config{RootCAs: e.roots, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:     true,

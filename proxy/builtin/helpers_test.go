@@ -389,6 +389,18 @@ func endpoint(index uint32, ip string, pol *policy.Policy) *policy.Endpoint {
 
 // --- the harness ---
 
+// testUpstreamIP is where the tests' upstreams listen: the tests' internet,
+// which the host-local refusal must leave alone. Every other address is
+// decided by the kernel's routes (127.0.0.5 is host-local, for instance).
+var testUpstreamIP = netip.MustParseAddr("127.0.0.1")
+
+func testHostLocal(a netip.Addr) (bool, error) {
+	if a == testUpstreamIP {
+		return false, nil
+	}
+	return kernelHostLocal(a)
+}
+
 type harness struct {
 	t      *testing.T
 	ca     *testCA
@@ -419,6 +431,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		Resolver:              h.dns.resolver(),
 		UpstreamCAs:           []*x509.Certificate{h.ca.cert},
 		AllowPrivateUpstreams: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		HostLocal:             testHostLocal,
 		BindAddr:              "127.0.0.1",
 		ListenPort:            func(uint16) uint16 { return 0 },
 		UpstreamPort: func(p uint16) uint16 {

@@ -351,9 +351,13 @@ func (h *httpHandler) denyRequest(w http.ResponseWriter, ri *reqInfo) {
 
 func (h *httpHandler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	var pe *errPrivate
-	if errors.As(err, &pe) {
+	var le *errHostLocal
+	if reason := ReasonPrivateUpstream; errors.As(err, &pe) || errors.As(err, &le) {
+		if le != nil {
+			reason = ReasonHostLocal
+		}
 		host, _ := r.Context().Value(hostKey{}).(string)
-		h.denyRequest(w, &reqInfo{host: host, path: rawPath(r), method: r.Method, reason: ReasonPrivateUpstream, detail: err.Error()})
+		h.denyRequest(w, &reqInfo{host: host, path: rawPath(r), method: r.Method, reason: reason, detail: err.Error()})
 		return
 	}
 	if errors.Is(err, context.Canceled) {

@@ -160,9 +160,9 @@ func (s *udpSession) run() {
 	var up net.Conn
 	var err error
 	if f.dst.IsValid() {
-		up, err = e.dialAddrs(ctx, "udp4", []netip.Addr{f.dst}, f.port)
+		up, err = e.dialIP(ctx, pol, "udp4", f.dst, f.port)
 	} else {
-		up, err = e.dialName(ctx, pol, "udp4", f.name, f.port)
+		up, err = e.dialName(ctx, pol, ep.Index, "udp4", f.name, f.port)
 	}
 	if err != nil {
 		f.denyDial(m, err)

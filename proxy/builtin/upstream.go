@@ -94,10 +94,25 @@ func (e *errPrivate) Error() string {
 }
 
 // upstreamOK reports whether the proxy may dial addr for a name rule of pol.
-func (e *Engine) upstreamOK(pol *policy.Policy, addr netip.Addr, port uint16) bool {
+// An address of the host itself is refused (see hostLocal) unless an IP/CIDR
+// rule of pol names it; Config.AllowPrivateUpstreams does not open it.
+func (e *Engine) upstreamOK(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) (ok bool, localWhy string) {
 	if pol.DeniedAddr(addr) != nil {
-		return false // a CIDR deny wins over the name's allow
+		return false, "" // a CIDR deny wins over the name's allow
 	}
+	if local, why := e.hostLocal(addr); local {
+		if explicitIP(pol, addr, port, l4) {
+			return true, ""
+		}
+		return false, why
+	}
+	return e.privateOK(pol, addr, port, l4), ""
+}
+
+// privateOK reports whether addr, not the host's own, may be dialled for a
+// name rule of pol: public addresses may; private and link-local ones only
+// through Config.AllowPrivateUpstreams or an IP/CIDR rule of pol.
+func (e *Engine) privateOK(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) bool {
 	if !isSpecial(addr) {
 		return true
 	}
@@ -107,7 +122,7 @@ func (e *Engine) upstreamOK(pol *policy.Policy, addr netip.Addr, port uint16) bo
 		}
 	}
 	if pol != nil && !pol.AllowAll {
-		if m := pol.MatchIP(addr, port, policy.L4TCP); m.Allowed {
+		if m := pol.MatchIP(addr, port, l4); m.Allowed {
 			return true
 		}
 	}
@@ -115,31 +130,47 @@ func (e *Engine) upstreamOK(pol *policy.Policy, addr netip.Addr, port uint16) bo
 }
 
 // resolve looks name up with the configured resolver and returns the
-// addresses the proxy may dial for pol.
-func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, name string, port uint16) ([]netip.Addr, error) {
+// addresses the proxy may dial for pol (endpoint idx). host.docker.internal
+// is the endpoint's gateway (see gateway).
+func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, idx uint32, name string, port uint16, l4 policy.L4) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(name); err == nil {
+		if err := e.checkIPDest(pol, a, port, l4); err != nil {
+			return nil, err
+		}
 		return []netip.Addr{a}, nil
+	}
+	if name == hostDockerInternal {
+		return e.gateway(pol, idx, port, l4)
 	}
 	addrs, err := e.lookup(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	ok := addrs[:0:0]
+	var local *errHostLocal
 	for _, a := range addrs {
-		if e.upstreamOK(pol, a, port) {
+		good, why := e.upstreamOK(pol, a, port, l4)
+		switch {
+		case good:
 			ok = append(ok, a.Unmap())
+		case why != "" && local == nil:
+			local = &errHostLocal{name: name, addr: a, why: why}
 		}
 	}
-	if len(ok) == 0 {
-		return nil, &errPrivate{name: name, addrs: addrs}
+	switch {
+	case len(ok) > 0:
+		return ok, nil
+	case local != nil:
+		return nil, local
 	}
-	return ok, nil
+	return nil, &errPrivate{name: name, addrs: addrs}
 }
 
-// dialName dials name:port, resolved by the proxy itself (never the address
-// the client chose, invariant 7), trying each permitted address in turn.
-func (e *Engine) dialName(ctx context.Context, pol *policy.Policy, network, name string, port uint16) (net.Conn, error) {
-	addrs, err := e.resolve(ctx, pol, name, port)
+// dialName dials name:port for endpoint idx, resolved by the proxy itself
+// (never the address the client chose, invariant 7), trying each permitted
+// address in turn.
+func (e *Engine) dialName(ctx context.Context, pol *policy.Policy, idx uint32, network, name string, port uint16) (net.Conn, error) {
+	addrs, err := e.resolve(ctx, pol, idx, name, port, l4Of(network))
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,151 @@
+package builtin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// ReasonHostLocal: the upstream is an address of the proxy's own host.
+const ReasonHostLocal policy.Reason = "host-local"
+
+// hostDockerInternal is the one name that reaches the host: the endpoint's
+// network gateway, through an exact rule (as the DNS plugin answers it).
+const hostDockerInternal = "host.docker.internal"
+
+// errHostLocal is returned when a destination is an address of the host.
+type errHostLocal struct {
+	name string
+	addr netip.Addr
+	why  string
+}
+
+func (e *errHostLocal) Error() string {
+	dst := e.addr.String()
+	if e.name != "" {
+		dst = e.name + " (" + dst + ")"
+	}
+	return fmt.Sprintf("refuse upstream %s: %s", dst, e.why)
+}
+
+// kernelHostLocal asks the kernel how it would route addr from the proxy's
+// network namespace (the host's: the plugin runs with host networking), at
+// dial time, so that every address of every interface counts, including
+// loopback, the gateways of the bridges, addresses added a moment ago and
+// local routes that are no interface's address: a destination the kernel
+// delivers to the host itself (local, broadcast, anycast) is host-local.
+func kernelHostLocal(addr netip.Addr) (bool, error) {
+	routes, err := netlink.RouteGet(addr.AsSlice())
+	if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) {
+		return false, nil // no route at all: not the host's, and the dial fails on its own
+	}
+	if err != nil {
+		return false, fmt.Errorf("route lookup %s: %w", addr, err)
+	}
+	for _, r := range routes {
+		switch r.Type {
+		case unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_ANYCAST:
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// hostLocal reports whether addr is the host's own; a failed lookup counts
+// as host-local (fail closed).
+func (e *Engine) hostLocal(addr netip.Addr) (bool, string) {
+	local, err := e.cfg.HostLocal(addr.Unmap())
+	switch {
+	case err != nil:
+		return true, "cannot tell whether it is an address of the host: " + err.Error()
+	case local:
+		return true, "it is an address of the host (the proxy dials from the host's network namespace); only an IP/CIDR rule naming it, or tcp://host.docker.internal:PORT, reaches the host"
+	}
+	return false, ""
+}
+
+// explicitIP reports whether an IP/CIDR rule of pol (not a bypass) allows
+// addr on port: the only way, besides host.docker.internal, to the host.
+func explicitIP(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) bool {
+	if pol == nil || pol.AllowAll {
+		return false
+	}
+	m := pol.MatchIP(addr, port, l4)
+	return m.Allowed && m.Entry != nil
+}
+
+// checkIPDest refuses an IP destination (IP rules, bypass) that is the
+// host's own unless an IP/CIDR rule names it: a bypass does not open the
+// host.
+func (e *Engine) checkIPDest(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) error {
+	if local, why := e.hostLocal(addr); local && !explicitIP(pol, addr, port, l4) {
+		return &errHostLocal{addr: addr, why: why}
+	}
+	return nil
+}
+
+// gateway returns the address of host.docker.internal for endpoint idx: the
+// gateway of its network, allowed only by an exact host.docker.internal rule
+// (no wildcard and no bypass reaches the host).
+func (e *Engine) gateway(pol *policy.Policy, idx uint32, port uint16, l4 policy.L4) ([]netip.Addr, error) {
+	refuse := func(why string) error { return &errHostLocal{name: hostDockerInternal, why: why} }
+	if pol == nil || pol.AllowAll {
+		return nil, refuse("the host is reachable only through an explicit host.docker.internal rule, not a bypass")
+	}
+	if m := pol.MatchName(hostDockerInternal, port, l4); !m.Allowed || m.Entry == nil || !namedExactly(m.Entry, hostDockerInternal, port) {
+		return nil, refuse(fmt.Sprintf("the host is reachable only through an exact host.docker.internal rule for port %d, not a wildcard", port))
+	}
+	c := e.state()
+	if c == nil {
+		return nil, refuse("no snapshot")
+	}
+	ep, ok := c.snap.Endpoints[idx]
+	if !ok {
+		return nil, refuse("unknown endpoint")
+	}
+	n, ok := c.snap.Networks[ep.NetworkID]
+	if !ok || !n.Gateway.IsValid() {
+		return nil, refuse("the endpoint's network has no known gateway")
+	}
+	gw := n.Gateway.Unmap()
+	if pol.DeniedAddr(gw) != nil {
+		return nil, refuse("a CIDR deny covers the gateway")
+	}
+	return []netip.Addr{gw}, nil
+}
+
+// namedExactly reports whether one of the rules behind entry names name
+// itself (not an enclosing wildcard) on port.
+func namedExactly(entry *policy.Allowed, name string, port uint16) bool {
+	for _, r := range entry.Rules {
+		hi := max(r.PortEnd, r.Port)
+		if r.Action == policy.Allow && r.Dst == name && r.Port <= port && port <= hi {
+			return true
+		}
+	}
+	return false
+}
+
+// l4Of maps a dial network to the policy's L4.
+func l4Of(network string) policy.L4 {
+	if network == "udp4" || network == "udp" {
+		return policy.L4UDP
+	}
+	return policy.L4TCP
+}
+
+// dialIP dials an IP destination decided by match m, refusing the host's
+// own addresses unless an IP/CIDR rule names them.
+func (e *Engine) dialIP(ctx context.Context, pol *policy.Policy, network string, addr netip.Addr, port uint16) (net.Conn, error) {
+	if err := e.checkIPDest(pol, addr, port, l4Of(network)); err != nil {
+		return nil, err
+	}
+	return e.dialAddrs(ctx, network, []netip.Addr{addr}, port)
+}

@@ -1,0 +1,159 @@
+package builtin
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// TestKernelHostLocal asks the kernel in a fresh netns: its interface
+// addresses, loopback, broadcast and an address added after the first
+// question are the host's; a neighbour on the link and an unroutable
+// address are not.
+func TestKernelHostLocal(t *testing.T) {
+	ns := newTestNS(t)
+	ask := func(a string) bool {
+		var local bool
+		var err error
+		ns.do(t, func() { local, err = kernelHostLocal(netip.MustParseAddr(a)) })
+		require.NoError(t, err, a)
+		return local
+	}
+	require.True(t, ask("10.203.0.1"))
+	require.True(t, ask("127.0.0.9"))
+	require.True(t, ask("10.203.255.255"))
+	require.False(t, ask("10.203.0.9"))
+	require.False(t, ask("198.51.100.7"))
+	require.False(t, ask("10.204.0.1"))
+	run(t, "ip", "-n", ns.name, "addr", "add", "10.204.0.1/32", "dev", "cfwp1")
+	require.True(t, ask("10.204.0.1"), "an address added later counts at once")
+}
+
+// countingListener accepts on addr and counts connections.
+func countingListener(t *testing.T, addr string) *atomic.Int64 {
+	t.Helper()
+	ln, err := net.Listen("tcp4", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	return &n
+}
+
+// TestHostLocalRefused: a name under an allowed wildcard that resolves to an
+// address of the host (127.0.0.5 here) is refused at dial, for passthrough
+// and for inspected requests, even though AllowPrivateUpstreams covers
+// 127.0.0.0/8; nothing reaches a listener there. The neighbour name still
+// works, and an IP/CIDR rule naming the address opens it.
+func TestHostLocalRefused(t *testing.T) {
+	h := newHarness(t)
+	hits := countingListener(t, "127.0.0.5:"+strconv.Itoa(int(h.up.port)))
+	h.dns.set("local.pkg.example.test", "127.0.0.5")
+	h.dns.set("ok.pkg.example.test", "127.0.0.1")
+	h.dns.set("local.insp.example.test", "127.0.0.5")
+	pol := basicPolicy()
+	pol.Allows = append(pol.Allows, allow(".insp.example.test", policy.ProtoHTTPS, 443, 443, inspected))
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
+
+	_, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "local.pkg.example.test")
+	require.Error(t, err)
+	d := h.waitDecision(func(d Decision) bool { return d.Reason == ReasonHostLocal })
+	require.Equal(t, "local.pkg.example.test", d.Name)
+	require.Contains(t, d.Detail, "127.0.0.5")
+
+	resp, err := h.httpClient("127.0.0.2", h.webAddr(443), false).Get("https://local.insp.example.test/x")
+	require.NoError(t, err)
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	require.Equal(t, 403, resp.StatusCode, body)
+	require.Contains(t, resp.Header.Get("X-Clawker-Denied"), string(ReasonHostLocal))
+	require.Contains(t, body, "host.docker.internal")
+	require.Zero(t, hits.Load(), "a host-local upstream was dialled")
+
+	tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "ok.pkg.example.test")
+	require.NoError(t, err)
+	tc.Close()
+
+	// An IP/CIDR rule naming the address is the explicit way.
+	pol.Allows = append(pol.Allows, allow("127.0.0.5/32", policy.ProtoTCP, 443, 443))
+	h.apply(snapshot(2, endpoint(1, "127.0.0.2", pol)))
+	c := dialFrom(t, "127.0.0.2", h.webAddr(443))
+	defer c.Close()
+	_, _ = c.Write(clientHello(t, "local.pkg.example.test"))
+	require.Eventually(t, func() bool { return hits.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// TestCheckIPDest: IP destinations (IP rules, bypass) of the host's own are
+// refused unless an IP/CIDR rule names them; a bypass does not open them.
+func TestCheckIPDest(t *testing.T) {
+	h := newHarness(t)
+	local := netip.MustParseAddr("127.0.0.5")
+	cidr := &policy.Policy{Allows: []policy.Allowed{allow("127.0.0.0/24", policy.ProtoTCP, 22, 22)}}
+	require.NoError(t, h.e.checkIPDest(cidr, local, 22, policy.L4TCP))
+	require.Error(t, h.e.checkIPDest(cidr, local, 23, policy.L4TCP), "another port is not named")
+	require.Error(t, h.e.checkIPDest(&policy.Policy{AllowAll: true}, local, 22, policy.L4TCP))
+	require.Error(t, h.e.checkIPDest(&policy.Policy{}, local, 22, policy.L4TCP))
+	require.NoError(t, h.e.checkIPDest(&policy.Policy{AllowAll: true}, netip.MustParseAddr("127.0.0.1"), 22, policy.L4TCP), "the tests' upstream address")
+	failing := newHarness(t, func(c *Config) {
+		c.HostLocal = func(netip.Addr) (bool, error) { return false, io.ErrUnexpectedEOF }
+	})
+	require.Error(t, failing.e.checkIPDest(&policy.Policy{AllowAll: true}, netip.MustParseAddr("198.51.100.7"), 22, policy.L4TCP), "a failed lookup fails closed")
+}
+
+// TestHostDockerInternal: an exact tcp://host.docker.internal:PORT rule
+// reaches the endpoint's gateway (the host); a wildcard over it or a bypass
+// does not.
+func TestHostDockerInternal(t *testing.T) {
+	h := newHarness(t)
+	echo := newTCPEcho(t, "127.0.0.6")
+	h.mapPort(echo, echo)
+	hits := countingListener(t, "127.0.0.6:"+strconv.Itoa(int(h.up.port)))
+	withGW := func(snap *policy.Snapshot) *policy.Snapshot {
+		snap.Networks["net1"] = &policy.Network{ID: "net1", Gateway: netip.MustParseAddr("127.0.0.6")}
+		return snap
+	}
+	// As the compiler builds it: the exact entry also carries the ports and
+	// rules of the wildcard that encloses it.
+	exact := allow("host.docker.internal", policy.ProtoTCP, echo, echo, withPorts(policy.ProtoHTTPS, 443, 443))
+	wild := allow(".docker.internal", policy.ProtoHTTPS, 443, 443)
+	exact.Rules = append(exact.Rules, wild.Rules...)
+	pol := &policy.Policy{Allows: []policy.Allowed{exact, wild}}
+	bypass := &policy.Policy{AllowAll: true}
+	h.apply(withGW(snapshot(1, endpoint(1, "127.0.0.2", pol), endpoint(2, "127.0.0.3", bypass))))
+
+	c := dialFrom(t, "127.0.0.2", h.dedicatedAddr(policy.ProtoTCP, "host.docker.internal", echo))
+	defer c.Close()
+	_, err := io.WriteString(c, "to the host\n")
+	require.NoError(t, err)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "to the host\n", line)
+
+	for _, src := range []string{"127.0.0.2", "127.0.0.3"} {
+		_, err = h.tlsFrom(src, h.webAddr(443), "host.docker.internal")
+		require.Error(t, err, src)
+	}
+	d := h.waitDecision(func(d Decision) bool { return d.Reason == ReasonHostLocal && d.Endpoint == 1 })
+	require.Contains(t, d.Detail, "wildcard")
+	d = h.waitDecision(func(d Decision) bool { return d.Reason == ReasonHostLocal && d.Endpoint == 2 })
+	require.Contains(t, d.Detail, "bypass")
+	require.Zero(t, hits.Load())
+}
