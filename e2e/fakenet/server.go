@@ -210,9 +210,11 @@ func (s *Server) startHTTP(service string, port int, h http.Handler, useTLS bool
 }
 
 // httpHandler answers every request with a line naming host and path, and
-// /bytes?n=N with N bytes. Each request is recorded.
+// /bytes?n=N with N bytes; "Upgrade: h2c" and WebSocket handshakes to /ws
+// switch protocols (upgrade.go). Each request is recorded.
 func (s *Server) httpHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var h http.HandlerFunc
+	h = func(w http.ResponseWriter, r *http.Request) {
 		src, sport := splitAddr(addrFromString(r.RemoteAddr))
 		e := Entry{Kind: KindHTTP, Proto: "tcp", Service: "http", Src: src, SrcPort: sport,
 			Name: hostOnly(r.Host), Path: r.URL.RequestURI(), HTTPProto: r.Proto}
@@ -225,6 +227,10 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		s.rec.Add(e)
 		switch {
+		case r.ProtoMajor == 1 && wantsH2C(r):
+			serveH2C(w, r, h)
+		case r.URL.Path == "/ws" && r.ProtoMajor == 1 && wantsWebSocket(r):
+			serveWebSocket(w, r)
 		case r.URL.Path == "/bytes":
 			n, err := strconv.Atoi(r.URL.Query().Get("n"))
 			if err != nil || n < 0 || n > maxBytes {
@@ -246,7 +252,8 @@ func (s *Server) httpHandler() http.Handler {
 			fmt.Fprintf(w, "fakenet host=%s path=%s proto=%s sni=%s dst=%s:%d\n",
 				e.Name, e.Path, r.Proto, e.SNI, e.Dst, e.DstPort)
 		}
-	})
+	}
+	return h
 }
 
 func writeBytes(w io.Writer, n int) {
