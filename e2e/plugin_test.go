@@ -472,15 +472,7 @@ for (const p of ["/ok/node", "/nope/node"]) {
 	out, err := f.run("--network", n.Name, f.debian, "bash", "-c", script)
 	require.NoError(t, err, out)
 	t.Logf("path rules output:\n%s", out)
-	sections := map[string]string{}
-	var cur string
-	for _, line := range strings.Split(out, "\n") {
-		if h, ok := strings.CutPrefix(line, "== "); ok {
-			cur = h
-			continue
-		}
-		sections[cur] += line + "\n"
-	}
+	sections := outputSections(out)
 	require.Contains(t, sections["--http1.1 ok"], "fakenet host=path.example.test path=/ok/curl")
 	require.Contains(t, sections["--http1.1 ok"], "code=200 ver=1.1")
 	require.Contains(t, sections["--http1.1 denied"], "code=403 ver=1.1")

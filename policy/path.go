@@ -634,8 +634,12 @@ func DecidePath(rules []PathRule, def Action, path, method string) PathVerdict {
 		return PathVerdict{Detail: fmt.Sprintf("unreadable path: %d bytes that can be read in %d ways", len(path), len(rds))}
 	}
 	var first PathVerdict
+	var asSent string
 	for i, rd := range rds {
 		req := rd.read(path, twice)
+		if i == 0 {
+			asSent = req // the path as sent, escape digits upper-cased
+		}
 		rule := decideReading(rules, rd, req, method)
 		v := PathVerdict{Allowed: def == Allow, Detail: "path default " + string(def)}
 		if rule != nil {
@@ -645,7 +649,7 @@ func DecidePath(rules []PathRule, def Action, path, method string) PathVerdict {
 			first = v
 		}
 		if !v.Allowed {
-			if req != path {
+			if req != asSent {
 				v.Reading = req
 				v.Detail += fmt.Sprintf(" (read as %s)", req)
 			}

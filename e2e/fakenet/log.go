@@ -32,6 +32,9 @@ type Entry struct {
 	Rcode string `json:"rcode,omitempty"`
 	SNI   string `json:"sni,omitempty"`
 	Path  string `json:"path,omitempty"`
+	// Target is the request target exactly as received (HTTP/1 request
+	// line, HTTP/2 :path), before Go re-encodes it into Path.
+	Target string `json:"target,omitempty"`
 	// HTTPProto is the request protocol (HTTP/1.1, HTTP/2.0).
 	HTTPProto string `json:"http_proto,omitempty"`
 }

@@ -217,7 +217,7 @@ func (s *Server) httpHandler() http.Handler {
 	h = func(w http.ResponseWriter, r *http.Request) {
 		src, sport := splitAddr(addrFromString(r.RemoteAddr))
 		e := Entry{Kind: KindHTTP, Proto: "tcp", Service: "http", Src: src, SrcPort: sport,
-			Name: hostOnly(r.Host), Path: r.URL.RequestURI(), HTTPProto: r.Proto}
+			Name: hostOnly(r.Host), Path: r.URL.RequestURI(), Target: r.RequestURI, HTTPProto: r.Proto}
 		if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 			e.Dst, e.DstPort = splitAddr(la)
 		}
@@ -249,8 +249,8 @@ func (s *Server) httpHandler() http.Handler {
 			fmt.Fprintf(w, "fakenet status=%d\n", code)
 		default:
 			w.Header().Set("Content-Type", "text/plain")
-			fmt.Fprintf(w, "fakenet host=%s path=%s proto=%s sni=%s dst=%s:%d\n",
-				e.Name, e.Path, r.Proto, e.SNI, e.Dst, e.DstPort)
+			fmt.Fprintf(w, "fakenet host=%s path=%s proto=%s sni=%s dst=%s:%d target=%s\n",
+				e.Name, e.Path, r.Proto, e.SNI, e.Dst, e.DstPort, e.Target)
 		}
 	}
 	return h

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // XDSCluster is the bootstrap's static cluster pointing at the xDS server.
@@ -40,6 +41,19 @@ type BootstrapOptions struct {
 	// AdminAddressPath, when set, is where Envoy writes the admin address
 	// it bound (passed as --admin-address-path by Command).
 	AdminAddressPath string
+}
+
+// MaxRegexProgramSize is the RE2 program size the bootstrap lets a
+// regex of the route configuration reach (re2.max_program_size.error_level);
+// Check refuses a snapshot with a bigger one.
+const MaxRegexProgramSize = 1 << 16
+
+func mustStruct(m map[string]any) *structpb.Struct {
+	s, err := structpb.NewStruct(m)
+	if err != nil {
+		panic(err)
+	}
+	return s
 }
 
 // DefaultAdminAddress is the Envoy admin interface: loopback only, next to
@@ -107,6 +121,14 @@ func bootstrapProto(opts BootstrapOptions) (*bootstrap.Bootstrap, error) {
 	}
 	b := &bootstrap.Bootstrap{
 		Node: &core.Node{Id: opts.NodeID, Cluster: opts.NodeCluster},
+		// The path routes are generated regexes (paths.go) far above RE2's
+		// default program size limit of 100.
+		LayeredRuntime: &bootstrap.LayeredRuntime{Layers: []*bootstrap.RuntimeLayer{{
+			Name: "static",
+			LayerSpecifier: &bootstrap.RuntimeLayer_StaticLayer{StaticLayer: mustStruct(map[string]any{
+				"re2.max_program_size.error_level": MaxRegexProgramSize,
+			})},
+		}}},
 		Admin: &bootstrap.Admin{
 			Address: socketAddress(adminHost, adminPort, core.SocketAddress_TCP),
 		},

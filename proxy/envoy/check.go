@@ -311,7 +311,14 @@ func (c *checker) routeConfig(rc *route.RouteConfiguration) []error {
 			if r.GetMatch().GetConnectMatcher() != nil || len(r.GetRoute().GetUpgradeConfigs()) > 0 {
 				errs = append(errs, fmt.Errorf("route %s/%s/%s: matches CONNECT or configures upgrades: only the connection manager's WebSocket upgrade is allowed", rc.Name, vh.Name, r.Name))
 			}
-			if re := r.GetMatch().GetSafeRegex().GetRegex(); re != "" {
+			res := []string{r.GetMatch().GetSafeRegex().GetRegex()}
+			for _, h := range r.GetMatch().GetHeaders() {
+				res = append(res, h.GetStringMatch().GetSafeRegex().GetRegex())
+			}
+			for _, re := range res {
+				if re == "" {
+					continue
+				}
 				if err := checkRegex(re); err != nil {
 					errs = append(errs, fmt.Errorf("route %s/%s/%s: %w", rc.Name, vh.Name, r.Name, err))
 				}

@@ -270,12 +270,12 @@ func (b *builder) hcm(stat, routeName string, dfp, plain bool, log map[string]an
 			RouteConfigName: routeName,
 		}},
 		HttpFilters: filters,
-		// Path rules are matched on the normalized path (RFC 3986 dot
-		// segments, merged slashes, %2F/%5C decoded first), so an encoded
-		// slash cannot escape a prefix.
-		NormalizePath:                wrapperspb.Bool(true),
-		MergeSlashes:                 true,
-		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD,
+		// The path is routed on and forwarded as sent, never rewritten
+		// (invariant 9); the routes refuse the spellings whose readings
+		// could differ (paths.go).
+		NormalizePath:                wrapperspb.Bool(false),
+		MergeSlashes:                 false,
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_KEEP_UNCHANGED,
 		AccessLog:                    b.accessLog(log),
 	})
 }

@@ -170,8 +170,7 @@ func request(t *testing.T, rc *route.RouteConfiguration, host, method, path stri
 		}
 		ok := true
 		for _, h := range m.GetHeaders() {
-			require.Equal(t, ":method", h.GetName())
-			if h.GetStringMatch().GetExact() != method {
+			if headerMatches(t, h, method, path) == h.GetInvertMatch() {
 				ok = false
 			}
 		}
@@ -197,6 +196,31 @@ func request(t *testing.T, rc *route.RouteConfiguration, host, method, path stri
 	}
 	t.Fatalf("no route for %s %s%s in %s", method, host, path, rc.Name)
 	return ""
+}
+
+// headerMatches evaluates one header matcher (before invert_match) on the
+// request's :method or :path, as Envoy's StringMatcher does: exact (with
+// ignore_case) or a safe_regex that must match the whole value.
+func headerMatches(t *testing.T, h *route.HeaderMatcher, method, path string) bool {
+	t.Helper()
+	var v string
+	switch h.GetName() {
+	case ":method":
+		v = method
+	case ":path":
+		v = path
+	default:
+		t.Fatalf("unexpected header matcher %s", h.GetName())
+	}
+	sm := h.GetStringMatch()
+	require.NotNil(t, sm, "header matcher %s without string_match", h.GetName())
+	switch {
+	case sm.GetSafeRegex() != nil:
+		return regexp.MustCompile("^(?:" + sm.GetSafeRegex().GetRegex() + ")$").MatchString(v)
+	case sm.GetIgnoreCase():
+		return strings.EqualFold(sm.GetExact(), v)
+	}
+	return sm.GetExact() == v
 }
 
 // logField reads one field of an access log's JSON format.

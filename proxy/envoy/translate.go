@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"regexp/syntax"
 	"sort"
 	"strconv"
 	"strings"
@@ -724,6 +725,10 @@ func (b *builder) dfpClusterName(tlsSide bool) string {
 func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string) []*route.Route {
 	var out []*route.Route
 	allowAny := false
+	if v.entry != nil && len(v.entry.Paths) > 0 {
+		out = append(out, denyRoute("unplain", plainPathGuard(), denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule,
+			detail: "a path the envoy engine cannot read unambiguously (dot or empty segment, ;params, backslash, double or malformed encoding, trailing dot or space)"}))
+	}
 	if v.entry != nil {
 		for i, pr := range v.entry.Paths {
 			action := pr.Action
@@ -745,12 +750,19 @@ func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string
 			for _, m := range methods {
 				name := fmt.Sprintf("path%d%s", i, methodSuffix(m))
 				if action != policy.Allow {
-					out = append(out, denyRoute(name, pathMatch(pr.Path, m), denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule, detail: "path rule " + pr.Path}))
+					d := denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule, detail: "path rule " + pr.Path}
+					out = append(out, denyRoute(name, pathMatch(pr.Path, m, true), d))
+					if strings.HasPrefix(pr.Path, "~") {
+						// Decoded readings are out of Envoy's reach.
+						enc := pathMatch("~.*", m, true)
+						enc.Headers = append(enc.Headers, escapedPath(false))
+						out = append(out, denyRoute(name+"/escaped", enc, d))
+					}
 					continue
 				}
 				out = append(out, &route.Route{
 					Name:     name,
-					Match:    pathMatch(pr.Path, m),
+					Match:    pathMatch(pr.Path, m, false),
 					Metadata: decisionMetadata(policy.Allow, policy.ReasonAllowed, v.rule),
 					Action:   toCluster(clusterName),
 				})
@@ -790,34 +802,62 @@ func methodSuffix(m string) string {
 	return "/" + m
 }
 
-// pathMatch renders one path rule: a prefix, or "~re" as a safe_regex that
-// must match the whole path (Envoy's semantics), so the policy's
-// start-anchored regex gets ".*" appended.
-func pathMatch(path, method string) *route.RouteMatch {
+// pathMatch renders one path rule (see paths.go): an allow prefix as sent
+// (a plain prefix when it holds no escape), a deny prefix in every reading
+// and case, "~re" as a safe_regex that must match the whole path (Envoy's
+// semantics), so the policy's start-anchored regex gets ".*" appended:
+// case-insensitive for a deny, and only on paths without escapes for an
+// allow. The method matches in any case, as in the builtin engine.
+func pathMatch(path, method string, deny bool) *route.RouteMatch {
 	m := &route.RouteMatch{}
-	if re, ok := strings.CutPrefix(path, "~"); ok {
-		m.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
-			Regex: "(?:" + re + ")(?s:.*)",
-		}}
-	} else {
+	regex := func(re string) {
+		m.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}
+	}
+	switch re, isRe := strings.CutPrefix(path, "~"); {
+	case isRe && deny:
+		regex("(?i)(?:" + re + ")(?s:.*)")
+	case isRe:
+		regex("(?:" + re + ")(?s:.*)")
+		m.Headers = append(m.Headers, escapedPath(true))
+	case deny:
+		regex(denyPrefixRegex(path))
+	case strings.Contains(path, "%"):
+		regex(allowPrefixRegex(path))
+	default:
 		m.PathSpecifier = &route.RouteMatch_Prefix{Prefix: path}
 	}
 	if method != "" {
-		m.Headers = []*route.HeaderMatcher{{
+		m.Headers = append(m.Headers, &route.HeaderMatcher{
 			Name: ":method",
 			HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
 				MatchPattern: &matcherv3.StringMatcher_Exact{Exact: method},
+				IgnoreCase:   true,
 			}},
-		}}
+		})
 	}
 	return m
 }
 
-// checkRegex reports path regexes RE2 cannot compile (Envoy would reject the
-// route configuration).
+// checkRegex reports path regexes RE2 cannot compile or whose program is
+// bigger than the bootstrap allows (Envoy would reject the route
+// configuration). Go's compiled program stands in for RE2's: both count
+// instructions of the same Thompson construction.
 func checkRegex(re string) error {
-	_, err := regexp.Compile(re)
-	return err
+	if _, err := regexp.Compile(re); err != nil {
+		return err
+	}
+	parsed, err := syntax.Parse(re, syntax.Perl)
+	if err != nil {
+		return err
+	}
+	prog, err := syntax.Compile(parsed.Simplify())
+	if err != nil {
+		return err
+	}
+	if n := len(prog.Inst); n > MaxRegexProgramSize {
+		return fmt.Errorf("regex program of %d instructions (at most %d)", n, MaxRegexProgramSize)
+	}
+	return nil
 }
 
 func toCluster(name string) *route.Route_Route {
