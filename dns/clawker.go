@@ -217,7 +217,7 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 
 	// 2. Names the rules cannot see.
 	if !ruleName(r.Question[0].Name) {
-		c.deny(q, reasonBadName, mdns.RcodeNameError)
+		c.deny(q, ReasonBadName, mdns.RcodeNameError)
 		return c.write(w, r, mdns.RcodeNameError, nil)
 	}
 
@@ -533,8 +533,9 @@ func (c *Clawker) learn(q *query, addr netip.Addr, id policy.Identity, ttl time.
 	return nil
 }
 
-// reasonBadName denies a name outside the rules' alphabet.
-const reasonBadName policy.Reason = "bad-name"
+// ReasonBadName denies a name outside the rules' alphabet (see ruleName):
+// no rule can allow it.
+const ReasonBadName policy.Reason = "bad-name"
 
 // ruleName reports whether a question name (miekg's presentation form, in
 // which every byte outside printable ASCII, and '.' inside a label, is a

@@ -70,7 +70,7 @@ var (
 // hot path skips the label hash.
 var deniedCounters = func() map[policy.Reason]prometheus.Counter {
 	m := map[policy.Reason]prometheus.Counter{}
-	for _, r := range []policy.Reason{policy.ReasonNoRule, policy.ReasonDenyRule, policy.ReasonUnknownPeer, policy.ReasonBadLabel, "class", reasonBadName} {
+	for _, r := range []policy.Reason{policy.ReasonNoRule, policy.ReasonDenyRule, policy.ReasonUnknownPeer, policy.ReasonBadLabel, "class", ReasonBadName} {
 		m[r] = deniedCount.WithLabelValues(string(r))
 	}
 	return m

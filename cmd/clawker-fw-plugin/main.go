@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -427,10 +428,19 @@ func dnsDenial(line string) (plugin.Denial, bool) {
 	}
 	var idx uint32
 	_, _ = fmt.Sscanf(kv["endpoint"], "%d", &idx)
-	name := strings.TrimSuffix(strings.Trim(kv["name"], `"`), ".")
+	name, err := strconv.Unquote(kv["name"])
+	if err != nil {
+		name = strings.Trim(kv["name"], `"`)
+	}
+	name = strings.TrimSuffix(name, ".")
 	d := plugin.Denial{Time: time.Now(), Source: "dns", Index: idx, Container: kv["container"], Destination: name,
 		Reason: kv["reason"] + " (" + kv["type"] + " query answered " + kv["rcode"] + ")"}
-	d.Fix = plugin.FixFor(name, 0, "", nil)
+	if kv["reason"] == string(dns.ReasonBadName) {
+		// No rule can name it: suggesting one would mislead.
+		d.Fix = "query names may hold only letters, digits, '-' and '_' between dots; write internationalized names in their xn-- (punycode) form"
+	} else {
+		d.Fix = plugin.FixFor(name, 0, "", nil)
+	}
 	return d, true
 }
 
