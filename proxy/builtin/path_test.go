@@ -137,3 +137,25 @@ func TestInspectionAbsoluteForm(t *testing.T) {
 		require.Equal(t, want, code, "%s: %s", target, out)
 	}
 }
+
+// forwardAsSent puts the path and query on the request line unchanged, or
+// forwardable says it cannot (and the request is refused).
+func TestForwardAsSent(t *testing.T) {
+	for path, ok := range map[string]bool{
+		"/a/../b%2f..%2Fc;x": true,
+		`/a\b`:               true,
+		"/a%zz":              true,
+		"*":                  true,
+		"//a/b%2F":           true,
+		`//a\b`:              false,
+	} {
+		require.Equal(t, ok, forwardable(path), path)
+		if !ok {
+			continue
+		}
+		out := &url.URL{Scheme: "https", Host: "h.test", Path: "/rewritten", RawQuery: "a=1&b"}
+		in := &url.URL{RawQuery: "x=%zz;y", ForceQuery: false}
+		forwardAsSent(out, in, path)
+		require.Equal(t, path+"?x=%zz;y", out.RequestURI(), path)
+	}
+}
