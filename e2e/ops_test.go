@@ -86,6 +86,13 @@ func opsBuildCLI(t *testing.T) string {
 // t, with the BPF pins and nft tables the plugin leaves by design.
 func opsSetup(t *testing.T) *opsFixture {
 	t.Helper()
+	return opsSetupAs(t, harness.PluginName)
+}
+
+// opsSetupAs is opsSetup with the plugin installed under reference ref
+// (a plugin installed under another reference is removed first).
+func opsSetupAs(t *testing.T, ref string) *opsFixture {
+	t.Helper()
 	e := env(t)
 	img, err := e.ImportBusybox()
 	require.NoError(t, err)
@@ -95,11 +102,16 @@ func opsSetup(t *testing.T) *opsFixture {
 	cfgBefore, _ := os.ReadFile(filepath.Join(e.Dir(), "daemon.json"))
 	t.Cleanup(func() { f.restoreDaemonConfig(t, cfgBefore) })
 
-	if out, _, err := e.Docker("plugin", "inspect", "-f", "{{.Enabled}}", harness.PluginName); err == nil {
-		if strings.TrimSpace(out) != "true" {
-			e.MustDocker(t, "plugin", "enable", "--timeout", "60", harness.PluginName)
+	if other := e.PluginRef(); other != ref {
+		if _, _, err := e.Docker("plugin", "inspect", other); err == nil {
+			f.removePlugin(t)
 		}
-		t.Logf("plugin %s already installed: reusing it", harness.PluginName)
+	}
+	if out, _, err := e.Docker("plugin", "inspect", "-f", "{{.Enabled}}", ref); err == nil {
+		if strings.TrimSpace(out) != "true" {
+			e.MustDocker(t, "plugin", "enable", "--timeout", "60", ref)
+		}
+		t.Logf("plugin %s already installed: reusing it", ref)
 	} else {
 		dir := os.Getenv("CLAWKER_E2E_PLUGIN_DIR")
 		if dir == "" {
@@ -108,7 +120,7 @@ func opsSetup(t *testing.T) *opsFixture {
 		_, err := os.Stat(filepath.Join(dir, "rootfs", "bin", "clawker-fw-plugin"))
 		require.NoError(t, err, "build the plugin first: make plugin")
 		start := time.Now()
-		require.NoError(t, e.InstallPlugin(dir))
+		require.NoError(t, e.InstallPluginAs(ref, dir))
 		t.Logf("plugin installed from %s in %v", dir, time.Since(start).Round(time.Millisecond))
 		t.Cleanup(func() { f.removePlugin(t) })
 	}
@@ -225,7 +237,7 @@ func (f *opsFixture) waitAdmin(t *testing.T, timeout time.Duration) {
 // network creates a clawker-fw network and returns its id.
 func (f *opsFixture) network(t *testing.T, name, subnet string, opts ...string) string {
 	t.Helper()
-	args := []string{"network", "create", "-d", harness.PluginName, "--subnet", subnet}
+	args := []string{"network", "create", "-d", f.e.PluginRef(), "--subnet", subnet}
 	for _, o := range opts {
 		args = append(args, "-o", o)
 	}
@@ -440,7 +452,7 @@ func (f *opsFixture) setAuthzProbe(t *testing.T, on, probe bool) {
 	_, had := cfg["authorization-plugins"]
 	delete(cfg, "authorization-plugins")
 	if on {
-		cfg["authorization-plugins"] = []string{harness.PluginName}
+		cfg["authorization-plugins"] = []string{e.PluginRef()}
 	} else if !had {
 		return
 	}

@@ -235,6 +235,9 @@ func (p *Plugin) setContainer(endpointID string, c Container) error {
 		if err := p.commit(next); err != nil {
 			return err
 		}
+		if p.cfg.Firewalled != nil {
+			p.cfg.Firewalled(c.ID, ep.NetworkID)
+		}
 		pubErr := p.publish()
 		var enrollErr error
 		if ep.NetnsCookie != 0 {

@@ -48,6 +48,9 @@ type Config struct {
 	// the closed network's redirect (default 15 s).
 	PendingPass time.Duration
 	Now         func() time.Time
+	// Firewalled, when set, is told each container identified on a
+	// clawker-fw network (authz remembers it as firewalled for its life).
+	Firewalled func(containerID, networkID string)
 }
 
 // Plugin is the running plugin core.

@@ -257,7 +257,17 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 		return err
 	}
 	snapPath := filepath.Join(s.StateDir, "snapshot.json")
-	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root},
+	azLog := root.WithField(plugin.FieldComponent, "authz")
+	records, err := authz.OpenRecords(filepath.Join(s.StateDir, "authz-records.json"))
+	if err != nil {
+		return err
+	}
+	markFirewalled := func(containerID, networkID string) {
+		if err := records.MarkFirewalled(containerID, "identified on the clawker-fw network "+networkID[:min(12, len(networkID))]); err != nil {
+			azLog.WithError(err).WithField(plugin.FieldContainer, containerID).Error("record a firewalled container")
+		}
+	}
+	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled},
 		wire.Kernel{M: mgr}, wire.HostNet{H: guard}, plane, docker, wire.SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err
@@ -292,7 +302,17 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	defer coredns.Stop(5 * time.Second)
 
 	// Plugin socket: network driver + authz.
-	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.FirewallNetworks, ContainerNetworks: docker.ContainerNetworks, VolumeOptions: docker.VolumeOptions, Override: s.AuthzOverride, Log: root.WithField(plugin.FieldComponent, "authz")})
+	selfID := ""
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err != nil {
+		azLog.WithError(err).Error("read own mounts: authz refuses every plugin disable/rm while networks exist")
+	} else if selfID, err = wire.SelfPluginID(string(mi)); err != nil {
+		azLog.WithError(err).Error("own plugin id unknown: authz refuses every plugin disable/rm while networks exist")
+	}
+	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.Networks, Container: docker.ResolveContainer,
+		Plugin: docker.Plugin, SelfID: selfID, Records: records, VolumeOptions: docker.VolumeOptions,
+		Override: s.AuthzOverride, Log: azLog})
+	go selfReference(docker, selfID, azLog)
+	go pruneRecords(docker, records, azLog)
 	if err := os.MkdirAll(filepath.Dir(s.PluginSocket), 0o755); err != nil {
 		return err
 	}
@@ -348,6 +368,43 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	_ = admin.Shutdown(ctx)
 	p.Close()
 	return nil
+}
+
+// selfReference logs the plugin's own id and the reference Docker knows it
+// by (asked once Docker has finished enabling the plugin).
+func selfReference(docker *wire.Docker, id string, log *logrus.Entry) {
+	if id == "" {
+		return
+	}
+	for range 10 {
+		time.Sleep(3 * time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, name, found, err := docker.Plugin(ctx, id)
+		cancel()
+		if err == nil && found {
+			log.WithField("plugin_id", id).WithField("plugin", name).Info("plugin identity")
+			return
+		}
+	}
+}
+
+// pruneRecords forgets, every 10 minutes, the authz records of containers
+// that no longer exist.
+func pruneRecords(docker *wire.Docker, records *authz.Records, log *logrus.Entry) {
+	for {
+		time.Sleep(10 * time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		live, err := docker.ContainerIDs(ctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if n, err := records.Prune(func(id string) bool { return live[id] }, 10*time.Minute); err != nil {
+			log.WithError(err).Warn("prune authz records")
+		} else if n > 0 {
+			log.WithField("removed", n).Debug("pruned authz records")
+		}
+	}
 }
 
 func gcLoop(m *bpf.Manager, log *logrus.Entry) {

@@ -164,6 +164,7 @@ type Env struct {
 	dockerdCh chan struct{}
 	hostState *hostState
 	images    map[string]bool
+	pluginRef string // the plugin's reference (InstallPluginAs); "" = PluginName
 
 	lock      *os.File // machine-wide lock held while the Env exists
 	closeOnce sync.Once

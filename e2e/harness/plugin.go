@@ -55,6 +55,28 @@ func EnsureHostBPFFS() error {
 // mounts the host bpffs, creates the netns and state directories and copies
 // the test CA into the state directory.
 func (e *Env) InstallPlugin(buildDir string, settings ...string) error {
+	return e.InstallPluginAs(PluginName, buildDir, settings...)
+}
+
+// PluginRef is the reference the plugin was last installed under
+// (PluginName unless InstallPluginAs named another).
+func (e *Env) PluginRef() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.pluginRef == "" {
+		return PluginName
+	}
+	return e.pluginRef
+}
+
+// InstallPluginAs is InstallPlugin under another reference, such as a
+// namespaced, tagged one (ho/clawker-fw:1.0): the plugin must recognize
+// itself and its networks under any reference. PluginRef and the removal
+// helpers follow it.
+func (e *Env) InstallPluginAs(ref, buildDir string, settings ...string) error {
+	e.mu.Lock()
+	e.pluginRef = ref
+	e.mu.Unlock()
 	if len(settings) == 0 {
 		settings = e.PluginSettings()
 	}
@@ -77,23 +99,24 @@ func (e *Env) InstallPlugin(buildDir string, settings ...string) error {
 		return fmt.Errorf("copy test ca: %w", err)
 	}
 	start := time.Now()
-	if _, _, err := e.Docker("plugin", "create", PluginName, buildDir); err != nil {
+	if _, _, err := e.Docker("plugin", "create", ref, buildDir); err != nil {
 		return err
 	}
-	if _, _, err := e.Docker(append([]string{"plugin", "set", PluginName}, settings...)...); err != nil {
+	if _, _, err := e.Docker(append([]string{"plugin", "set", ref}, settings...)...); err != nil {
 		return err
 	}
-	if _, _, err := e.Docker("plugin", "enable", "--timeout", "60", PluginName); err != nil {
+	if _, _, err := e.Docker("plugin", "enable", "--timeout", "60", ref); err != nil {
 		return err
 	}
-	e.logf("plugin %s enabled in %v", PluginName, time.Since(start).Round(time.Millisecond))
+	e.logf("plugin %s enabled in %v", ref, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// RemovePlugin disables (forced) and removes PluginName.
+// RemovePlugin disables (forced) and removes the plugin (PluginRef).
 func (e *Env) RemovePlugin() error {
-	_, _, _ = e.Docker("plugin", "disable", "-f", PluginName)
-	_, _, err := e.Docker("plugin", "rm", "-f", PluginName)
+	ref := e.PluginRef()
+	_, _, _ = e.Docker("plugin", "disable", "-f", ref)
+	_, _, err := e.Docker("plugin", "rm", "-f", ref)
 	return err
 }
 
@@ -104,7 +127,7 @@ func (e *Env) UninstallPlugin() error {
 	if out, _, err := e.Docker("ps", "-aq"); err == nil && strings.TrimSpace(out) != "" {
 		_, _, _ = e.Docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...)
 	}
-	if out, _, err := e.Docker("network", "ls", "-q", "--filter", "driver="+PluginName); err == nil && strings.TrimSpace(out) != "" {
+	if out, _, err := e.Docker("network", "ls", "-q", "--filter", "driver="+e.PluginRef()); err == nil && strings.TrimSpace(out) != "" {
 		_, _, _ = e.Docker(append([]string{"network", "rm"}, strings.Fields(out)...)...)
 	}
 	return errors.Join(e.RemovePlugin(), CleanPluginHostState())

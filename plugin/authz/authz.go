@@ -36,20 +36,30 @@ import (
 
 // Config configures the authorizer.
 type Config struct {
-	// Snapshot returns the latest published snapshot.
+	// Snapshot returns the latest published snapshot. Its network ids (the
+	// plugin's own store) are what makes a network a clawker-fw network,
+	// under whatever reference the plugin is installed.
 	Snapshot func() *policy.Snapshot
-	// Networks lists clawker-fw networks as name -> id (Docker's network
-	// list; names are not sent to the driver). Cached briefly.
+	// Networks lists Docker's networks (every driver) as name -> id, to
+	// place network names. Cached briefly.
 	Networks func(ctx context.Context) (map[string]string, error)
 	// VolumeOptions returns the driver options of an existing named volume
 	// (found=false when there is none), for mount checks.
 	VolumeOptions func(ctx context.Context, name string) (opts map[string]string, found bool, err error)
-	// ContainerNetworks returns the networks (ids) a running container is
-	// attached to, for network connect checks.
-	ContainerNetworks func(ctx context.Context, ref string) ([]string, error)
-	// PluginNames are the names the firewall plugin is known by
-	// (default clawker-fw, clawker-fw:latest).
-	PluginNames []string
+	// Container resolves a container reference as Docker does (full id,
+	// then name, then unique id prefix), in any state, through Docker's
+	// container list: never inspect, which blocks behind a concurrent start.
+	Container func(ctx context.Context, ref string) (Container, bool, error)
+	// Plugin resolves a plugin reference as Docker does (full id, name with
+	// or without tag or registry, unique id prefix) to its id and name.
+	Plugin func(ctx context.Context, ref string) (id, name string, found bool, err error)
+	// SelfID is this plugin's own id ("" when it could not be read: then
+	// every plugin disable/remove/set/upgrade is refused while the firewall
+	// has networks).
+	SelfID string
+	// Records is authz's durable memory of containers (create host configs,
+	// firewalled-for-life); nil keeps nothing.
+	Records *Records
 	// Override allows every call (logged): the explicit admin override.
 	Override bool
 	Log      *logrus.Entry
@@ -100,9 +110,6 @@ func (s Stats) Summary() string {
 
 // New returns an authorizer.
 func New(cfg Config) *Authz {
-	if len(cfg.PluginNames) == 0 {
-		cfg.PluginNames = []string{"clawker-fw", "clawker-fw:latest"}
-	}
 	if cfg.Log == nil {
 		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
@@ -287,8 +294,9 @@ func (a *Authz) rule(method, path string) rule {
 		return rule{(*Authz).checkBodyOnly, true}
 	case method == "POST" && container && strings.HasSuffix(path, "/start"):
 		return rule{(*Authz).checkStart, false}
-	case (method == "POST" && strings.HasPrefix(path, "/plugins/") && strings.HasSuffix(path, "/disable")) ||
-		(method == "DELETE" && strings.HasPrefix(path, "/plugins/")):
+	case method == "POST" && strings.HasPrefix(path, "/plugins/") && pluginOp(path) != "":
+		return rule{(*Authz).checkPlugin, false}
+	case method == "DELETE" && strings.HasPrefix(path, "/plugins/"):
 		return rule{(*Authz).checkPlugin, false}
 	}
 	return rule{}
@@ -406,12 +414,31 @@ func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.Raw
 			fw = append(fw, n)
 		}
 	}
-	// --network container:X shares X's network namespace: when X is on a
-	// clawker-fw network the new container is inside the same firewall and
-	// gets the same checks.
-	if ref, ok := strings.CutPrefix(hc.NetworkMode, "container:"); ok && a.onFirewalled(ref) {
-		fw = append(fw, fmt.Sprintf("of container %s (--network container:%s)", ref, ref))
+	// --network container:X shares X's network namespace: when X is
+	// firewalled (resolved through Docker, in any state) the new container
+	// is inside the same firewall and gets the same checks.
+	var self netns
+	if ref, ok := strings.CutPrefix(hc.NetworkMode, "container:"); ok {
+		ns, err := a.netnsOfRef(ref)
+		if err != nil {
+			return deny("%v", err)
+		}
+		self = ns
+		if ns.fw != "" {
+			fw = append(fw, fmt.Sprintf("of container %s (--network container:%s)", ref, ref))
+		}
+	} else if len(fw) > 0 {
+		self.fw = fw[0]
 	}
+	if resp := a.checkPid(hc.PidMode, self); !resp.Allow {
+		return resp
+	}
+	return a.checkEscapes(hc, nets, fw)
+}
+
+// checkEscapes refuses the escape hatches of invariant 8 for a container on
+// the clawker-fw networks fw (none: allowed) whose networks are nets.
+func (a *Authz) checkEscapes(hc HostConfigBody, nets, fw []string) authorization.Response {
 	if len(fw) == 0 {
 		return allow()
 	}
@@ -499,49 +526,74 @@ func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.Raw
 	return allow()
 }
 
-// checkStart refuses starting a clawker-fw container with an API version
-// below 1.24: dockerd still applies a host config sent with such a start
-// (Privileged, CapAdd, NetworkMode, ...) over the one create checked, and a
-// chunked start body never reaches the authz plugin. Current clients (and
-// URIs without a version) cannot do that and are allowed.
+// checkStart re-checks a container at every start, because what it shares
+// is resolved by Docker again then (by id, name or id prefix, after renames
+// and in any state) and its networks may have changed since create:
+//  1. the container is resolved through Docker's container list;
+//  2. a start with an API version below 1.24 is refused for a firewalled
+//     container: dockerd still applies a host config sent with such a start
+//     (Privileged, CapAdd, NetworkMode, ...) over the one create checked,
+//     and a chunked start body never reaches the authz plugin;
+//  3. a container firewalled for its life is refused while it is attached
+//     to a network that is not a clawker-fw network;
+//  4. the host config checked at create (authz's record) is checked again
+//     against the namespaces it joins now: the escapes when its network
+//     namespace is firewalled, and the PID rule. A container that shares a
+//     firewalled namespace but whose create authz never saw (created while
+//     authz was off) is refused: its escapes cannot be seen.
 func (a *Authz) checkStart(c apiCall) authorization.Response {
-	if c.version == "" || !versionBelow(c.version, 1, 24) {
+	ref := strings.TrimSuffix(strings.TrimPrefix(c.path, "/containers/"), "/start")
+	ctr, found, err := a.container(ref)
+	if err != nil {
+		return deny("%v", err)
+	}
+	if !found {
+		return allow() // Docker answers "no such container"
+	}
+	self, err := a.netnsOf(ctr, 0)
+	if err != nil {
+		return deny("%v", err)
+	}
+	if self.fw != "" && c.version != "" && versionBelow(c.version, 1, 24) {
+		return deny("starting container %s with Docker API %s is not allowed on a clawker-fw network: before API 1.24 a start may replace the container's host config; use a current Docker client", ref, c.version)
+	}
+	rec, hasRec := a.cfg.Records.Get(ctr.ID)
+	if rec.Firewalled != "" {
+		for name, id := range ctr.Networks {
+			fw, err := a.networkFirewalled(name, id)
+			if err != nil {
+				return deny("%v", err)
+			}
+			if !fw {
+				return deny("container %s is firewalled for its life (%s) and cannot start attached to the network %s, which is not a clawker-fw network: that would bypass the firewall; disconnect it (docker network disconnect %s %s)", ref, rec.Firewalled, name, name, ref)
+			}
+		}
+	}
+	if !hasRec || rec.HostConfig == nil {
+		if self.fw != "" && strings.HasPrefix(ctr.NetworkMode, "container:") {
+			return deny("container %s shares the network namespace %s, but its host config was never checked (created while authz was off): recreate it with authz on", ref, self.fw)
+		}
 		return allow()
 	}
-	ref := strings.TrimSuffix(strings.TrimPrefix(c.path, "/containers/"), "/start")
-	onFW := a.onFirewalled(ref)
-	if !onFW && a.cfg.ContainerNetworks != nil {
-		ctx, cancel := dockerCtx()
-		defer cancel()
-		nets, err := a.cfg.ContainerNetworks(ctx, ref)
-		if err != nil {
-			return deny("cannot check container %s's networks for a start with API %s: %v; use a current Docker client", ref, c.version, err)
-		}
-		n, err := a.firstFirewalled(nets, "")
+	hc := *rec.HostConfig
+	if resp := a.checkPid(hc.PidMode, self); !resp.Allow {
+		return resp
+	}
+	var nets, fw []string
+	for name, id := range ctr.Networks {
+		nets = append(nets, name)
+		isFW, err := a.networkFirewalled(name, id)
 		if err != nil {
 			return deny("%v", err)
 		}
-		onFW = n != ""
-	}
-	if onFW {
-		return deny("starting container %s with Docker API %s is not allowed on a clawker-fw network: before API 1.24 a start may replace the container's host config; use a current Docker client", ref, c.version)
-	}
-	return allow()
-}
-
-// firstFirewalled returns the first of nets (other than skip) that is a
-// clawker-fw network, or "".
-func (a *Authz) firstFirewalled(nets []string, skip string) (string, error) {
-	for _, n := range nets {
-		if n == skip {
-			continue
-		}
-		isFW, err := a.isFirewalled(n)
-		if err != nil || isFW {
-			return n, err
+		if isFW {
+			fw = append(fw, name)
 		}
 	}
-	return "", nil
+	if self.fw != "" && len(fw) == 0 {
+		fw = append(fw, self.fw)
+	}
+	return a.checkEscapes(hc, nets, fw)
 }
 
 // dockerTimeout bounds the Docker API calls a decision makes.
@@ -633,6 +685,15 @@ func controlPath(src string) bool {
 	return strings.HasSuffix(src, "docker.sock") || strings.HasSuffix(src, "containerd.sock")
 }
 
+// checkConnect keeps a firewalled container firewalled for its life and a
+// clawker-fw network the only network of its containers:
+//  1. the container is resolved through Docker's container list (running,
+//     created or stopped; by id, name or id prefix);
+//  2. a container that is, or ever was, firewalled (authz's record, the
+//     snapshot, or a clawker-fw network among its networks) cannot join a
+//     network that is not a clawker-fw network;
+//  3. a container joining a clawker-fw network must have no other network,
+//     and share no PID namespace with another network namespace.
 func (a *Authz) checkConnect(c apiCall) authorization.Response {
 	raw, path := c.body, c.path
 	var body struct{ Container string }
@@ -640,38 +701,32 @@ func (a *Authz) checkConnect(c apiCall) authorization.Response {
 		return deny("cannot parse the network connect request")
 	}
 	target := strings.TrimSuffix(strings.TrimPrefix(path, "/networks/"), "/connect")
-	if a.onFirewalled(body.Container) {
-		return deny("container %s is on a clawker-fw network and cannot join another network: that would bypass the firewall", body.Container)
+	ctr, found, err := a.container(body.Container)
+	if err != nil {
+		return deny("%v", err)
 	}
-	if a.cfg.ContainerNetworks == nil {
+	if !found {
+		return allow() // Docker answers "no such container"
+	}
+	targetFW, err := a.isFirewalled(target)
+	if err != nil {
+		return deny("%v", err)
+	}
+	if !targetFW {
+		fw, err := a.firewalledHow(ctr)
+		if err != nil {
+			return deny("%v", err)
+		}
+		if fw != "" {
+			return deny("container %s is firewalled (on the clawker-fw network %s) and cannot join another network, running or stopped, for its life: that would bypass the firewall", body.Container, fw)
+		}
 		return allow()
 	}
-	// A container that is created (or stopped) on a clawker-fw network has
-	// no endpoint in the snapshot, but Docker attaches every network it is
-	// connected to at start: ask Docker for its networks.
-	ctx, cancel := dockerCtx()
-	defer cancel()
-	nets, err := a.cfg.ContainerNetworks(ctx, body.Container)
-	if err == nil {
-		n, ferr := a.firstFirewalled(nets, target)
-		if ferr != nil {
-			return deny("%v", ferr)
-		}
-		if n != "" {
-			return deny("container %s is attached to the clawker-fw network %s and cannot join another network: that would bypass the firewall", body.Container, n)
-		}
+	if others := otherNetworks(ctr, target); len(others) > 0 {
+		return deny("container %s is already on other networks (%s); a clawker-fw network must be its only network: create it with --network %s", body.Container, strings.Join(others, ", "), target)
 	}
-	targetFW, ferr := a.isFirewalled(target)
-	if ferr != nil {
-		return deny("%v", ferr)
-	}
-	if targetFW {
-		if err != nil {
-			return deny("cannot check container %s's networks: %v", body.Container, err)
-		}
-		if len(nets) > 0 {
-			return deny("container %s is already on other networks (%s); a clawker-fw network must be its only network: create it with --network %s", body.Container, strings.Join(nets, ", "), target)
-		}
+	if other := a.pidSharers(ctr); other != "" {
+		return deny("container %s shares a PID namespace with container %s, which is in another network namespace: a process there could ptrace the firewalled one's processes (or the reverse) and bypass the firewall; recreate it without --pid container:", body.Container, other)
 	}
 	return allow()
 }
@@ -682,9 +737,23 @@ func (a *Authz) checkExec(c apiCall) authorization.Response {
 	if err := json.Unmarshal(raw, &body); err != nil {
 		return deny("cannot parse the exec request")
 	}
+	if !body.Privileged {
+		return allow()
+	}
 	ref := strings.TrimSuffix(strings.TrimPrefix(path, "/containers/"), "/exec")
-	if body.Privileged && a.onFirewalled(ref) {
-		return deny("docker exec --privileged is not allowed in container %s on a clawker-fw network", ref)
+	ctr, found, err := a.container(ref)
+	if err != nil {
+		return deny("%v", err)
+	}
+	if !found {
+		return allow()
+	}
+	ns, err := a.netnsOf(ctr, 0)
+	if err != nil {
+		return deny("%v", err)
+	}
+	if ns.fw != "" {
+		return deny("docker exec --privileged is not allowed in container %s: it is on the clawker-fw network %s", ref, ns.fw)
 	}
 	return allow()
 }
@@ -693,120 +762,209 @@ func (a *Authz) checkBodyOnly(apiCall) authorization.Response {
 	return allow()
 }
 
-func (a *Authz) checkPlugin(c apiCall) authorization.Response {
-	path := c.path
-	name := strings.TrimPrefix(path, "/plugins/")
-	name = strings.TrimSuffix(name, "/disable")
-	if !contains(a.cfg.PluginNames, name) {
-		return allow()
+// pluginOp returns the plugin operation a POST /plugins/{name}/{op} path
+// names when it could take the firewall down or replace it ("" for others:
+// enable, push, and the collection's pull/create/privileges).
+func pluginOp(path string) string {
+	for _, op := range []string{"disable", "set", "upgrade"} {
+		if strings.HasSuffix(path, "/"+op) && len(path) > len("/plugins//"+op) {
+			return op
+		}
 	}
-	snap := a.cfg.Snapshot()
-	if snap != nil && len(snap.Networks) > 0 {
-		return deny("the firewall plugin %s still has %d network(s): remove them first (docker network rm), or set CLAWKER_AUTHZ_OVERRIDE=true; and turn authz off in daemon.json before disabling the plugin", name, len(snap.Networks))
-	}
-	return allow()
+	return ""
 }
 
-// AuthZRes allows every response; it learns network names from network
-// create responses.
+// checkPlugin protects the firewall plugin itself while it has networks:
+// the request's plugin reference (id, id prefix, name with or without tag,
+// docker.io/library/...) is resolved through Docker, as Docker resolves it,
+// and its id compared with the plugin's own id. An unknown own id refuses
+// every plugin's disable, removal, set and upgrade (fail closed).
+func (a *Authz) checkPlugin(c apiCall) authorization.Response {
+	op := pluginOp(c.path)
+	name := strings.TrimPrefix(c.path, "/plugins/")
+	if op == "" {
+		op = "remove"
+	} else {
+		name = strings.TrimSuffix(name, "/"+op)
+	}
+	snap := a.cfg.Snapshot()
+	if snap == nil || len(snap.Networks) == 0 {
+		return allow()
+	}
+	if a.cfg.SelfID == "" || a.cfg.Plugin == nil {
+		return deny("the firewall plugin cannot tell its own plugin id, so it refuses to %s any plugin (%s) while it has %d network(s): remove them first (docker network rm), or set CLAWKER_AUTHZ_OVERRIDE=true", op, name, len(snap.Networks))
+	}
+	ctx, cancel := dockerCtx()
+	defer cancel()
+	id, pname, found, err := a.cfg.Plugin(ctx, name)
+	if err != nil {
+		return deny("cannot resolve plugin %q through Docker (%v); retry", name, err)
+	}
+	if !found || id != a.cfg.SelfID {
+		return allow()
+	}
+	return deny("the firewall plugin %s (%s, id %s) still has %d network(s): remove them first (docker network rm), or set CLAWKER_AUTHZ_OVERRIDE=true; and turn authz off in daemon.json before disabling the plugin", pname, name, id[:min(12, len(id))], len(snap.Networks))
+}
+
+// AuthZRes learns network names from network create responses and records
+// every created container's host config (and whether it is firewalled) for
+// the checks at start. It allows every response except a container create
+// that could not be recorded: the container exists then, but a start would
+// not see what it shares, so the client is told to remove it.
 func (a *Authz) AuthZRes(body []byte) any {
-	if method, uri, ok := head(body); ok && (method != "POST" || route(uri) != "/networks/create") {
+	if method, uri, ok := head(body); ok && (method != "POST" || !recordedRoute(route(uri))) {
 		return allow()
 	}
 	var env envelope
-	if err := json.Unmarshal(body, &env); err != nil {
-		return allow()
-	}
-	if env.RequestMethod != "POST" || route(env.RequestURI) != "/networks/create" || env.ResponseStatusCode/100 != 2 {
+	if err := json.Unmarshal(body, &env); err != nil || env.RequestMethod != "POST" || env.ResponseStatusCode/100 != 2 {
 		return allow()
 	}
 	reqBody, err1 := decodeBytes(env.RequestBody)
 	respBody, err2 := decodeBytes(env.ResponseBody)
-	var in struct{ Name, Driver string }
 	var out struct {
 		ID string `json:"Id"`
 	}
-	if err1 == nil && err2 == nil && json.Unmarshal(reqBody, &in) == nil && json.Unmarshal(respBody, &out) == nil &&
-		strings.HasPrefix(in.Driver, "clawker-fw") && out.ID != "" {
-		a.mu.Lock()
-		a.learned[in.Name] = out.ID
-		a.mu.Unlock()
+	if err1 != nil || err2 != nil || json.Unmarshal(respBody, &out) != nil || out.ID == "" {
+		return allow()
+	}
+	switch route(env.RequestURI) {
+	case "/networks/create":
+		var in struct{ Name string }
+		if json.Unmarshal(reqBody, &in) == nil && in.Name != "" {
+			a.mu.Lock()
+			a.learned[in.Name] = out.ID
+			a.mu.Unlock()
+		}
+	case "/containers/create":
+		if err := a.recordCreate(reqBody, out.ID); err != nil {
+			a.log.WithError(err).WithField("container", out.ID[:min(12, len(out.ID))]).Error("authz could not record a created container")
+			return deny("container %s was created but authz could not record it (%v): its namespaces could not be checked at start; remove it (docker rm %s) and retry", out.ID[:min(12, len(out.ID))], err, out.ID[:min(12, len(out.ID))])
+		}
 	}
 	return allow()
 }
 
-// isFirewalled reports whether a network reference (name, id or id prefix:
-// Docker accepts any unique prefix) is a clawker-fw network. It fails
-// closed: when Docker's network list is needed and cannot be read, it says
-// so instead of guessing "no".
+func recordedRoute(path string) bool {
+	return path == "/networks/create" || path == "/containers/create"
+}
+
+// recordCreate records a created container's host config, and whether it
+// was created firewalled (on a clawker-fw network, or in a firewalled
+// container's network namespace).
+func (a *Authz) recordCreate(raw []byte, id string) error {
+	if a.cfg.Records == nil {
+		return nil
+	}
+	var body createBody
+	if err := json.Unmarshal(raw, &body); err != nil {
+		return fmt.Errorf("parse the create request: %w", err)
+	}
+	hc := body.hostConfig()
+	// dockerd stores a shared namespace's container by id when it exists at
+	// create (moby adaptSharedNamespaceContainer), so a later rename does
+	// not change what it joins: record the same.
+	for _, mode := range []*string{&hc.PidMode, &hc.NetworkMode} {
+		if ref, ok := strings.CutPrefix(*mode, "container:"); ok {
+			c, found, err := a.container(ref)
+			if err != nil {
+				return err
+			}
+			if found {
+				*mode = "container:" + c.ID
+			}
+		}
+	}
+	fw := ""
+	if ref, ok := strings.CutPrefix(hc.NetworkMode, "container:"); ok {
+		ns, err := a.netnsOfRef(ref)
+		if err != nil {
+			return err
+		}
+		if ns.fw != "" {
+			fw = "created in the network namespace of container " + ref
+		}
+	} else {
+		nets := []string{hc.NetworkMode}
+		for n := range body.NetworkingConfig.EndpointsConfig {
+			nets = append(nets, n)
+		}
+		for _, n := range nets {
+			isFW, err := a.isFirewalled(n)
+			if err != nil {
+				return err
+			}
+			if isFW {
+				fw = "created on the clawker-fw network " + n
+				break
+			}
+		}
+	}
+	return a.cfg.Records.Created(id, hc, fw)
+}
+
+// isFirewalled reports whether a network reference is a clawker-fw network:
+// one whose id is in the plugin's store (the snapshot), whatever driver
+// name the plugin is installed under. The reference is resolved as Docker
+// resolves it: full id, then name, then id prefix (any prefix of a store id
+// counts, failing closed on ambiguity). It fails closed: when a name must be
+// placed and Docker's network list cannot be read, it says so instead of
+// guessing "no".
 func (a *Authz) isFirewalled(ref string) (bool, error) {
 	switch ref {
 	case "", "bridge", "host", "none", "default":
 		return false, nil
 	}
 	if strings.HasPrefix(ref, "container:") {
-		return false, nil // shares another container's netns: covered by netns enrollment
+		return false, nil // shares another container's netns: checked by the callers
 	}
-	if snap := a.cfg.Snapshot(); snap != nil {
-		for id := range snap.Networks {
-			if strings.HasPrefix(id, ref) {
+	snap := a.cfg.Snapshot()
+	inStore := func(id string) bool { return snap != nil && snap.Networks[id] != nil }
+	if inStore(ref) {
+		return true, nil
+	}
+	id, known, err := a.networkID(ref)
+	if known {
+		return inStore(id), nil
+	}
+	if snap != nil {
+		for sid := range snap.Networks {
+			if strings.HasPrefix(sid, ref) {
 				return true, nil
 			}
 		}
 	}
-	a.mu.Lock()
-	if id, ok := a.learned[ref]; ok {
-		a.mu.Unlock()
-		return id != "", nil
-	}
-	fresh := time.Since(a.namesAt) < 2*time.Second
-	names := a.names
-	a.mu.Unlock()
-	if !fresh && a.cfg.Networks != nil {
-		ctx, cancel := dockerCtx()
-		defer cancel()
-		n, err := a.cfg.Networks(ctx)
-		if err != nil {
-			a.log.WithError(err).Warn("list clawker-fw networks")
-			return false, fmt.Errorf("cannot tell whether network %q is a clawker-fw network (listing Docker's networks failed: %v); retry", ref, err)
-		}
-		a.mu.Lock()
-		a.names, a.namesAt = n, time.Now()
-		names = n
-		a.mu.Unlock()
-	}
-	if _, ok := names[ref]; ok {
-		return true, nil
-	}
-	for _, id := range names {
-		if strings.HasPrefix(id, ref) {
-			return true, nil
-		}
+	if err != nil {
+		return false, fmt.Errorf("cannot tell whether network %q is a clawker-fw network (listing Docker's networks failed: %v); retry", ref, err)
 	}
 	return false, nil
 }
 
-// onFirewalled reports whether a container (name or id) is on a clawker-fw
-// network according to the snapshot.
-func (a *Authz) onFirewalled(ref string) bool {
-	snap := a.cfg.Snapshot()
-	if snap == nil {
-		return false
+// networkID places a network name through the names learned from create
+// responses and Docker's network list (cached 2 s, and read again when the
+// name is not in it).
+func (a *Authz) networkID(name string) (id string, known bool, err error) {
+	a.mu.Lock()
+	id, known = a.learned[name]
+	if !known {
+		id, known = a.names[name]
 	}
-	ref = strings.TrimPrefix(ref, "/")
-	if ref == "" {
-		return false
+	age := time.Since(a.namesAt)
+	a.mu.Unlock()
+	if (known && age < 2*time.Second) || a.cfg.Networks == nil || (!known && age < 100*time.Millisecond) {
+		return id, known, nil
 	}
-	for _, ep := range snap.Endpoints {
-		if ep.ContainerID == "" {
-			continue
-		}
-		// Docker accepts any unique id prefix.
-		if ep.ContainerName == ref || strings.HasPrefix(ep.ContainerID, ref) {
-			return true
-		}
+	ctx, cancel := dockerCtx()
+	defer cancel()
+	n, err := a.cfg.Networks(ctx)
+	if err != nil {
+		a.log.WithError(err).Warn("list Docker's networks")
+		return "", false, err
 	}
-	return false
+	a.mu.Lock()
+	a.names, a.namesAt = n, time.Now()
+	a.mu.Unlock()
+	id, known = n[name]
+	return id, known, nil
 }
 
 func contains(list []string, s string) bool {

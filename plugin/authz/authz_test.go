@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/authorization"
@@ -16,27 +17,126 @@ import (
 	"github.com/clawker-fw/clawker-fw/policy"
 )
 
-const fwID = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"
+const (
+	fwID   = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"
+	fw2ID  = "f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2"
+	selfID = "5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f5e1f"
+	agent  = "c0ffee" + "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"
+)
+
+// fakeDocker stands in for Docker's container, network and plugin lists
+// (the API boundary): it resolves references in Docker's order.
+type fakeDocker struct {
+	containers []Container
+	plugins    map[string]string // id -> name
+	fail       error
+}
+
+func (d *fakeDocker) container(_ context.Context, ref string) (Container, bool, error) {
+	if d.fail != nil {
+		return Container{}, false, d.fail
+	}
+	for _, c := range d.containers {
+		if c.ID == ref {
+			return c, true, nil
+		}
+	}
+	for _, c := range d.containers {
+		if c.Name == ref {
+			return c, true, nil
+		}
+	}
+	var found []Container
+	for _, c := range d.containers {
+		if strings.HasPrefix(c.ID, ref) {
+			found = append(found, c)
+		}
+	}
+	if len(found) == 1 {
+		return found[0], true, nil
+	}
+	return Container{}, false, nil
+}
+
+func (d *fakeDocker) set(c Container) {
+	for i := range d.containers {
+		if d.containers[i].ID == c.ID {
+			d.containers[i] = c
+			return
+		}
+	}
+	d.containers = append(d.containers, c)
+}
+
+// plugin resolves as moby's plugin store does: full id, familiar name
+// (docker.io/ and library/ dropped, :latest added), unique id prefix.
+func (d *fakeDocker) plugin(_ context.Context, ref string) (string, string, bool, error) {
+	if d.fail != nil {
+		return "", "", false, d.fail
+	}
+	if name, ok := d.plugins[ref]; ok {
+		return ref, name, true, nil
+	}
+	n := strings.TrimPrefix(strings.TrimPrefix(ref, "docker.io/"), "library/")
+	if i := strings.LastIndex(n, "/"); !strings.Contains(n[i+1:], ":") {
+		n += ":latest"
+	}
+	for id, name := range d.plugins {
+		if name == n {
+			return id, name, true, nil
+		}
+	}
+	var hit []string
+	for id := range d.plugins {
+		if strings.HasPrefix(id, ref) {
+			hit = append(hit, id)
+		}
+	}
+	if len(hit) == 1 {
+		return hit[0], d.plugins[hit[0]], true, nil
+	}
+	return "", "", false, nil
+}
+
+func newFakeDocker() *fakeDocker {
+	return &fakeDocker{
+		containers: []Container{
+			{ID: agent, Name: "agent", NetworkMode: "agents", Networks: map[string]string{"agents": fwID}},
+			{ID: "ca11" + fwID[4:], Name: "created-agent", NetworkMode: "agents", Networks: map[string]string{"agents": ""}},
+			{ID: "91a1" + fwID[4:], Name: "plain", NetworkMode: "bridge", Networks: map[string]string{"bridge": "b0b0"}},
+			{ID: "a2a2" + fwID[4:], Name: "agent2", NetworkMode: "agents2", Networks: map[string]string{"agents2": fw2ID}},
+			{ID: "5c5c" + fwID[4:], Name: "sidecar", NetworkMode: "container:" + agent, Networks: map[string]string{}},
+		},
+		plugins: map[string]string{selfID: "clawker-fw:latest", "07e407e4" + selfID[8:]: "other:latest"},
+	}
+}
 
 func testAuthz(override bool) *Authz {
+	a, _ := testAuthzDocker(override)
+	return a
+}
+
+func testAuthzDocker(override bool) (*Authz, *fakeDocker) {
 	snap := (&policy.Snapshot{
-		Networks:  map[string]*policy.Network{fwID: {ID: fwID}},
-		Endpoints: map[uint32]*policy.Endpoint{1: {Index: 1, NetworkID: fwID, ContainerID: "c0ffee" + fwID[6:], ContainerName: "agent"}},
+		Networks: map[string]*policy.Network{fwID: {ID: fwID}, fw2ID: {ID: fw2ID}},
+		Endpoints: map[uint32]*policy.Endpoint{
+			1: {Index: 1, NetworkID: fwID, ContainerID: agent, ContainerName: "agent"},
+			2: {Index: 2, NetworkID: fw2ID, ContainerID: "a2a2" + fwID[4:], ContainerName: "agent2"},
+		},
 	}).Index()
 	l := logrus.New()
 	l.SetOutput(io.Discard)
+	d := newFakeDocker()
+	recs, _ := OpenRecords("")
 	return New(Config{
 		Snapshot: func() *policy.Snapshot { return snap },
-		Networks: func(context.Context) (map[string]string, error) { return map[string]string{"agents": fwID}, nil },
-		ContainerNetworks: func(_ context.Context, ref string) ([]string, error) {
-			switch ref {
-			case "plain":
-				return []string{"bridge"}, nil
-			case "created-agent": // created on the firewalled network, not started
-				return []string{"agents"}, nil
-			}
-			return nil, nil
+		Networks: func(context.Context) (map[string]string, error) {
+			return map[string]string{"agents": fwID, "agents2": fw2ID, "plainnet": "abcdef", "bridge": "b0b0"}, nil
 		},
+		Container: d.container,
+		Plugin:    d.plugin,
+		SelfID:    selfID,
+		Records:   recs,
 		VolumeOptions: func(_ context.Context, name string) (map[string]string, bool, error) {
 			switch name {
 			case "sockvol": // docker volume create -o type=none -o o=bind -o device=/var/run
@@ -50,7 +150,7 @@ func testAuthz(override bool) *Authz {
 		},
 		Override: override,
 		Log:      logrus.NewEntry(l),
-	})
+	}), d
 }
 
 func call(t *testing.T, a *Authz, method, uri string, body any) authorization.Response {
@@ -116,7 +216,7 @@ func TestAuthz(t *testing.T) {
 			m["NetworkingConfig"] = map[string]any{"EndpointsConfig": map[string]any{"agents": map[string]any{}, "bridge": map[string]any{}}}
 		}), false, "cannot join other networks", false},
 		{"connect firewalled container elsewhere", "POST", "/v1.41/networks/bridge/connect", map[string]string{"Container": "agent"}, false, "cannot join another network", false},
-		{"connect created firewalled container elsewhere", "POST", "/v1.41/networks/bridge/connect", map[string]string{"Container": "created-agent"}, false, "attached to the clawker-fw network agents", false},
+		{"connect created firewalled container elsewhere", "POST", "/v1.41/networks/bridge/connect", map[string]string{"Container": "created-agent"}, false, "cannot join another network", false},
 		{"connect plain container to plain", "POST", "/v1.41/networks/other/connect", map[string]string{"Container": "plain"}, true, "", false},
 		{"connect plain container to firewalled", "POST", "/v1.41/networks/agents/connect", map[string]string{"Container": "plain"}, false, "already on other networks", false},
 		{"privileged exec", "POST", "/v1.41/containers/agent/exec", map[string]any{"Privileged": true, "Cmd": []string{"sh"}}, false, "--privileged", false},
@@ -160,11 +260,19 @@ func TestLearnsNetworkNamesFromResponses(t *testing.T) {
 		return fw
 	}
 	require.False(t, isFW("fresh"))
-	req := authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/networks/create", ResponseStatusCode: 201,
-		RequestBody: []byte(`{"Name":"fresh","Driver":"clawker-fw:latest"}`), ResponseBody: []byte(`{"Id":"abc123"}`)}
-	raw, _ := json.Marshal(req)
-	require.True(t, a.AuthZRes(raw).(authorization.Response).Allow)
+	learn := func(name, driver, id string) {
+		req := authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/networks/create", ResponseStatusCode: 201,
+			RequestBody: []byte(`{"Name":"` + name + `","Driver":"` + driver + `"}`), ResponseBody: []byte(`{"Id":"` + id + `"}`)}
+		raw, _ := json.Marshal(req)
+		require.True(t, a.AuthZRes(raw).(authorization.Response).Allow)
+	}
+	// Whatever the driver is called, the plugin's store decides: a network
+	// whose id it holds is firewalled, one it does not hold is not, even
+	// when its driver is named like the plugin.
+	learn("fresh", "ho/clawker-fw:1.0", fw2ID)
 	require.True(t, isFW("fresh"))
+	learn("lookalike", "clawker-fw:latest", "abc123")
+	require.False(t, isFW("lookalike"))
 }
 
 func TestNetworkReferences(t *testing.T) {

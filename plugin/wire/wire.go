@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/clawker-fw/clawker-fw/bpf"
 	"github.com/clawker-fw/clawker-fw/netguard"
 	"github.com/clawker-fw/clawker-fw/plugin"
+	"github.com/clawker-fw/clawker-fw/plugin/authz"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 	"github.com/clawker-fw/clawker-fw/store"
@@ -280,17 +282,18 @@ func (s SnapshotFile) Publish(snap *policy.Snapshot) error {
 	return store.WriteFileAtomic(s.Path, raw, 0o644)
 }
 
-// FirewallNetworks lists clawker-fw networks as name -> id.
-func (d *Docker) FirewallNetworks(ctx context.Context) (map[string]string, error) {
+// Networks lists Docker's networks (every driver) as name -> id. Which of
+// them are clawker-fw networks is decided by the plugin's own store (their
+// ids), never by the driver's name: the plugin may be installed under any
+// reference.
+func (d *Docker) Networks(ctx context.Context) (map[string]string, error) {
 	list, err := d.C.NetworkList(ctx, network.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]string{}
+	out := make(map[string]string, len(list))
 	for _, n := range list {
-		if strings.HasPrefix(n.Driver, "clawker-fw") {
-			out[n.Name] = n.ID
-		}
+		out[n.Name] = n.ID
 	}
 	return out, nil
 }
@@ -308,17 +311,121 @@ func (d *Docker) VolumeOptions(ctx context.Context, name string) (map[string]str
 	return v.Options, true, nil
 }
 
-// ContainerNetworks returns the network ids a container is attached to.
-func (d *Docker) ContainerNetworks(ctx context.Context, ref string) ([]string, error) {
-	c, err := d.C.ContainerInspect(ctx, ref)
+// ResolveContainer resolves a container reference as Docker does (moby's
+// daemon.GetContainer: a full id, then an exact name, then a unique id
+// prefix), in any state, through the container list: inspect takes the
+// container's lock and blocks behind a concurrent start. The list's "id"
+// filter resolves a unique prefix (or full id) the way GetContainer does;
+// its "name" filter is a regular expression, anchored here, and the exact
+// name is then picked from its answer.
+func (d *Docker) ResolveContainer(ctx context.Context, ref string) (authz.Container, bool, error) {
+	byName, err := d.C.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("name", "^/?"+regexp.QuoteMeta(ref)+"$"))})
+	if err != nil {
+		return authz.Container{}, false, err
+	}
+	var byID []container.Summary
+	if hexRef.MatchString(ref) {
+		if byID, err = d.C.ContainerList(ctx, container.ListOptions{All: true,
+			Filters: filters.NewArgs(filters.Arg("id", ref))}); err != nil {
+			return authz.Container{}, false, err
+		}
+	}
+	for _, c := range byID {
+		if c.ID == ref {
+			return summary(c), true, nil
+		}
+	}
+	for _, c := range byName {
+		for _, n := range c.Names {
+			if n == "/"+ref {
+				return summary(c), true, nil
+			}
+		}
+	}
+	var found []container.Summary
+	for _, c := range byID {
+		if strings.HasPrefix(c.ID, ref) {
+			found = append(found, c)
+		}
+	}
+	if len(found) == 1 {
+		return summary(found[0]), true, nil
+	}
+	return authz.Container{}, false, nil
+}
+
+// hexRef is what a container id or id prefix looks like.
+var hexRef = regexp.MustCompile(`^[0-9a-f]+$`)
+
+func summary(c container.Summary) authz.Container {
+	out := authz.Container{ID: c.ID, NetworkMode: c.HostConfig.NetworkMode, Networks: map[string]string{}}
+	for _, n := range c.Names {
+		if n = strings.TrimPrefix(n, "/"); !strings.Contains(n, "/") {
+			out.Name = n // not a link alias (/other/alias)
+			break
+		}
+	}
+	if c.NetworkSettings != nil {
+		for name, es := range c.NetworkSettings.Networks {
+			id := ""
+			if es != nil {
+				id = es.NetworkID
+			}
+			out.Networks[name] = id
+		}
+	}
+	return out
+}
+
+// ContainerIDs returns the ids of every container, in any state.
+func (d *Docker) ContainerIDs(ctx context.Context) (map[string]bool, error) {
+	list, err := d.C.ContainerList(ctx, container.ListOptions{All: true})
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	if c.NetworkSettings != nil {
-		for name := range c.NetworkSettings.Networks {
-			out = append(out, name)
-		}
+	out := make(map[string]bool, len(list))
+	for _, c := range list {
+		out[c.ID] = true
 	}
 	return out, nil
 }
+
+// Plugin resolves a plugin reference through Docker (GET /plugins/{ref}/json
+// resolves it as disable, rm, set and upgrade do: full id, name with or
+// without tag and registry, unique id prefix) to its id and name.
+func (d *Docker) Plugin(ctx context.Context, ref string) (id, name string, found bool, err error) {
+	p, _, err := d.C.PluginInspectWithRaw(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, err
+	}
+	return p.ID, p.Name, true, nil
+}
+
+// SelfPluginID reads this managed plugin's own id from its mounts: Docker
+// binds <exec-root>/plugins/<id> at /run/docker/plugins in every managed
+// plugin (moby plugin/v2 InitSpec), so the mount's root ends in the id.
+// mountinfo is the text of /proc/self/mountinfo.
+func SelfPluginID(mountinfo string) (string, error) {
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[4] != pluginRuntimeDir {
+			continue
+		}
+		root := strings.ReplaceAll(f[3], "\\040", " ")
+		if id := filepath.Base(root); fullID.MatchString(id) {
+			return id, nil
+		}
+		return "", fmt.Errorf("the mount at %s is %s, not <exec-root>/plugins/<id>", pluginRuntimeDir, root)
+	}
+	return "", fmt.Errorf("nothing is mounted at %s (not running as a Docker managed plugin?)", pluginRuntimeDir)
+}
+
+// pluginRuntimeDir is where Docker mounts a managed plugin's runtime
+// directory (its socket directory).
+const pluginRuntimeDir = "/run/docker/plugins"
+
+var fullID = regexp.MustCompile(`^[0-9a-f]{64}$`)
