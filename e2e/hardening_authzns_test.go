@@ -75,7 +75,7 @@ func TestHardeningAuthzns(t *testing.T) {
 		e.MustDocker(t, "network", "disconnect", "cfw-azns-plain", "cfw-azns-x")
 		e.MustDocker(t, "network", "connect", "cfw-azns", "cfw-azns-x")
 		e.MustDocker(t, "start", "cfw-azns-x")
-		refused(t, []string{"NET_ADMIN is not allowed", "container:cfw-azns-x"}, "start", "cfw-azns-x-sidecar")
+		refused(t, []string{"NET_ADMIN is not allowed", "of container cfw-azns-x"}, "start", "cfw-azns-x-sidecar")
 		require.Equal(t, "false", e.MustDocker(t, "inspect", "-f", "{{.State.Running}}", "cfw-azns-x-sidecar"))
 	})
 
@@ -108,12 +108,22 @@ func TestHardeningAuthzns(t *testing.T) {
 		// The reverse: a firewalled container joining a normal one's.
 		refused(t, []string{"--pid container:cfw-azns-plainc is not allowed", "is not firewalled"},
 			"run", "--rm", "--network", "cfw-azns", "--pid", "container:cfw-azns-plainc", f.img, "true")
-		// Created while the target was elsewhere, started after: refused at start.
-		created(t, "cfw-azns-pidlater", "--network", "cfw-azns-plain", "--pid", "container:cfw-azns-y")
-		created(t, "cfw-azns-y", "--network", "cfw-azns")
-		e.MustDocker(t, "start", "cfw-azns-y")
-		refused(t, []string{"--pid container:cfw-azns-y is not allowed"}, "start", "cfw-azns-pidlater")
-		t.Logf("Docker stores a shared PID namespace as %s", e.MustDocker(t, "inspect", "-f", "{{.HostConfig.PidMode}}", "cfw-azns-pidlater"))
+		// Created while its target was on a normal network: the target
+		// cannot join a firewall while they share a PID namespace ...
+		yID := created(t, "cfw-azns-y", "--network", "cfw-azns-plain")
+		pidLater := created(t, "cfw-azns-pidlater", "--network", "cfw-azns-plain", "--pid", "container:cfw-azns-y")
+		t.Logf("Docker stores the shared PID namespace as %s", e.MustDocker(t, "inspect", "-f", "{{.HostConfig.PidMode}}", "cfw-azns-pidlater"))
+		e.MustDocker(t, "network", "disconnect", "cfw-azns-plain", "cfw-azns-y")
+		refused(t, []string{"shares a PID namespace", pidLater[:12]}, "network", "connect", "cfw-azns", "cfw-azns-y")
+		// ... and when it joined one while authz was off (and was renamed),
+		// the sharer's start is refused.
+		f.setAuthz(t, false)
+		e.MustDocker(t, "network", "connect", "cfw-azns", "cfw-azns-y")
+		e.MustDocker(t, "rename", "cfw-azns-y", "cfw-azns-y2")
+		f.setAuthz(t, true)
+		e.MustDocker(t, "start", "cfw-azns-y2")
+		refused(t, []string{"--pid container:" + yID[:12] + " is not allowed", "(cfw-azns-y2) is firewalled"}, "start", "cfw-azns-pidlater")
+		_, _, _ = e.Docker("rm", "-f", "cfw-azns-y2")
 		// Control: two containers on no firewalled network share a PID namespace.
 		require.Equal(t, "ok", e.MustDocker(t, "run", "--rm", "--network", "cfw-azns-plain2", "--pid", "container:cfw-azns-plainc", f.img, "echo", "ok"))
 	})

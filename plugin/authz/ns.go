@@ -91,7 +91,7 @@ func (a *Authz) netnsOf(c Container, depth int) (netns, error) {
 		}
 		ns, err := a.netnsOf(x, depth+1)
 		if err == nil && ns.fw != "" && depth == 0 {
-			ns.fw = fmt.Sprintf("of container %s (--network container:%s)", ref, ref)
+			ns.fw = fmt.Sprintf("of container %s (--network container:%s)", nameOr(x), ref[:min(12, len(ref))])
 		}
 		return ns, err
 	}
@@ -104,8 +104,11 @@ func (a *Authz) netnsOf(c Container, depth int) (netns, error) {
 // identified endpoint of the snapshot, or one of its networks is a
 // clawker-fw network (a created or stopped container has no endpoint).
 func (a *Authz) firewalledHow(c Container) (string, error) {
-	if rec, ok := a.cfg.Records.Get(c.ID); ok && rec.Firewalled != "" {
-		return fmt.Sprintf("of container %s (firewalled for its life: %s)", nameOr(c), rec.Firewalled), nil
+	for name, id := range c.Networks {
+		fw, err := a.networkFirewalled(name, id)
+		if err != nil || fw {
+			return name, err
+		}
 	}
 	if snap := a.cfg.Snapshot(); snap != nil {
 		for _, ep := range snap.Endpoints {
@@ -114,11 +117,8 @@ func (a *Authz) firewalledHow(c Container) (string, error) {
 			}
 		}
 	}
-	for name, id := range c.Networks {
-		fw, err := a.networkFirewalled(name, id)
-		if err != nil || fw {
-			return name, err
-		}
+	if rec, ok := a.cfg.Records.Get(c.ID); ok && rec.Firewalled != "" {
+		return fmt.Sprintf("of container %s (firewalled for its life: %s)", nameOr(c), rec.Firewalled), nil
 	}
 	return "", nil
 }
@@ -166,9 +166,23 @@ func (a *Authz) checkPid(pidMode string, self netns) authorization.Response {
 	if !ok {
 		return allow()
 	}
-	other, err := a.netnsOfRef(ref)
+	x, found, err := a.container(ref)
 	if err != nil {
 		return deny("%v", err)
+	}
+	if !found {
+		return allow() // Docker refuses a PID namespace of no container
+	}
+	other, err := a.netnsOf(x, 0)
+	if err != nil {
+		return deny("%v", err)
+	}
+	// Docker stores the target by id once it exists: show it short, and
+	// name it.
+	short, who := ref, ref
+	if ref == x.ID {
+		short = x.ID[:min(12, len(x.ID))]
+		who = short + " (" + nameOr(x) + ")"
 	}
 	switch {
 	case self.owner != "" && self.owner == other.owner:
@@ -176,11 +190,11 @@ func (a *Authz) checkPid(pidMode string, self netns) authorization.Response {
 	case self.fw == "" && other.fw == "":
 		return allow()
 	case other.fw == "":
-		return deny("--pid container:%s is not allowed: this container is on the clawker-fw network %s and %s is not firewalled; a shared PID namespace lets one container's processes ptrace the other's and send through its network; drop --pid", ref, self.fw, ref)
+		return deny("--pid container:%s is not allowed: this container is on the clawker-fw network %s and %s is not firewalled; a shared PID namespace lets one container's processes ptrace the other's and send through its network; drop --pid", short, self.fw, who)
 	case self.fw == "":
-		return deny("--pid container:%s is not allowed: %s is firewalled (on the clawker-fw network %s) and this container is not; a shared PID namespace would let the firewalled processes ptrace this container's and send through its network; drop --pid, or run it in the same network namespace (--network container:%s)", ref, ref, other.fw, ref)
+		return deny("--pid container:%s is not allowed: %s is firewalled (on the clawker-fw network %s) and this container is not; a shared PID namespace would let the firewalled processes ptrace this container's and send through its network; drop --pid, or run it in the same network namespace (--network container:%s)", short, who, other.fw, short)
 	}
-	return deny("--pid container:%s is not allowed: both containers are firewalled but in different network namespaces (this one on the clawker-fw network %s, %s on %s), whose policies may differ; ptrace would give one the other's egress; share the network namespace too (--network container:%s) or drop --pid", ref, self.fw, ref, other.fw, ref)
+	return deny("--pid container:%s is not allowed: both containers are firewalled but in different network namespaces (this one on the clawker-fw network %s, %s on %s), whose policies may differ; ptrace would give one the other's egress; share the network namespace too (--network container:%s) or drop --pid", short, self.fw, who, other.fw, short)
 }
 
 // pidSharers reports a remembered container whose PID mode names c (by id

@@ -131,6 +131,22 @@ func TestSharedNamespacesAtStart(t *testing.T) {
 	resp = start("dbg")
 	require.False(t, resp.Allow)
 	require.Contains(t, resp.Msg, "--pid container:later is not allowed")
+	// Recorded by id when the target existed at create (as dockerd stores
+	// it): the message shows the id short, with the name.
+	dbg3 := Container{ID: id("00d3"), Name: "dbg3", NetworkMode: "bridge", Networks: map[string]string{"bridge": "b0b0"}}
+	require.True(t, createAndRecord(t, a, d, dbg3, create("bridge", func(m map[string]any) {
+		m["HostConfig"].(map[string]any)["PidMode"] = "container:plain"
+	})).Allow)
+	resp = start("dbg3")
+	require.True(t, resp.Allow, resp.Msg)
+	pl, _, _ := d.container(nil, "plain")
+	pl.Networks = map[string]string{"agents": ""}
+	d.set(pl)
+	resp = start("dbg3")
+	require.False(t, resp.Allow)
+	require.Contains(t, resp.Msg, "--pid container:"+pl.ID[:12]+" is not allowed: "+pl.ID[:12]+" (plain) is firewalled")
+	pl.Networks = map[string]string{"bridge": "b0b0"}
+	d.set(pl)
 
 	// Control: a plain sidecar of the agent starts.
 	ok2 := Container{ID: id("00ff"), Name: "ok", NetworkMode: "container:" + agent}
