@@ -159,3 +159,34 @@ func TestForwardAsSent(t *testing.T) {
 		require.Equal(t, path+"?x=%zz;y", out.RequestURI(), path)
 	}
 }
+
+// FuzzForwardAsSent: whatever path the proxy decided on (rawPath of the
+// request), the request line it sends upstream carries exactly those bytes,
+// or the path is refused as not forwardable.
+func FuzzForwardAsSent(f *testing.F) {
+	for _, s := range []string{"/public/x", "/public/..%2fprivate", `/a\b`, "//a/b", "/a;b/%2e%2e", "*", "/a%zz", "/@scope%2fname"} {
+		f.Add(s, "q=1")
+	}
+	f.Fuzz(func(t *testing.T, target, query string) {
+		if strings.ContainsAny(target, "?#") || strings.Contains(query, "#") {
+			return
+		}
+		r := &http.Request{RequestURI: target, URL: &url.URL{RawQuery: query}}
+		path := rawPath(r)
+		if !forwardable(path) {
+			return
+		}
+		out := &url.URL{Scheme: "https", Host: "h.test", Path: "/other"}
+		forwardAsSent(out, r.URL, path)
+		want := path
+		if query != "" {
+			want += "?" + query
+		}
+		if path == "" {
+			want = "/" + want
+		}
+		if got := out.RequestURI(); got != want {
+			t.Fatalf("decided on %q, would send %q", want, got)
+		}
+	})
+}
