@@ -46,6 +46,7 @@ func TestHardeningPathsRules(t *testing.T) {
 		"/public/./secret/x",
 		"/public/x/%c0%ae%c0%ae/%c0%ae%c0%ae/private",
 		"/public/%00",
+		"/public/%EF%BC%8E%EF%BC%8E/private", // fullwidth dots (NFKC)
 	}
 	var script strings.Builder
 	fmt.Fprintf(&script, "set -e\ncurl -sS --max-time 5 -o /tmp/pca.crt http://%s/ca.crt\n", n.Gateway)

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // MaxPathLen bounds the request paths DecidePath reads; a longer path is
@@ -19,7 +21,7 @@ const MaxPathLen = 8 << 10
 // combination of them is allowed (see DecidePath); a path that holds none of
 // the bytes a step looks at has one reading, the path as sent.
 type reading struct {
-	decode   uint8 // 0: escapes kept as sent, 1: decoded once, 2: decoded twice
+	decode   uint8 // 0: escapes kept as sent, 1: decoded once, 2: decoded twice, 3: decoded once and NFKC-normalized
 	escSlash bool  // a decoded '/' (%2F) separates segments
 	escBack  bool  // a decoded '\' (%5C) separates segments
 	rawBack  bool  // a raw '\' separates segments
@@ -196,6 +198,9 @@ func checkRequestPath(raw string) (string, error) {
 // features are the steps of a reading that can change a given string.
 type features struct {
 	esc, double, slashEsc, backEsc, rawBack, semi, semiEsc, empty, dots, trim bool
+	// compat: decoded, the string changes under NFKC (fullwidth '／' '．'
+	// '＼', ligatures, ...), as upstreams that normalize Unicode see it.
+	compat bool
 }
 
 // MaxReadings bounds the readings of one path, and readingBudget the bytes
@@ -209,6 +214,11 @@ const (
 
 func (f *features) add(s string) {
 	f.esc = f.esc || strings.Contains(s, "%")
+	if dec, err := decodeAll(s, false); err == nil && !norm.NFKC.IsNormal(dec) {
+		f.compat = true
+		// What the normalized reading holds (it is NFKC-normal: no loop).
+		f.add(strings.ReplaceAll(norm.NFKC.String(string(dec)), "%", "%25"))
+	}
 	f.double = f.double || hasFold(s, "%25")
 	f.slashEsc = f.slashEsc || hasFold(s, "%2f")
 	f.backEsc = f.backEsc || hasFold(s, "%5c")
@@ -312,9 +322,12 @@ func (f features) readings() []reading {
 	case f.semi:
 		params = 1
 	}
+	if f.compat {
+		decodes = append(decodes, 3)
+	}
 	var out []reading
 	for _, d := range decodes {
-		esc := d > 0
+		esc := d == 1 || d == 2
 		for _, es := range bools(esc && f.slashEsc) {
 			for _, eb := range bools(esc && f.backEsc) {
 				for _, rb := range bools(f.rawBack) {
@@ -341,8 +354,14 @@ func (f features) readings() []reading {
 // (decodeKeepSlashes), used when rd decodes twice.
 func (rd reading) read(s, twice string) string {
 	src := s
-	if rd.decode == 2 {
+	switch rd.decode {
+	case 2:
 		src = twice
+	case 3:
+		// Decoded, normalized; a '%' is data (re-escaped), and every
+		// slash and backslash the normalization leaves separates.
+		dec, _ := decodeAll(s, false)
+		src = strings.ReplaceAll(norm.NFKC.String(string(dec)), "%", "%25")
 	}
 	items := make([]item, 0, len(src))
 	for i := 0; i < len(src); i++ {
@@ -365,7 +384,7 @@ func (rd reading) read(s, twice string) string {
 			i += 2
 			continue
 		}
-		if c == '/' || (c == '\\' && rd.rawBack) {
+		if c == '/' || (c == '\\' && (rd.rawBack || rd.decode == 3)) {
 			items = append(items, item{b: '/', kind: itemSep})
 			continue
 		}
@@ -591,7 +610,8 @@ type PathVerdict struct {
 //     '/'), raw control, space or non-ASCII bytes, a fragment, encoding
 //     more than twice, more than MaxPathLen bytes;
 //  2. the readings combine: escapes kept as sent, decoded once, or twice
-//     (%252e); a decoded %2F, a decoded %5C and a raw '\' each read as a
+//     (%252e), or decoded and NFKC-normalized (fullwidth '．' and '／' read
+//     as '.' and '/'); a decoded %2F, a decoded %5C and a raw '\' each read as a
 //     separator or as data; ";params" kept or stripped from each segment
 //     (at a raw ';', and at a decoded one); empty segments kept or merged;
 //     dot segments (raw, %2E-encoded, mixed) kept or resolved; trailing

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // The oracles below read a path the way concrete upstreams do, written
@@ -148,6 +150,16 @@ var oracles = []oracle{
 		}
 		return cleanSegments(segs), true
 	}},
+	// Upstreams that normalize Unicode (NFKC) after decoding: fullwidth
+	// '．' '／' '＼' become '.' '/' '\'.
+	{"nfkc", func(p string) (string, bool) {
+		d, err := url.PathUnescape(p)
+		if err != nil {
+			return "", false
+		}
+		d = strings.ReplaceAll(norm.NFKC.String(d), `\`, "/")
+		return keepSlash(d, path.Clean(d)), true
+	}},
 	// WHATWG URL parser (browsers, Node's URL): '\' is '/', %2e is a dot
 	// in dot segments, nothing else decoded.
 	{"whatwg", func(p string) (string, bool) {
@@ -241,6 +253,8 @@ func FuzzPathReadings(f *testing.F) {
 		{"/", "/admin", "//admin"},
 		{"/", "/secret", "/%C5%BFecret"},
 		{"/v1.", "/v1/admin", "/v1./admin"},
+		{"/public/", "/admin", "/public/%EF%BC%8E%EF%BC%8E/admin"},
+		{"/public/", "/admin", "/%EF%BD%81dmin"},
 	} {
 		f.Add(s.allow, s.deny, s.path, false)
 		f.Add(s.allow, s.deny, s.path, true)

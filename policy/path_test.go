@@ -59,6 +59,13 @@ func TestDecidePathSpellings(t *testing.T) {
 		{"encoded slash in prefix", onlyPublic, "/public%2Fx", false},
 		{"backslash prefix", onlyPublic, `/public\x`, false},
 
+		// Unicode compatibility forms (NFKC): fullwidth dots and slashes.
+		{"fullwidth dots", onlyPublic, "/public/%EF%BC%8E%EF%BC%8E/private", false},
+		{"fullwidth slash", onlyPublic, "/public/..%EF%BC%8Fprivate", false},
+		{"fullwidth backslash", onlyPublic, "/public/..%EF%BC%BCprivate", false},
+		{"two dot leader", onlyPublic, "/public/%E2%80%A5/private", false},
+		{"decomposed accent", onlyPublic, "/public/cafe%CC%81", true},
+
 		// Unreadable paths fail closed.
 		{"bad escape", onlyPublic, "/public/%zz", false},
 		{"truncated escape", onlyPublic, "/public/%2", false},
@@ -100,6 +107,7 @@ func TestDecidePathSpellings(t *testing.T) {
 		{"deny long s", []PathRule{{Path: "/secret", Action: Deny}}, "/%C5%BFecret", false},
 		{"deny prefix not a segment", denySecret, "/administrator", false},
 		{"deny neighbour", denySecret, "/adm/in", true},
+		{"deny fullwidth letter", denySecret, "/%EF%BD%81dmin", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
