@@ -444,3 +444,20 @@ func TestLearnedQuotaPerEndpoint(t *testing.T) {
 	check(t, dialTCP(e.a.ns, "tcp4", "10.201.200.5:443"), &expect{banner: bannerListener})
 	require.Len(t, learnedOf(t, m, e.b.index), len(bAddrs))
 }
+
+// BenchmarkLearnedWriter: one answer's map write through the writer the DNS
+// sidecar uses (outer lookup + inner update), below the quota.
+func BenchmarkLearnedWriter(b *testing.B) {
+	testutil.RequirePrivileged(b)
+	dir := testBPFFS(b, randID(b))
+	require.NoError(b, PinMaps(dir))
+	w, err := OpenLearned(dir)
+	require.NoError(b, err)
+	defer w.Close()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := w.Learn(uint32(i%8), netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}), 1, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -215,5 +215,9 @@ func TestHardeningBpfdnsNameAlphabet(t *testing.T) {
 		}
 	}
 	require.True(t, seen, "the control query reached the upstream")
+	// ... and its answer is learned: the connection goes through.
+	out, err := f.exec(id, "curl", "-sS", "--max-time", "10", "https://x-1."+harness.WildcardSuffix+"/alphabet")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "path=/alphabet")
 	f.requireNoLeaks(t)
 }
