@@ -407,6 +407,9 @@ func (f *flow) finish() {
 	up, down := f.up.Load(), f.down.Load()
 	f.e.metrics.bytes.WithLabelValues("up").Add(float64(up))
 	f.e.metrics.bytes.WithLabelValues("down").Add(float64(down))
+	if !f.e.cfg.LogLimit.Allow(f.logKey()) {
+		return // counted by the limiter, summarized by its owner
+	}
 	fields := logrus.Fields{
 		fieldSource:    f.src.String(),
 		fieldListener:  f.def.Key,

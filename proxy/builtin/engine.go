@@ -49,6 +49,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/internal/ratelimit"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
@@ -127,6 +128,16 @@ type Config struct {
 	// OnDecision, when set, is called (synchronously; keep it cheap) for
 	// every connection decision and every denied HTTP request.
 	OnDecision func(Decision)
+	// MaxConns caps the concurrent TCP connections of one endpoint (source
+	// address) on the proxy's listeners; MaxUDPSessions its concurrent UDP
+	// sessions. Over the cap new ones are refused (reset, or the datagram
+	// dropped), counted and logged. Defaults: DefaultMaxConns,
+	// DefaultMaxUDPSessions; negative means no cap.
+	MaxConns       int
+	MaxUDPSessions int
+	// LogLimit, when set, rate-limits the canonical decision lines per
+	// endpoint (dropped lines are counted by the limiter).
+	LogLimit *ratelimit.Limiter
 }
 
 // Decision is one allow/deny decision of the proxy.
@@ -181,6 +192,8 @@ type Engine struct {
 	closed    bool
 	connWG    sync.WaitGroup
 
+	caps *caps
+
 	transports sync.Map // uint32 endpoint index -> *http.Transport
 	dnsCache   sync.Map // name -> *dnsEntry
 	dnsCacheN  atomic.Int64
@@ -234,6 +247,12 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxUDPSessions == 0 {
+		cfg.MaxUDPSessions = DefaultMaxUDPSessions
+	}
 	roots, err := x509.SystemCertPool()
 	if err != nil || roots == nil {
 		roots = x509.NewCertPool()
@@ -248,6 +267,7 @@ func New(cfg Config) (*Engine, error) {
 		listeners: map[lkey]*listener{},
 		conns:     map[*liveConn]struct{}{},
 		accepted:  map[net.Conn]struct{}{},
+		caps:      newCaps(),
 	}
 	ch := make(chan struct{})
 	e.changed.Store(&ch)

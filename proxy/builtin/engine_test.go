@@ -241,20 +241,7 @@ func TestDedicatedTCPRange(t *testing.T) {
 
 func TestDedicatedUDP(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.UDPIdle = 300 * time.Millisecond })
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer pc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, a, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(append([]byte("echo:"), buf[:n]...), a)
-		}
-	}()
-	h.mapPort(5353, uint16(pc.LocalAddr().(*net.UDPAddr).Port))
+	h.mapPort(5353, newUDPEcho(t))
 	h.dns.set("udp.example.test", "127.0.0.1")
 	pol := &policy.Policy{Allows: []policy.Allowed{allow("udp.example.test", policy.ProtoUDP, 5353, 5353)}}
 	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol), endpoint(2, "127.0.0.3", &policy.Policy{})))

@@ -335,7 +335,9 @@ func (h *httpHandler) denyRequest(w http.ResponseWriter, ri *reqInfo) {
 	if ri.detail != "" {
 		fields[fieldDetail] = ri.detail
 	}
-	f.e.log.WithFields(fields).Warn(logMessage)
+	if f.e.cfg.LogLimit.Allow(f.logKey()) {
+		f.e.log.WithFields(fields).Warn(logMessage)
+	}
 
 	dest := fmt.Sprintf("%s:%d", ri.host, f.port)
 	how := hint(ri.host, ri.reason, ri.rule, ri.detail)

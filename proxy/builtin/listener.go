@@ -123,9 +123,16 @@ func (e *Engine) acceptLoop(l *listener) {
 			continue
 		}
 		delay = 0
+		src := addrOf(c.RemoteAddr())
+		release, ok := e.admitConn(src)
+		if !ok {
+			e.refuseCapped(l.def, c, src, ReasonConnLimit, e.cfg.MaxConns)
+			continue
+		}
 		e.mu.Lock()
 		if e.closed {
 			e.mu.Unlock()
+			release()
 			_ = c.Close()
 			return
 		}
@@ -134,6 +141,7 @@ func (e *Engine) acceptLoop(l *listener) {
 		e.mu.Unlock()
 		go func() {
 			defer e.connWG.Done()
+			defer release()
 			defer func() {
 				e.mu.Lock()
 				delete(e.accepted, c)

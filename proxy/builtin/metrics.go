@@ -36,6 +36,7 @@ type metrics struct {
 	allowed *prometheus.CounterVec
 	denied  *prometheus.CounterVec
 	bytes   *prometheus.CounterVec
+	capped  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -48,6 +49,10 @@ func newMetrics() *metrics {
 			Namespace: "clawker", Subsystem: "proxy", Name: "denied_total",
 			Help: "Connections and HTTP requests the builtin proxy denied, by reason.",
 		}, []string{"listener", "reason"}),
+		capped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "clawker", Subsystem: "proxy", Name: "capped_total",
+			Help: "Connections and UDP sessions refused because their endpoint had reached its cap.",
+		}, []string{"reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "clawker", Subsystem: "proxy", Name: "bytes_total",
 			Help: "Bytes relayed by the builtin proxy (up = client to upstream).",
@@ -57,7 +62,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.allowed, m.denied, m.bytes} {
+	for _, c := range []prometheus.Collector{m.allowed, m.denied, m.bytes, m.capped} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

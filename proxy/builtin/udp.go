@@ -34,6 +34,7 @@ type udpSession struct {
 	bytesDn atomic.Int64
 	closed  atomic.Bool
 	once    sync.Once
+	release func() // gives back the endpoint's session slot
 }
 
 const udpQueueMax = 16
@@ -68,7 +69,13 @@ func (r *udpRelay) serve() {
 		r.mu.Lock()
 		s, ok := r.sessions[client]
 		if !ok {
-			s = &udpSession{r: r, client: client, ready: make(chan struct{})}
+			release, admitted := r.e.admitUDP(client.Addr())
+			if !admitted {
+				r.mu.Unlock()
+				r.refuseCapped(client)
+				continue
+			}
+			s = &udpSession{r: r, client: client, ready: make(chan struct{}), release: release}
 			s.last.Store(time.Now().UnixNano())
 			s.queue = append(s.queue, pkt)
 			r.sessions[client] = s
@@ -127,6 +134,7 @@ func (s *udpSession) run() {
 			delete(r.sessions, s.client)
 		}
 		r.mu.Unlock()
+		s.release()
 		f.up.Store(s.bytesUp.Load())
 		f.down.Store(s.bytesDn.Load())
 		f.finish()
@@ -209,6 +217,15 @@ func (s *udpSession) run() {
 			s.bytesDn.Add(int64(n))
 		}
 	}
+}
+
+// refuseCapped drops a datagram that would open a session over its
+// endpoint's cap: counted, and logged through the per-endpoint log limit.
+func (r *udpRelay) refuseCapped(client netip.AddrPort) {
+	def := r.l.def
+	f := &flow{e: r.e, def: def, start: time.Now(), src: client.Addr(), name: def.Dst, port: def.OrigPort, l4: policy.L4UDP, mode: "udp", conn: nopConn{}}
+	f.refuseCapped(ReasonUDPLimit, r.e.cfg.MaxUDPSessions)
+	f.finish()
 }
 
 // markReady publishes the decision and flushes datagrams queued before it.
