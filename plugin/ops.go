@@ -524,6 +524,9 @@ func (p *Plugin) RecordKernelDenial(index uint32, addr netip.Addr, port uint16, 
 		}
 	}
 	p.Denials.Add(d)
+	if !p.cfg.KernelLogLimit.Allow(index) {
+		return
+	}
 	p.log.WithField(FieldIndex, index).WithField(FieldContainer, d.Container).WithField("dst", d.Destination).
 		WithField("port", port).WithField("l4", l4).WithField("reason", d.Reason).Warn("connection denied by socket hook")
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/internal/ratelimit"
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
@@ -51,6 +52,9 @@ type Config struct {
 	// Firewalled, when set, is told each container identified on a
 	// clawker-fw network (authz remembers it as firewalled for its life).
 	Firewalled func(containerID, networkID string)
+	// KernelLogLimit, when set, rate-limits the log lines of the socket
+	// hooks' denials per endpoint (the denials are all recorded anyway).
+	KernelLogLimit *ratelimit.Limiter
 }
 
 // Plugin is the running plugin core.

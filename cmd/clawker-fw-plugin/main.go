@@ -54,6 +54,13 @@ type settings struct {
 	AuthzOverride   bool
 	CoreDNSBinary   string
 	DefaultUpstream []string
+	// MaxConns and MaxUDPSessions cap one endpoint's concurrent proxied
+	// connections and UDP sessions; LogRate is the log lines per second
+	// (per endpoint, each of proxy, DNS and socket hooks) relayed through
+	// dockerd, with bursts of 10 s worth.
+	MaxConns       int
+	MaxUDPSessions int
+	LogRate        float64
 }
 
 func env(k, def string) string {
@@ -103,6 +110,23 @@ func readSettings() (settings, error) {
 			return s, fmt.Errorf("setting CLAWKER_ALLOW_PRIVATE_UPSTREAMS: %w", err)
 		}
 		s.AllowPrivate = append(s.AllowPrivate, p.Masked())
+	}
+	for _, n := range []struct {
+		key string
+		def int
+		dst *int
+	}{
+		{"CLAWKER_PROXY_MAX_CONNS", builtin.DefaultMaxConns, &s.MaxConns},
+		{"CLAWKER_PROXY_MAX_UDP_SESSIONS", builtin.DefaultMaxUDPSessions, &s.MaxUDPSessions},
+	} {
+		v, err := strconv.Atoi(env(n.key, strconv.Itoa(n.def)))
+		if err != nil || v < 1 {
+			return s, fmt.Errorf("setting %s: %q is not a positive number", n.key, env(n.key, ""))
+		}
+		*n.dst = v
+	}
+	if s.LogRate, err = strconv.ParseFloat(env("CLAWKER_LOG_RATE", "20"), 64); err != nil || s.LogRate < 0 {
+		return s, fmt.Errorf("setting CLAWKER_LOG_RATE: %q is not a number of lines per second (0 turns the limit off)", env("CLAWKER_LOG_RATE", ""))
 	}
 	if s.Engine != "builtin" && s.Engine != "envoy" {
 		return s, fmt.Errorf("setting CLAWKER_PROXY_ENGINE: %q is not builtin or envoy", s.Engine)
@@ -219,7 +243,11 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	}
 	reg := prometheus.NewRegistry()
 	denials := plugin.NewDenialLog(500)
+	limits := newLogLimits(s.LogRate)
 	engine, err := builtin.New(builtin.Config{
+		MaxConns:              s.MaxConns,
+		MaxUDPSessions:        s.MaxUDPSessions,
+		LogLimit:              limits.proxy,
 		Log:                   root.WithField(plugin.FieldComponent, "proxy"),
 		Registry:              reg,
 		Certs:                 authority,
@@ -267,7 +295,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 			azLog.WithError(err).WithField(plugin.FieldContainer, containerID).Error("record a firewalled container")
 		}
 	}
-	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled},
+	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, KernelLogLimit: limits.bpf},
 		wire.Kernel{M: mgr}, wire.HostNet{H: guard}, plane, docker, wire.SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err
@@ -298,6 +326,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 				denials.Add(d)
 			}
 		},
+		Keep: limits.keepDNSLine,
 	}, root.WithField(plugin.FieldComponent, "coredns"))
 	defer coredns.Stop(5 * time.Second)
 
@@ -345,6 +374,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 				st := envoyProc.Status()
 				comps = append(comps, plugin.Component{Name: "envoy", Healthy: st.Healthy, Restarts: st.Restarts, Detail: st.LastError})
 			}
+			comps = append(comps, plugin.Component{Name: "log-limit", Healthy: true, Detail: limits.summary()})
 			hg := p.HostGuard()
 			comps = append(comps, plugin.Component{Name: "host-guard", Healthy: hg.Err == "", Detail: hg.Summary(time.Now())})
 			return append(comps, plugin.Component{Name: "authz", Healthy: true, Detail: az.Stats().Summary()})
@@ -355,6 +385,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	go func() { _ = admin.Serve(al) }()
 	go gcLoop(mgr, root)
 	go repairLoop(p, root)
+	go limits.reportLoop(root.WithField(plugin.FieldComponent, "log-limit"), logLimitReportEvery)
 	log.WithField("socket", s.PluginSocket).WithField("admin", adminPath).WithField("engine", s.Engine).
 		WithField("listeners", model.ReservedLo).Info("clawker-fw plugin ready")
 

@@ -33,6 +33,10 @@ type Spec struct {
 	MinBackoff, MaxBackoff time.Duration
 	// OnLine, when set, sees every output line (after it is logged).
 	OnLine func(line string)
+	// Keep, when set, decides whether a line is logged (relayed through
+	// dockerd); OnLine sees it either way. Used to rate-limit the DNS
+	// sidecar's per-query lines.
+	Keep func(line string) bool
 }
 
 // Status is a sidecar's health snapshot.
@@ -164,7 +168,9 @@ func (p *Process) pipe(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		p.log.Info(sc.Text())
+		if p.spec.Keep == nil || p.spec.Keep(sc.Text()) {
+			p.log.Info(sc.Text())
+		}
 		if p.spec.OnLine != nil {
 			p.spec.OnLine(sc.Text())
 		}
