@@ -8,7 +8,12 @@ package e2e
 
 import (
 	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -103,4 +108,128 @@ func TestHardeningExhaustListenerPorts(t *testing.T) {
 		require.Contains(t, errOut, "option clawker.allow=tcp://"+harness.TCPHost+":9000-9255")
 		_, _, _ = e.Docker("network", "rm", "cfw-exh-toobig")
 	})
+}
+
+// TestHardeningExhaustListenerGuard: from a firewalled network only that
+// network's listener ports are reachable on the gateway — a host service
+// elsewhere in the reserved range is not, even while the hooks pass the
+// container's flows (bypass) — and the plugin's listener ports are
+// reachable from no other interface (the fake internet's link here).
+func TestHardeningExhaustListenerGuard(t *testing.T) {
+	f := opsSetup(t)
+	e := f.e
+	const gw = "10.231.11.1"
+	f.network(t, "cfw-exh-lg", "10.231.11.0/24", "clawker.allow=http://"+harness.AllowedHost+",tcp://"+harness.TCPHost+":5432")
+	const c = "cfw-exh-lg-c"
+	f.run(t, c, "cfw-exh-lg", nil, "sleep", "3600")
+	f.waitIdentified(t, c)
+
+	// A host service on a port of the reserved range that no rule uses.
+	const svcPort = 15777
+	ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", svcPort))
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	var seen []string
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			seen = append(seen, conn.RemoteAddr().String())
+			mu.Unlock()
+			_, _ = conn.Write([]byte("host-service\n"))
+			conn.Close()
+		}
+	}()
+	listenerPort := ""
+	for _, l := range strings.Split(f.mustCFW(t, "status"), ", ") {
+		if k, p, ok := strings.Cut(strings.TrimPrefix(l, "listeners: "), " "); ok && k == "dedicated:tcp:"+harness.TCPHost+":5432" {
+			listenerPort = strings.TrimSpace(p)
+		}
+	}
+	require.NotEmpty(t, listenerPort, "the tcp rule's listener is in status")
+
+	nc := func(args ...string) string {
+		out, errOut, _ := e.Docker(append([]string{"exec", c, "sh", "-c"}, args...)...)
+		return out + errOut
+	}
+	t.Run("bypassed container reaches its own listener but not a host service", func(t *testing.T) {
+		f.mustCFW(t, "bypass", c, "--for", "60s")
+		out := nc(fmt.Sprintf("echo hi | nc -w 2 %s %s 2>&1", gw, listenerPort))
+		require.Contains(t, out, "hi", "control: the network's own listener port is reachable on the gateway")
+		out = nc(fmt.Sprintf("nc -w 2 %s %d </dev/null 2>&1; echo rc=$?", gw, svcPort))
+		t.Logf("gateway:%d -> %s", svcPort, strings.TrimSpace(out))
+		require.NotContains(t, out, "host-service")
+		ok, why := f.reach(c, harness.AllowedHost, "/")
+		require.True(t, ok, "control: %s", why)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range seen {
+			require.False(t, strings.HasPrefix(s, "10.231.11."), "the host service saw the container: %v", seen)
+		}
+	})
+
+	t.Run("listener ports are unreachable from another interface", func(t *testing.T) {
+		fromInet := func(addr, port string) string {
+			out, _ := exec.Command("ip", "netns", "exec", harness.NetnsName, "busybox", "sh", "-c",
+				fmt.Sprintf("echo x | busybox nc -w 2 %s %s 2>&1; echo rc=$?", addr, port)).CombinedOutput()
+			return string(out)
+		}
+		out := fromInet(gw, strconv.Itoa(svcPort))
+		require.Contains(t, out, "host-service", "control: the fake internet reaches the host's own service in the range")
+		for _, dst := range [][2]string{{gw, listenerPort}, {gw, "15053"}, {"10.220.0.1", listenerPort}, {"10.220.0.1", "15053"}} {
+			out := fromInet(dst[0], dst[1])
+			t.Logf("from %s to %s:%s -> %s", harness.NetnsName, dst[0], dst[1], strings.TrimSpace(out))
+			require.NotContains(t, out, "rc=0", "%s:%s reachable from another interface", dst[0], dst[1])
+		}
+	})
+}
+
+// TestHardeningExhaustLogRate: a container that floods denied DNS queries
+// gets its lines dropped beyond its rate (counted in status, summarized in
+// one line) while another container's lines still reach the log.
+func TestHardeningExhaustLogRate(t *testing.T) {
+	f := opsSetup(t)
+	e := f.e
+	f.network(t, "cfw-exh-log", "10.231.12.0/24", "clawker.allow=http://"+harness.AllowedHost)
+	f.run(t, "cfw-exh-flood", "cfw-exh-log", nil, "sleep", "3600")
+	f.run(t, "cfw-exh-quiet", "cfw-exh-log", nil, "sleep", "3600")
+	f.waitIdentified(t, "cfw-exh-flood")
+	f.waitIdentified(t, "cfw-exh-quiet")
+
+	start := time.Now()
+	_, _, _ = e.Docker("exec", "cfw-exh-flood", "sh", "-c", "i=0; while [ $i -lt 800 ]; do nslookup -type=a f$i.denied.example.test >/dev/null 2>&1; i=$((i+1)); done")
+	t.Logf("800 denied lookups in %v", time.Since(start).Round(time.Millisecond))
+	_, _, _ = e.Docker("exec", "cfw-exh-quiet", "sh", "-c", "nslookup -type=a "+harness.AllowedHost+" >/dev/null 2>&1")
+
+	var st string
+	opsEventually(t, 10*time.Second, func() (bool, string) {
+		st = f.mustCFW(t, "status")
+		return strings.Contains(st, "log-limit") && !strings.Contains(st, "dns 0,"), st
+	})
+	t.Logf("status: %s", st[strings.Index(st, "log-limit"):][:strings.Index(st[strings.Index(st, "log-limit"):], "\n")])
+	opsEventually(t, 40*time.Second, func() (bool, string) {
+		b, _ := os.ReadFile(e.DockerdLog())
+		return strings.Contains(string(b), "log lines over the per-endpoint rate limit were dropped"), "no summary line yet"
+	})
+	b, err := os.ReadFile(e.DockerdLog())
+	require.NoError(t, err)
+	flood, quiet := 0, 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "CLAWKER-DNS-DECISION") {
+			continue
+		}
+		if strings.Contains(l, "denied.example.test") && strings.Contains(l, "cfw-exh-flood") {
+			flood++
+		}
+		if strings.Contains(l, "container=cfw-exh-quiet") && strings.Contains(l, harness.AllowedHost) {
+			quiet++
+		}
+	}
+	t.Logf("flood lines relayed: %d of >= 800; quiet lines: %d", flood, quiet)
+	require.Less(t, flood, 800, "the flood's lines are limited")
+	require.Positive(t, quiet, "control: another container's lines still reach the log")
 }
