@@ -68,13 +68,15 @@ func TestStatusRendering(t *testing.T) {
 		_ = json.NewEncoder(w).Encode(plugin.StatusReport{Running: true, Healthy: false, Engine: "builtin", Generation: 9,
 			Components: []plugin.Component{{Name: "dns", Healthy: false, Detail: "connection refused", Restarts: 2}},
 			Networks: []plugin.NetworkStatus{{ID: "0123456789abcdef", Bridge: "cfw-0123456789a", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1",
-				Endpoints: []plugin.EPInfo{{Index: 1, IP: "10.0.0.2", Container: "agent", LabelError: "clawker.allow: bad"}}}}})
+				Endpoints: []plugin.EPInfo{{Index: 1, IP: "10.0.0.2", Container: "agent", LabelError: "clawker.allow: bad"},
+					{Index: 2, IP: "10.0.0.3", Container: "big", Failures: []string{"rule label clawker.allow=tcp://db:1-300 (tcp 1-300) has no listener: invalid-range: x"}}}}}})
 	})
 	var out, errb bytes.Buffer
 	require.Equal(t, 0, run([]string{"--socket", sock, "status"}, &out, &errb))
 	require.Contains(t, out.String(), "UNHEALTHY")
 	require.Contains(t, out.String(), "dns        UNHEALTHY (restarts 2) connection refused")
 	require.Contains(t, out.String(), "NO EGRESS: clawker.allow: bad")
+	require.Contains(t, out.String(), "    NOT APPLIED: rule label clawker.allow=tcp://db:1-300")
 }
 
 func TestUsage(t *testing.T) {
