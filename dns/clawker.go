@@ -389,8 +389,9 @@ type learnItem struct {
 //     HTTPS/SVCB records keep only the parameters in svcbKept;
 //   - every TTL is capped at the ceiling, so a client never caches an
 //     address longer than the firewall remembers it;
-//   - the authority section loses A/AAAA records, the additional section is
-//     dropped (the client's EDNS OPT is re-added by SizeAndDo).
+//   - the authority section loses A/AAAA and HTTPS/SVCB records (addresses
+//     and parameters nobody filtered); the additional section is dropped
+//     (the client's EDNS OPT is re-added by SizeAndDo).
 func (c *Clawker) filter(r, resp *mdns.Msg) (*mdns.Msg, []learnItem) {
 	reply := new(mdns.Msg)
 	reply.SetReply(r)
@@ -437,7 +438,7 @@ func (c *Clawker) filter(r, resp *mdns.Msg) (*mdns.Msg, []learnItem) {
 	}
 	for _, rr := range resp.Ns {
 		switch rr.(type) {
-		case *mdns.A, *mdns.AAAA:
+		case *mdns.A, *mdns.AAAA, *mdns.SVCB, *mdns.HTTPS:
 			continue
 		}
 		if h := rr.Header(); h.Ttl > ceiling {

@@ -530,3 +530,16 @@ func TestQuotaEvictionLogged(t *testing.T) {
 	require.Equal(t, []string{"192.0.2.1"}, addrs(m))
 	require.True(t, hasLine(f.log.Lines(), "WARNING", "decision=learned-quota-full", "endpoint=1", "evicted=256"), "%v", f.log.Lines())
 }
+
+// TestAuthorityHTTPSDropped: HTTPS/SVCB (and A) records an upstream puts in
+// the authority section never reach the client, nor are they learned.
+func TestAuthorityHTTPSDropped(t *testing.T) {
+	f := newFixture(t)
+	rcode, m, _ := f.ask(t, ep1IP, "ech-ns.example.test", mdns.TypeHTTPS)
+	require.Equal(t, mdns.RcodeSuccess, rcode)
+	require.Equal(t, []string{"ech-ns.example.test./HTTPS"}, f.up.Queries())
+	require.Empty(t, m.Answer)
+	require.Len(t, m.Ns, 1, "%v", m.Ns)
+	require.Equal(t, mdns.TypeSOA, m.Ns[0].Header().Rrtype)
+	require.Empty(t, f.learner.Calls())
+}

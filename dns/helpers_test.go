@@ -25,6 +25,7 @@ type fakeUpstream struct {
 	Addr    string
 	mu      sync.Mutex
 	zone    map[string][]mdns.RR // key "name./TYPE"
+	auth    map[string][]mdns.RR // authority records of an answer, same key
 	queries []string             // "name/TYPE" seen, in order
 	udp     *mdns.Server
 	tcp     *mdns.Server
@@ -37,17 +38,25 @@ func zoneKey(name string, t uint16) string {
 }
 
 // newFakeUpstream serves zone: key "name/TYPE" -> answer RRs in
-// presentation format.
+// presentation format ("name/TYPE/NS": authority records of that answer).
 func newFakeUpstream(t testing.TB, zone map[string][]string) *fakeUpstream {
 	t.Helper()
-	f := &fakeUpstream{zone: map[string][]mdns.RR{}}
+	f := &fakeUpstream{zone: map[string][]mdns.RR{}, auth: map[string][]mdns.RR{}}
 	for k, rrs := range zone {
 		name, typ, _ := strings.Cut(k, "/")
+		typ, section, _ := strings.Cut(typ, "/")
+		key := zoneKey(name, mdns.StringToType[typ])
+		into := f.zone
+		if section == "NS" {
+			into = f.auth
+		}
+		if _, ok := into[key]; !ok {
+			into[key] = []mdns.RR{} // the name exists even with no records
+		}
 		for _, s := range rrs {
 			rr, err := mdns.NewRR(s)
 			require.NoError(t, err, s)
-			key := zoneKey(name, mdns.StringToType[typ])
-			f.zone[key] = append(f.zone[key], rr)
+			into[key] = append(into[key], rr)
 		}
 	}
 	// One port for UDP and TCP: retry until a UDP port is also free for TCP.
@@ -82,6 +91,7 @@ func (f *fakeUpstream) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	f.mu.Lock()
 	f.queries = append(f.queries, strings.ToLower(q.Name)+"/"+mdns.Type(q.Qtype).String())
 	rrs := f.zone[zoneKey(q.Name, q.Qtype)]
+	auth := f.auth[zoneKey(q.Name, q.Qtype)]
 	exists := false
 	for k := range f.zone {
 		if strings.HasPrefix(k, strings.ToLower(q.Name)+"/") {
@@ -95,6 +105,9 @@ func (f *fakeUpstream) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	m.RecursionAvailable = true
 	for _, rr := range rrs {
 		m.Answer = append(m.Answer, mdns.Copy(rr))
+	}
+	for _, rr := range auth {
+		m.Ns = append(m.Ns, mdns.Copy(rr))
 	}
 	if f.catchAll.Load() && len(rrs) == 0 {
 		if q.Qtype == mdns.TypeA {
@@ -241,6 +254,7 @@ func testSnapshot(gen uint64, n2Upstream string) *policy.Snapshot {
 		allow(19, "missing.example.test"),
 		allow(11, ".wild.example.test"),
 		allow(22, "ech.example.test"),
+		allow(23, "ech-ns.example.test"),
 	}, Denies: []policy.Denied{deny("bad.wild.example.test"), {Pattern: "192.0.2.99/32", Prefix: netip.MustParsePrefix("192.0.2.99/32")}}}
 	p2 := &policy.Policy{Generation: gen, Allows: []policy.Allowed{allow(20, "shared-b.example.test"), allow(21, "only2.example.test")}}
 	p4 := &policy.Policy{Generation: gen, Allows: []policy.Allowed{allow(10, "api.example.test")}}
@@ -284,6 +298,11 @@ var testZone = map[string][]string{
 	// port and ipv4hint may reach the client.
 	"ech.example.test/HTTPS": {`ech.example.test. 300 IN HTTPS 1 . mandatory=alpn,ech alpn="h2,h3" port=8443 ipv4hint="192.0.2.12" ech="AEX+DQBBpQAgACB/6Pfo" ipv6hint="2001:db8::12" dohpath="/dns-query{?dns}" ohttp key65333="private"`,
 		`ech.example.test. 300 IN HTTPS 2 . mandatory=ech ech="AEX+DQBBpQAgACB/6Pfo"`},
+	// An upstream that puts an HTTPS record (with ech) and an A record in
+	// the authority section of a NODATA answer.
+	"ech-ns.example.test/HTTPS": {},
+	"ech-ns.example.test/HTTPS/NS": {`ech-ns.example.test. 300 IN HTTPS 1 . ech="AEX+DQBBpQAgACB/6Pfo" ipv4hint="192.0.2.13"`,
+		"ech-ns.example.test. 300 IN A 192.0.2.14", "example.test. 60 IN SOA ns.example.test. host.example.test. 1 60 60 60 60"},
 	"cname.example.test/A": {
 		"cname.example.test. 30 IN CNAME c1.cdn.test.",
 		"c1.cdn.test. 30 IN CNAME c2.cdn.test.",
