@@ -461,3 +461,46 @@ func BenchmarkLearnedWriter(b *testing.B) {
 		}
 	}
 }
+
+// TestLearnedWritersConcurrent: two writers (an old and a new DNS sidecar
+// overlapping) learning for the same fresh endpoints at once create one
+// inner map per endpoint between them and lose no entry.
+func TestLearnedWritersConcurrent(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	dir := testBPFFS(t, randID(t))
+	require.NoError(t, PinMaps(dir))
+	var ws [2]*LearnedWriter
+	for i := range ws {
+		w, err := OpenLearned(dir)
+		require.NoError(t, err)
+		defer w.Close()
+		ws[i] = w
+	}
+	const per = 200
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := ws[g%2]
+			for i := range per {
+				index := uint32(1 + i%4)
+				addr := netip.AddrFrom4([4]byte{10, byte(g), byte(i >> 8), byte(i)})
+				if _, err := w.Learn(index, addr, uint32(g), time.Hour); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	all, err := ReadLearned(dir)
+	require.NoError(t, err)
+	require.Len(t, all, 8*per)
+	outer, err := ebpf.LoadPinnedMap(filepath.Join(dir, MapLearned), nil)
+	require.NoError(t, err)
+	defer outer.Close()
+	inner := 0
+	require.NoError(t, learnedInner(outer, func(uint32, *ebpf.Map) error { inner++; return nil }))
+	require.Equal(t, 4, inner)
+}
