@@ -69,6 +69,10 @@ const (
 	MultiHost       = "multi.example.test"        // 10.220.0.17 and 10.220.0.18
 	WildcardSuffix  = "wild.example.test"         // *.wild.example.test -> 10.220.0.19
 	CNAMEHost       = "cname.example.test"        // CNAME -> allowed.example.test
+	// HostLocalHost sits under the wildcard and points at the host itself
+	// (HostIP, the host side of the link): like cloud names that encode any
+	// IP, it must never let the proxy reach the host.
+	HostLocalHost = "host-local." + WildcardSuffix // 10.220.0.1 = HostIP
 )
 
 // Ports served on every service address.
@@ -92,6 +96,7 @@ func DefaultHosts() []fakenet.Host {
 		{Name: MultiHost, IP: "10.220.0.17"},
 		{Name: MultiHost, IP: "10.220.0.18"},
 		{Name: "*." + WildcardSuffix, IP: "10.220.0.19"},
+		{Name: HostLocalHost, IP: HostIP},
 	}
 }
 

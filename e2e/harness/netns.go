@@ -47,7 +47,8 @@ func removeStaleNetns() error {
 }
 
 // serviceIPs returns every address assigned inside the namespace besides
-// FakenetIP: the service range plus any host IP outside it.
+// FakenetIP: the service range plus any host IP outside it, except HostIP,
+// which is the host's own (names pointing at it stand for the host).
 func (e *Env) serviceIPs() []string {
 	seen := map[string]bool{}
 	var ips []string
@@ -57,7 +58,7 @@ func (e *Env) serviceIPs() []string {
 		ips = append(ips, ip)
 	}
 	for _, h := range e.opts.Hosts {
-		if !seen[h.IP] {
+		if !seen[h.IP] && h.IP != HostIP {
 			seen[h.IP] = true
 			ips = append(ips, h.IP)
 		}
