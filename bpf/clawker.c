@@ -278,7 +278,10 @@ static __always_inline int route(struct endpoint *ep, __u32 identity, __u16 dpor
  *     dockerd binds nothing else on loopback, and other loopback addresses
  *     are the container's own services;
  *  3. loopback (127/8), 0.0.0.0 and the endpoint's own address -> untouched;
- *  4. the gateway: TCP 80 -> gateway:ca_port, anything else denied;
+ *  4. the gateway: TCP 80 -> gateway:ca_port; a port the gateway's learned
+ *     identity (host.docker.internal) routes to a listener ->
+ *     gateway:listener_port, where the proxy dials the host only for an
+ *     exact rule; anything else denied (never untouched);
  *  5. the endpoint's own subnet -> allowed with ICC, else denied;
  *  6. bypass in force -> untouched (the closed network redirects the flow);
  *  7. identity from learned (unexpired) and from the CIDR trie; the first
@@ -308,6 +311,12 @@ static __always_inline int decide4(struct endpoint *ep, __u32 dst, __u16 dport, 
 			d->port = ep->ca_port;
 			return V_REWRITE;
 		}
+		__u32 gidx = ep->index;
+		void *gmine = bpf_map_lookup_elem(&learned, &gidx);
+		struct learned_val *glv = gmine ? bpf_map_lookup_elem(gmine, &dst) : NULL;
+		if (glv && glv->expires_ns > bpf_ktime_get_ns() &&
+		    route(ep, glv->identity, dport, l4, d) == V_REWRITE)
+			return V_REWRITE;
 		d->reason = REASON_GATEWAY;
 		return V_DENY;
 	}

@@ -19,6 +19,7 @@ const (
 	idWeb  = 100 // "allowed.example.test", learned as 10.201.200.5, tcp/443 -> 15100
 	idCIDR = 200 // 10.201.201.0/24, tcp/8443 untouched (listener port 0)
 	idUDP  = 300 // learned as 10.201.200.7, udp/7000 -> 15110
+	idHost = 400 // "host.docker.internal", learned as the gateway, tcp/8080 -> 15120
 )
 
 // installPolicy enrolls c with the matrix policy.
@@ -34,6 +35,21 @@ func installPolicy(t *testing.T, m *Manager, c client) {
 	}}))
 	require.NoError(t, m.SyncCIDRs(map[uint32][]CIDR{c.index: {
 		{Prefix: netip.MustParsePrefix("10.201.201.0/24"), Identity: idCIDR},
+	}}))
+}
+
+// installHost adds what an exact tcp://host.docker.internal:8080 rule gives
+// c: the gateway learned under its identity, routed to a listener (and one
+// untouched route, which must not open the gateway).
+func installHost(t *testing.T, m *Manager, c client) {
+	t.Helper()
+	require.NoError(t, m.Learn(c.index, c.gw, idHost, time.Minute))
+	require.NoError(t, m.SyncRoutes(map[uint32][]Route{c.index: {
+		{Identity: idWeb, Port: 443, L4: 6, ListenerPort: 15100},
+		{Identity: idCIDR, Port: 8443, L4: 6, ListenerPort: 0},
+		{Identity: idUDP, Port: 7000, L4: 17, ListenerPort: 15110},
+		{Identity: idHost, Port: 8080, L4: 6, ListenerPort: 15120},
+		{Identity: idHost, Port: 8443, L4: 6, ListenerPort: 0},
 	}}))
 }
 
@@ -73,6 +89,7 @@ func TestDecisionMatrix(t *testing.T) {
 	e := newEnv(t)
 	m := e.openManager()
 	installPolicy(t, m, e.a)
+	installHost(t, m, e.a)
 	denials := m.Denials()
 
 	a, c := e.a, e.c
@@ -134,6 +151,12 @@ func TestDecisionMatrix(t *testing.T) {
 		{"gateway other port",
 			func(ns, gw string) result { return dialTCP(ns, "tcp4", gw+":22") },
 			&expect{eperm: true}, &expect{banner: "direct22"}},
+		{"gateway port routed for host.docker.internal goes to its listener",
+			func(ns, gw string) result { return dialTCP(ns, "tcp4", gw+":8080") },
+			&expect{banner: bannerSSH, peer: gwA + ":8080"}, &expect{fails: true}},
+		{"gateway port with an untouched route is still denied",
+			func(ns, gw string) result { return dialTCP(ns, "tcp4", gw+":8443") },
+			&expect{eperm: true}, &expect{banner: "direct8443"}},
 		{"same-subnet peer without icc",
 			func(ns, _ string) result { return dialTCP(ns, "tcp4", "10.201.1.3:443") },
 			&expect{eperm: true}, nil},

@@ -31,6 +31,7 @@ func TestKernelHostLocal(t *testing.T) {
 	require.True(t, ask("10.203.0.1"))
 	require.True(t, ask("127.0.0.9"))
 	require.True(t, ask("10.203.255.255"))
+	require.True(t, ask("0.0.0.0"), "connecting to 0.0.0.0 reaches the host")
 	require.False(t, ask("10.203.0.9"))
 	require.False(t, ask("198.51.100.7"))
 	require.False(t, ask("10.204.0.1"))
