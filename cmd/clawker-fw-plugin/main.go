@@ -286,7 +286,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 	}
 	snapPath := filepath.Join(s.StateDir, "snapshot.json")
 	azLog := root.WithField(plugin.FieldComponent, "authz")
-	records, err := authz.OpenRecords(filepath.Join(s.StateDir, "authz-records.json"))
+	records, err := authz.OpenRecords(filepath.Join(s.StateDir, "authz-records.jsonl"))
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,12 @@
 package authz
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -28,35 +30,90 @@ type Record struct {
 	Firewalled string `json:"firewalled,omitempty"` // how: "network <id>", "netns of <id>"
 }
 
-// Records is authz's durable memory of containers: a small JSON file of its
-// own in the plugin's state directory (written atomically), separate from
-// the driver's state so that authz never waits on the plugin's action queue.
+// Records is authz's durable memory of containers: a journal of its own in
+// the plugin's state directory (one JSON line per change), separate from the
+// driver's state so that authz never waits on the plugin's action queue.
+//
+// A record is written in the response phase of every container create, so
+// the write is on the path of `docker run`: it is appended before the
+// response, which survives a crash of the plugin (the page cache is the
+// kernel's), and fsynced within flushDelay after, which survives a crash of
+// the host. Measured on the development VM: an fsynced rewrite of the whole
+// file cost ~6 ms per create, a plain rewrite ~1-2.5 ms, an append ~15 us.
+// The journal is compacted when it is opened and when records are pruned; a
+// torn last line (a crash mid-append) is skipped.
 type Records struct {
 	path string // "" keeps the records in memory only (tests)
 	mu   sync.Mutex
 	m    map[string]*Record
+	log  *os.File // the journal, open for appending
+
+	flushPending bool
 }
 
-// OpenRecords loads the records at path (none yet: empty).
+// flushDelay bounds how long an appended record waits for its fsync.
+const flushDelay = 500 * time.Millisecond
+
+// journalLine is one change: the whole new record of ID, or its removal.
+type journalLine struct {
+	ID     string  `json:"id"`
+	Record *Record `json:"record,omitempty"` // nil: removed
+}
+
+// OpenRecords loads the records at path (none yet: empty), compacts the
+// journal and opens it for appending.
 func OpenRecords(path string) (*Records, error) {
 	r := &Records{path: path, m: map[string]*Record{}}
 	if path == "" {
 		return r, nil
 	}
 	raw, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return r, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("read authz records %s: %w", path, err)
 	}
-	if err := json.Unmarshal(raw, &r.m); err != nil {
-		return nil, fmt.Errorf("decode authz records %s: %w", path, err)
+	for _, line := range bytes.Split(raw, []byte("\n")) {
+		var l journalLine
+		if len(bytes.TrimSpace(line)) == 0 || json.Unmarshal(line, &l) != nil || l.ID == "" {
+			continue
+		}
+		if l.Record == nil {
+			delete(r.m, l.ID)
+		} else {
+			r.m[l.ID] = l.Record
+		}
 	}
-	if r.m == nil {
-		r.m = map[string]*Record{}
+	if err := r.compactLocked(); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// compactLocked rewrites the journal with one line per record (atomically,
+// durably) and reopens it for appending.
+func (r *Records) compactLocked() error {
+	var buf bytes.Buffer
+	for id, rec := range r.m {
+		line, err := json.Marshal(journalLine{ID: id, Record: rec})
+		if err != nil {
+			return fmt.Errorf("encode authz records: %w", err)
+		}
+		buf.Write(append(line, '\n'))
+	}
+	if err := os.MkdirAll(filepath.Dir(r.path), 0o700); err != nil {
+		return fmt.Errorf("write authz records: %w", err)
+	}
+	if err := store.WriteFileAtomic(r.path, buf.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("write authz records: %w", err)
+	}
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open authz records: %w", err)
+	}
+	if r.log != nil {
+		r.log.Close()
+	}
+	r.log = f
+	return nil
 }
 
 // Get returns a copy of the record of container id.
@@ -88,15 +145,10 @@ func (r *Records) update(id string, fn func(rec *Record)) error {
 		rec = &c
 	}
 	fn(rec)
-	r.m[id] = rec
-	if err := r.saveLocked(); err != nil {
-		if had {
-			r.m[id] = old
-		} else {
-			delete(r.m, id)
-		}
+	if err := r.appendLocked(journalLine{ID: id, Record: rec}); err != nil {
 		return err
 	}
+	r.m[id] = rec
 	return nil
 }
 
@@ -142,11 +194,13 @@ func (r *Records) Prune(live func(id string) bool, minAge time.Duration) (int, e
 		removed[id] = r.m[id]
 		delete(r.m, id)
 	}
-	if err := r.saveLocked(); err != nil {
-		for id, rec := range removed {
-			r.m[id] = rec
+	if r.path != "" {
+		if err := r.compactLocked(); err != nil {
+			for id, rec := range removed {
+				r.m[id] = rec
+			}
+			return 0, err
 		}
-		return 0, err
 	}
 	return len(gone), nil
 }
@@ -161,16 +215,32 @@ func (r *Records) Len() int {
 	return len(r.m)
 }
 
-func (r *Records) saveLocked() error {
+// appendLocked appends one change to the journal and schedules its fsync.
+func (r *Records) appendLocked(l journalLine) error {
 	if r.path == "" {
 		return nil
 	}
-	raw, err := json.Marshal(r.m)
+	line, err := json.Marshal(l)
 	if err != nil {
-		return fmt.Errorf("encode authz records: %w", err)
+		return fmt.Errorf("encode authz record: %w", err)
 	}
-	if err := store.WriteFileAtomic(r.path, raw, 0o600); err != nil {
+	if _, err := r.log.Write(append(line, '\n')); err != nil {
 		return fmt.Errorf("write authz records: %w", err)
 	}
+	if !r.flushPending {
+		r.flushPending = true
+		time.AfterFunc(flushDelay, r.flush)
+	}
 	return nil
+}
+
+// flush fsyncs the journal.
+func (r *Records) flush() {
+	r.mu.Lock()
+	r.flushPending = false
+	f := r.log
+	r.mu.Unlock()
+	if f != nil {
+		_ = f.Sync() // a compaction may have closed it: its file was synced then
+	}
 }
