@@ -67,6 +67,8 @@ func TestInspectionForwardsAsSent(t *testing.T) {
 		{"api.example.test", "/public/.%2E/secret", false},
 		{"api.example.test", "/public/x%00", false},
 		{"api.example.test", "/public/%c0%ae%c0%ae/private", false},
+		{"api.example.test", "/public/%EF%BC%8E%EF%BC%8E/private", false},
+		{"api.example.test", "/public/caf%C3%A9", true},
 		{"open.example.test", "/a/../b%2f..%2Fc;x", true},
 		{"open.example.test", "/a/%2e%2e/%2F/x", true},
 	}
