@@ -11,6 +11,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/internal/ratelimit"
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 // TestConnCapPerEndpoint: one endpoint at its cap gets new connections
@@ -179,4 +180,39 @@ func newUDPEcho(t testing.TB) uint16 {
 		}
 	}()
 	return uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// TestBindFailureIsReported: a listener whose port is taken is reported as
+// a *model.BindError naming it (the plugin withdraws its routes), the other
+// listeners open, and the next Apply retries it.
+func TestBindFailureIsReported(t *testing.T) {
+	busy, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	busyPort := uint16(busy.Addr().(*net.TCPAddr).Port)
+	h := newHarness(t, func(c *Config) {
+		c.ListenPort = func(p uint16) uint16 {
+			if p == model.AllocLo {
+				return busyPort
+			}
+			return 0
+		}
+	})
+	h.dns.set("db.example.test", "127.0.0.1")
+	pol := &policy.Policy{Allows: []policy.Allowed{allow("db.example.test", policy.ProtoTCP, 5432, 5433)}}
+	snap := snapshot(1, endpoint(1, "127.0.0.2", pol))
+	m, err := model.Build(snap, h.alloc)
+	require.NoError(t, err)
+	err = h.e.Apply(snap, m)
+	var be *model.BindError
+	require.ErrorAs(t, err, &be)
+	require.Len(t, be.Failed, 1)
+	require.Equal(t, model.AllocLo, be.Failed[0].Listener.Port)
+	require.Contains(t, be.Failed[0].Err, "address already in use")
+	require.Nil(t, h.e.Addr(model.AllocLo, policy.L4TCP))
+	require.NotNil(t, h.e.Addr(model.AllocLo+1, policy.L4TCP), "the other listener opened")
+	require.Len(t, h.e.Health().Errors, 1)
+
+	busy.Close()
+	require.NoError(t, h.e.Apply(snap, m), "retried by the next Apply")
+	require.NotNil(t, h.e.Addr(model.AllocLo, policy.L4TCP))
 }
