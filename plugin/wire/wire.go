@@ -319,22 +319,25 @@ func (d *Docker) VolumeOptions(ctx context.Context, name string) (map[string]str
 // its "name" filter is a regular expression, anchored here, and the exact
 // name is then picked from its answer.
 func (d *Docker) ResolveContainer(ctx context.Context, ref string) (authz.Container, bool, error) {
-	byName, err := d.C.ContainerList(ctx, container.ListOptions{All: true,
-		Filters: filters.NewArgs(filters.Arg("name", "^/?"+regexp.QuoteMeta(ref)+"$"))})
-	if err != nil {
-		return authz.Container{}, false, err
+	list := func(key, value string) ([]container.Summary, error) {
+		return d.C.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg(key, value))})
 	}
-	var byID []container.Summary
-	if hexRef.MatchString(ref) {
-		if byID, err = d.C.ContainerList(ctx, container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("id", ref))}); err != nil {
+	// One list call in the common cases (a full id, a name): the next
+	// step's call only when the earlier one found nothing.
+	if fullID.MatchString(ref) {
+		byID, err := list("id", ref)
+		if err != nil {
 			return authz.Container{}, false, err
 		}
-	}
-	for _, c := range byID {
-		if c.ID == ref {
-			return summary(c), true, nil
+		for _, c := range byID {
+			if c.ID == ref {
+				return summary(c), true, nil
+			}
 		}
+	}
+	byName, err := list("name", "^/?"+regexp.QuoteMeta(ref)+"$")
+	if err != nil {
+		return authz.Container{}, false, err
 	}
 	for _, c := range byName {
 		for _, n := range c.Names {
@@ -342,6 +345,13 @@ func (d *Docker) ResolveContainer(ctx context.Context, ref string) (authz.Contai
 				return summary(c), true, nil
 			}
 		}
+	}
+	if !hexRef.MatchString(ref) || fullID.MatchString(ref) {
+		return authz.Container{}, false, nil
+	}
+	byID, err := list("id", ref)
+	if err != nil {
+		return authz.Container{}, false, err
 	}
 	var found []container.Summary
 	for _, c := range byID {
