@@ -534,8 +534,9 @@ func (a *Authz) checkEscapes(hc HostConfigBody, nets, fw []string) authorization
 //     container: dockerd still applies a host config sent with such a start
 //     (Privileged, CapAdd, NetworkMode, ...) over the one create checked,
 //     and a chunked start body never reaches the authz plugin;
-//  3. a container firewalled for its life is refused while it is attached
-//     to a network that is not a clawker-fw network;
+//  3. a container firewalled for its life, or on a clawker-fw network, is
+//     refused while it is also attached to a network that is not one
+//     (connected while authz was off);
 //  4. the host config checked at create (authz's record) is checked again
 //     against the namespaces it joins now: the escapes when its network
 //     namespace is firewalled, and the PID rule. A container that shares a
@@ -557,17 +558,26 @@ func (a *Authz) checkStart(c apiCall) authorization.Response {
 	if self.fw != "" && c.version != "" && versionBelow(c.version, 1, 24) {
 		return deny("starting container %s with Docker API %s is not allowed on a clawker-fw network: before API 1.24 a start may replace the container's host config; use a current Docker client", ref, c.version)
 	}
-	rec, hasRec := a.cfg.Records.Get(ctr.ID)
-	if rec.Firewalled != "" {
-		for name, id := range ctr.Networks {
-			fw, err := a.networkFirewalled(name, id)
-			if err != nil {
-				return deny("%v", err)
-			}
-			if !fw {
-				return deny("container %s is firewalled for its life (%s) and cannot start attached to the network %s, which is not a clawker-fw network: that would bypass the firewall; disconnect it (docker network disconnect %s %s)", ref, rec.Firewalled, name, name, ref)
-			}
+	var nets, fw, plain []string
+	for name, id := range ctr.Networks {
+		nets = append(nets, name)
+		isFW, err := a.networkFirewalled(name, id)
+		if err != nil {
+			return deny("%v", err)
 		}
+		if isFW {
+			fw = append(fw, name)
+		} else {
+			plain = append(plain, name)
+		}
+	}
+	rec, hasRec := a.cfg.Records.Get(ctr.ID)
+	if len(plain) > 0 && (rec.Firewalled != "" || len(fw) > 0) {
+		why := rec.Firewalled
+		if why == "" {
+			why = "on the clawker-fw network " + fw[0]
+		}
+		return deny("container %s is firewalled for its life (%s) and cannot start attached to the network %s, which is not a clawker-fw network: that would bypass the firewall; disconnect it (docker network disconnect %s %s)", ref, why, plain[0], plain[0], ref)
 	}
 	if !hasRec || rec.HostConfig == nil {
 		if self.fw != "" && strings.HasPrefix(ctr.NetworkMode, "container:") {
@@ -578,17 +588,6 @@ func (a *Authz) checkStart(c apiCall) authorization.Response {
 	hc := *rec.HostConfig
 	if resp := a.checkPid(hc.PidMode, self); !resp.Allow {
 		return resp
-	}
-	var nets, fw []string
-	for name, id := range ctr.Networks {
-		nets = append(nets, name)
-		isFW, err := a.networkFirewalled(name, id)
-		if err != nil {
-			return deny("%v", err)
-		}
-		if isFW {
-			fw = append(fw, name)
-		}
 	}
 	if self.fw != "" && len(fw) == 0 {
 		fw = append(fw, self.fw)

@@ -195,6 +195,12 @@ func TestFirewalledForLife(t *testing.T) {
 	resp := call(t, a, "POST", "/v1.41/containers/life/start", nil)
 	require.False(t, resp.Allow)
 	require.Contains(t, resp.Msg, "firewalled for its life")
+	// A container on a clawker-fw network and another one (connected while
+	// authz was off), with no record at all: its start is refused too.
+	d.set(Container{ID: id("11ee"), Name: "twonets", NetworkMode: "agents", Networks: map[string]string{"agents": fwID, "bridge": "b0b0"}})
+	resp = call(t, a, "POST", "/v1.41/containers/twonets/start", nil)
+	require.False(t, resp.Allow)
+	require.Contains(t, resp.Msg, "cannot start attached to the network bridge")
 	// It may rejoin a clawker-fw network once it is on no other.
 	life.Networks = map[string]string{}
 	d.set(life)
