@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/clawker-fw/clawker-fw/bpf"
+	"github.com/clawker-fw/clawker-fw/dns"
 	"github.com/clawker-fw/clawker-fw/e2e/fakenet"
 	"github.com/clawker-fw/clawker-fw/e2e/harness"
 )
@@ -219,5 +222,73 @@ func TestHardeningBpfdnsNameAlphabet(t *testing.T) {
 	out, err := f.exec(id, "curl", "-sS", "--max-time", "10", "https://x-1."+harness.WildcardSuffix+"/alphabet")
 	require.NoError(t, err, out)
 	require.Contains(t, out, "path=/alphabet")
+	f.requireNoLeaks(t)
+}
+
+// evictedTotal reads coredns_clawker_learned_evicted_total from the DNS
+// sidecar's metrics (the plugin runs in the host's network namespace).
+func evictedTotal(t *testing.T) float64 {
+	t.Helper()
+	out, err := exec.Command("curl", "-sS", "--max-time", "5", "http://"+dns.DefaultMetricsAddr+"/metrics").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "coredns_clawker_learned_evicted_total "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			require.NoError(t, err, l)
+			return f
+		}
+	}
+	return 0
+}
+
+// TestHardeningBpfdnsLearnedQuota (issue 11, class 8): container A
+// resolving more distinct addresses than its learned-map quota makes room
+// among its own entries only: its oldest answer is denied at connect, its
+// newest connects, the eviction is counted, and container B's entry,
+// learned before, still routes without a new query.
+func TestHardeningBpfdnsLearnedQuota(t *testing.T) {
+	f := pluginEnv(t)
+	f.resetLeaks(t)
+	spread := fakenet.SpreadLabel + ".example.test"
+	n := f.createNet(t, "cfw-bd-quota", 173, "clawker.allow="+harness.AllowedHost+",."+spread)
+	b := f.detached(t, "--network", n.Name, "--name", "cfw-bd-quota-b", f.debian, "sleep", "600")
+	a := f.detached(t, "--network", n.Name, "--name", "cfw-bd-quota-a", f.debian, "sleep", "600")
+	out, err := f.exec(b, "curl", "-sS", "--max-time", "10", "https://"+harness.AllowedHost+"/before")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "path=/before")
+
+	before := evictedTotal(t)
+	total := bpf.LearnedPerEndpoint + 300
+	flood := fmt.Sprintf(`
+import socket, time
+t = time.time()
+for k in range(%d):
+    socket.gethostbyname("n%%d.%s" %% k)
+print("resolved in %%.1fs" %% (time.time() - t))
+def connect(ip):
+    try:
+        socket.create_connection((ip, 443), timeout=3).close(); return "connected"
+    except OSError as e:
+        return "errno %%d %%s" %% (e.errno, e.strerror)
+print("oldest", connect("198.18.0.0"))
+print("newest", connect(socket.inet_ntoa(bytes([198, 18, %d >> 8, %d & 255]))))
+`, total, spread, total-1, total-1)
+	start := time.Now()
+	out, err = f.exec(a, "python3", "-c", flood)
+	t.Logf("A resolved %d names under .%s (%s):\n%s", total, spread, time.Since(start).Round(time.Millisecond), out)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "oldest errno 1 Operation not permitted", "A's oldest answer made room")
+	require.Contains(t, out, "newest connected", "A's newest answer is learned (steered to the proxy)")
+	evicted := evictedTotal(t) - before
+	t.Logf("evicted (coredns_clawker_learned_evicted_total): %.0f", evicted)
+	require.GreaterOrEqual(t, evicted, float64(bpf.LearnedPerEndpoint/16), "evictions counted")
+	if strings.Contains(f.dockerdLog(t), "decision=learned-quota-full") {
+		t.Log("the DNS sidecar logged decision=learned-quota-full")
+	}
+
+	// B's entry survived A's flood: it connects without asking DNS again.
+	out, err = f.exec(b, "curl", "-sS", "--max-time", "10", "--resolve", harness.AllowedHost+":443:"+allowedIP, "https://"+harness.AllowedHost+"/after")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "path=/after")
 	f.requireNoLeaks(t)
 }

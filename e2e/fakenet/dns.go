@@ -2,6 +2,7 @@ package fakenet
 
 import (
 	"net"
+	"strconv"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -26,11 +27,23 @@ func newZoneData(c *Config) *zoneData {
 	return z
 }
 
+// SpreadLabel is the zone's subdomain of many addresses: n<k>.spread.<zone>
+// for k in 0..65535 answers 198.18.<k/256>.<k%256> (RFC 2544 benchmarking
+// space, served by nothing), so a test can make a container learn as many
+// distinct addresses as it likes.
+const SpreadLabel = "spread"
+
 // lookupA returns the A addresses of name: exact match first, then the
-// closest enclosing wildcard ("*.wild.example.test." covers any depth).
+// spread names, then the closest enclosing wildcard ("*.wild.example.test."
+// covers any depth).
 func (z *zoneData) lookupA(name string) ([]net.IP, bool) {
 	if ips, ok := z.a[name]; ok {
 		return ips, true
+	}
+	if n, ok := strings.CutSuffix(name, "."+SpreadLabel+"."+z.zone); ok && strings.HasPrefix(n, "n") {
+		if k, err := strconv.ParseUint(n[1:], 10, 16); err == nil {
+			return []net.IP{net.IPv4(198, 18, byte(k>>8), byte(k)).To4()}, true
+		}
 	}
 	labels := dns.SplitDomainName(name)
 	for i := 1; i < len(labels); i++ {

@@ -67,6 +67,8 @@ func TestDNS(t *testing.T) {
 		{"cname chain", "cname.example.test.", dns.TypeA, dns.RcodeSuccess, []string{"cname2.example.test.", "allowed.example.test.", "10.220.0.10"}},
 		{"aaaa empty", "allowed.example.test.", dns.TypeAAAA, dns.RcodeSuccess, nil},
 		{"nxdomain", "nope.example.test.", dns.TypeA, dns.RcodeNameError, nil},
+		{"spread", "n258.spread.example.test.", dns.TypeA, dns.RcodeSuccess, []string{"198.18.1.2"}},
+		{"spread out of range", "n65536.spread.example.test.", dns.TypeA, dns.RcodeNameError, nil},
 		{"outside zone", "github.com.", dns.TypeA, dns.RcodeNameError, nil},
 	}
 	for _, tc := range tests {
