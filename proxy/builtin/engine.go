@@ -92,8 +92,8 @@ type Config struct {
 	// address of any of its interfaces, loopback, a local route). Names
 	// and bypasses never reach such addresses; an IP/CIDR rule naming them,
 	// or an exact host.docker.internal rule, does. Asked at every dial.
-	// Default: a route lookup in the proxy's network namespace
-	// (kernelHostLocal). Tests whose upstreams listen on loopback swap it.
+	// Default: a route lookup in the network namespace New runs in
+	// (sharedHostLocal). Tests whose upstreams listen on loopback swap it.
 	HostLocal func(netip.Addr) (bool, error)
 	// BindAddr is the address listeners bind. Default: all addresses.
 	BindAddr string
@@ -192,6 +192,8 @@ type Engine struct {
 	closed    bool
 	connWG    sync.WaitGroup
 
+	closeHostLocal func() // the default HostLocal's netlink socket
+
 	caps *caps
 
 	transports sync.Map // uint32 endpoint index -> *http.Transport
@@ -217,8 +219,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.ListenPort == nil {
 		cfg.ListenPort = func(p uint16) uint16 { return p }
 	}
+	closeHostLocal := func() {}
 	if cfg.HostLocal == nil {
-		cfg.HostLocal = kernelHostLocal
+		cfg.HostLocal, closeHostLocal = sharedHostLocal()
 	}
 	if cfg.UpstreamPort == nil {
 		cfg.UpstreamPort = func(p uint16) uint16 { return p }
@@ -268,12 +271,15 @@ func New(cfg Config) (*Engine, error) {
 		conns:     map[*liveConn]struct{}{},
 		accepted:  map[net.Conn]struct{}{},
 		caps:      newCaps(),
+
+		closeHostLocal: closeHostLocal,
 	}
 	ch := make(chan struct{})
 	e.changed.Store(&ch)
 	e.metrics = newMetrics()
 	if cfg.Registry != nil {
 		if err := e.metrics.register(cfg.Registry); err != nil {
+			closeHostLocal()
 			return nil, fmt.Errorf("register proxy metrics: %w", err)
 		}
 	}
@@ -395,6 +401,7 @@ func (e *Engine) Close() error {
 		v.(*http.Transport).CloseIdleConnections()
 		return true
 	})
+	e.closeHostLocal()
 	return errors.Join(errs...)
 }
 

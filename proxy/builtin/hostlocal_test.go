@@ -37,6 +37,25 @@ func TestKernelHostLocal(t *testing.T) {
 	require.False(t, ask("10.204.0.1"))
 	run(t, "ip", "-n", ns.name, "addr", "add", "10.204.0.1/32", "dev", "cfwp1")
 	require.True(t, ask("10.204.0.1"), "an address added later counts at once")
+
+	// The engine's default keeps one socket, opened in its namespace, which
+	// answers for that namespace whichever thread asks.
+	var shared func(netip.Addr) (bool, error)
+	var done func()
+	ns.do(t, func() { shared, done = sharedHostLocal() })
+	defer done()
+	for a, want := range map[string]bool{"10.203.0.1": true, "10.204.0.1": true, "10.203.0.9": false, "127.0.0.1": true} {
+		got, err := shared(netip.MustParseAddr(a))
+		require.NoError(t, err, a)
+		require.Equal(t, want, got, a)
+	}
+	run(t, "ip", "-n", ns.name, "addr", "add", "10.205.0.1/32", "dev", "cfwp1")
+	got, err := shared(netip.MustParseAddr("10.205.0.1"))
+	require.NoError(t, err)
+	require.True(t, got, "an address added after the socket opened counts at once")
+	local, err := kernelHostLocal(netip.MustParseAddr("10.205.0.1"))
+	require.NoError(t, err)
+	require.False(t, local, "the test's own namespace does not have it")
 }
 
 // countingListener accepts on addr and counts connections.
