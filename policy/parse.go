@@ -30,6 +30,14 @@ const (
 // listed (and so deduplicated).
 var ruleKeys = []string{KeyAllow, KeyDeny, KeyRules}
 
+// IsClawkerKey reports whether a label or option key is in the clawker.*
+// namespace in any letter case ("Clawker.Allow" too): the checks that ask
+// "does this container carry clawker labels" must not miss a spelling that
+// ParseLabels would refuse.
+func IsClawkerKey(k string) bool {
+	return len(k) >= len(KeyPrefix) && strings.EqualFold(k[:len(KeyPrefix)], KeyPrefix)
+}
+
 func isSettingKey(k string) bool {
 	return k == KeyDNSUpstream || k == KeyTLSInspect || k == KeyICC
 }
@@ -334,9 +342,11 @@ func ParseNetworkOptions(opts map[string]string, networkID string) (NetworkConfi
 }
 
 // ParseLabels parses the rules in a container's labels. Labels that do not
-// start with "clawker." are ignored; clawker.allow, clawker.deny and
-// clawker.rules carry rules; a network-wide setting in a label and any other
-// clawker.* label is an error. Errors are *FieldError values naming the label.
+// start with "clawker." (in any case) are ignored; clawker.allow, clawker.deny
+// and clawker.rules carry rules; a network-wide setting in a label, a
+// clawker key in another letter case ("Clawker.allow": Docker label keys are
+// case-sensitive, so it would silently be no rule) and any other clawker.*
+// label is an error. Errors are *FieldError values naming the label.
 // The rules are normalized and deduplicated.
 func ParseLabels(labels map[string]string, containerID string) ([]EgressRule, error) {
 	var errs []error
@@ -344,7 +354,9 @@ func ParseLabels(labels map[string]string, containerID string) ([]EgressRule, er
 	src := Provenance{Kind: SourceLabel, Container: containerID}
 	for _, k := range sortedKeys(labels) {
 		switch {
-		case !strings.HasPrefix(k, KeyPrefix), slices.Contains(ruleKeys, k):
+		case !IsClawkerKey(k), slices.Contains(ruleKeys, k):
+		case !strings.HasPrefix(k, KeyPrefix) || slices.Contains(ruleKeys, strings.ToLower(k)):
+			errs = append(errs, &FieldError{Field: k, Reason: "clawker keys are lowercase (clawker.allow, clawker.deny, clawker.rules)"})
 		case isSettingKey(k):
 			errs = append(errs, &FieldError{Field: k, Reason: "network-wide setting; set it with docker network create -o"})
 		default:

@@ -190,6 +190,9 @@ func TestParseLabels(t *testing.T) {
 		{name: "setting inspect", labels: map[string]string{KeyTLSInspect: "all"}, field: KeyTLSInspect, reason: "network-wide setting"},
 		{name: "setting icc", labels: map[string]string{KeyICC: "true"}, field: KeyICC, reason: "network-wide setting"},
 		{name: "unknown clawker label", labels: map[string]string{"clawker.alow": "x.com"}, field: "clawker.alow", reason: "unknown clawker key"},
+		{name: "key case", labels: map[string]string{"Clawker.allow": "x.com"}, field: "Clawker.allow", reason: "clawker keys are lowercase"},
+		{name: "key case suffix", labels: map[string]string{"clawker.ALLOW": "x.com"}, field: "clawker.ALLOW", reason: "clawker keys are lowercase"},
+		{name: "key case rules", labels: map[string]string{"CLAWKER.RULES": "[]"}, field: "CLAWKER.RULES", reason: "clawker keys are lowercase"},
 		{name: "bad allow", labels: map[string]string{KeyAllow: "exa mple.com"}, field: KeyAllow, value: "exa mple.com", reason: "invalid character ' ' in host name"},
 		{name: "bad deny", labels: map[string]string{KeyDeny: "tcp://.x.test:1"}, field: KeyDeny, value: "tcp://.x.test:1", reason: "exact host name"},
 	} {
