@@ -195,8 +195,9 @@ func socketRTT(e *harness.Env, img, plugin string, n int, s sample) error {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", socks[0])
 	}}, Timeout: 10 * time.Second}
+	// No clawker label: authz refuses clawker labels off clawker-fw networks.
 	createBody, _ := json.Marshal(map[string]any{"Image": img, "Cmd": []string{"true"},
-		"Labels": map[string]string{"clawker.allow": harness.AltHost}, "HostConfig": map[string]any{"NetworkMode": "none"}})
+		"Labels": map[string]string{"com.example.team": "bench"}, "HostConfig": map[string]any{"NetworkMode": "none"}})
 	headers := map[string]string{"User-Agent": "Go-http-client/1.1", "Content-Type": "application/json"}
 	for _, k := range []struct {
 		name string
@@ -374,9 +375,15 @@ func measure(c *http.Client, img string, nPS, nCreate int, s sample) error {
 	for i := 0; i < nCreate; i++ {
 		for _, kind := range []struct{ name, mode string }{{"create-fw", netName}, {"create-none", "none"}} {
 			var id string
+			// Clawker labels only on the firewalled network: authz refuses
+			// them elsewhere (they would protect nothing).
+			labels := map[string]string{"com.example.team": "bench"}
+			if kind.mode == netName {
+				labels = map[string]string{"clawker.allow": harness.AltHost}
+			}
 			if err := timed(s, kind.name, func() error {
 				code, b, err := call(c, "POST", "/containers/create", map[string]any{
-					"Image": img, "Cmd": []string{"true"}, "Labels": map[string]string{"clawker.allow": harness.AltHost},
+					"Image": img, "Cmd": []string{"true"}, "Labels": labels,
 					"HostConfig": map[string]any{"NetworkMode": kind.mode}})
 				if err != nil {
 					return err

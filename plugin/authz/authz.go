@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net/url"
 	pathpkg "path"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -389,12 +390,44 @@ func (a *Authz) checkCreate(c apiCall) authorization.Response {
 	if err := model.CheckLimit(rules, model.MaxPortsPerContainer, "a container"); err != nil {
 		return deny("label %v. Narrow the port ranges and run again; nothing was created", err)
 	}
-	return a.checkHostConfig(body.hostConfig(), body.NetworkingConfig.EndpointsConfig)
+	return a.checkHostConfig(body.hostConfig(), body.NetworkingConfig.EndpointsConfig, body.Labels)
+}
+
+// unfirewalledWithLabels refuses a container that is given clawker.* labels
+// but joins no clawker-fw network (host, the default bridge, none, a plain
+// network, a plain container's namespace): nothing would enforce its labels,
+// and nothing would say so. nets are the networks of the request (none: the
+// default bridge).
+func unfirewalledWithLabels(labels map[string]string, nets []string) authorization.Response {
+	var keys []string
+	for k := range labels {
+		if policy.IsClawkerKey(k) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return allow()
+	}
+	sort.Strings(keys)
+	var where []string
+	for _, n := range nets {
+		w := "network " + n
+		if n == "bridge" || n == "default" {
+			w = "the default bridge"
+		}
+		if !contains(where, w) {
+			where = append(where, w)
+		}
+	}
+	if len(where) == 0 {
+		where = []string{"the default bridge"}
+	}
+	return deny("the container is given clawker labels (%s) but is on no clawker-fw network (%s): its labels protect nothing, no firewall applies to it. Run it with --network <a clawker-fw network>, or drop the clawker.* labels", strings.Join(keys, ", "), strings.Join(where, ", "))
 }
 
 // checkHostConfig applies invariant 8 to a container's host config (and the
 // networks of its create request) when it is on a clawker-fw network.
-func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.RawMessage) authorization.Response {
+func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.RawMessage, labels map[string]string) authorization.Response {
 	nets := []string{}
 	if m := hc.NetworkMode; m != "" && m != "default" {
 		nets = append(nets, m)
@@ -432,6 +465,9 @@ func (a *Authz) checkHostConfig(hc HostConfigBody, endpoints map[string]json.Raw
 	}
 	if resp := a.checkPid(hc.PidMode, self); !resp.Allow {
 		return resp
+	}
+	if len(fw) == 0 {
+		return unfirewalledWithLabels(labels, nets)
 	}
 	return a.checkEscapes(hc, nets, fw)
 }
@@ -859,6 +895,14 @@ func (a *Authz) recordCreate(raw []byte, id string) error {
 		return fmt.Errorf("parse the create request: %w", err)
 	}
 	hc := body.hostConfig()
+	// Only the clawker labels given here carry rules for the container
+	// (never those Docker merges in from its image): remember exactly them.
+	labels := map[string]string{}
+	for k, v := range body.Labels {
+		if policy.IsClawkerKey(k) {
+			labels[k] = v
+		}
+	}
 	// dockerd stores a shared namespace's container by id when it exists at
 	// create (moby adaptSharedNamespaceContainer), so a later rename does
 	// not change what it joins: record the same.
@@ -898,7 +942,7 @@ func (a *Authz) recordCreate(raw []byte, id string) error {
 			}
 		}
 	}
-	return a.cfg.Records.Created(id, hc, fw)
+	return a.cfg.Records.Created(id, hc, labels, fw)
 }
 
 // isFirewalled reports whether a network reference is a clawker-fw network:

@@ -286,7 +286,7 @@ func TestRecordsDurable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "authz-records.jsonl")
 	r, err := OpenRecords(path)
 	require.NoError(t, err)
-	require.NoError(t, r.Created("aa", HostConfigBody{PidMode: "container:bb"}, ""))
+	require.NoError(t, r.Created("aa", HostConfigBody{PidMode: "container:bb"}, nil, ""))
 	require.NoError(t, r.MarkFirewalled("aa", "identified"))
 	require.NoError(t, r.MarkFirewalled("cc", "identified"))
 	// Appended, one line per change, readable at once by a new process.

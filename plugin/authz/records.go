@@ -28,6 +28,10 @@ type Record struct {
 	// create, or when the plugin identifies it): it stays firewalled for its
 	// life, whatever networks it is later disconnected from.
 	Firewalled string `json:"firewalled,omitempty"` // how: "network <id>", "netns of <id>"
+	// Labels are the clawker.* labels the create request gave (an empty
+	// map when it gave none; nil when authz did not see the create): only
+	// these carry rules, never the image's labels Docker merges in.
+	Labels map[string]string `json:"labels"`
 }
 
 // Records is authz's durable memory of containers: a journal of its own in
@@ -116,6 +120,16 @@ func (r *Records) compactLocked() error {
 	return nil
 }
 
+// GivenLabels returns the clawker labels container id's create request gave;
+// recorded is false when authz did not see its create.
+func (r *Records) GivenLabels(id string) (labels map[string]string, recorded bool) {
+	rec, ok := r.Get(id)
+	if !ok || rec.HostConfig == nil || rec.Labels == nil {
+		return nil, false
+	}
+	return rec.Labels, true
+}
+
 // Get returns a copy of the record of container id.
 func (r *Records) Get(id string) (Record, bool) {
 	if r == nil {
@@ -152,11 +166,14 @@ func (r *Records) update(id string, fn func(rec *Record)) error {
 	return nil
 }
 
-// Created records the host config a container was created with, and whether
-// it was created firewalled ("" when not).
-func (r *Records) Created(id string, hc HostConfigBody, firewalled string) error {
+// Created records the host config and the clawker labels a container was
+// created with, and whether it was created firewalled ("" when not).
+func (r *Records) Created(id string, hc HostConfigBody, labels map[string]string, firewalled string) error {
+	if labels == nil {
+		labels = map[string]string{}
+	}
 	return r.update(id, func(rec *Record) {
-		rec.HostConfig = &hc
+		rec.HostConfig, rec.Labels = &hc, labels
 		if firewalled != "" && rec.Firewalled == "" {
 			rec.Firewalled = firewalled
 		}
