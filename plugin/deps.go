@@ -82,7 +82,11 @@ type Container struct {
 	ID      string
 	Name    string
 	Aliases []string
-	Labels  map[string]string
+	// Labels are Docker's merged labels: the image's and those given at
+	// create (see given.go).
+	Labels map[string]string
+	// ImageID is the container's image ("sha256:...").
+	ImageID string
 }
 
 // Docker is the slice of the Docker API the plugin uses. It must never
@@ -91,6 +95,9 @@ type Container struct {
 type Docker interface {
 	Container(ctx context.Context, id string) (Container, bool, error)
 	Running(ctx context.Context) (map[string]bool, error)
+	// ImageLabels returns an image's labels (image inspect takes no
+	// container lock).
+	ImageLabels(ctx context.Context, imageID string) (map[string]string, error)
 }
 
 // SnapshotSink receives every published snapshot (the DNS sidecar's file).

@@ -113,7 +113,8 @@ func (p *Plugin) identify(endpointID string, restore bool) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if err := p.setContainer(endpointID, c); err != nil {
+	given, ignored, gerr := p.givenLabels(ctx, c)
+	if err := p.setContainer(endpointID, c, given, ignored, gerr); err != nil {
 		return err
 	}
 	p.refreshAliases(endpointID, c)
@@ -212,11 +213,16 @@ func containerOfPid(pid int) (string, error) {
 	return "", fmt.Errorf("no container id in cgroup of pid %d", pid)
 }
 
-// setContainer records the container's identity and label rules, publishes
-// the endpoint's real policy, then switches its enrollment from pass-through
-// to enforced (routes first, so no allowed connect fails in between).
-func (p *Plugin) setContainer(endpointID string, c Container) error {
-	rules, perr := policy.ParseLabels(c.Labels, c.ID)
+// setContainer records the container's identity and label rules (from the
+// labels given for it: see given.go), publishes the endpoint's real policy,
+// then switches its enrollment from pass-through to enforced (routes first,
+// so no allowed connect fails in between). gerr says the given labels could
+// not be told apart: the container then has no egress.
+func (p *Plugin) setContainer(endpointID string, c Container, given map[string]string, ignored []IgnoredLabel, gerr error) error {
+	rules, perr := policy.ParseLabels(given, c.ID)
+	if gerr != nil {
+		rules, perr = nil, gerr
+	}
 	return p.q.Do(p.ctx, queue.KindMutate, func() error {
 		cur, ok := p.st.Endpoints[endpointID]
 		if !ok || !cur.Joined {
@@ -225,9 +231,12 @@ func (p *Plugin) setContainer(endpointID string, c Container) error {
 		next := p.st.clone()
 		ep := next.Endpoints[endpointID]
 		ep.ContainerID, ep.ContainerName, ep.Aliases = c.ID, c.Name, c.Aliases
-		ep.Labels = clawkerLabels(c.Labels)
+		ep.Labels, ep.IgnoredLabels = given, ignored
 		ep.LabelRules, ep.LabelError = rules, ""
 		log := p.log.WithField(FieldEndpoint, short(endpointID)).WithField(FieldContainer, c.Name)
+		for _, l := range ignored {
+			log.WithField("label", l.Key+"="+l.Value).WithField("why", l.Why).Warn("clawker label ignored: only labels given for the container carry rules")
+		}
 		if perr != nil {
 			ep.LabelRules, ep.LabelError = nil, perr.Error()
 			log.WithField(FieldError, perr.Error()).Error("invalid clawker label: the container has no egress at all until it is recreated with valid labels")
@@ -267,14 +276,4 @@ func (p *Plugin) markLabelError(endpointID, containerID string, cause error) err
 		return p.publish()
 	})
 	return cause
-}
-
-func clawkerLabels(in map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range in {
-		if strings.HasPrefix(k, "clawker.") {
-			out[k] = v
-		}
-	}
-	return out
 }

@@ -221,6 +221,7 @@ func (p *Plugin) Join(networkID, endpointID, sandboxKey string) (JoinInfo, error
 		nep := next.Endpoints[endpointID]
 		nep.Joined, nep.SandboxKey = true, sandboxKey
 		nep.ContainerID, nep.ContainerName, nep.Aliases, nep.Labels, nep.LabelRules, nep.LabelError = "", "", nil, nil, nil, ""
+		nep.IgnoredLabels = nil
 		if err := p.commit(next); err != nil {
 			return err
 		}

@@ -371,6 +371,9 @@ type EPInfo struct {
 	// Failures lists the endpoint's rules that got no listener port (the
 	// rest of its policy works).
 	Failures []string `json:"failures,omitempty"`
+	// IgnoredLabels are the container's clawker.* labels that carry no
+	// rule (its image's), as "key=value (why)".
+	IgnoredLabels []string `json:"ignored_labels,omitempty"`
 }
 
 // Networks reports networks and endpoints (read through the queue).
@@ -393,6 +396,9 @@ func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
 					for _, f := range m.Failures[ep.Index] {
 						info.Failures = append(info.Failures, f.String())
 					}
+				}
+				for _, l := range ep.IgnoredLabels {
+					info.IgnoredLabels = append(info.IgnoredLabels, l.String())
 				}
 				ns.Endpoints = append(ns.Endpoints, info)
 			}

@@ -55,6 +55,10 @@ type Config struct {
 	// KernelLogLimit, when set, rate-limits the log lines of the socket
 	// hooks' denials per endpoint (the denials are all recorded anyway).
 	KernelLogLimit *ratelimit.Limiter
+	// GivenLabels returns the clawker labels a container's create request
+	// gave (authz records them); recorded is false when none is known.
+	// Only those labels carry rules (see given.go).
+	GivenLabels func(containerID string) (labels map[string]string, recorded bool)
 }
 
 // Plugin is the running plugin core.

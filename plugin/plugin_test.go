@@ -152,6 +152,9 @@ func (h *fakeHost) NetnsCookie(path string) (uint64, error) {
 type fakeDocker struct {
 	mu         sync.Mutex
 	containers map[string]Container
+	images     map[string]map[string]string // image id -> labels
+	imageErr   error
+	given      map[string]map[string]string // container id -> labels its create gave
 }
 
 func (d *fakeDocker) Container(_ context.Context, id string) (Container, bool, error) {
@@ -161,6 +164,22 @@ func (d *fakeDocker) Container(_ context.Context, id string) (Container, bool, e
 	return c, ok, nil
 }
 func (d *fakeDocker) Running(context.Context) (map[string]bool, error) { return nil, nil }
+
+// givenLabels stands in for authz's records of the labels each create gave.
+func (d *fakeDocker) givenLabels(id string) (map[string]string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l, ok := d.given[id]
+	return l, ok
+}
+func (d *fakeDocker) ImageLabels(_ context.Context, id string) (map[string]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.imageErr != nil {
+		return nil, d.imageErr
+	}
+	return d.images[id], nil
+}
 
 type fakePlane struct {
 	mu   sync.Mutex
@@ -212,7 +231,7 @@ func newRig(t *testing.T) *rig {
 func (r *rig) start(t *testing.T) {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
-	p, err := New(Config{StateDir: r.dir, Log: logrus.NewEntry(l), IdentifyTimeout: 5 * time.Second}, r.k, r.h, r.dp, r.d)
+	p, err := New(Config{StateDir: r.dir, Log: logrus.NewEntry(l), IdentifyTimeout: 5 * time.Second, GivenLabels: r.d.givenLabels}, r.k, r.h, r.dp, r.d)
 	require.NoError(t, err)
 	require.NoError(t, p.Start())
 	r.p = p
@@ -229,6 +248,9 @@ func cid(n int) string { return fmt.Sprintf("%064x", n) }
 func (r *rig) container(t *testing.T, epID string, pid int, c Container) {
 	require.NoError(t, os.MkdirAll(filepath.Join(r.proc, fmt.Sprint(pid)), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(r.proc, fmt.Sprint(pid), "cgroup"), []byte("0::/docker/"+c.ID+"\n"), 0o644))
+	if c.ImageID == "" {
+		c.ImageID = "sha256:unlabelled" // Docker always lists one
+	}
 	r.d.mu.Lock()
 	r.d.containers[c.ID] = c
 	r.d.mu.Unlock()

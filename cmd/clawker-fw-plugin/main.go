@@ -295,7 +295,8 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 			azLog.WithError(err).WithField(plugin.FieldContainer, containerID).Error("record a firewalled container")
 		}
 	}
-	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, KernelLogLimit: limits.bpf},
+	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, KernelLogLimit: limits.bpf,
+		GivenLabels: records.GivenLabels},
 		wire.Kernel{M: mgr}, wire.HostNet{H: guard}, plane, docker, wire.SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err

@@ -238,6 +238,9 @@ func (c *client) status(out io.Writer) error {
 			for _, f := range ep.Failures {
 				fmt.Fprintf(out, "    NOT APPLIED: %s\n", f)
 			}
+			for _, l := range ep.IgnoredLabels {
+				fmt.Fprintf(out, "    ignored label %s\n", l)
+			}
 		}
 	}
 	if len(st.Listeners) > 0 {

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -217,7 +218,12 @@ func (h HostNet) RemoveOrphans(known map[string]bool) ([]string, error) {
 func (h HostNet) NetnsCookie(path string) (uint64, error) { return bpf.NetnsCookie(path) }
 
 // Docker adapts the Docker API client.
-type Docker struct{ C *client.Client }
+type Docker struct {
+	C *client.Client
+
+	mu     sync.Mutex
+	images map[string]map[string]string // image id -> labels (immutable per id)
+}
 
 // NewDocker connects to the Docker socket at sock.
 func NewDocker(sock string) (*Docker, error) {
@@ -225,7 +231,41 @@ func NewDocker(sock string) (*Docker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to docker at %s: %w", sock, err)
 	}
-	return &Docker{C: c}, nil
+	return &Docker{C: c, images: map[string]map[string]string{}}, nil
+}
+
+// imageCacheMax bounds the image label cache (it is dropped when full).
+const imageCacheMax = 512
+
+// ImageLabels implements plugin.Docker through image inspect, which reads
+// the image and layer stores and takes no container lock (moby
+// daemon/images/image_inspect.go in 20.10, daemon/containerd/image_inspect.go
+// today), so it cannot block behind a starting container. An image's
+// config, labels included, never changes for its id: cached by id.
+func (d *Docker) ImageLabels(ctx context.Context, imageID string) (map[string]string, error) {
+	d.mu.Lock()
+	l, ok := d.images[imageID]
+	d.mu.Unlock()
+	if ok {
+		return l, nil
+	}
+	img, err := d.C.ImageInspect(ctx, imageID)
+	if err != nil {
+		return nil, err
+	}
+	l = map[string]string{}
+	if img.Config != nil {
+		for k, v := range img.Config.Labels {
+			l[k] = v
+		}
+	}
+	d.mu.Lock()
+	if len(d.images) >= imageCacheMax {
+		d.images = map[string]map[string]string{}
+	}
+	d.images[imageID] = l
+	d.mu.Unlock()
+	return l, nil
 }
 
 // Container implements plugin.Docker through the container list, which does
@@ -239,7 +279,7 @@ func (d *Docker) Container(ctx context.Context, id string) (plugin.Container, bo
 		if c.ID != id {
 			continue
 		}
-		out := plugin.Container{ID: c.ID, Labels: c.Labels}
+		out := plugin.Container{ID: c.ID, Labels: c.Labels, ImageID: c.ImageID}
 		if len(c.Names) > 0 {
 			out.Name = strings.TrimPrefix(c.Names[0], "/")
 		}
