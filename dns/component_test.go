@@ -230,6 +230,18 @@ func TestComponentRealCoreDNS(t *testing.T) {
 		require.WithinRange(t, v.Expires, before.Add(e.ttl-time.Millisecond), after.Add(e.ttl+time.Millisecond), k)
 	}
 
+	// HTTPS answers leave the real binary without ech (and with only the
+	// kept parameters); the ipv4hint is learned.
+	r := sc.query(t, ep1IP, "udp", "ech.example.test", mdns.TypeHTTPS)
+	require.Equal(t, mdns.RcodeSuccess, r.Rcode)
+	require.Len(t, r.Answer, 2)
+	for _, rr := range r.Answer {
+		for _, kv := range rr.(*mdns.HTTPS).Value {
+			require.Contains(t, []mdns.SVCBKey{mdns.SVCB_MANDATORY, mdns.SVCB_ALPN, mdns.SVCB_PORT, mdns.SVCB_IPV4HINT}, kv.Key(), "%s", rr)
+		}
+	}
+	require.Contains(t, learnedEntries(t, pinDir), "1/192.0.2.12")
+
 	// A snapshot rewrite is served within a second.
 	snap := testSnapshot(2, up2.Addr)
 	snap.Endpoints[2].Policy.Allows = append(snap.Endpoints[2].Policy.Allows, allow(10, "api.example.test"))
@@ -239,7 +251,7 @@ func TestComponentRealCoreDNS(t *testing.T) {
 		require.Less(t, time.Since(start), time.Second, "snapshot rewrite not picked up within 1s")
 		time.Sleep(5 * time.Millisecond)
 	}
-	r := sc.query(t, ep2IP, "udp", "api.example.test", mdns.TypeA)
+	r = sc.query(t, ep2IP, "udp", "api.example.test", mdns.TypeA)
 	took := time.Since(start)
 	require.Equal(t, []string{"192.0.2.1"}, addrs(r))
 	require.Less(t, took, time.Second)
