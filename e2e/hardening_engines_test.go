@@ -6,9 +6,16 @@ package e2e
 // runs on the engine CLAWKER_E2E_ENGINE selects (make test-e2e ENGINE=...).
 
 import (
+	"fmt"
 	"net"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	dockerapi "github.com/docker/docker/api"
+	"github.com/docker/docker/api/types/versions"
 
 	"github.com/clawker-fw/clawker-fw/e2e/fakenet"
 	"github.com/clawker-fw/clawker-fw/e2e/harness"
@@ -112,4 +119,54 @@ func TestHardeningEnginesResolverForwardSource(t *testing.T) {
 	}
 	require.Equal(t, want, q.Src, "engine %s forwards from", e.Engine().Name)
 	t.Logf("engine %s: the embedded resolver forwarded %s from %s", e.Engine().Name, harness.AllowedHost, q.Src)
+}
+
+// Issue 16, "the plugin's Docker client" and "Join and netns timing". The
+// plugin's client negotiates min(engine API, its library's maximum): 1.41
+// on 20.10, the library's 1.51 on the current engine (1.56), and the engine
+// serves it (dockerd's --debug log names the URI of every call; the
+// CLI's is 1.50 there, so the plugin's calls are told apart). Docker 20.10
+// calls Join before the container's netns exists, the current engine after:
+// the plugin enrolls the container when its veth moves into a netns, on
+// both engines, and every first connection works (the enrollment delays are
+// recorded as TIMING lines).
+func TestHardeningEnginesPluginClientAndEnrollment(t *testing.T) {
+	f := pluginEnv(t)
+	f.resetLeaks(t)
+	n := f.createNet(t, "cfw-eng-enroll", 140)
+	offset := len(f.dockerdLog(t))
+	const runs = 5
+	for i := range runs {
+		out, err := f.run("--network", n.Name, "--label", "clawker.allow=http://"+harness.AllowedHost, f.busybox,
+			"sh", "-c", httpGet(harness.AllowedHost, fmt.Sprintf("/eng-%d", i)))
+		require.NoError(t, err, out)
+		require.Contains(t, out, "fakenet host=allowed.example.test path=/eng-", "first connection of run %d", i)
+	}
+	f.requireNoLeaks(t)
+	log := f.logTail(t, offset)
+
+	want := dockerapi.DefaultVersion
+	if versions.LessThan(f.e.Engine().APIVersion, want) {
+		want = f.e.Engine().APIVersion
+	}
+	// 20.10 logs `Calling GET <uri>`, the current engine `request-url=<uri>`.
+	require.Contains(t, log, "/v"+want+"/containers/json?all=1&filters=",
+		"the plugin lists containers with API %s on engine %s", want, f.e.Engine().Name)
+
+	afterRe := regexp.MustCompile(`after\\?":\\?"([^"\\]+)`)
+	var delays []time.Duration
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, "endpoint enrolled") {
+			continue
+		}
+		m := afterRe.FindStringSubmatch(line)
+		require.NotNil(t, m, "enrollment line without delay: %s", line)
+		d, err := time.ParseDuration(m[1])
+		require.NoError(t, err)
+		delays = append(delays, d)
+	}
+	require.Len(t, delays, runs, "one enrollment per container")
+	slices.Sort(delays)
+	t.Logf("engine %s: Join -> enrolled p50 %v, max %v", f.e.Engine().Name, delays[len(delays)/2], delays[len(delays)-1])
+	recordTiming(t, "enroll_after_join_p50_"+f.e.Engine().Name, delays[len(delays)/2])
 }
