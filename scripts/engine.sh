@@ -27,7 +27,7 @@ dir=$cache/engine-r$RECIPE-dockerd-$DOCKERD_VERSION-runc-$RUNC_VERSION
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
   export PATH=/usr/local/go/bin:$PATH
 fi
-export GOTOOLCHAIN=local GOFLAGS=-trimpath
+export GOTOOLCHAIN=local
 
 if [ -x "$dir/bin/dockerd" ] && [ -x "$dir/bin/runc" ]; then
   echo "$dir/bin"
