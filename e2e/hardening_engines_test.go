@@ -8,6 +8,8 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -69,6 +71,11 @@ func TestHardeningEnginesHostDockerUntouched(t *testing.T) {
 	cur, err := net.InterfaceByName("docker0")
 	require.NoError(t, err, "docker0 is gone after the test dockerd started")
 	require.Equal(t, d0.Index, cur.Index, "docker0 was replaced")
+	if !e.Engine().Current() {
+		// 20.10's identity key goes to the Env, not /etc/docker/key.json.
+		_, err := os.Stat(filepath.Join(e.Dir(), "key.json"))
+		require.NoError(t, err, "20.10 keeps its key.json in the Env")
+	}
 	require.NoError(t, e.RestartDockerd())
 
 	// Close checks the host itself (Env.checkHostDocker); check again here.

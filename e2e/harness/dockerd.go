@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -119,7 +120,17 @@ func (e *Env) WriteDaemonConfig(cfg map[string]any) error {
 	if cfg == nil {
 		cfg = map[string]any{}
 	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
+	onDisk := cfg
+	if !e.engine.Current() {
+		if _, ok := cfg["deprecated-key-path"]; !ok {
+			// Docker 20.10 creates its identity key /etc/docker/key.json
+			// when missing: the host's Docker would adopt ours (class 10).
+			// Only daemon.json can move it.
+			onDisk = maps.Clone(cfg)
+			onDisk["deprecated-key-path"] = filepath.Join(e.dir, "key.json")
+		}
+	}
+	b, err := json.MarshalIndent(onDisk, "", "  ")
 	if err != nil {
 		return fmt.Errorf("marshal daemon.json: %w", err)
 	}

@@ -13,14 +13,16 @@ import (
 // it (issue 11, class 10): the host's links (docker0 among them) with their
 // indexes and addresses, the rules of every iptables chain named DOCKER* and
 // of the built-in FORWARD chain, the FORWARD policies, the forwarding
-// sysctls, and the plugin socket directories in /run/docker/plugins (every
-// dockerd puts its plugins' sockets there, whatever its exec-root).
+// sysctls, the plugin socket directories in /run/docker/plugins (every
+// dockerd puts its plugins' sockets there, whatever its exec-root) and the
+// files in /etc/docker.
 type HostDocker struct {
 	Links    map[string]LinkState // by name
 	Chains   map[string][]string  // "ip4 filter DOCKER" -> its rules (iptables -S)
 	Policies map[string]string    // "ip4 FORWARD" -> ACCEPT/DROP
 	Sysctls  map[string]string    // path -> value
 	Plugins  []string             // entries of /run/docker/plugins
+	Etc      []string             // entries of /etc/docker (20.10 creates key.json there)
 }
 
 // LinkState is one link of a HostDocker snapshot.
@@ -127,6 +129,9 @@ func snapshotHostDocker(prefix []string) (*HostDocker, error) {
 	if out, err := cmd("ls", "-1A", PluginSocketRoot); err == nil {
 		s.Plugins = strings.Fields(string(out))
 	}
+	if out, err := cmd("ls", "-1A", "/etc/docker"); err == nil {
+		s.Etc = strings.Fields(string(out))
+	}
 	return s, nil
 }
 
@@ -145,7 +150,7 @@ var ownLinkPrefixes = []string{"cfw", "br-", "veth", "docker"}
 //   - a DOCKER* chain that existed before has other rules, a rule of the
 //     FORWARD chain is gone, or a FORWARD rule names the suite's bridge;
 //   - a FORWARD policy, a forwarding sysctl or the plugin socket directory
-//     changed.
+//     changed, or /etc/docker holds other files.
 func (s *HostDocker) Diff(after *HostDocker) []string {
 	var d []string
 	for _, name := range sortedKeys(s.Links) {
@@ -209,6 +214,9 @@ func (s *HostDocker) Diff(after *HostDocker) []string {
 	}
 	if !slices.Equal(s.Plugins, after.Plugins) {
 		d = append(d, fmt.Sprintf("%s holds %v, held %v", PluginSocketRoot, after.Plugins, s.Plugins))
+	}
+	if !slices.Equal(s.Etc, after.Etc) {
+		d = append(d, fmt.Sprintf("/etc/docker holds %v, held %v", after.Etc, s.Etc))
 	}
 	return d
 }
