@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -189,4 +191,110 @@ func splitRule(line string) ([]string, error) {
 		args = append(args, cur.String())
 	}
 	return args, nil
+}
+
+// restoreDockerChains puts Docker's iptables chains back as they were in
+// before (after the test dockerd stopped). Every dockerd with iptables on
+// removes and recreates Docker's chains in its namespace at start (moby's
+// removeIPChains: DOCKER, DOCKER-ISOLATION-STAGE-*, and in the current
+// engine DOCKER-FORWARD/-BRIDGE/-CT/-INTERNAL) and the current engine also
+// deletes 20.10's FORWARD jump to DOCKER-ISOLATION-STAGE-1: a host dockerd's
+// rules are gone while the test dockerd runs and must come back after it.
+//  1. jumps from the built-in chains to DOCKER* chains that did not exist
+//     before are deleted, and those chains flushed;
+//  2. each DOCKER* chain that existed before gets its rules back (created if
+//     gone; flushed and refilled if different);
+//  3. the chains of step 1 are deleted;
+//  4. rules of the built-in chains that are gone are inserted back at their
+//     position.
+func restoreDockerChains(before *HostDocker) error { return restoreDockerChainsIn(nil, before) }
+
+// restoreDockerChainsIn is restoreDockerChains through commands prefixed
+// with prefix (ip netns exec NAME, in tests).
+func restoreDockerChainsIn(prefix []string, before *HostDocker) error {
+	now, err := snapshotHostDocker(prefix)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, fam := range []struct{ name, bin string }{{"ip4", "iptables"}, {"ip6", "ip6tables"}} {
+		for _, table := range []string{"filter", "nat"} {
+			keyPrefix := fam.name + " " + table + " "
+			ipt := func(args ...string) {
+				cmd := append(slices.Clone(prefix), fam.bin, "-w", "-t", table)
+				if err := run(cmd[0], append(cmd[1:], args...)...); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			var created []string
+			for _, key := range sortedKeys(now.Chains) {
+				if _, ok := before.Chains[key]; !ok && strings.HasPrefix(key, keyPrefix+"DOCKER") {
+					created = append(created, strings.TrimPrefix(key, keyPrefix))
+				}
+			}
+			for _, b := range builtinChains[table] {
+				for _, r := range now.Chains[keyPrefix+b] {
+					if slices.Contains(created, jumpTarget(r)) {
+						if args, err := splitRule(r); err == nil {
+							args[0] = "-D"
+							ipt(args...)
+						}
+					}
+				}
+			}
+			for _, c := range created {
+				ipt("-F", c)
+			}
+			for _, key := range sortedKeys(before.Chains) {
+				chain, ok := strings.CutPrefix(key, keyPrefix)
+				if !ok || !strings.HasPrefix(chain, "DOCKER") {
+					continue
+				}
+				cur, exists := now.Chains[key]
+				if exists && slices.Equal(cur, before.Chains[key]) {
+					continue
+				}
+				if exists {
+					ipt("-F", chain)
+				} else {
+					ipt("-N", chain)
+				}
+			}
+			for _, key := range sortedKeys(before.Chains) {
+				chain, ok := strings.CutPrefix(key, keyPrefix)
+				if !ok || !strings.HasPrefix(chain, "DOCKER") {
+					continue
+				}
+				if cur, exists := now.Chains[key]; exists && slices.Equal(cur, before.Chains[key]) {
+					continue
+				}
+				for _, r := range before.Chains[key] {
+					if args, err := splitRule(r); err == nil {
+						ipt(args...)
+					}
+				}
+			}
+			for _, c := range created {
+				ipt("-X", c)
+			}
+			for _, b := range builtinChains[table] {
+				cur := slices.Clone(now.Chains[keyPrefix+b])
+				cur = slices.DeleteFunc(cur, func(r string) bool { return slices.Contains(created, jumpTarget(r)) })
+				for i, r := range before.Chains[keyPrefix+b] {
+					if slices.Contains(cur, r) {
+						continue
+					}
+					args, err := splitRule(r)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					pos := min(i+1, len(cur)+1)
+					ipt(append([]string{"-I", b, strconv.Itoa(pos)}, args[2:]...)...)
+					cur = slices.Insert(cur, pos-1, r)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -336,6 +336,9 @@ func (e *Env) stopDockerEnv() error {
 	killProcessesUsing(e.dir)
 	errs = append(errs, unmountUnder(e.dir))
 	errs = append(errs, e.removeDockerBridge())
+	if e.hostBefore != nil && e.hostState != nil { // a dockerd ran
+		errs = append(errs, restoreDockerChains(e.hostBefore))
+	}
 	if e.hostState != nil {
 		errs = append(errs, e.hostState.restore())
 	}

@@ -39,6 +39,17 @@ var hostSysctls = []string{
 	"/proc/sys/net/ipv6/conf/default/forwarding",
 }
 
+// builtinChains are the built-in chains, per table, where dockerd puts its
+// jumps and rules.
+var builtinChains = map[string][]string{"filter": {"FORWARD"}, "nat": {"PREROUTING", "OUTPUT", "POSTROUTING"}}
+
+// isBuiltinKey reports whether a Chains key ("ip4 nat POSTROUTING") names a
+// built-in chain.
+func isBuiltinKey(key string) bool {
+	f := strings.Fields(key)
+	return len(f) == 3 && slices.Contains(builtinChains[f[1]], f[2])
+}
+
 // PluginSocketRoot is where every dockerd (20.10 and current moby alike,
 // whatever its --exec-root) puts the socket directories of its managed
 // plugins: shared with the host's Docker.
@@ -112,7 +123,7 @@ func snapshotHostDocker(prefix []string) (*HostDocker, error) {
 					if _, ok := s.Chains[key]; !ok {
 						s.Chains[key] = []string{}
 					}
-				case f[0] == "-A" && (strings.HasPrefix(f[1], "DOCKER") || (f[1] == "FORWARD" && table == "filter")):
+				case f[0] == "-A" && (strings.HasPrefix(f[1], "DOCKER") || slices.Contains(builtinChains[table], f[1])):
 					key := fam.name + " " + table + " " + f[1]
 					s.Chains[key] = append(s.Chains[key], line)
 				}
@@ -147,8 +158,10 @@ var ownLinkPrefixes = []string{"cfw", "br-", "veth", "docker"}
 //   - a link that existed before is gone, or has another index or kind or
 //     other addresses (docker0 deleted and recreated counts);
 //   - a new link whose name is one the suite uses;
-//   - a DOCKER* chain that existed before has other rules, a rule of the
-//     FORWARD chain is gone, or a FORWARD rule names the suite's bridge;
+//   - a DOCKER* chain that existed before has other rules, a new one holds
+//     rules, a rule of a built-in chain (FORWARD; nat PREROUTING, OUTPUT,
+//     POSTROUTING) is gone, or one there names the suite's bridge or jumps
+//     to a DOCKER* chain that did not exist before;
 //   - a FORWARD policy, a forwarding sysctl or the plugin socket directory
 //     changed, or /etc/docker holds other files.
 func (s *HostDocker) Diff(after *HostDocker) []string {
@@ -182,7 +195,7 @@ func (s *HostDocker) Diff(after *HostDocker) []string {
 		switch {
 		case !ok:
 			d = append(d, fmt.Sprintf("iptables chain %s is gone", key))
-		case strings.HasSuffix(key, " FORWARD"):
+		case isBuiltinKey(key):
 			for _, r := range b {
 				if !slices.Contains(a, r) {
 					d = append(d, fmt.Sprintf("iptables rule gone: %s (%s)", r, key))
@@ -193,11 +206,17 @@ func (s *HostDocker) Diff(after *HostDocker) []string {
 		}
 	}
 	for _, key := range sortedKeys(after.Chains) {
-		if !strings.HasSuffix(key, " FORWARD") {
+		if !isBuiltinKey(key) {
+			if _, ok := s.Chains[key]; !ok && len(after.Chains[key]) > 0 {
+				d = append(d, fmt.Sprintf("iptables chain %s left behind with rules %q", key, after.Chains[key]))
+			}
 			continue
 		}
+		fam, table := strings.Fields(key)[0], strings.Fields(key)[1]
 		for _, r := range after.Chains[key] {
-			if slices.Contains(strings.Fields(r), DockerBridge) {
+			target := jumpTarget(r)
+			_, existed := s.Chains[fam+" "+table+" "+target]
+			if slices.Contains(strings.Fields(r), DockerBridge) || (strings.HasPrefix(target, "DOCKER") && !existed) {
 				d = append(d, fmt.Sprintf("iptables rule left behind: %s (%s)", r, key))
 			}
 		}
@@ -219,6 +238,17 @@ func (s *HostDocker) Diff(after *HostDocker) []string {
 		d = append(d, fmt.Sprintf("/etc/docker holds %v, held %v", after.Etc, s.Etc))
 	}
 	return d
+}
+
+// jumpTarget is the chain an iptables -S rule jumps (-j) or goes (-g) to.
+func jumpTarget(rule string) string {
+	f := strings.Fields(rule)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-j" || f[i] == "-g" {
+			return f[i+1]
+		}
+	}
+	return ""
 }
 
 func kindOr(k string) string {

@@ -112,3 +112,62 @@ func TestHostDockerDiffSeesChanges(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, strings.Join(before.Diff(after), "\n"), "link docker0 was replaced")
 }
+
+// What a current engine's dockerd does at start to a 20.10 host dockerd's
+// chains (measured: its removeIPChains and the deletion of the FORWARD jump
+// to DOCKER-ISOLATION-STAGE-1), undone by restoreDockerChains: made in a
+// scratch network namespace.
+func TestRestoreDockerChains(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	_, err := exec.LookPath("iptables")
+	testutil.Require(t, err == nil, "iptables on PATH")
+	ns := fmt.Sprintf("cfw-rs-%d", os.Getpid())
+	sh := func(args ...string) {
+		t.Helper()
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+		require.NoError(t, err, "%s: %s", strings.Join(args, " "), out)
+	}
+	require.NoError(t, run("ip", "netns", "add", ns))
+	t.Cleanup(func() { _ = run("ip", "netns", "del", ns) })
+	prefix := []string{"ip", "netns", "exec", ns}
+
+	// The host's Docker 20.10.
+	for _, c := range []string{"DOCKER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-USER"} {
+		sh("iptables", "-w", "-N", c)
+	}
+	sh("iptables", "-w", "-t", "nat", "-N", "DOCKER")
+	sh("iptables", "-w", "-t", "nat", "-A", "DOCKER", "-i", "docker0", "-j", "RETURN")
+	sh("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE")
+	sh("iptables", "-w", "-A", "FORWARD", "-j", "DOCKER-USER")
+	sh("iptables", "-w", "-A", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
+	sh("iptables", "-w", "-A", "FORWARD", "-o", "docker0", "-j", "DOCKER")
+	sh("iptables", "-w", "-A", "DOCKER-ISOLATION-STAGE-1", "-i", "docker0", "!", "-o", "docker0", "-j", "DOCKER-ISOLATION-STAGE-2")
+	sh("iptables", "-w", "-A", "DOCKER-ISOLATION-STAGE-2", "-o", "docker0", "-j", "DROP")
+	sh("iptables", "-w", "-A", "DOCKER-USER", "-j", "RETURN")
+	sh("iptables", "-w", "-A", "DOCKER", "-d", "172.17.0.2/32", "!", "-i", "docker0", "-o", "docker0", "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "ACCEPT")
+	before, err := snapshotHostDocker(prefix)
+	require.NoError(t, err)
+
+	// The test dockerd (current engine) starts: chains flushed or removed,
+	// the old jump deleted, its own chains and jumps added.
+	sh("iptables", "-w", "-D", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
+	sh("iptables", "-w", "-F", "DOCKER-ISOLATION-STAGE-1")
+	sh("iptables", "-w", "-F", "DOCKER-ISOLATION-STAGE-2")
+	sh("iptables", "-w", "-X", "DOCKER-ISOLATION-STAGE-1")
+	sh("iptables", "-w", "-X", "DOCKER-ISOLATION-STAGE-2")
+	sh("iptables", "-w", "-F", "DOCKER")
+	sh("iptables", "-w", "-t", "nat", "-F", "DOCKER")
+	sh("iptables", "-w", "-N", "DOCKER-FORWARD")
+	sh("iptables", "-w", "-A", "DOCKER-FORWARD", "-i", DockerBridge, "-j", "ACCEPT")
+	sh("iptables", "-w", "-I", "FORWARD", "2", "-j", "DOCKER-FORWARD")
+	mid, err := snapshotHostDocker(prefix)
+	require.NoError(t, err)
+	require.NotEmpty(t, before.Diff(mid))
+
+	require.NoError(t, restoreDockerChainsIn(prefix, before))
+	after, err := snapshotHostDocker(prefix)
+	require.NoError(t, err)
+	require.Empty(t, before.Diff(after))
+	require.Equal(t, before.Chains["ip4 filter FORWARD"], after.Chains["ip4 filter FORWARD"], "FORWARD in its order")
+	require.NotContains(t, after.Chains, "ip4 filter DOCKER-FORWARD")
+}
