@@ -142,8 +142,15 @@ func TestHarnessLeakDetectionSeesContainerSource(t *testing.T) {
 	e := env(t)
 	img, err := e.ImportBusybox()
 	require.NoError(t, err)
-	e.MustDocker(t, "network", "create", "--subnet", "10.221.0.0/24",
-		"-o", "com.docker.network.bridge.enable_ip_masquerade=false", "cfw-e2e-nonat")
+	args := []string{"network", "create", "--subnet", "10.221.0.0/24",
+		"-o", "com.docker.network.bridge.enable_ip_masquerade=false", "cfw-e2e-nonat"}
+	if e.Engine().Current() {
+		// Docker >= 28 drops packets to a container's address that come in
+		// on another interface (raw PREROUTING), replies included, unless
+		// the network's gateway mode is "routed".
+		args = append(args[:len(args)-1], "-o", "com.docker.network.bridge.gateway_mode_ipv4=routed", "cfw-e2e-nonat")
+	}
+	e.MustDocker(t, args...)
 	t.Cleanup(func() { _, _, _ = e.Docker("network", "rm", "cfw-e2e-nonat") })
 	require.NoError(t, e.ResetFakenetLog())
 
