@@ -416,18 +416,8 @@ func TestPluginDenials(t *testing.T) {
 	out, _ = f.run("--network", n.Name, f.debian, "dig", "+time=3", "+tries=1", harness.DeniedHost)
 	require.Contains(t, out, "status: NXDOMAIN")
 
-	// On the current engine Join comes after the container's task exists
-	// and enrollment lands ~0.1 s into the container's life (measured):
-	// a connection made before that is carried by the closed network's
-	// redirect to the proxy, which accepts and closes a denied one (no
-	// EPERM, nothing leaks: requireNoLeaks below). EPERM is what enrolled
-	// containers get: wait for the enrollment there.
-	wait := ""
-	if f.e.Engine().Current() {
-		wait = "sleep 1; "
-	}
 	for _, port := range []string{"80", "443", "22", "5432"} {
-		out, err := f.run("--network", n.Name, f.busybox, "sh", "-c", wait+"nc -w 3 "+deniedIP+" "+port+" </dev/null")
+		out, err := f.run("--network", n.Name, f.busybox, "sh", "-c", "nc -w 3 "+deniedIP+" "+port+" </dev/null")
 		require.Error(t, err, out)
 		require.Contains(t, out, "Operation not permitted", "port %s", port)
 	}
