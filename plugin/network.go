@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -205,9 +206,21 @@ type JoinInfo struct {
 	Gateway netip.Addr
 }
 
+// SandboxNetnsDir is where the plugin sees Docker's netns directory (the
+// destination of config.json's netns mount).
+const SandboxNetnsDir = "/var/run/docker/netns"
+
 // Join records the join and starts identifying the container in the
 // background: it never inspects the starting container (that call would
 // block until the plugin times out) and returns at once.
+//
+// Docker >= 28 calls Join once the container's network namespace exists at
+// SandboxKey (Docker 20.10 creates it later, in a prestart hook): Join then
+// enrolls that namespace before answering, so the hooks hold from the
+// container's first instruction (else a process could reach the embedded
+// resolver's real ports before the enrollment, and that engine forwards
+// from the host's namespace). Where the namespace is not there yet the
+// enrollment follows the veth into it (identify).
 func (p *Plugin) Join(networkID, endpointID, sandboxKey string) (JoinInfo, error) {
 	var info JoinInfo
 	var hostVeth string
@@ -222,8 +235,21 @@ func (p *Plugin) Join(networkID, endpointID, sandboxKey string) (JoinInfo, error
 		nep.Joined, nep.SandboxKey = true, sandboxKey
 		nep.ContainerID, nep.ContainerName, nep.Aliases, nep.Labels, nep.LabelRules, nep.LabelError = "", "", nil, nil, nil, ""
 		nep.IgnoredLabels = nil
+		if sandboxKey != "" {
+			if cookie, err := p.hn.NetnsCookie(filepath.Join(SandboxNetnsDir, filepath.Base(sandboxKey))); err == nil {
+				nep.NetnsCookie = cookie
+			}
+		}
 		if err := p.commit(next); err != nil {
 			return err
+		}
+		if cookie := p.st.Endpoints[endpointID].NetnsCookie; cookie != 0 {
+			log := p.log.WithField(FieldEndpoint, short(endpointID)).WithField("cookie", cookie)
+			if err := p.k.Enroll(cookie, p.enrollment(n, p.st.Endpoints[endpointID])); err != nil {
+				log.WithError(err).Warn("enroll at join failed: enrolling when the veth moves")
+			} else {
+				log.Info("endpoint enrolled at join")
+			}
 		}
 		info = JoinInfo{SrcName: ep.PeerVeth, Gateway: n.Gateway}
 		hostVeth = ep.HostVeth

@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -142,6 +144,10 @@ func (h *fakeHost) RemoveOrphans(known map[string]bool) ([]string, error) {
 }
 
 func (h *fakeHost) NetnsCookie(path string) (uint64, error) {
+	// A netns that exists at Join (Docker >= 28): SandboxNetnsDir/ready-<cookie>.
+	if rest, ok := strings.CutPrefix(path, SandboxNetnsDir+"/ready-"); ok {
+		return strconv.ParseUint(rest, 10, 64)
+	}
 	var pid int
 	if _, err := fmt.Sscanf(filepath.Base(filepath.Dir(filepath.Dir(path))), "%d", &pid); err != nil {
 		return 0, err
