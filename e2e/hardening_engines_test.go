@@ -134,9 +134,9 @@ func TestHardeningEnginesResolverForwardSource(t *testing.T) {
 // serves it (dockerd's --debug log names the URI of every call; the
 // CLI's is 1.50 there, so the plugin's calls are told apart). Docker 20.10
 // calls Join before the container's netns exists, the current engine after:
-// the plugin enrolls the container when its veth moves into a netns, on
-// both engines, and every first connection works (the enrollment delays are
-// recorded as TIMING lines).
+// there the plugin enrolls the netns at Join; on 20.10 when the veth moves
+// into it. Every first connection works on both (the delay from Join to the
+// veth-driven enrollment is recorded as a TIMING line).
 func TestHardeningEnginesPluginClientAndEnrollment(t *testing.T) {
 	f := pluginEnv(t)
 	f.resetLeaks(t)
@@ -173,6 +173,14 @@ func TestHardeningEnginesPluginClientAndEnrollment(t *testing.T) {
 		delays = append(delays, d)
 	}
 	require.Len(t, delays, runs, "one enrollment per container")
+	// Where the netns exists at Join (current engine) the plugin enrolls it
+	// there, before the container's first instruction; 20.10 has none yet.
+	atJoin := strings.Count(log, "endpoint enrolled at join")
+	if f.e.Engine().Current() {
+		require.Equal(t, runs, atJoin, "every container enrolled at Join")
+	} else {
+		require.Zero(t, atJoin, "no netns at Join on 20.10")
+	}
 	slices.Sort(delays)
 	t.Logf("engine %s: Join -> enrolled p50 %v, max %v", f.e.Engine().Name, delays[len(delays)/2], delays[len(delays)-1])
 	recordTiming(t, "enroll_after_join_p50_"+f.e.Engine().Name, delays[len(delays)/2])
