@@ -10,10 +10,14 @@
 //   - the link HostLink (10.220.0.1/24, its connected route, IPv6 off on it)
 //     and the named netns NetnsName;
 //   - a dockerd with its own data-root, exec-root, socket and containerd
-//     under Env.Dir(); like every dockerd it sets net.ipv4.ip_forward=1, the
-//     iptables FORWARD policy to DROP and adds its DOCKER* chains. Close
-//     restores ip_forward and the FORWARD policy; the empty DOCKER* chains
-//     are left in place (a later dockerd reuses them);
+//     under Env.Dir(), on a bridge and address pool of its own (DockerBridge,
+//     DockerAddressPool; never --bridge=none, which deletes docker0); like
+//     every dockerd it sets net.ipv4.ip_forward=1, the iptables FORWARD
+//     policy to DROP, and removes and recreates Docker's DOCKER* chains (a
+//     host dockerd's rules are gone while it runs). Close removes the bridge
+//     and its rules, puts the DOCKER* chains back as they were (deleting
+//     those that did not exist), restores the sysctls and FORWARD policies,
+//     and fails when the host's Docker differs from before (HostDocker);
 //   - bpffs on /sys/fs/bpf (InstallPlugin mounts it when missing; it stays).
 package harness
 
