@@ -64,6 +64,19 @@ func clawkerOnly(in map[string]string) map[string]string {
 	return out
 }
 
+// sameLabels reports whether a and b hold the same labels.
+func sameLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
 // splitGiven separates a container's merged clawker.* labels into the ones
 // given for the container (which carry rules) and the ignored ones, by the
 // labels its create recorded when there is a record (recorded), else by
@@ -110,6 +123,11 @@ func (p *Plugin) givenLabels(ctx context.Context, c Container) (map[string]strin
 	recorded := false
 	if p.cfg.GivenLabels != nil {
 		rec, recorded = p.cfg.GivenLabels(c.ID)
+	}
+	if recorded && sameLabels(merged, rec) {
+		// Exactly what the create gave: no need to ask Docker about the
+		// image (identification stays one list call).
+		return merged, nil, nil
 	}
 	var image map[string]string
 	var err error

@@ -155,6 +155,17 @@ func TestImageLabelsNeverGrant(t *testing.T) {
 	})
 }
 
+func TestImageLabelsRecordedAllGivenNoImageLookup(t *testing.T) {
+	r := imageRig(t)
+	r.imageFails(errors.New("must not be called"))
+	r.given(cid(47), map[string]string{"clawker.allow": ".img.test"})
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 407, Container{ID: cid(47), Name: "all", ImageID: "sha256:img",
+		Labels: map[string]string{"clawker.allow": ".img.test", "team": "x"}})
+	require.Empty(t, identified(t, r, "10.230.0.2").LabelError)
+	require.True(t, allowedFor(t, r, "10.230.0.2", "anything.img.test"))
+}
+
 func TestImageLabelsRecordedNoneGiven(t *testing.T) {
 	// authz on, the create gave no clawker label: every one is the image's,
 	// named as such.

@@ -46,6 +46,7 @@ func TestClawkerLabelsOffFirewallRefused(t *testing.T) {
 		{"firewalled network", labels("agents", allow), true, nil},
 		{"firewalled network by id prefix", labels(fwID[:12], allow), true, nil},
 		{"firewalled container's netns", labels("container:agent", allow), true, nil},
+		{"netns of a firewalled container not started yet (Compose)", labels("container:created-agent", allow), true, nil},
 		{"no clawker labels on a plain network", labels("plainnet", map[string]string{"com.example.team": "x"}), true, nil},
 		{"no labels on host", labels("host", nil), true, nil},
 	} {
