@@ -183,6 +183,9 @@ func (e *Env) startDockerd() error {
 			return fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	if err := e.shareNetnsDir(); err != nil {
+		return err
+	}
 	if e.opts.TmpfsDataRoot {
 		var st unix.Statfs_t
 		if err := unix.Statfs(e.DataRoot(), &st); err != nil {
@@ -239,6 +242,28 @@ func (e *Env) startDockerd() error {
 	e.dockerd, e.dockerdCh = cmd, done
 	e.mu.Unlock()
 	return e.waitDockerd(dockerdStartTimeout)
+}
+
+// shareNetnsDir makes NetnsDir a shared mount (once), as it is on hosts
+// whose / is shared (systemd): the netns files dockerd bind-mounts there then
+// reach the plugin's rslave mount of that directory. These machines' / is
+// private, where the plugin would see only empty files. The mount is under
+// the Env directory (Close unmounts it).
+func (e *Env) shareNetnsDir() error {
+	dir := e.NetnsDir()
+	if slices.Contains(mountsUnder(dir), dir) {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", dir, err)
+	}
+	return nil
 }
 
 // apiClient talks HTTP to the test dockerd's socket.
