@@ -163,7 +163,8 @@ func TestHardeningEnginesPluginClientAndEnrollment(t *testing.T) {
 	afterRe := regexp.MustCompile(`after\\?":\\?"([^"\\]+)`)
 	var delays []time.Duration
 	for _, line := range strings.Split(log, "\n") {
-		if !strings.Contains(line, "endpoint enrolled") {
+		// "endpoint enrolled" (the veth-driven enrollment), not "... at join".
+		if !strings.Contains(line, `endpoint enrolled\"`) {
 			continue
 		}
 		m := afterRe.FindStringSubmatch(line)
