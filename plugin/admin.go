@@ -10,41 +10,22 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
 )
 
-// ErrorDomain is the domain of every reason on the admin API wire (the
-// equivalent of gRPC errdetails.ErrorInfo{Domain, Reason}).
-const ErrorDomain = "clawker-fw.admin"
+// The admin API's wire types live in plugin/api (the CLI links only that).
+const ErrorDomain = api.ErrorDomain
 
-// APIError is the admin API's error body. Clients dispatch on Reason, never
-// on Message.
-type APIError struct {
-	Message string `json:"error"`
-	Reason  string `json:"reason"`
-	Layer   Layer  `json:"layer"`
-	Domain  string `json:"domain"`
-}
-
-// StatusReport is GET /v1/status.
-type StatusReport struct {
-	Running    bool            `json:"running"`
-	Healthy    bool            `json:"healthy"`
-	Generation uint64          `json:"generation"`
-	Engine     string          `json:"engine"`
-	Components []Component     `json:"components"`
-	Networks   []NetworkStatus `json:"networks"`
-	Listeners  []string        `json:"listeners"`
-}
-
-// Component is one part of the stack in a StatusReport.
-type Component struct {
-	Name     string `json:"name"`
-	Healthy  bool   `json:"healthy"`
-	Detail   string `json:"detail,omitempty"`
-	Restarts int    `json:"restarts,omitempty"`
-}
+type (
+	// APIError is api.APIError.
+	APIError = api.APIError
+	// StatusReport is api.StatusReport.
+	StatusReport = api.StatusReport
+	// Component is api.Component.
+	Component = api.Component
+)
 
 // AdminHooks are the parts of the admin API that live outside the core.
 type AdminHooks struct {
@@ -86,7 +67,7 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		writeAPI(w, rulesBody(id, rules))
 	})
 	mux.HandleFunc("POST /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
-		var body struct{ Rules []string }
+		var body api.RulesRequest
 		if err := decodeAPI(r, &body); err != nil {
 			writeAPIError(w, err)
 			return
@@ -99,7 +80,7 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		writeAPI(w, rulesBody(r.PathValue("net"), added))
 	})
 	mux.HandleFunc("DELETE /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
-		var body struct{ Rules []string }
+		var body api.RulesRequest
 		if err := decodeAPI(r, &body); err != nil {
 			writeAPIError(w, err)
 			return
@@ -143,7 +124,7 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		}
 	})
 	mux.HandleFunc("POST /v1/bypass", func(w http.ResponseWriter, r *http.Request) {
-		var body struct{ Container, For string }
+		var body api.BypassRequest
 		if err := decodeAPI(r, &body); err != nil {
 			writeAPIError(w, err)
 			return
@@ -159,7 +140,7 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 			return
 		}
 		log.WithField(FieldContainer, body.Container).WithField("until", until).Warn("bypass granted")
-		writeAPI(w, map[string]any{"container": body.Container, "until": until})
+		writeAPI(w, api.BypassResponse{Container: body.Container, Until: until})
 	})
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Reload(); err != nil {
@@ -190,12 +171,12 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 	return mux
 }
 
-func rulesBody(network string, rules []policy.EgressRule) map[string]any {
+func rulesBody(network string, rules []policy.EgressRule) api.RulesResponse {
 	items := make([]string, 0, len(rules))
 	for _, r := range rules {
 		items = append(items, policy.FormatRule(r))
 	}
-	return map[string]any{"network": network, "rules": items}
+	return api.RulesResponse{Network: network, Rules: items}
 }
 
 func decodeAPI(r *http.Request, v any) error {

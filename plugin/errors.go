@@ -3,41 +3,35 @@ package plugin
 import (
 	"errors"
 	"fmt"
+
+	"github.com/clawker-fw/clawker-fw/plugin/api"
 )
 
-// Layer says how far an operation got before it failed (the three-layer
-// failure model): callers and the CLI dispatch remediation on Reason.
-type Layer string
+// Layer says how far an operation got before it failed (api.Layer).
+type Layer = api.Layer
 
-// Failure layers.
+// Failure layers (api's).
 const (
-	// LayerNotRunning: nothing was touched; the plugin is not running.
-	LayerNotRunning Layer = "not-running"
-	// LayerRejected: failed before the store write; the store is unchanged.
-	LayerRejected Layer = "rejected"
-	// LayerPartial: the store committed, applying it failed partly.
-	LayerPartial Layer = "partial"
+	LayerNotRunning = api.LayerNotRunning
+	LayerRejected   = api.LayerRejected
+	LayerPartial    = api.LayerPartial
 )
 
-// Stable reason strings on the admin API wire.
+// Stable reason strings on the admin API wire (api's).
 const (
-	ReasonNotRunning        = "PLUGIN_NOT_RUNNING"
-	ReasonInvalidRule       = "INVALID_RULE"
-	ReasonRuleNotFound      = "RULE_NOT_FOUND"
-	ReasonNetworkNotFound   = "NETWORK_NOT_FOUND"
-	ReasonContainerGone     = "CONTAINER_GONE"
-	ReasonStoreWriteFailed  = "STORE_WRITE_FAILED"
-	ReasonInvalidRequest    = "INVALID_REQUEST"
-	ReasonConfigRegenFailed = "CONFIG_REGENERATION_FAILED"
-	ReasonSidecarRestart    = "SIDECAR_RESTART_FAILED"
-	ReasonStackUnhealthy    = "STACK_UNHEALTHY"
-	ReasonRouteSyncFailed   = "ROUTE_SYNC_FAILED"
-	// ReasonPortLimit: the rules would need more listener ports than one
-	// network may use (model.MaxPortsPerNetwork).
-	ReasonPortLimit = "LISTENER_PORT_LIMIT"
-	// ReasonPortsExhausted: the shared pool of listener ports has too few
-	// free ports for the new rules.
-	ReasonPortsExhausted = "LISTENER_PORTS_EXHAUSTED"
+	ReasonNotRunning        = api.ReasonNotRunning
+	ReasonInvalidRule       = api.ReasonInvalidRule
+	ReasonRuleNotFound      = api.ReasonRuleNotFound
+	ReasonNetworkNotFound   = api.ReasonNetworkNotFound
+	ReasonContainerGone     = api.ReasonContainerGone
+	ReasonStoreWriteFailed  = api.ReasonStoreWriteFailed
+	ReasonInvalidRequest    = api.ReasonInvalidRequest
+	ReasonConfigRegenFailed = api.ReasonConfigRegenFailed
+	ReasonSidecarRestart    = api.ReasonSidecarRestart
+	ReasonStackUnhealthy    = api.ReasonStackUnhealthy
+	ReasonRouteSyncFailed   = api.ReasonRouteSyncFailed
+	ReasonPortLimit         = api.ReasonPortLimit
+	ReasonPortsExhausted    = api.ReasonPortsExhausted
 )
 
 // Error is a typed plugin error carrying its layer and stable reason.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
@@ -347,34 +348,11 @@ func (s HostGuardStatus) Summary(now time.Time) string {
 	return fmt.Sprintf("restored %d time(s), last %s ago (was missing: %s)", s.Restores, now.Sub(s.LastAt).Round(time.Second), s.Last)
 }
 
-// NetworkStatus is one network in Status.
-type NetworkStatus struct {
-	ID        string   `json:"id"`
-	Bridge    string   `json:"bridge"`
-	Subnet    string   `json:"subnet"`
-	Gateway   string   `json:"gateway"`
-	Rules     int      `json:"rules"`
-	Runtime   int      `json:"runtime_rules"`
-	Endpoints []EPInfo `json:"endpoints"`
-}
+// NetworkStatus is one network in Status (api.NetworkStatus).
+type NetworkStatus = api.NetworkStatus
 
-// EPInfo is one endpoint in Status.
-type EPInfo struct {
-	Index       uint32 `json:"index"`
-	IP          string `json:"ip"`
-	Container   string `json:"container,omitempty"`
-	Enrolled    bool   `json:"enrolled"`
-	Pending     bool   `json:"pending,omitempty"`
-	LabelRules  int    `json:"label_rules"`
-	LabelError  string `json:"label_error,omitempty"`
-	BypassUntil string `json:"bypass_until,omitempty"`
-	// Failures lists the endpoint's rules that got no listener port (the
-	// rest of its policy works).
-	Failures []string `json:"failures,omitempty"`
-	// IgnoredLabels are the container's clawker.* labels that carry no
-	// rule (its image's), as "key=value (why)".
-	IgnoredLabels []string `json:"ignored_labels,omitempty"`
-}
+// EPInfo is one endpoint in Status (api.EPInfo).
+type EPInfo = api.EPInfo
 
 // Networks reports networks and endpoints (read through the queue).
 func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
@@ -409,20 +387,8 @@ func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
 	return out, gen, err
 }
 
-// Denial is one recorded denial, with what would allow it.
-type Denial struct {
-	Time        time.Time `json:"time"`
-	Source      string    `json:"source"` // dns, proxy, bpf
-	Index       uint32    `json:"index"`
-	Container   string    `json:"container,omitempty"`
-	Destination string    `json:"destination"`
-	Port        uint16    `json:"port,omitempty"`
-	Reason      string    `json:"reason"`
-	// Rule is what the denial was decided by (a deny rule's provenance).
-	Rule string `json:"rule,omitempty"`
-	// Fix says exactly which option or label would allow it.
-	Fix string `json:"fix,omitempty"`
-}
+// Denial is one recorded denial, with what would allow it (api.Denial).
+type Denial = api.Denial
 
 // DenialLog keeps the most recent denials and lets followers subscribe.
 type DenialLog struct {

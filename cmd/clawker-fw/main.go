@@ -24,7 +24,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/clawker-fw/clawker-fw/plugin"
+	"github.com/clawker-fw/clawker-fw/plugin/api"
 )
 
 const usage = `usage: clawker-fw [--socket PATH] COMMAND
@@ -46,19 +46,19 @@ NETWORK is a network id (or a unique id prefix). RULE uses the label syntax:
 
 // remediation maps the admin API's stable reasons to what the user should do.
 var remediation = map[string]string{
-	plugin.ReasonNotRunning:        "the plugin is not running: check `docker plugin ls` and `docker plugin enable clawker-fw`",
-	plugin.ReasonInvalidRule:       "fix the rule (syntax: [proto://]dst[:port|:lo-hi]); nothing was changed",
-	plugin.ReasonRuleNotFound:      "list the network's runtime rules with `clawker-fw rules ls NETWORK`; nothing was changed",
-	plugin.ReasonNetworkNotFound:   "use the network id from `docker network ls --filter driver=clawker-fw:latest --no-trunc`",
-	plugin.ReasonContainerGone:     "the container is not running on a clawker-fw network; check `docker ps`",
-	plugin.ReasonStoreWriteFailed:  "the plugin could not write its state (disk full or read-only?); nothing was changed",
-	plugin.ReasonInvalidRequest:    "check the command's arguments; nothing was changed",
-	plugin.ReasonConfigRegenFailed: "the change is saved but not fully applied: run `clawker-fw reload`, then check `clawker-fw status` and the plugin log",
-	plugin.ReasonSidecarRestart:    "the change is saved; a sidecar failed to restart: check `clawker-fw status`",
-	plugin.ReasonStackUnhealthy:    "the change is saved but the stack is unhealthy: check `clawker-fw status` and the plugin log",
-	plugin.ReasonRouteSyncFailed:   "the change is saved but BPF routes did not sync: run `clawker-fw reload`",
-	plugin.ReasonPortLimit:         "a network's rules may need at most 512 listener ports (one per port of each tcp/udp/ssh rule): narrow the port ranges; nothing was changed",
-	plugin.ReasonPortsExhausted:    "the shared pool of listener ports is nearly used up: remove rules with port ranges (here or on other networks); nothing was changed",
+	api.ReasonNotRunning:        "the plugin is not running: check `docker plugin ls` and `docker plugin enable clawker-fw`",
+	api.ReasonInvalidRule:       "fix the rule (syntax: [proto://]dst[:port|:lo-hi]); nothing was changed",
+	api.ReasonRuleNotFound:      "list the network's runtime rules with `clawker-fw rules ls NETWORK`; nothing was changed",
+	api.ReasonNetworkNotFound:   "use the network id from `docker network ls --filter driver=clawker-fw:latest --no-trunc`",
+	api.ReasonContainerGone:     "the container is not running on a clawker-fw network; check `docker ps`",
+	api.ReasonStoreWriteFailed:  "the plugin could not write its state (disk full or read-only?); nothing was changed",
+	api.ReasonInvalidRequest:    "check the command's arguments; nothing was changed",
+	api.ReasonConfigRegenFailed: "the change is saved but not fully applied: run `clawker-fw reload`, then check `clawker-fw status` and the plugin log",
+	api.ReasonSidecarRestart:    "the change is saved; a sidecar failed to restart: check `clawker-fw status`",
+	api.ReasonStackUnhealthy:    "the change is saved but the stack is unhealthy: check `clawker-fw status` and the plugin log",
+	api.ReasonRouteSyncFailed:   "the change is saved but BPF routes did not sync: run `clawker-fw reload`",
+	api.ReasonPortLimit:         "a network's rules may need at most 512 listener ports (one per port of each tcp/udp/ssh rule): narrow the port ranges; nothing was changed",
+	api.ReasonPortsExhausted:    "the shared pool of listener ports is nearly used up: remove rules with port ranges (here or on other networks); nothing was changed",
 }
 
 func main() {
@@ -137,7 +137,7 @@ func newClient(sock string) *client {
 	}}}
 }
 
-type apiError struct{ plugin.APIError }
+type apiError struct{ api.APIError }
 
 func (e *apiError) Error() string { return fmt.Sprintf("%s (%s)", e.Message, e.Reason) }
 
@@ -156,11 +156,11 @@ func (c *client) do(method, path string, body any) (*http.Response, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, &apiError{plugin.APIError{Message: fmt.Sprintf("reach the plugin at %s: %v", c.sock, err), Reason: plugin.ReasonNotRunning}}
+		return nil, &apiError{api.APIError{Message: fmt.Sprintf("reach the plugin at %s: %v", c.sock, err), Reason: api.ReasonNotRunning}}
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
-		var ae plugin.APIError
+		var ae api.APIError
 		raw, _ := io.ReadAll(resp.Body)
 		if json.Unmarshal(raw, &ae) != nil || ae.Reason == "" {
 			return nil, fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(raw)))
@@ -195,7 +195,7 @@ func (c *client) status(out io.Writer) error {
 		return err
 	}
 	defer resp.Body.Close()
-	var st plugin.StatusReport
+	var st api.StatusReport
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return err
 	}
@@ -262,7 +262,7 @@ func (c *client) rules(args []string, out io.Writer) error {
 			return err
 		}
 		defer resp.Body.Close()
-		var body struct{ Rules []string }
+		var body api.RulesResponse
 		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 			return err
 		}
@@ -278,7 +278,7 @@ func (c *client) rules(args []string, out io.Writer) error {
 		if verb == "rm" {
 			method = http.MethodDelete
 		}
-		resp, err := c.do(method, path, map[string]any{"rules": items})
+		resp, err := c.do(method, path, api.RulesRequest{Rules: items})
 		if err != nil {
 			return err
 		}
@@ -301,7 +301,7 @@ func (c *client) denials(follow bool, out io.Writer) error {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		var d plugin.Denial
+		var d api.Denial
 		if json.Unmarshal(sc.Bytes(), &d) != nil {
 			continue
 		}
@@ -338,12 +338,12 @@ func (c *client) bypass(args []string, out io.Writer) error {
 	if container == "" {
 		return errors.New("usage: clawker-fw bypass CONTAINER --for 10m")
 	}
-	resp, err := c.do(http.MethodPost, "/v1/bypass", map[string]string{"container": container, "for": *dur})
+	resp, err := c.do(http.MethodPost, "/v1/bypass", api.BypassRequest{Container: container, For: *dur})
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	var body struct{ Until time.Time }
+	var body api.BypassResponse
 	_ = json.NewDecoder(resp.Body).Decode(&body)
 	fmt.Fprintf(out, "bypass for %s until %s: DNS and proxy allow everything; enforcement returns by itself\n", container, body.Until.Local().Format(time.RFC3339))
 	return nil

@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/clawker-fw/clawker-fw/plugin"
+	"github.com/clawker-fw/clawker-fw/plugin/api"
 )
 
 // fakeAdmin serves canned admin API answers on a unix socket: the CLI's
@@ -31,7 +31,7 @@ func TestRemediationDispatchesOnReason(t *testing.T) {
 			sock := fakeAdmin(t, func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(http.StatusBadRequest)
 				// The message deliberately says nothing useful: the CLI must use the reason.
-				_ = json.NewEncoder(w).Encode(plugin.APIError{Message: "opaque", Reason: reason, Layer: plugin.LayerRejected, Domain: plugin.ErrorDomain})
+				_ = json.NewEncoder(w).Encode(api.APIError{Message: "opaque", Reason: reason, Layer: api.LayerRejected, Domain: api.ErrorDomain})
 			})
 			var out, errb bytes.Buffer
 			code := run([]string{"--socket", sock, "rules", "add", "net1", "x.example.test"}, &out, &errb)
@@ -45,7 +45,7 @@ func TestNotRunning(t *testing.T) {
 	var out, errb bytes.Buffer
 	code := run([]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "status"}, &out, &errb)
 	require.Equal(t, 1, code)
-	require.Contains(t, errb.String(), remediation[plugin.ReasonNotRunning])
+	require.Contains(t, errb.String(), remediation[api.ReasonNotRunning])
 }
 
 func TestRulesAddSendsItems(t *testing.T) {
@@ -65,10 +65,10 @@ func TestRulesAddSendsItems(t *testing.T) {
 
 func TestStatusRendering(t *testing.T) {
 	sock := fakeAdmin(t, func(w http.ResponseWriter, r *http.Request) {
-		_ = json.NewEncoder(w).Encode(plugin.StatusReport{Running: true, Healthy: false, Engine: "builtin", Generation: 9,
-			Components: []plugin.Component{{Name: "dns", Healthy: false, Detail: "connection refused", Restarts: 2}},
-			Networks: []plugin.NetworkStatus{{ID: "0123456789abcdef", Bridge: "cfw-0123456789a", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1",
-				Endpoints: []plugin.EPInfo{{Index: 1, IP: "10.0.0.2", Container: "agent", LabelError: "clawker.allow: bad"},
+		_ = json.NewEncoder(w).Encode(api.StatusReport{Running: true, Healthy: false, Engine: "builtin", Generation: 9,
+			Components: []api.Component{{Name: "dns", Healthy: false, Detail: "connection refused", Restarts: 2}},
+			Networks: []api.NetworkStatus{{ID: "0123456789abcdef", Bridge: "cfw-0123456789a", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1",
+				Endpoints: []api.EPInfo{{Index: 1, IP: "10.0.0.2", Container: "agent", LabelError: "clawker.allow: bad"},
 					{Index: 2, IP: "10.0.0.3", Container: "big", Failures: []string{"rule label clawker.allow=tcp://db:1-300 (tcp 1-300) has no listener: invalid-range: x"}}}}}})
 	})
 	var out, errb bytes.Buffer
