@@ -5,16 +5,20 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
-// Default addresses of the sidecar. DNS listens where the hooks steer
-// container DNS (docs/SEAMS.md); the operational endpoints stay on loopback.
-const (
-	DefaultPort        = 15053
-	DefaultHealthAddr  = "127.0.0.1:15054"
-	DefaultMetricsAddr = "127.0.0.1:15055"
-	DefaultStatusAddr  = "127.0.0.1:15056"
-	DefaultReadyAddr   = "127.0.0.1:15057"
+// DefaultPort is the sidecar's DNS port, where the hooks steer container DNS
+// (the ports live in proxy/model, docs/SEAMS.md).
+const DefaultPort = int(model.DNSPort)
+
+// Default addresses of the sidecar's operational endpoints, on loopback.
+var (
+	DefaultHealthAddr  = model.Loopback(model.DNSHealthPort)
+	DefaultMetricsAddr = model.Loopback(model.DNSMetricsPort)
+	DefaultStatusAddr  = model.Loopback(model.DNSStatusPort)
+	DefaultReadyAddr   = model.Loopback(model.DNSReadyPort)
 )
 
 // CorefileConfig is what the plugin process renders the sidecar's Corefile

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clawker-fw/clawker-fw/bpf"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 func main() {
@@ -199,7 +200,7 @@ func run(out string, rounds, ops int) (err error) {
 		return err
 	}
 	ep := bpf.Endpoint{Index: 1, IP: netip.MustParseAddr("10.201.251.2"), Gateway: netip.MustParseAddr("10.201.251.1"),
-		Subnet: netip.MustParsePrefix("10.201.251.0/24"), DNSPort: 15053, CAPort: 15002}
+		Subnet: netip.MustParsePrefix("10.201.251.0/24"), DNSPort: model.DNSPort, CAPort: model.CAPort}
 	dst := netip.MustParseAddrPort("10.201.250.5:443")
 	if err := m.Learn(1, dst.Addr(), 100, time.Hour); err != nil {
 		return err

@@ -21,6 +21,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 // XDSCluster is the bootstrap's static cluster pointing at the xDS server.
@@ -58,7 +60,7 @@ func mustStruct(m map[string]any) *structpb.Struct {
 
 // DefaultAdminAddress is the Envoy admin interface: loopback only, next to
 // the plugin's health port.
-const DefaultAdminAddress = "127.0.0.1:15004"
+var DefaultAdminAddress = model.Loopback(model.EnvoyAdminPort)
 
 // Bootstrap renders the Envoy bootstrap (JSON): node identity, ADS over the
 // xDS cluster (gRPC on the unix socket or loopback TCP), listeners and

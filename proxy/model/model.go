@@ -14,6 +14,7 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -24,12 +25,24 @@ import (
 	"github.com/clawker-fw/clawker-fw/policy"
 )
 
+// Loopback is the host:port of a loopback-only listener on port.
+func Loopback(port uint16) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))) }
+
 // Fixed ports of the plugin's listeners (see docs/SEAMS.md).
 const (
 	DNSPort         uint16 = 15053
 	TransparentPort uint16 = 15001
 	CAPort          uint16 = 15002
 	HealthPort      uint16 = 15003
+	// EnvoyAdminPort is the Envoy admin interface (loopback only, envoy
+	// engine).
+	EnvoyAdminPort uint16 = 15004
+	// The DNS sidecar's operational endpoints (loopback only): health,
+	// metrics, status (GET /generation) and ready.
+	DNSHealthPort  uint16 = 15054
+	DNSMetricsPort uint16 = 15055
+	DNSStatusPort  uint16 = 15056
+	DNSReadyPort   uint16 = 15057
 	// ReservedLo..ReservedHi is the whole range the closed network lets a
 	// container reach on its gateway.
 	ReservedLo uint16 = 15000
