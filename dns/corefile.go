@@ -2,10 +2,10 @@ package dns
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"time"
 
+	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
@@ -87,8 +87,8 @@ func Corefile(cfg CorefileConfig) string {
 		ups := make([]string, len(cfg.Upstreams))
 		for i, u := range cfg.Upstreams {
 			ups[i] = u
-			if net.ParseIP(u) != nil {
-				ups[i] = net.JoinHostPort(u, "53")
+			if n, err := policy.NormalizeUpstream(u); err == nil {
+				ups[i] = n
 			}
 		}
 		fmt.Fprintf(&b, "        upstream %s\n", strings.Join(ups, " "))

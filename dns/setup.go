@@ -13,6 +13,8 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
+
+	"github.com/clawker-fw/clawker-fw/policy"
 )
 
 func init() { plugin.Register(pluginName, setup) }
@@ -122,9 +124,9 @@ func parse(c *caddy.Controller) (*Config, error) {
 					continue
 				}
 				for _, a := range args {
-					u, err := normalizeUpstream(a)
+					u, err := policy.NormalizeUpstream(a)
 					if err != nil {
-						return nil, c.Errf("%v", err)
+						return nil, c.Errf("upstream %q: not an IP or IP:port: %v", a, err)
 					}
 					cfg.Upstreams = append(cfg.Upstreams, u)
 				}

@@ -44,13 +44,7 @@ func (st *storeState) index() {
 		if n == nil {
 			continue
 		}
-		var ups []string
-		for _, u := range n.Settings.DNSUpstreams {
-			if a, err := normalizeUpstream(u); err == nil {
-				ups = append(ups, a)
-			}
-		}
-		if len(ups) > 0 {
+		if ups := n.Upstreams(); len(ups) > 0 {
 			st.upstreams[id] = ups
 		}
 	}

@@ -135,18 +135,3 @@ func (e *exchanger) Close() {
 		delete(e.pools, addr)
 	}
 }
-
-// normalizeUpstream adds port 53 to a bare IP.
-func normalizeUpstream(s string) (string, error) {
-	if _, _, err := net.SplitHostPort(s); err == nil {
-		host, _, _ := net.SplitHostPort(s)
-		if net.ParseIP(host) == nil {
-			return "", fmt.Errorf("upstream %q: host must be an IP address", s)
-		}
-		return s, nil
-	}
-	if net.ParseIP(s) == nil {
-		return "", fmt.Errorf("upstream %q: not an IP or IP:port", s)
-	}
-	return net.JoinHostPort(s, "53"), nil
-}

@@ -423,11 +423,11 @@ func parseSetting(s *NetworkSettings, key, value string) error {
 		var ups []string
 		for _, item := range strings.Split(value, ",") {
 			item = strings.TrimSpace(item)
-			ap, err := parseUpstream(item)
+			up, err := NormalizeUpstream(item)
 			if err != nil {
 				return &FieldError{Field: key, Value: item, Reason: err.Error()}
 			}
-			ups = append(ups, ap.String())
+			ups = append(ups, up)
 		}
 		s.DNSUpstreams = ups
 	case KeyTLSInspect:
@@ -452,7 +452,36 @@ func parseSetting(s *NetworkSettings, key, value string) error {
 	return nil
 }
 
-// parseUpstream parses "ip", "ip:port", "ipv6" or "[ipv6]:port" (port 53 by default).
+// NormalizeUpstream parses a DNS resolver address, "ip", "ip:port", "ipv6"
+// or "[ipv6]:port" (port 53 by default), into the "ip:port" form every
+// consumer dials: the network option clawker.dns.upstream, the plugin-wide
+// CLAWKER_DNS_UPSTREAM, the DNS plugin's Corefile and the proxy's resolvers
+// all go through it, so one spelling means one resolver everywhere.
+func NormalizeUpstream(s string) (string, error) {
+	ap, err := parseUpstream(s)
+	if err != nil {
+		return "", err
+	}
+	return ap.String(), nil
+}
+
+// Upstreams returns the network's own resolvers (clawker.dns.upstream)
+// normalized, dropping any that do not parse; nil means the network uses the
+// plugin-wide ones. The DNS plugin answers through them and the proxy dials
+// through them, so a container's answer and the proxy's dial agree.
+func (n *Network) Upstreams() []string {
+	if n == nil {
+		return nil
+	}
+	var ups []string
+	for _, u := range n.Settings.DNSUpstreams {
+		if a, err := NormalizeUpstream(u); err == nil {
+			ups = append(ups, a)
+		}
+	}
+	return ups
+}
+
 func parseUpstream(s string) (netip.AddrPort, error) {
 	if s == "" {
 		return netip.AddrPort{}, errors.New("empty resolver address")

@@ -96,13 +96,11 @@ func readSettings() (settings, error) {
 		return s, fmt.Errorf("setting CLAWKER_DNS_TTL_FLOOR (%s) is above CLAWKER_DNS_TTL_CEILING (%s)", s.TTLFloor, s.TTLCeiling)
 	}
 	for _, u := range splitList(env("CLAWKER_DNS_UPSTREAM", "1.1.1.2,1.0.0.2")) {
-		if _, err := netip.ParseAddrPort(u); err != nil {
-			if _, err2 := netip.ParseAddr(u); err2 != nil {
-				return s, fmt.Errorf("setting CLAWKER_DNS_UPSTREAM: %q is not ip or ip:port", u)
-			}
-			u = net.JoinHostPort(u, "53")
+		up, err := policy.NormalizeUpstream(u)
+		if err != nil {
+			return s, fmt.Errorf("setting CLAWKER_DNS_UPSTREAM: %q: %w", u, err)
 		}
-		s.Upstreams = append(s.Upstreams, u)
+		s.Upstreams = append(s.Upstreams, up)
 	}
 	for _, c := range splitList(env("CLAWKER_ALLOW_PRIVATE_UPSTREAMS", "")) {
 		p, err := netip.ParsePrefix(c)
@@ -153,24 +151,6 @@ func main() {
 		log.WithError(err).Error("clawker-fw plugin stopped")
 		os.Exit(1)
 	}
-}
-
-// upstreamResolver resolves names through the configured upstreams (the
-// plugin's rootfs has no resolv.conf, and tests must never reach a public
-// resolver).
-func upstreamResolver(upstreams []string) *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		var last error
-		for _, u := range upstreams {
-			c, err := d.DialContext(ctx, network, u)
-			if err == nil {
-				return c, nil
-			}
-			last = err
-		}
-		return nil, fmt.Errorf("dial upstream resolvers %v: %w", upstreams, last)
-	}}
 }
 
 func loadCAs(path string) ([]*x509.Certificate, error) {
@@ -251,7 +231,7 @@ func run(logger *logrus.Logger, log *logrus.Entry) error {
 		Log:                   root.WithField(plugin.FieldComponent, "proxy"),
 		Registry:              reg,
 		Certs:                 authority,
-		Resolver:              upstreamResolver(s.Upstreams),
+		Resolver:              builtin.UpstreamResolver(s.Upstreams),
 		UpstreamCAs:           extra,
 		AllowPrivateUpstreams: s.AllowPrivate,
 		OnDecision: func(d builtin.Decision) {

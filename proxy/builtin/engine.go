@@ -80,8 +80,14 @@ type Config struct {
 	// Certs issues leaves for inspected TLS; without it, connections that
 	// need inspection are denied.
 	Certs CertSource
-	// Resolver resolves upstream names. Default: net.DefaultResolver.
+	// Resolver resolves upstream names for networks without their own
+	// upstreams: the plugin-wide resolvers. Default: net.DefaultResolver.
 	Resolver Resolver
+	// NetworkResolver returns the resolver for a network that names its own
+	// upstreams (clawker.dns.upstream, normalized "ip:port" in order), the
+	// ones the DNS plugin answers that network's containers from. Default:
+	// UpstreamResolver.
+	NetworkResolver func(upstreams []string) Resolver
 	// UpstreamCAs are extra CAs trusted for re-originated TLS, on top of
 	// the system roots.
 	UpstreamCAs []*x509.Certificate
@@ -197,8 +203,10 @@ type Engine struct {
 	caps *caps
 
 	transports sync.Map // uint32 endpoint index -> *http.Transport
-	dnsCache   sync.Map // name -> *dnsEntry
+	dnsCache   sync.Map // resolver key + name -> *dnsEntry
 	dnsCacheN  atomic.Int64
+	resolvers  sync.Map // resolver key -> Resolver (networks' own upstreams)
+	resolversN atomic.Int64
 }
 
 type current struct {
@@ -215,6 +223,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
+	}
+	if cfg.NetworkResolver == nil {
+		cfg.NetworkResolver = func(ups []string) Resolver { return UpstreamResolver(ups) }
 	}
 	if cfg.ListenPort == nil {
 		cfg.ListenPort = func(p uint16) uint16 { return p }

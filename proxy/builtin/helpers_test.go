@@ -105,13 +105,17 @@ func (c *testCA) pool() *x509.CertPool {
 type fakeDNS struct {
 	mu      sync.Mutex
 	records map[string][]netip.Addr
+	asked   map[string]int // questions per lower-case FQDN
 	addr    string
 }
 
-func newFakeDNS(t testing.TB) *fakeDNS {
+func newFakeDNS(t testing.TB) *fakeDNS { return newFakeDNSAt(t, "127.0.0.1") }
+
+// newFakeDNSAt starts a fakeDNS on ip:0 (UDP).
+func newFakeDNSAt(t testing.TB, ip string) *fakeDNS {
 	t.Helper()
-	f := &fakeDNS{records: map[string][]netip.Addr{}}
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	f := &fakeDNS{records: map[string][]netip.Addr{}, asked: map[string]int{}}
+	pc, err := net.ListenPacket("udp4", ip+":0")
 	require.NoError(t, err)
 	f.addr = pc.LocalAddr().String()
 	srv := &dns.Server{PacketConn: pc, Handler: f}
@@ -137,6 +141,7 @@ func (f *fakeDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, q := range r.Question {
+		f.asked[strings.ToLower(q.Name)]++
 		addrs, ok := f.records[strings.ToLower(q.Name)]
 		if !ok {
 			m.Rcode = dns.RcodeNameError
@@ -149,6 +154,13 @@ func (f *fakeDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		}
 	}
 	_ = w.WriteMsg(m)
+}
+
+// questions returns how many questions for name the server got.
+func (f *fakeDNS) questions(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.asked[dns.Fqdn(strings.ToLower(name))]
 }
 
 func (f *fakeDNS) resolver() *net.Resolver {

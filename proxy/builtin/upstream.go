@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -129,9 +132,9 @@ func (e *Engine) privateOK(pol *policy.Policy, addr netip.Addr, port uint16, l4 
 	return false
 }
 
-// resolve looks name up with the configured resolver and returns the
-// addresses the proxy may dial for pol (endpoint idx). host.docker.internal
-// is the endpoint's gateway (see gateway).
+// resolve looks name up with the resolvers of endpoint idx's network (see
+// resolverFor) and returns the addresses the proxy may dial for pol.
+// host.docker.internal is the endpoint's gateway (see gateway).
 func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, idx uint32, name string, port uint16, l4 policy.L4) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(name); err == nil {
 		if err := e.checkIPDest(pol, a, port, l4); err != nil {
@@ -142,7 +145,7 @@ func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, idx uint32, na
 	if name == hostDockerInternal {
 		return e.gateway(pol, idx, port, l4)
 	}
-	addrs, err := e.lookup(ctx, name)
+	addrs, err := e.lookup(ctx, idx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -198,22 +201,144 @@ type dnsEntry struct {
 	expires time.Time
 }
 
-// lookup resolves name with the configured resolver, caching answers for
-// Config.ResolveCacheTTL (failures are not cached). The cache only saves
-// round trips: every use of an answer is checked again (upstreamOK).
-func (e *Engine) lookup(ctx context.Context, name string) ([]netip.Addr, error) {
+// resolverFor returns the resolver for a flow of endpoint idx and the key
+// that tells its answers apart in the cache: its network's own upstreams
+// (Network.Upstreams, the ones the DNS plugin answered the container from),
+// else the plugin-wide Config.Resolver (key ""). An endpoint the current
+// snapshot does not know has no network to ask for: refused.
+func (e *Engine) resolverFor(idx uint32) (string, Resolver, error) {
+	c := e.state()
+	if c == nil {
+		return "", nil, errors.New("resolve: no snapshot")
+	}
+	ep, ok := c.snap.Endpoints[idx]
+	if !ok || ep == nil {
+		return "", nil, fmt.Errorf("resolve: endpoint %d is not in the current snapshot", idx)
+	}
+	ups := c.snap.Networks[ep.NetworkID].Upstreams()
+	if len(ups) == 0 {
+		return "", e.cfg.Resolver, nil
+	}
+	key := strings.Join(ups, ",")
+	if v, ok := e.resolvers.Load(key); ok {
+		return key, v.(Resolver), nil
+	}
+	if e.resolversN.Add(1) > maxResolvers {
+		// Networks come and go: start over rather than grow without limit.
+		e.resolvers.Clear()
+		e.resolversN.Store(0)
+	}
+	v, _ := e.resolvers.LoadOrStore(key, e.cfg.NetworkResolver(ups))
+	return key, v.(Resolver), nil
+}
+
+const maxResolvers = 256
+
+// UpstreamResolver resolves names through upstreams ("ip:port") and nothing
+// else (no resolv.conf, no hosts file: the plugin's rootfs has neither, and
+// tests must never reach a public resolver). Like the DNS plugin's exchange,
+// it asks the upstreams in order until one answers (a truncated UDP answer
+// is asked again over TCP) and takes that first answer, whatever its rcode,
+// so the proxy sees what the container was told.
+func UpstreamResolver(upstreams []string) Resolver {
+	return &upstreamResolver{
+		ups: slices.Clone(upstreams),
+		udp: &mdns.Client{Net: "udp", UDPSize: resolverEDNSSize},
+		tcp: &mdns.Client{Net: "tcp"},
+	}
+}
+
+// resolverEDNSSize is the UDP payload size advertised (DNS flag day 2020).
+const resolverEDNSSize = 1232
+
+type upstreamResolver struct {
+	ups      []string
+	udp, tcp *mdns.Client
+}
+
+// LookupNetIP implements Resolver for IPv4 ("ip4"): the A records of the
+// answer reached from host through its CNAME chain.
+func (r *upstreamResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	if network != "ip4" {
+		return nil, fmt.Errorf("resolve %s: network %q: only ip4 is resolved", host, network)
+	}
+	q := new(mdns.Msg)
+	q.SetQuestion(mdns.Fqdn(host), mdns.TypeA)
+	q.SetEdns0(resolverEDNSSize, false)
+	var errs []error
+	for _, up := range r.ups {
+		resp, _, err := r.udp.ExchangeContext(ctx, q, up)
+		if err == nil && resp.Truncated {
+			resp, _, err = r.tcp.ExchangeContext(ctx, q, up)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("exchange with %s: %w", up, err))
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if resp.Rcode != mdns.RcodeSuccess {
+			return nil, &net.DNSError{Err: mdns.RcodeToString[resp.Rcode], Name: host, Server: up, IsNotFound: resp.Rcode == mdns.RcodeNameError}
+		}
+		addrs := chainA(q.Question[0].Name, resp.Answer)
+		if len(addrs) == 0 {
+			return nil, &net.DNSError{Err: "no A records", Name: host, Server: up, IsNotFound: true}
+		}
+		return addrs, nil
+	}
+	if len(errs) == 0 {
+		return nil, &net.DNSError{Err: "no upstream resolver", Name: host}
+	}
+	return nil, errors.Join(errs...)
+}
+
+// chainA returns the A records of rrs owned by name or by a CNAME target
+// reached from it.
+func chainA(name string, rrs []mdns.RR) []netip.Addr {
+	owners := map[string]bool{strings.ToLower(name): true}
+	for changed := true; changed; {
+		changed = false
+		for _, rr := range rrs {
+			if c, ok := rr.(*mdns.CNAME); ok && owners[strings.ToLower(c.Hdr.Name)] && !owners[strings.ToLower(c.Target)] {
+				owners[strings.ToLower(c.Target)] = true
+				changed = true
+			}
+		}
+	}
+	var out []netip.Addr
+	for _, rr := range rrs {
+		if a, ok := rr.(*mdns.A); ok && owners[strings.ToLower(a.Hdr.Name)] {
+			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+				out = append(out, ip)
+			}
+		}
+	}
+	return out
+}
+
+// lookup resolves name with endpoint idx's resolver (resolverFor), caching
+// answers per resolver for Config.ResolveCacheTTL (failures are not cached).
+// The cache only saves round trips: every use of an answer is checked again
+// (upstreamOK).
+func (e *Engine) lookup(ctx context.Context, idx uint32, name string) ([]netip.Addr, error) {
+	rkey, res, err := e.resolverFor(idx)
+	if err != nil {
+		return nil, err
+	}
+	key := rkey + "|" + name
 	now := time.Now()
 	if e.cfg.ResolveCacheTTL > 0 {
-		if v, ok := e.dnsCache.Load(name); ok {
+		if v, ok := e.dnsCache.Load(key); ok {
 			if ent := v.(*dnsEntry); now.Before(ent.expires) {
 				return ent.addrs, nil
 			}
-			e.dnsCache.Delete(name)
+			e.dnsCache.Delete(key)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.DialTimeout)
 	defer cancel()
-	addrs, err := e.cfg.Resolver.LookupNetIP(ctx, "ip4", name)
+	addrs, err := res.LookupNetIP(ctx, "ip4", name)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", name, err)
 	}
@@ -223,7 +348,7 @@ func (e *Engine) lookup(ctx context.Context, name string) ([]netip.Addr, error) 
 			e.dnsCache.Clear()
 			e.dnsCacheN.Store(0)
 		}
-		e.dnsCache.Store(name, &dnsEntry{addrs: addrs, expires: now.Add(e.cfg.ResolveCacheTTL)})
+		e.dnsCache.Store(key, &dnsEntry{addrs: addrs, expires: now.Add(e.cfg.ResolveCacheTTL)})
 	}
 	return addrs, nil
 }
