@@ -72,10 +72,6 @@ func checkNames(t *testing.T, p *Policy, cases []nameCase) {
 			} else {
 				require.NotNil(t, m.Entry)
 				require.Equal(t, tc.entry, m.Entry.Pattern)
-				// The identity path decides exactly like the name path.
-				mi := p.MatchIdentity(m.Entry.Identity, tc.port, l4)
-				require.Equal(t, m.Allowed, mi.Allowed)
-				require.Equal(t, m.Reason, mi.Reason)
 			}
 			if tc.deny == "" {
 				require.Nil(t, m.Deny)
@@ -236,7 +232,6 @@ func TestCompilePortsAndOrder(t *testing.T) {
 	require.Equal(t, ReasonPortNotAllow, ip("10.2.9.9", 5432).Reason)
 	require.True(t, ip("192.0.2.1", 443).Allowed)
 	require.Equal(t, ReasonNoRule, ip("192.0.2.2", 443).Reason)
-	require.Equal(t, ReasonNoRule, p.MatchIdentity(9999, 443, L4TCP).Reason)
 	gen := mustCompile(t, CompileInput{Generation: 7, Settings: NetworkSettings{InspectAll: true}}, ids)
 	require.Equal(t, uint64(7), gen.Generation)
 	require.True(t, gen.InspectAll)

@@ -77,7 +77,7 @@ func (p *Policy) MatchName(name string, port uint16, l4 L4) Match {
 }
 
 // MatchIP decides an IP destination (IP-literal rules and CIDRs only; learned
-// DNS identities are looked up by the caller and decided with MatchIdentity).
+// DNS identities are decided in the kernel, from the routes map).
 func (p *Policy) MatchIP(addr netip.Addr, port uint16, l4 L4) Match {
 	if p == nil {
 		return Match{Reason: ReasonPending}
@@ -96,25 +96,6 @@ func (p *Policy) MatchIP(addr netip.Addr, port uint16, l4 L4) Match {
 		a := &p.Allows[i]
 		if a.Prefix.IsValid() && a.Prefix.Contains(addr) {
 			return p.checkPort(a, port, l4)
-		}
-	}
-	return Match{Reason: ReasonNoRule}
-}
-
-// MatchIdentity decides (identity, port, l4) for a destination whose identity
-// is already known (learned from DNS). An identity absent from this policy is
-// denied: identities are per pattern, so one endpoint's learned identity never
-// widens another's policy.
-func (p *Policy) MatchIdentity(id Identity, port uint16, l4 L4) Match {
-	if p == nil {
-		return Match{Reason: ReasonPending}
-	}
-	if p.AllowAll {
-		return Match{Allowed: true, Reason: ReasonBypass}
-	}
-	for i := range p.Allows {
-		if p.Allows[i].Identity == id {
-			return p.checkPort(&p.Allows[i], port, l4)
 		}
 	}
 	return Match{Reason: ReasonNoRule}
