@@ -283,22 +283,3 @@ func randomMAC() net.HardwareAddr {
 	mac[0] = (mac[0] | 0x02) &^ 0x01 // locally administered, unicast
 	return mac
 }
-
-// Guard is the closed network as the plugin uses it. *Handle implements it;
-// the plugin's own unit tests may substitute a fake at this boundary (the
-// closed network itself is tested here, against the kernel).
-type Guard interface {
-	EnsureBridge(name string, gw netip.Prefix) error
-	DeleteBridge(name string) error
-	CreateVeth(hostName, peerName, bridge string, mac net.HardwareAddr) error
-	DeleteVeth(hostName string) error
-	GuardNetwork(n Network) error
-	UnguardNetwork(bridge string) error
-	GuardEndpoint(e Endpoint) error
-	UnguardEndpoint(hostVeth string) error
-	ListOwned(bridge string) (Owned, error)
-	Networks() ([]string, error)
-	Cleanup(bridge string) error
-}
-
-var _ Guard = (*Handle)(nil)
