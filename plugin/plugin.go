@@ -9,6 +9,7 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -71,8 +72,15 @@ type Plugin struct {
 	dk    Docker
 	sinks []SnapshotSink
 
-	q     *queue.Queue
-	st    *State // owned by queue actions
+	q  *queue.Queue
+	st *State // owned by queue actions
+	// saved is the state as last written (owned by queue actions), and
+	// prebuilt says the current state already holds the generation the
+	// next publish serves: commit wrote it, so publish need not write again.
+	saved    []byte
+	prebuilt bool
+	// saves counts state writes (tests: one per mutation).
+	saves atomic.Int64
 	snap  atomic.Pointer[policy.Snapshot]
 	model atomic.Pointer[model.Model]
 
@@ -195,12 +203,38 @@ func (p *Plugin) sortedNetworks() []*Network {
 }
 
 // commit makes next the current state after writing it durably; on a failed
-// write the current state is unchanged.
+// write the current state is unchanged. What it writes is the state the
+// following publish serves: the next generation, with the identities and
+// listener ports that generation allocates (compiled here once ahead), so a
+// mutation writes state.json once, not once here and again in publish.
 func (p *Plugin) commit(next *State) error {
-	if err := next.save(p.statePath()); err != nil {
+	prev, prevPrebuilt := p.st, p.prebuilt
+	p.st, p.prebuilt = next, false
+	gen := next.Generation + 1
+	if _, err := model.Build(p.buildSnapshot(gen), next.Ports); err == nil {
+		next.Generation, p.prebuilt = gen, true
+	}
+	if err := p.save(); err != nil {
+		p.st, p.prebuilt = prev, prevPrebuilt
 		return &Error{Layer: LayerRejected, Reason: ReasonStoreWriteFailed, Err: fmt.Errorf("write state: %w", err)}
 	}
-	p.st = next
+	return nil
+}
+
+// save writes the current state unless it is what was last written.
+func (p *Plugin) save() error {
+	raw, err := p.st.encode()
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(raw, p.saved) {
+		return nil
+	}
+	if err := writeState(p.statePath(), raw); err != nil {
+		return err
+	}
+	p.saved = raw
+	p.saves.Add(1)
 	return nil
 }
 
@@ -258,6 +292,9 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 // then.
 func (p *Plugin) publish() error {
 	gen := p.st.Generation + 1
+	if p.prebuilt { // commit already wrote this generation
+		gen, p.prebuilt = p.st.Generation, false
+	}
 	ids := p.st.Identities.Len()
 	snap := p.buildSnapshot(gen)
 	m, err := model.Build(snap, p.st.Ports)
@@ -267,7 +304,7 @@ func (p *Plugin) publish() error {
 	p.st.Generation = gen
 	var errs []error
 	// Identities and ports may have grown: persist them before anyone uses them.
-	if err := p.st.save(p.statePath()); err != nil {
+	if err := p.save(); err != nil {
 		err = partial(ReasonStoreWriteFailed, fmt.Errorf("persist identities and listener ports: %w", err))
 		if m.NewPorts > 0 || p.st.Identities.Len() != ids {
 			return err

@@ -578,3 +578,32 @@ func postJSON(t *testing.T, url string, body []byte) map[string]any {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
 	return out
 }
+
+// TestStateWrittenOncePerMutation: a mutation writes state.json once (commit
+// writes the generation publish then serves), and what is on disk is the
+// generation that was published.
+func TestStateWrittenOncePerMutation(t *testing.T) {
+	r := newRig(t)
+	r.network(t, map[string]string{"clawker.allow": "net.example.test"})
+	r.endpoint(t, "ep1", "10.230.0.2")
+	r.container(t, "ep1", 301, Container{ID: cid(4), Name: "c"})
+	require.Eventually(t, func() bool { return !r.policyOf(t, "10.230.0.2").Pending }, 5*time.Second, 10*time.Millisecond)
+	onDisk := func() uint64 {
+		st, err := loadState(r.p.statePath())
+		require.NoError(t, err)
+		return st.Generation
+	}
+	for _, step := range []struct {
+		name string
+		do   func() error
+	}{
+		{"add a rule", func() error { _, err := r.p.AddRules(netA, []string{"tcp://once.example.test:5432"}); return err }},
+		{"remove it", func() error { return r.p.RemoveRules(netA, []string{"tcp://once.example.test:5432"}) }},
+	} {
+		before, gen := r.p.saves.Load(), r.p.Snapshot().Generation
+		require.NoError(t, step.do(), step.name)
+		require.Equal(t, int64(1), r.p.saves.Load()-before, "%s: state.json written once", step.name)
+		require.Equal(t, gen+1, r.p.Snapshot().Generation, step.name)
+		require.Equal(t, r.p.Snapshot().Generation, onDisk(), "%s: the published generation is the one on disk", step.name)
+	}
+}

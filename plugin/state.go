@@ -110,12 +110,17 @@ func loadState(path string) (*State, error) {
 	return st, nil
 }
 
-// save writes the state durably (temp file, fsync, rename, fsync dir).
-func (st *State) save(path string) error {
+// encode is the state as state.json holds it.
+func (st *State) encode() ([]byte, error) {
 	raw, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
+		return nil, fmt.Errorf("encode state: %w", err)
 	}
+	return raw, nil
+}
+
+// writeState writes raw durably (temp file, fsync, rename, fsync dir).
+func writeState(path string, raw []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
