@@ -360,7 +360,7 @@ func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
 	var gen uint64
 	m := p.Model()
 	err := p.q.Do(p.ctx, queue.KindRead, func() error {
-		gen = p.st.Generation
+		gen = p.lastGeneration()
 		for _, n := range p.sortedNetworks() {
 			ns := NetworkStatus{ID: n.ID, Bridge: n.Bridge, Subnet: n.Subnet.String(), Gateway: n.Gateway.String(),
 				Rules: len(n.Config.Rules), Runtime: len(n.Runtime)}

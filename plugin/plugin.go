@@ -209,16 +209,26 @@ func (p *Plugin) sortedNetworks() []*Network {
 // mutation writes state.json once, not once here and again in publish.
 func (p *Plugin) commit(next *State) error {
 	prev, prevPrebuilt := p.st, p.prebuilt
+	last := p.lastGeneration()
 	p.st, p.prebuilt = next, false
-	gen := next.Generation + 1
-	if _, err := model.Build(p.buildSnapshot(gen), next.Ports); err == nil {
-		next.Generation, p.prebuilt = gen, true
+	next.Generation = last
+	if _, err := model.Build(p.buildSnapshot(last+1), next.Ports); err == nil {
+		next.Generation, p.prebuilt = last+1, true
 	}
 	if err := p.save(); err != nil {
 		p.st, p.prebuilt = prev, prevPrebuilt
 		return &Error{Layer: LayerRejected, Reason: ReasonStoreWriteFailed, Err: fmt.Errorf("write state: %w", err)}
 	}
 	return nil
+}
+
+// lastGeneration is the generation last published (or loaded): the state
+// holds the next one when commit wrote it ahead.
+func (p *Plugin) lastGeneration() uint64 {
+	if p.prebuilt {
+		return p.st.Generation - 1
+	}
+	return p.st.Generation
 }
 
 // save writes the current state unless it is what was last written.
@@ -291,17 +301,14 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 // that allocates nothing (rules removed, containers gone) is applied even
 // then.
 func (p *Plugin) publish() error {
-	gen := p.st.Generation + 1
-	if p.prebuilt { // commit already wrote this generation
-		gen, p.prebuilt = p.st.Generation, false
-	}
+	gen := p.lastGeneration() + 1
 	ids := p.st.Identities.Len()
 	snap := p.buildSnapshot(gen)
 	m, err := model.Build(snap, p.st.Ports)
 	if err != nil {
 		return partial(ReasonConfigRegenFailed, fmt.Errorf("build listener model: %w", err))
 	}
-	p.st.Generation = gen
+	p.st.Generation, p.prebuilt = gen, false
 	var errs []error
 	// Identities and ports may have grown: persist them before anyone uses them.
 	if err := p.save(); err != nil {

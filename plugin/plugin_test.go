@@ -20,6 +20,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
@@ -599,11 +600,27 @@ func TestStateWrittenOncePerMutation(t *testing.T) {
 	}{
 		{"add a rule", func() error { _, err := r.p.AddRules(netA, []string{"tcp://once.example.test:5432"}); return err }},
 		{"remove it", func() error { return r.p.RemoveRules(netA, []string{"tcp://once.example.test:5432"}) }},
+		{"a commit with no publish, then one with", func() error {
+			err := r.p.q.Do(r.p.ctx, queue.KindMutate, func() error { return r.p.commit(r.p.st.clone()) })
+			require.NoError(t, err)
+			_, status, err := r.p.Networks()
+			require.NoError(t, err)
+			require.Equal(t, r.p.Snapshot().Generation, status, "a commit alone does not move the status generation")
+			_, err = r.p.AddRules(netA, []string{"tcp://twice.example.test:5432"})
+			return err
+		}},
 	} {
 		before, gen := r.p.saves.Load(), r.p.Snapshot().Generation
 		require.NoError(t, step.do(), step.name)
-		require.Equal(t, int64(1), r.p.saves.Load()-before, "%s: state.json written once", step.name)
+		writes := int64(1)
+		if strings.HasPrefix(step.name, "a commit with no publish") {
+			writes = 2
+		}
+		require.Equal(t, writes, r.p.saves.Load()-before, "%s: state.json written once per mutation", step.name)
 		require.Equal(t, gen+1, r.p.Snapshot().Generation, step.name)
 		require.Equal(t, r.p.Snapshot().Generation, onDisk(), "%s: the published generation is the one on disk", step.name)
+		_, status, err := r.p.Networks()
+		require.NoError(t, err)
+		require.Equal(t, r.p.Snapshot().Generation, status, "%s: status reports the published generation", step.name)
 	}
 }
