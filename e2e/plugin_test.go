@@ -418,17 +418,28 @@ func TestPluginDenials(t *testing.T) {
 
 	// Docker 20.10 calls Join before the container's netns exists: the
 	// plugin enrolls it when the veth moves in, which under load can come
-	// after the container's first instruction (seen in a CI run); until then
+	// after the container's first instruction (seen in CI runs); until then
 	// the closed network redirects a connection to the proxy, which accepts
-	// and closes a denied one (no EPERM, nothing leaks). EPERM is for enrolled
-	// containers: give 20.10 the time. The current engine is enrolled at Join,
-	// before the first instruction, and gets no wait.
-	wait := ""
+	// and closes a denied one (no EPERM, nothing leaks: requireNoLeaks below).
+	// EPERM is for enrolled containers: on 20.10 one long-lived container is
+	// polled until enrolled, then every port must be refused. The current
+	// engine is enrolled at Join, before the first instruction: there every
+	// port is tried from a fresh container with no wait.
+	ncDenied := func(port string) (string, error) {
+		return f.run("--network", n.Name, f.busybox, "sh", "-c", "nc -w 3 "+deniedIP+" "+port+" </dev/null")
+	}
 	if !f.e.Engine().Current() {
-		wait = "sleep 1; "
+		c := f.detached(t, "--network", n.Name, f.busybox, "sleep", "300")
+		ncDenied = func(port string) (string, error) {
+			return f.exec(c, "sh", "-c", "nc -w 3 "+deniedIP+" "+port+" </dev/null")
+		}
+		require.Eventually(t, func() bool {
+			out, _ := ncDenied("80")
+			return strings.Contains(out, "Operation not permitted")
+		}, 15*time.Second, 200*time.Millisecond, "IP literal never refused with EPERM: container not enrolled?")
 	}
 	for _, port := range []string{"80", "443", "22", "5432"} {
-		out, err := f.run("--network", n.Name, f.busybox, "sh", "-c", wait+"nc -w 3 "+deniedIP+" "+port+" </dev/null")
+		out, err := ncDenied(port)
 		require.Error(t, err, out)
 		require.Contains(t, out, "Operation not permitted", "port %s", port)
 	}
