@@ -6,8 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
-	"io"
-	"net"
 	"testing"
 	"time"
 
@@ -44,19 +42,7 @@ func echConfigList(t testing.TB, publicName string) []byte {
 // ECH configuration whose public (outer) name is outer.
 func echHello(t testing.TB, outer, inner string) []byte {
 	t.Helper()
-	a, b := net.Pipe()
-	go func() {
-		_ = tls.Client(a, echClientConfig(t, outer, inner)).Handshake()
-		a.Close()
-	}()
-	buf := make([]byte, 5)
-	_, err := io.ReadFull(b, buf)
-	require.NoError(t, err)
-	body := make([]byte, binary.BigEndian.Uint16(buf[3:]))
-	_, err = io.ReadFull(b, body)
-	require.NoError(t, err)
-	b.Close()
-	return append(buf, body...)
+	return recordHello(t, echClientConfig(t, outer, inner))
 }
 
 func echClientConfig(t testing.TB, outer, inner string) *tls.Config {

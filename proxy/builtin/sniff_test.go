@@ -17,9 +17,16 @@ import (
 // offers X25519MLKEM768 by default: a ~1.8 KB post-quantum hello).
 func clientHello(t testing.TB, name string) []byte {
 	t.Helper()
+	return recordHello(t, &tls.Config{ServerName: name})
+}
+
+// recordHello returns the first TLS record (the ClientHello) a crypto/tls
+// client with cfg sends.
+func recordHello(t testing.TB, cfg *tls.Config) []byte {
+	t.Helper()
 	a, b := net.Pipe()
 	go func() {
-		_ = tls.Client(a, &tls.Config{ServerName: name}).Handshake()
+		_ = tls.Client(a, cfg).Handshake()
 		a.Close()
 	}()
 	buf := make([]byte, 5)
