@@ -1,5 +1,9 @@
-// Package wire adapts the real subsystems (bpf, netguard, the Docker API,
-// the snapshot file) to the small interfaces of the plugin core.
+// Package wire assembles the plugin process (run.go) and adapts the real
+// subsystems to the small interfaces of the plugin core: bpf, netguard, the
+// Docker API and the snapshot file (this file), the Envoy sidecar
+// (envoy.go), the DNS sidecar's log lines (dnslog.go), the settings
+// (settings.go), the status of the parts (status.go) and the background
+// loops (loops.go).
 package wire
 
 import (

@@ -1,0 +1,127 @@
+package plugin
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"github.com/clawker-fw/clawker-fw/plugin/api"
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// Denial is one recorded denial, with what would allow it (api.Denial).
+type Denial = api.Denial
+
+// DenialLog keeps the most recent denials and lets followers subscribe.
+type DenialLog struct {
+	mu   sync.Mutex
+	max  int
+	ring []Denial
+	subs map[chan Denial]struct{}
+}
+
+// NewDenialLog keeps up to max denials.
+func NewDenialLog(max int) *DenialLog {
+	return &DenialLog{max: max, subs: map[chan Denial]struct{}{}}
+}
+
+// Add records d and notifies followers (dropping for slow ones).
+func (l *DenialLog) Add(d Denial) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ring = append(l.ring, d)
+	if len(l.ring) > l.max {
+		l.ring = l.ring[len(l.ring)-l.max:]
+	}
+	for c := range l.subs {
+		select {
+		case c <- d:
+		default:
+		}
+	}
+}
+
+// Recent returns the recorded denials, oldest first.
+func (l *DenialLog) Recent() []Denial {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := append([]Denial(nil), l.ring...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out
+}
+
+// Follow subscribes to new denials until cancel is called.
+func (l *DenialLog) Follow() (<-chan Denial, func()) {
+	c := make(chan Denial, 64)
+	l.mu.Lock()
+	l.subs[c] = struct{}{}
+	l.mu.Unlock()
+	return c, func() {
+		l.mu.Lock()
+		delete(l.subs, c)
+		l.mu.Unlock()
+	}
+}
+
+// FixFor says what would allow a denied destination for an endpoint.
+func FixFor(dst string, port uint16, reason policy.Reason, deny *policy.Denied) string {
+	if deny != nil {
+		return fmt.Sprintf("denied by %s %s=%q; remove that deny to allow it", deny.Rule.Source.Kind, deny.Rule.Source.Key, deny.Rule.Source.Item)
+	}
+	item := dst
+	_, ipErr := netip.ParseAddr(dst)
+	switch {
+	case ipErr == nil && port != 0:
+		item = fmt.Sprintf("tcp://%s:%d", dst, port)
+	case port == 80:
+		item = "http://" + dst
+	case port != 0 && port != 443:
+		item = fmt.Sprintf("%s:%d", dst, port)
+	}
+	return fmt.Sprintf("allow it with the container label clawker.allow=%s, the network option -o clawker.allow=%s, or `clawker-fw rules add NETWORK %s`", item, item, item)
+}
+
+// dockerResolver is Docker's embedded resolver inside each container.
+var dockerResolver = netip.AddrFrom4([4]byte{127, 0, 0, 11})
+
+// RecordKernelDenial records a denial reported by the socket hooks.
+func (p *Plugin) RecordKernelDenial(index uint32, addr netip.Addr, port uint16, l4 uint8, reason string) {
+	d := Denial{Time: p.cfg.Now(), Source: "bpf", Index: index, Port: port, Reason: reason}
+	if addr.IsValid() {
+		d.Destination = addr.String()
+	}
+	if snap := p.Snapshot(); snap != nil {
+		if ep, ok := snap.Endpoints[index]; ok {
+			d.Container = ep.ContainerName
+			if ep.LabelError != "" {
+				d.Reason += "; " + ep.LabelError
+			}
+		}
+	}
+	switch {
+	case addr == dockerResolver:
+		// No rule opens Docker's resolver on its real ports (bpf refuses
+		// them whatever the policy): do not suggest one.
+		d.Fix = "send DNS to port 53 (the firewall's DNS answers it, container names included)"
+	case d.Destination != "":
+		d.Fix = "connect by name (IP literals are denied unless an IP/CIDR rule allows them); " + FixFor(d.Destination, port, "", nil)
+	}
+	// A rule that got no listener port is allowed on paper and refused by
+	// the hooks: say so instead of suggesting a rule that exists.
+	if m := p.Model(); m != nil {
+		for _, f := range m.Failures[index] {
+			if f.Covers(port, policy.L4(l4)) {
+				d.Reason += "; " + f.String()
+				d.Fix = "the rule exists but has no listener port: see `clawker-fw status`; remove other port ranges or split the rule"
+				break
+			}
+		}
+	}
+	p.Denials.Add(d)
+	if !p.cfg.KernelLogLimit.Allow(index) {
+		return
+	}
+	p.log.WithField(FieldIndex, index).WithField(FieldContainer, d.Container).WithField("dst", d.Destination).
+		WithField("port", port).WithField("l4", l4).WithField("reason", d.Reason).Warn("connection denied by socket hook")
+}
