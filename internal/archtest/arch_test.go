@@ -16,8 +16,13 @@ import (
 const mod = "github.com/clawker-fw/clawker-fw"
 
 // cliLibraries are the third-party packages the admin CLI may link besides
-// the standard library (none today).
-var cliLibraries = map[string]bool{}
+// the standard library: cobra and its flag package (what docker, hubble and
+// cilium use), and cobra's Windows-only helper.
+var cliLibraries = map[string]bool{
+	"github.com/spf13/cobra":               true,
+	"github.com/spf13/pflag":               true,
+	"github.com/inconshreveable/mousetrap": true,
+}
 
 // pkg is what the rules need of one package of `go list -deps -json`.
 type pkg struct {

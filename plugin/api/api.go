@@ -76,7 +76,10 @@ type Component struct {
 
 // NetworkStatus is one network in a StatusReport.
 type NetworkStatus struct {
-	ID        string   `json:"id"`
+	ID string `json:"id"`
+	// Name is the network's Docker name (empty until the plugin has
+	// learned it from Docker).
+	Name      string   `json:"name,omitempty"`
 	Bridge    string   `json:"bridge"`
 	Subnet    string   `json:"subnet"`
 	Gateway   string   `json:"gateway"`
@@ -104,15 +107,21 @@ type EPInfo struct {
 }
 
 // Denial is one recorded denial, with what would allow it (one line of
-// GET /v1/denials, newline-delimited JSON).
+// GET /v1/denials, newline-delimited JSON; the query parameters
+// DenialsContainer, DenialsNetwork, DenialsSince and DenialsFollow select).
 type Denial struct {
 	Time        time.Time `json:"time"`
 	Source      string    `json:"source"` // dns, proxy, bpf
 	Index       uint32    `json:"index"`
 	Container   string    `json:"container,omitempty"`
-	Destination string    `json:"destination"`
-	Port        uint16    `json:"port,omitempty"`
-	Reason      string    `json:"reason"`
+	ContainerID string    `json:"container_id,omitempty"`
+	// Network is the endpoint's network id, NetworkName its Docker name
+	// (when known).
+	Network     string `json:"network,omitempty"`
+	NetworkName string `json:"network_name,omitempty"`
+	Destination string `json:"destination"`
+	Port        uint16 `json:"port,omitempty"`
+	Reason      string `json:"reason"`
 	// Rule is what the denial was decided by (a deny rule's provenance).
 	Rule string `json:"rule,omitempty"`
 	// Fix says exactly which option or label would allow it.
@@ -126,8 +135,10 @@ type RulesRequest struct {
 
 // RulesResponse is the answer of GET and POST /v1/networks/{net}/rules.
 type RulesResponse struct {
-	Network string   `json:"network"`
-	Rules   []string `json:"rules"`
+	Network string `json:"network"`
+	// Name is the network's Docker name (when known).
+	Name  string   `json:"name,omitempty"`
+	Rules []string `json:"rules"`
 }
 
 // BypassRequest is the body of POST /v1/bypass; For is a Go duration.
