@@ -75,14 +75,17 @@ type Plugin struct {
 	q  *queue.Queue
 	st *State // owned by queue actions
 	// saved is the state as last written (owned by queue actions), and
-	// prebuilt says the current state already holds the generation the
-	// next publish serves: commit wrote it, so publish need not write again.
-	saved    []byte
-	prebuilt bool
-	// saves counts state writes (tests: one per mutation).
-	saves atomic.Int64
-	snap  atomic.Pointer[policy.Snapshot]
-	model atomic.Pointer[model.Model]
+	// pre, when set, is the generation the next publish serves, compiled by
+	// commit from the current state and already held (identities, listener
+	// ports, generation) in the state it wrote: publish neither writes nor
+	// compiles again.
+	saved []byte
+	pre   *prebuilt
+	// saves counts state writes and builds compilations of the snapshot
+	// (tests: one of each per mutation).
+	saves, builds atomic.Int64
+	snap          atomic.Pointer[policy.Snapshot]
+	model         atomic.Pointer[model.Model]
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -208,24 +211,32 @@ func (p *Plugin) sortedNetworks() []*Network {
 // listener ports that generation allocates (compiled here once ahead), so a
 // mutation writes state.json once, not once here and again in publish.
 func (p *Plugin) commit(next *State) error {
-	prev, prevPrebuilt := p.st, p.prebuilt
+	prev, prevPre := p.st, p.pre
 	last := p.lastGeneration()
-	p.st, p.prebuilt = next, false
+	p.st, p.pre = next, nil
 	next.Generation = last
-	if _, err := model.Build(p.buildSnapshot(last+1), next.Ports); err == nil {
-		next.Generation, p.prebuilt = last+1, true
+	snap := p.buildSnapshot(last + 1)
+	if m, err := model.Build(snap, next.Ports); err == nil {
+		next.Generation, p.pre = last+1, &prebuilt{st: next, snap: snap, m: m}
 	}
 	if err := p.save(); err != nil {
-		p.st, p.prebuilt = prev, prevPrebuilt
+		p.st, p.pre = prev, prevPre
 		return &Error{Layer: LayerRejected, Reason: ReasonStoreWriteFailed, Err: fmt.Errorf("write state: %w", err)}
 	}
 	return nil
 }
 
+// prebuilt is a generation commit compiled ahead of publish.
+type prebuilt struct {
+	st   *State // the state it was compiled from (never changed in place: mutations commit a clone)
+	snap *policy.Snapshot
+	m    *model.Model
+}
+
 // lastGeneration is the generation last published (or loaded): the state
 // holds the next one when commit wrote it ahead.
 func (p *Plugin) lastGeneration() uint64 {
-	if p.prebuilt {
+	if p.pre != nil {
 		return p.st.Generation - 1
 	}
 	return p.st.Generation
@@ -250,6 +261,7 @@ func (p *Plugin) save() error {
 
 // buildSnapshot compiles every endpoint's policy from the current state.
 func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
+	p.builds.Add(1)
 	snap := &policy.Snapshot{Generation: gen, Networks: map[string]*policy.Network{}, Endpoints: map[uint32]*policy.Endpoint{}}
 	for id, n := range p.st.Networks {
 		snap.Networks[id] = &policy.Network{ID: id, Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, Settings: n.Config.Settings}
@@ -286,7 +298,8 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 	return snap.Index()
 }
 
-// publish recompiles everything into generation N+1 and hands it to every
+// publish compiles everything into generation N+1 (or takes what the
+// commit before it compiled from this same state) and hands it to every
 // consumer: the proxy, the host guard's listener ports, BPF routes, the DNS
 // sidecar's file, and the in-process pointer authz reads. It runs inside
 // queue actions only. Errors here come after the store committed: they are
@@ -303,12 +316,18 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 func (p *Plugin) publish() error {
 	gen := p.lastGeneration() + 1
 	ids := p.st.Identities.Len()
-	snap := p.buildSnapshot(gen)
-	m, err := model.Build(snap, p.st.Ports)
-	if err != nil {
-		return partial(ReasonConfigRegenFailed, fmt.Errorf("build listener model: %w", err))
+	var snap *policy.Snapshot
+	var m *model.Model
+	if pre := p.pre; pre != nil && pre.st == p.st && pre.snap.Generation == gen {
+		snap, m = pre.snap, pre.m
+	} else {
+		snap = p.buildSnapshot(gen)
+		var err error
+		if m, err = model.Build(snap, p.st.Ports); err != nil {
+			return partial(ReasonConfigRegenFailed, fmt.Errorf("build listener model: %w", err))
+		}
 	}
-	p.st.Generation, p.prebuilt = gen, false
+	p.st.Generation, p.pre = gen, nil
 	var errs []error
 	// Identities and ports may have grown: persist them before anyone uses them.
 	if err := p.save(); err != nil {

@@ -580,9 +580,10 @@ func postJSON(t *testing.T, url string, body []byte) map[string]any {
 	return out
 }
 
-// TestStateWrittenOncePerMutation: a mutation writes state.json once (commit
-// writes the generation publish then serves), and what is on disk is the
-// generation that was published.
+// TestStateWrittenOncePerMutation: a mutation writes state.json once and
+// compiles the policy once (commit writes and compiles the generation
+// publish then serves), and what is on disk is the generation that was
+// published.
 func TestStateWrittenOncePerMutation(t *testing.T) {
 	r := newRig(t)
 	r.network(t, map[string]string{"clawker.allow": "net.example.test"})
@@ -610,13 +611,14 @@ func TestStateWrittenOncePerMutation(t *testing.T) {
 			return err
 		}},
 	} {
-		before, gen := r.p.saves.Load(), r.p.Snapshot().Generation
+		before, builds, gen := r.p.saves.Load(), r.p.builds.Load(), r.p.Snapshot().Generation
 		require.NoError(t, step.do(), step.name)
 		writes := int64(1)
 		if strings.HasPrefix(step.name, "a commit with no publish") {
 			writes = 2
 		}
 		require.Equal(t, writes, r.p.saves.Load()-before, "%s: state.json written once per mutation", step.name)
+		require.Equal(t, writes, r.p.builds.Load()-builds, "%s: the policy compiled once per mutation", step.name)
 		require.Equal(t, gen+1, r.p.Snapshot().Generation, step.name)
 		require.Equal(t, r.p.Snapshot().Generation, onDisk(), "%s: the published generation is the one on disk", step.name)
 		_, status, err := r.p.Networks()
