@@ -37,11 +37,6 @@ func iif(name string) []expr.Any { return metaCmp(expr.MetaKeyIIFNAME, expr.CmpO
 
 func oif(name string) []expr.Any { return metaCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, ifname(name)) }
 
-// ibr matches frames that entered through a port of bridge name (bridge family).
-func ibr(name string) []expr.Any {
-	return metaCmp(expr.MetaKeyBRIIIFNAME, expr.CmpOpEq, ifname(name))
-}
-
 func ipv4() []expr.Any {
 	return metaCmp(expr.MetaKeyNFPROTO, expr.CmpOpEq, []byte{unix.NFPROTO_IPV4})
 }

@@ -153,16 +153,6 @@ func (st *State) endpointsOf(id string) []*Endpoint {
 	return out
 }
 
-// endpointByIndex finds the endpoint with index idx.
-func (st *State) endpointByIndex(idx uint32) *Endpoint {
-	for _, ep := range st.Endpoints {
-		if ep.Index == idx {
-			return ep
-		}
-	}
-	return nil
-}
-
 // endpointByContainer finds a container's endpoint (by full or short id, or
 // name) on any clawker-fw network.
 func (st *State) endpointByContainer(ref string) *Endpoint {
