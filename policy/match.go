@@ -153,17 +153,8 @@ func (s *Snapshot) EndpointByIP(ip netip.Addr) (*Endpoint, bool) {
 // Effective returns the policy the data planes must apply for ep at time now:
 // allow-all while bypassed, nil while pending, and a policy with no allows
 // when the container's labels were invalid.
-func (ep *Endpoint) Effective(now time.Time) *Policy {
-	switch {
-	case ep.BypassUntil.After(now):
-		return &Policy{AllowAll: true}
-	case ep.LabelError != "":
-		return &Policy{}
-	case ep.Pending:
-		return nil
-	}
-	return ep.Policy
-}
+// It is Who's policy (see Who for the order).
+func (ep *Endpoint) Effective(now time.Time) *Policy { return ep.Who(now).Policy }
 
 // DeniedAddr returns the IP/CIDR deny that covers addr, or nil. A name
 // allow never reaches an address a deny covers: DNS answers in a denied

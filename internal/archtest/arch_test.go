@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -42,7 +43,10 @@ func project(path string) bool { return path == mod || strings.HasPrefix(path, m
 // violations checks the layering rules over pkgs (import path → package):
 //  1. policy (the pure decision core) imports nothing of the project;
 //  2. bpf, dns, proxy/... and netguard import nothing under plugin/;
-//  3. the CLI cmd/clawker-fw imports of the project only plugin/api, and
+//  3. the proxy verdict proxy/verdict (pure, like policy) imports of the
+//     project only policy, and of the rest only the standard library and
+//     what policy links;
+//  4. the CLI cmd/clawker-fw imports of the project only plugin/api, and
 //     otherwise only the standard library and cliLibraries.
 func violations(pkgs map[string]pkg) []string {
 	var out []string
@@ -51,6 +55,10 @@ func violations(pkgs map[string]pkg) []string {
 			switch {
 			case under(p.ImportPath, "policy") && project(d) && !under(d, "policy"):
 				out = append(out, fmt.Sprintf("%s imports %s: policy imports nothing of the project", p.ImportPath, d))
+			case p.ImportPath == mod+"/proxy/verdict" && project(d) && !under(d, "policy"):
+				out = append(out, fmt.Sprintf("%s imports %s: the proxy verdict imports only policy of the project", p.ImportPath, d))
+			case p.ImportPath == mod+"/proxy/verdict" && !project(d) && !pkgs[d].Standard && !slices.Contains(pkgs[mod+"/policy"].Deps, d):
+				out = append(out, fmt.Sprintf("%s imports %s: the proxy verdict is pure (policy and the standard library)", p.ImportPath, d))
 			case (under(p.ImportPath, "bpf") || under(p.ImportPath, "dns") || under(p.ImportPath, "proxy") ||
 				under(p.ImportPath, "netguard")) && under(d, "plugin"):
 				out = append(out, fmt.Sprintf("%s imports %s: nothing below plugin imports plugin", p.ImportPath, d))
@@ -96,6 +104,13 @@ func TestViolations(t *testing.T) {
 		}, nil},
 		{"policy imports the project", []pkg{of("policy", "store")}, []string{"policy imports " + mod + "/store"}},
 		{"policy imports itself below", []pkg{of("policy", "policy/internal/x")}, nil},
+		{"verdict imports policy", []pkg{of("proxy/verdict", "policy", "std:net/netip"), std("net/netip")}, nil},
+		{"verdict imports the model", []pkg{of("proxy/verdict", "policy", "proxy/model")}, []string{"proxy/verdict imports " + mod + "/proxy/model"}},
+		{"verdict links a library", []pkg{of("proxy/verdict", "ext:github.com/sirupsen/logrus"), {ImportPath: "github.com/sirupsen/logrus"}},
+			[]string{"proxy/verdict imports github.com/sirupsen/logrus"}},
+		{"verdict links what policy links", []pkg{of("proxy/verdict", "policy", "ext:golang.org/x/net/idna"), of("policy", "ext:golang.org/x/net/idna"),
+			{ImportPath: "golang.org/x/net/idna"}}, nil},
+		{"verdict's test table may import it", []pkg{of("proxy/verdict/verdicttest", "proxy/verdict", "policy")}, nil},
 		{"dns imports plugin", []pkg{of("dns", "plugin/queue")}, []string{"dns imports " + mod + "/plugin/queue"}},
 		{"proxy subpackage imports plugin", []pkg{of("proxy/builtin", "plugin")}, []string{"proxy/builtin imports " + mod + "/plugin:"}},
 		{"bpf imports plugin/api", []pkg{of("bpf", "plugin/api")}, []string{"bpf imports"}},
@@ -142,7 +157,7 @@ func TestLayering(t *testing.T) {
 		pkgs[p.ImportPath] = p
 	}
 	// The rules name these packages: a rename must not make them vacuous.
-	for _, dir := range []string{"policy", "bpf", "dns", "proxy/builtin", "proxy/envoy", "proxy/model", "netguard", "cmd/clawker-fw", "plugin/api"} {
+	for _, dir := range []string{"policy", "bpf", "dns", "proxy/builtin", "proxy/envoy", "proxy/model", "proxy/verdict", "netguard", "cmd/clawker-fw", "plugin/api"} {
 		require.Contains(t, pkgs, mod+"/"+dir)
 	}
 	require.NotEmpty(t, pkgs[mod+"/cmd/clawker-fw"].Deps)

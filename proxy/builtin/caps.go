@@ -8,6 +8,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // Default per-endpoint caps (Config.MaxConns, Config.MaxUDPSessions).
@@ -18,8 +19,8 @@ const (
 
 // Reasons of flows refused by the per-endpoint caps.
 const (
-	ReasonConnLimit policy.Reason = "conn-limit"
-	ReasonUDPLimit  policy.Reason = "udp-session-limit"
+	ReasonConnLimit = verdict.ReasonConnLimit
+	ReasonUDPLimit  = verdict.ReasonUDPLimit
 )
 
 // caps counts the proxied TCP connections and UDP sessions of each source

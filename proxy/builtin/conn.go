@@ -16,20 +16,20 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
-// Reasons of the proxy's own, on top of the policy's.
+// Reasons of the proxy's own, on top of the policy's: verdict's (one list,
+// one fix text each).
 const (
-	ReasonNoSNI          policy.Reason = "no-sni"
-	ReasonSniffFailed    policy.Reason = "sniff-failed"
-	ReasonProtoMismatch  policy.Reason = "proto-mismatch"
-	ReasonDomainFronting policy.Reason = "domain-fronting"
-	ReasonNoInspection   policy.Reason = "inspection-unavailable"
-	ReasonUpstream       policy.Reason = "upstream-error"
-	ReasonBadRequest     policy.Reason = "bad-request"
-	// ReasonECH: a passthrough ClientHello with an encrypted ClientHello
-	// extension, whose inner server name the proxy cannot see.
-	ReasonECH policy.Reason = "ech-refused"
+	ReasonNoSNI          = verdict.ReasonNoSNI
+	ReasonSniffFailed    = verdict.ReasonSniffFailed
+	ReasonProtoMismatch  = verdict.ReasonProtoMismatch
+	ReasonDomainFronting = verdict.ReasonDomainFronting
+	ReasonNoInspection   = verdict.ReasonNoInspection
+	ReasonUpstream       = verdict.ReasonUpstream
+	ReasonBadRequest     = verdict.ReasonBadRequest
+	ReasonECH            = verdict.ReasonECH
 )
 
 // flow is one accepted connection and its canonical log line.
@@ -318,24 +318,7 @@ func (f *flow) reset() {
 }
 
 // ruleOf describes the provenance of the rule behind a match.
-func ruleOf(m policy.Match) string {
-	switch {
-	case m.Deny != nil:
-		return provenance(m.Deny.Rule.Source)
-	case m.Entry != nil && len(m.Entry.Rules) > 0:
-		return provenance(m.Entry.Rules[0].Source)
-	case m.Reason == policy.ReasonBypass:
-		return "bypass"
-	}
-	return ""
-}
-
-func provenance(p policy.Provenance) string {
-	if p.Kind == "" {
-		return ""
-	}
-	return fmt.Sprintf("%s %s=%s", p.Kind, p.Key, p.Item)
-}
+func ruleOf(m policy.Match) string { return verdict.Rule(m) }
 
 func (f *flow) allow(m policy.Match) {
 	f.allowed, f.decided = true, true

@@ -11,10 +11,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // ReasonHostLocal: the upstream is an address of the proxy's own host.
-const ReasonHostLocal policy.Reason = "host-local"
+const ReasonHostLocal = verdict.ReasonHostLocal
 
 // hostDockerInternal is the one name that reaches the host: the endpoint's
 // network gateway, through an exact rule (as the DNS plugin answers it).

@@ -10,12 +10,12 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
-	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // ReasonUpgrade: a request that would turn a connection decided per request
 // into a tunnel (an upgrade other than WebSocket, CONNECT, h2c).
-const ReasonUpgrade policy.Reason = "upgrade-refused"
+const ReasonUpgrade = verdict.ReasonUpgrade
 
 // websocketGUID is the fixed GUID of RFC 6455 section 1.3.
 const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

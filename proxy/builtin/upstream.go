@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // soOriginalDst is SO_ORIGINAL_DST (linux/netfilter_ipv4.h), read at SOL_IP.
@@ -48,43 +49,13 @@ func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr, port), nil
 }
 
-// specialPrefixes are the upstream ranges a name rule may never reach on its
-// own: a name resolving there is a DNS-rebinding attempt against the host,
-// other containers or a cloud metadata service.
-var specialPrefixes = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("10.0.0.0/8"),
-	netip.MustParsePrefix("100.64.0.0/10"),
-	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("172.16.0.0/12"),
-	netip.MustParsePrefix("192.0.0.0/24"),
-	netip.MustParsePrefix("192.168.0.0/16"),
-	netip.MustParsePrefix("198.18.0.0/15"),
-	netip.MustParsePrefix("224.0.0.0/4"),
-	netip.MustParsePrefix("240.0.0.0/4"),
-	netip.MustParsePrefix("::/128"),
-	netip.MustParsePrefix("::1/128"),
-	netip.MustParsePrefix("fc00::/7"),
-	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("ff00::/8"),
-}
-
-// isSpecial reports whether addr lies in a private, loopback, link-local,
-// CGNAT or otherwise non-public range.
-func isSpecial(addr netip.Addr) bool {
-	addr = addr.Unmap()
-	for _, p := range specialPrefixes {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	return false
-}
+// isSpecial reports whether addr lies in a range a name may never reach on
+// its own (verdict.IsSpecial: the one list both engines use).
+func isSpecial(addr netip.Addr) bool { return verdict.IsSpecial(addr) }
 
 // ReasonPrivateUpstream: a name resolved only to private or link-local
 // addresses that no IP/CIDR rule allows.
-const ReasonPrivateUpstream policy.Reason = "private-upstream"
+const ReasonPrivateUpstream = verdict.ReasonPrivateUpstream
 
 // errPrivate is returned when every address of a name is refused.
 type errPrivate struct {
