@@ -11,7 +11,7 @@ import (
 )
 
 // The plugin's core talks to the kernel, the host network, the data planes
-// and Docker through these small interfaces. main wires the real packages
+// and Docker through these small interfaces. plugin/wire wires the real packages
 // (bpf, netguard, proxy/builtin, the Docker client); unit tests of the state
 // machine swap them at this boundary.
 
