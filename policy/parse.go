@@ -232,12 +232,18 @@ func parseRulesJSON(key, value string, src Provenance) ([]EgressRule, error) {
 			errs = append(errs, fieldError(fmt.Sprintf("%s[%d]", key, i), item, false, err))
 			continue
 		}
-		r.Source = src
-		r.Source.Key = key
-		r.Source.Item = item
-		out = append(out, r)
+		out = append(out, sourced(r, src, key, item))
 	}
 	return out, errors.Join(errs...)
+}
+
+// sourced returns r with its provenance: src, from the option or label key,
+// as the item was written.
+func sourced(r EgressRule, src Provenance, key, item string) EgressRule {
+	r.Source = src
+	r.Source.Key = key
+	r.Source.Item = item
+	return r
 }
 
 // parseList parses a comma-separated list of compact items.
@@ -258,10 +264,7 @@ func parseList(key, value string, action Action, src Provenance) ([]EgressRule, 
 			errs = append(errs, fieldError(key, item, true, err))
 			continue
 		}
-		r.Source = src
-		r.Source.Key = key
-		r.Source.Item = item
-		out = append(out, r)
+		out = append(out, sourced(r, src, key, item))
 	}
 	return out, errors.Join(errs...)
 }

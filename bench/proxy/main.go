@@ -853,17 +853,20 @@ shutdown_lifetime 0 seconds
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}, addr, cmd.Process.Pid, nil
+	return func() { stopChild(cmd, func() { _ = cmd.Process.Signal(os.Interrupt) }) }, addr, cmd.Process.Pid, nil
+}
+
+// stopChild asks cmd to end (ask), waits for it, and kills it after 5 s.
+func stopChild(cmd *exec.Cmd, ask func()) {
+	ask()
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
 }
 
 func tail(s string, n int) string {
@@ -914,17 +917,7 @@ func startChildPID(args ...string) (stop func(), addr string, pid int, err error
 	if err := cmd.Start(); err != nil {
 		return nil, "", 0, err
 	}
-	stop = func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}
+	stop = func() { stopChild(cmd, func() { stdin.Close() }) }
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "ADDR ") {
 		stop()

@@ -302,7 +302,12 @@ func (d *Docker) Container(ctx context.Context, id string) (plugin.Container, bo
 
 // Running implements plugin.Docker.
 func (d *Docker) Running(ctx context.Context) (map[string]bool, error) {
-	list, err := d.C.ContainerList(ctx, container.ListOptions{})
+	return d.ids(ctx, container.ListOptions{})
+}
+
+// ids lists the ids of the containers opts selects.
+func (d *Docker) ids(ctx context.Context, opts container.ListOptions) (map[string]bool, error) {
+	list, err := d.C.ContainerList(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -434,15 +439,7 @@ func summary(c container.Summary) authz.Container {
 
 // ContainerIDs returns the ids of every container, in any state.
 func (d *Docker) ContainerIDs(ctx context.Context) (map[string]bool, error) {
-	list, err := d.C.ContainerList(ctx, container.ListOptions{All: true})
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]bool, len(list))
-	for _, c := range list {
-		out[c.ID] = true
-	}
-	return out, nil
+	return d.ids(ctx, container.ListOptions{All: true})
 }
 
 // Plugin resolves a plugin reference through Docker (GET /plugins/{ref}/json
