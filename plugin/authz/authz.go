@@ -960,16 +960,14 @@ func (a *Authz) isFirewalled(ref string) (bool, error) {
 	if strings.HasPrefix(ref, "container:") {
 		return false, nil // shares another container's netns: checked by the callers
 	}
-	snap := a.cfg.Snapshot()
-	inStore := func(id string) bool { return snap != nil && snap.Networks[id] != nil }
-	if inStore(ref) {
+	if a.ownNetwork(ref) {
 		return true, nil
 	}
 	id, known, err := a.networkID(ref)
 	if known {
-		return inStore(id), nil
+		return a.ownNetwork(id), nil
 	}
-	if snap != nil {
+	if snap := a.cfg.Snapshot(); snap != nil {
 		for sid := range snap.Networks {
 			if strings.HasPrefix(sid, ref) {
 				return true, nil
@@ -980,6 +978,14 @@ func (a *Authz) isFirewalled(ref string) (bool, error) {
 		return false, fmt.Errorf("cannot tell whether network %q is a clawker-fw network (listing Docker's networks failed: %v); retry", ref, err)
 	}
 	return false, nil
+}
+
+// ownNetwork is the one test of "is this network ours": its id is in the
+// plugin's store (the served snapshot), whatever driver name it was created
+// with.
+func (a *Authz) ownNetwork(id string) bool {
+	snap := a.cfg.Snapshot()
+	return snap != nil && snap.Networks[id] != nil
 }
 
 // networkID places a network name through the names learned from create

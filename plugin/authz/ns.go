@@ -126,10 +126,8 @@ func (a *Authz) firewalledHow(c Container) (string, error) {
 // networkFirewalled reports whether a container's network (its name or
 // reference, and its id once known) is a clawker-fw network.
 func (a *Authz) networkFirewalled(name, id string) (bool, error) {
-	if id != "" {
-		if snap := a.cfg.Snapshot(); snap != nil && snap.Networks[id] != nil {
-			return true, nil
-		}
+	if id != "" && a.ownNetwork(id) {
+		return true, nil
 	}
 	return a.isFirewalled(name)
 }
