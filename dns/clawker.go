@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -21,6 +20,7 @@ import (
 	mdns "github.com/miekg/dns"
 
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 const pluginName = "clawker"
@@ -593,21 +593,7 @@ func hdr(r *mdns.Msg, t uint16, ttl uint32) mdns.RR_Header {
 }
 
 // remoteAddr is the client's address from the response writer.
-func remoteAddr(w mdns.ResponseWriter) netip.Addr {
-	switch a := w.RemoteAddr().(type) {
-	case *net.UDPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	}
-	ap, err := netip.ParseAddrPort(w.RemoteAddr().String())
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
-}
+func remoteAddr(w mdns.ResponseWriter) netip.Addr { return model.Source(w.RemoteAddr()) }
 
 // reverseAddr parses "d.c.b.a.in-addr.arpa" into a.b.c.d.
 func reverseAddr(name string) (netip.Addr, bool) {

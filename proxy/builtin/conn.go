@@ -61,26 +61,13 @@ type flow struct {
 	lastDeny    atomic.Value // policy.Reason of the last denied request
 }
 
-func addrOf(a net.Addr) netip.Addr {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	case *net.UDPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap.Addr().Unmap()
-}
-
 // handle serves one accepted TCP connection.
 func (e *Engine) handle(def model.Listener, c net.Conn) {
 	if def.Kind == model.KindCA {
 		e.serveCA(c)
 		return
 	}
-	f := &flow{e: e, def: def, start: time.Now(), src: addrOf(c.RemoteAddr()), conn: c, l4: policy.L4TCP, port: def.OrigPort}
+	f := &flow{e: e, def: def, start: time.Now(), src: model.Source(c.RemoteAddr()), conn: c, l4: policy.L4TCP, port: def.OrigPort}
 	f.tcp, _ = c.(*net.TCPConn)
 	defer f.finish()
 

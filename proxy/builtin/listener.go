@@ -123,7 +123,7 @@ func (e *Engine) acceptLoop(l *listener) {
 			continue
 		}
 		delay = 0
-		src := addrOf(c.RemoteAddr())
+		src := model.Source(c.RemoteAddr())
 		release, ok := e.admitConn(src)
 		if !ok {
 			e.refuseCapped(l.def, c, src, ReasonConnLimit, e.cfg.MaxConns)

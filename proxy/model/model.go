@@ -28,6 +28,24 @@ import (
 // Loopback is the host:port of a loopback-only listener on port.
 func Loopback(port uint16) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))) }
 
+// Source is the IPv4 or IPv6 address (unmapped) of a listener's peer: the
+// address DNS and the proxy identify the endpoint by (sound because the
+// closed network anti-spoofs). It is the zero Addr when a has none.
+func Source(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case nil:
+		return netip.Addr{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap.Addr().Unmap()
+}
+
 // Fixed ports of the plugin's listeners (see docs/SEAMS.md).
 const (
 	DNSPort         uint16 = 15053

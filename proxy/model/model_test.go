@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/json"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -227,4 +228,22 @@ func TestAllocatorExhaustionAndDecode(t *testing.T) {
 	require.ErrorContains(t, err, "in use")
 	require.ErrorContains(t, NewPortAllocator().UnmarshalJSON([]byte(`{"x":80}`)), "outside")
 	require.ErrorContains(t, NewPortAllocator().UnmarshalJSON([]byte(`{"x":15100,"y":15100}`)), "twice")
+}
+
+func TestSource(t *testing.T) {
+	v4 := netip.MustParseAddr("10.231.4.2")
+	for _, tt := range []struct {
+		name string
+		in   net.Addr
+		want netip.Addr
+	}{
+		{"tcp", &net.TCPAddr{IP: net.IPv4(10, 231, 4, 2), Port: 40000}, v4},
+		{"udp, 4-in-6 unmapped", &net.UDPAddr{IP: net.ParseIP("::ffff:10.231.4.2"), Port: 53}, v4},
+		{"ipv6", &net.TCPAddr{IP: net.ParseIP("fd00::2"), Port: 1}, netip.MustParseAddr("fd00::2")},
+		{"no port: none", &net.IPAddr{IP: net.IPv4(10, 231, 4, 2)}, netip.Addr{}},
+		{"unix: none", &net.UnixAddr{Name: "/x", Net: "unix"}, netip.Addr{}},
+		{"nil", nil, netip.Addr{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) { require.Equal(t, tt.want, Source(tt.in)) })
+	}
 }
