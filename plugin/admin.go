@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +40,7 @@ type AdminHooks struct {
 func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		p.ensureNetworkNames(r.Context())
 		nets, gen, err := p.Networks()
 		if err != nil {
 			writeAPIError(w, err)
@@ -58,13 +60,20 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		}
 		writeAPI(w, rep)
 	})
+	// Rules: the network is resolved first (through Docker, outside the
+	// queue), then changed by id.
 	mux.HandleFunc("GET /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
-		id, rules, err := p.RuntimeRules(r.PathValue("net"))
+		id, err := p.ResolveNetwork(r.Context(), r.PathValue("net"))
 		if err != nil {
 			writeAPIError(w, err)
 			return
 		}
-		writeAPI(w, rulesBody(id, rules))
+		_, rules, err := p.RuntimeRules(id)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		writeAPI(w, p.rulesBody(r.Context(), id, rules))
 	})
 	mux.HandleFunc("POST /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
 		var body api.RulesRequest
@@ -72,12 +81,17 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 			writeAPIError(w, err)
 			return
 		}
-		added, err := p.AddRules(r.PathValue("net"), body.Rules)
+		id, err := p.ResolveNetwork(r.Context(), r.PathValue("net"))
 		if err != nil {
 			writeAPIError(w, err)
 			return
 		}
-		writeAPI(w, rulesBody(r.PathValue("net"), added))
+		added, err := p.AddRules(id, body.Rules)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		writeAPI(w, p.rulesBody(r.Context(), id, added))
 	})
 	mux.HandleFunc("DELETE /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
 		var body api.RulesRequest
@@ -85,18 +99,30 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 			writeAPIError(w, err)
 			return
 		}
-		if err := p.RemoveRules(r.PathValue("net"), body.Rules); err != nil {
+		id, err := p.ResolveNetwork(r.Context(), r.PathValue("net"))
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		if err := p.RemoveRules(id, body.Rules); err != nil {
 			writeAPIError(w, err)
 			return
 		}
 		writeAPI(w, map[string]any{"removed": body.Rules})
 	})
 	mux.HandleFunc("GET /v1/denials", func(w http.ResponseWriter, r *http.Request) {
+		f, err := p.denialFilter(r)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		enc := json.NewEncoder(w)
-		if r.URL.Query().Get("follow") == "" {
+		if r.URL.Query().Get(api.DenialsFollow) == "" {
 			for _, d := range p.Denials.Recent() {
-				_ = enc.Encode(d)
+				if f.Match(d) {
+					_ = enc.Encode(d)
+				}
 			}
 			return
 		}
@@ -104,7 +130,9 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		defer cancel()
 		fl, _ := w.(http.Flusher)
 		for _, d := range p.Denials.Recent() {
-			_ = enc.Encode(d)
+			if f.Match(d) {
+				_ = enc.Encode(d)
+			}
 		}
 		if fl != nil {
 			fl.Flush()
@@ -114,6 +142,9 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 			case <-r.Context().Done():
 				return
 			case d := <-c:
+				if !f.Match(d) {
+					continue
+				}
 				if enc.Encode(d) != nil {
 					return
 				}
@@ -134,13 +165,22 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 			writeAPIError(w, rejected(ReasonInvalidRequest, "bypass duration %q: %v (examples: 30s, 10m)", body.For, err))
 			return
 		}
-		until, err := p.Bypass(body.Container, d)
+		ref := body.Container
+		if id, found := p.ResolveContainer(r.Context(), ref); found {
+			ref = id
+		}
+		until, err := p.Bypass(ref, d)
 		if err != nil {
 			writeAPIError(w, err)
 			return
 		}
 		log.WithField(FieldContainer, body.Container).WithField("until", until).Warn("bypass granted")
 		writeAPI(w, api.BypassResponse{Container: body.Container, Until: until})
+	})
+	mux.HandleFunc("GET /v1/version", func(w http.ResponseWriter, r *http.Request) {
+		v := api.BuildVersion()
+		v.Engine = hooks.Engine
+		writeAPI(w, v)
 	})
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Reload(); err != nil {
@@ -171,12 +211,43 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 	return mux
 }
 
-func rulesBody(network string, rules []policy.EgressRule) api.RulesResponse {
+// rulesBody answers a rules call with the network's id and name.
+func (p *Plugin) rulesBody(ctx context.Context, id string, rules []policy.EgressRule) api.RulesResponse {
+	p.ensureNetworkNames(ctx)
 	items := make([]string, 0, len(rules))
 	for _, r := range rules {
 		items = append(items, policy.FormatRule(r))
 	}
-	return api.RulesResponse{Network: network, Rules: items}
+	return api.RulesResponse{Network: id, Name: p.NetworkName(id), Rules: items}
+}
+
+// denialFilter reads the query of GET /v1/denials, resolving the container
+// and network references as Docker does.
+func (p *Plugin) denialFilter(r *http.Request) (DenialFilter, error) {
+	var f DenialFilter
+	q := r.URL.Query()
+	if ref := q.Get(api.DenialsContainer); ref != "" {
+		id, found := p.ResolveContainer(r.Context(), ref)
+		if !found {
+			return f, rejected(ReasonContainerGone, "no such container: %s", ref)
+		}
+		f.ContainerID = id
+	}
+	if ref := q.Get(api.DenialsNetwork); ref != "" {
+		id, err := p.ResolveNetwork(r.Context(), ref)
+		if err != nil {
+			return f, err
+		}
+		f.NetworkID = id
+	}
+	if s := q.Get(api.DenialsSince); s != "" {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return f, rejected(ReasonInvalidRequest, "since %q: want an RFC 3339 time: %v", s, err)
+		}
+		f.Since = t
+	}
+	return f, nil
 }
 
 func decodeAPI(r *http.Request, v any) error {

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -15,6 +17,10 @@ type Denial = api.Denial
 
 // DenialLog keeps the most recent denials and lets followers subscribe.
 type DenialLog struct {
+	// Enrich, when set, completes each denial before it is kept (the
+	// plugin names the container and the network).
+	Enrich func(*Denial)
+
 	mu   sync.Mutex
 	max  int
 	ring []Denial
@@ -28,6 +34,9 @@ func NewDenialLog(max int) *DenialLog {
 
 // Add records d and notifies followers (dropping for slow ones).
 func (l *DenialLog) Add(d Denial) {
+	if l.Enrich != nil {
+		l.Enrich(&d)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.ring = append(l.ring, d)
@@ -62,6 +71,52 @@ func (l *DenialLog) Follow() (<-chan Denial, func()) {
 		delete(l.subs, c)
 		l.mu.Unlock()
 	}
+}
+
+// networkPlaceholder is how a fix text made without knowing the network
+// names it in the suggested command; EnrichDenial puts the name in.
+const networkPlaceholder = "`clawker-fw rules add NETWORK "
+
+// EnrichDenial completes a denial from the endpoint it names (by index in
+// the current snapshot): the container's name and id, the network's id and
+// Docker name, and that name in the fix's `clawker-fw rules add` command.
+func (p *Plugin) EnrichDenial(d *Denial) {
+	ep, ok := p.Snapshot().Endpoints[d.Index]
+	if !ok {
+		return
+	}
+	if d.Container == "" {
+		d.Container = ep.ContainerName
+	}
+	if d.ContainerID == "" {
+		d.ContainerID = ep.ContainerID
+	}
+	if d.Network == "" {
+		d.Network = ep.NetworkID
+	}
+	if d.NetworkName == "" {
+		d.NetworkName = p.NetworkName(d.Network)
+	}
+	if ref := d.NetworkName; d.Network != "" {
+		if ref == "" {
+			ref = short(d.Network)
+		}
+		d.Fix = strings.ReplaceAll(d.Fix, networkPlaceholder, "`clawker-fw rules add "+ref+" ")
+	}
+}
+
+// DenialFilter selects denials (the admin API's query).
+type DenialFilter struct {
+	ContainerID string
+	NetworkID   string
+	Since       time.Time
+}
+
+// Match reports whether d passes the filter.
+func (f DenialFilter) Match(d Denial) bool {
+	return (f.ContainerID == "" || d.ContainerID == f.ContainerID) &&
+		(f.NetworkID == "" || d.Network == f.NetworkID) &&
+		(f.Since.IsZero() || !d.Time.Before(f.Since))
 }
 
 // FixFor says what would allow a denied destination for an endpoint.

@@ -87,6 +87,8 @@ type Container struct {
 	Labels map[string]string
 	// ImageID is the container's image ("sha256:...").
 	ImageID string
+	// Networks are the container's networks, id by name.
+	Networks map[string]string
 }
 
 // Docker is the slice of the Docker API the plugin uses. It must never

@@ -113,6 +113,9 @@ func (p *Plugin) identify(endpointID string, restore bool) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	for name, id := range c.Networks {
+		p.learnNetworkName(id, name)
+	}
 	given, ignored, gerr := p.givenLabels(ctx, c)
 	if err := p.setContainer(endpointID, c, given, ignored, gerr); err != nil {
 		return err

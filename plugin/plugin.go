@@ -60,6 +60,10 @@ type Config struct {
 	// gave (authz records them); recorded is false when none is known.
 	// Only those labels carry rules (see given.go).
 	GivenLabels func(containerID string) (labels map[string]string, recorded bool)
+	// Names, when set, resolves network and container references through
+	// Docker for the admin API, and gives networks their names (nil: the
+	// plugin's own store answers).
+	Names Names
 }
 
 // Plugin is the running plugin core.
@@ -100,6 +104,8 @@ type Plugin struct {
 	failMu   sync.Mutex
 	failSeen map[string]bool
 
+	names networkNames
+
 	Denials *DenialLog
 }
 
@@ -129,6 +135,7 @@ func New(cfg Config, k Kernel, hn HostNet, dp DataPlane, dk Docker, sinks ...Sna
 		bypassTimers: map[string]*time.Timer{},
 		Denials:      NewDenialLog(500),
 	}
+	p.Denials.Enrich = p.EnrichDenial
 	p.snap.Store((&policy.Snapshot{Networks: map[string]*policy.Network{}, Endpoints: map[uint32]*policy.Endpoint{}}).Index())
 	return p, nil
 }

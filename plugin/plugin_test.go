@@ -219,6 +219,8 @@ type rig struct {
 	d    *fakeDocker
 	dp   *fakePlane
 	p    *Plugin
+	// names, when set before start, resolves references as Docker does.
+	names Names
 }
 
 func newRig(t *testing.T) *rig {
@@ -238,7 +240,7 @@ func newRig(t *testing.T) *rig {
 func (r *rig) start(t *testing.T) {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
-	p, err := New(Config{StateDir: r.dir, Log: logrus.NewEntry(l), IdentifyTimeout: 5 * time.Second, GivenLabels: r.d.givenLabels}, r.k, r.h, r.dp, r.d)
+	p, err := New(Config{StateDir: r.dir, Log: logrus.NewEntry(l), IdentifyTimeout: 5 * time.Second, GivenLabels: r.d.givenLabels, Names: r.names}, r.k, r.h, r.dp, r.d)
 	require.NoError(t, err)
 	require.NoError(t, p.Start())
 	r.p = p

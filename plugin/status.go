@@ -21,7 +21,7 @@ func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
 	err := p.q.Do(p.ctx, queue.KindRead, func() error {
 		gen = p.lastGeneration()
 		for _, n := range p.sortedNetworks() {
-			ns := NetworkStatus{ID: n.ID, Bridge: n.Bridge, Subnet: n.Subnet.String(), Gateway: n.Gateway.String(),
+			ns := NetworkStatus{ID: n.ID, Name: p.NetworkName(n.ID), Bridge: n.Bridge, Subnet: n.Subnet.String(), Gateway: n.Gateway.String(),
 				Rules: len(n.Config.Rules), Runtime: len(n.Runtime)}
 			for _, ep := range p.st.endpointsOf(n.ID) {
 				info := EPInfo{Index: ep.Index, IP: ep.IP.String(), Container: ep.ContainerName, Enrolled: ep.NetnsCookie != 0,

@@ -122,11 +122,12 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 		}
 	}
 	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, KernelLogLimit: limits.bpf,
-		GivenLabels: records.GivenLabels},
+		GivenLabels: records.GivenLabels, Names: Names{D: docker}},
 		Kernel{M: mgr}, HostNet{H: guard}, plane, docker, SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err
 	}
+	denials.Enrich = p.EnrichDenial // container and network names, the network in the fix
 	p.Denials = denials
 	go func() {
 		for d := range mgr.Denials() {

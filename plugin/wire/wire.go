@@ -289,9 +289,11 @@ func (d *Docker) Container(ctx context.Context, id string) (plugin.Container, bo
 		}
 		out.Aliases = append(out.Aliases, c.ID[:12])
 		if c.NetworkSettings != nil {
-			for _, es := range c.NetworkSettings.Networks {
+			out.Networks = map[string]string{}
+			for name, es := range c.NetworkSettings.Networks {
 				if es != nil {
 					out.Aliases = append(out.Aliases, es.Aliases...)
+					out.Networks[name] = es.NetworkID
 				}
 			}
 		}
