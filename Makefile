@@ -6,7 +6,12 @@ PLUGIN ?= clawker-fw:latest
 BUILD := build
 PLUGIN_DIR := $(BUILD)/plugin
 GOFLAGS_STATIC := CGO_ENABLED=0
-LDFLAGS := -s -w
+# Version and commit stamped into the CLI and the plugin (`clawker-fw version`).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -s -w -X github.com/clawker-fw/clawker-fw/plugin/api.buildVersion=$(VERSION) -X github.com/clawker-fw/clawker-fw/plugin/api.buildCommit=$(COMMIT)
+# Where `make install` puts the admin CLI.
+BINDIR ?= /usr/local/bin
 # Fuzz budgets are execution counts (about 10-20 s each on these machines), not
 # durations: Go 1.26's fuzz coordinator can fail a run whose -fuzztime deadline
 # fires while a worker is mid-call ("context deadline exceeded", no crasher;
@@ -49,16 +54,21 @@ plugin: build
 	cp -a rootfs/. $(PLUGIN_DIR)/rootfs/
 	find $(PLUGIN_DIR)/rootfs -name .keep -delete
 	install -m 0755 $(BUILD)/bin/clawker-fw-plugin $(BUILD)/bin/clawker-coredns $(PLUGIN_DIR)/rootfs/bin/
+	# The admin CLI rides along, for hosts that install the plugin from a registry (README).
+	install -m 0755 $(BUILD)/bin/clawker-fw $(PLUGIN_DIR)/rootfs/bin/
 	install -m 0644 /etc/ssl/certs/ca-certificates.crt $(PLUGIN_DIR)/rootfs/etc/ssl/certs/ca-certificates.crt
 	if [ -n "$(ENVOY)" ]; then install -m 0755 "$(ENVOY)" $(PLUGIN_DIR)/rootfs/bin/envoy; fi
 	@echo "plugin: $(PLUGIN_DIR) ($$(du -sh $(PLUGIN_DIR) | cut -f1))"
 
-## install: create and enable the plugin in the local Docker (idempotent)
+## install: create and enable the plugin in the local Docker (idempotent), and put the admin CLI in $(BINDIR)
 install: plugin
 	./scripts/install.sh $(PLUGIN_DIR) $(PLUGIN)
+	install -D -m 0755 $(BUILD)/bin/clawker-fw $(BINDIR)/clawker-fw
+	@echo "install: admin CLI at $(BINDIR)/clawker-fw"
 
 uninstall:
 	./scripts/install.sh --uninstall $(PLUGIN_DIR) $(PLUGIN)
+	rm -f $(BINDIR)/clawker-fw
 
 ## demo: build, install and run the demo (README's first command)
 demo:

@@ -21,10 +21,24 @@ type Version struct {
 	Engine string `json:"engine,omitempty"`
 }
 
-// BuildVersion reads the running binary's version from its build
-// information.
+// buildVersion and buildCommit are set by the Makefile's linker flags
+// (-X .../plugin/api.buildVersion=...): builds that do not stamp VCS
+// information (GOFLAGS=-buildvcs=false, -trimpath trees) still say what
+// they are.
+var buildVersion, buildCommit string
+
+// BuildVersion reads the running binary's version from the linker flags,
+// else from its build information.
 func BuildVersion() Version {
 	v := Version{Version: "unknown", GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	defer func() {
+		if buildVersion != "" {
+			v.Version = buildVersion
+		}
+		if buildCommit != "" {
+			v.Commit = buildCommit
+		}
+	}()
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return v
