@@ -29,8 +29,8 @@ var buildVersion, buildCommit string
 
 // BuildVersion reads the running binary's version from the linker flags,
 // else from its build information.
-func BuildVersion() Version {
-	v := Version{Version: "unknown", GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+func BuildVersion() (v Version) {
+	v = Version{Version: "unknown", GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
 	defer func() {
 		if buildVersion != "" {
 			v.Version = buildVersion
