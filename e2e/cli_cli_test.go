@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -167,4 +168,89 @@ func TestCLIDockerManners(t *testing.T) {
 		require.Equal(t, 0, code, "the flag before the argument")
 		require.Contains(t, out, "bypass for "+c+" until")
 	})
+}
+
+// TestCLIExplain: explain on a real container says what the data planes do
+// (each verdict checked against real traffic), names the rule that decided
+// with its origin, and for a denial the smallest rule; adding that rule with
+// `rules add` makes explain, and the traffic, allowed.
+func TestCLIExplain(t *testing.T) {
+	f := opsSetup(t)
+	const net, c = "cfw-cli-ex", "cfw-cli-ex-c"
+	f.network(t, net, "10.231.142.0/24", "clawker.allow=http://"+harness.AllowedHost)
+	f.run(t, c, net, []string{"--label", "clawker.allow=tcp://" + harness.TCPHost + ":5432"}, "sleep", "3600")
+	f.waitIdentified(t, c)
+	explain := func(dst string) api.ExplainResponse {
+		t.Helper()
+		var ex api.ExplainResponse
+		out := f.mustCFW(t, "explain", c, dst, "--json")
+		require.NoError(t, json.Unmarshal([]byte(out), &ex), out)
+		require.Equal(t, c, ex.Container)
+		require.Equal(t, net, ex.NetworkName)
+		return ex
+	}
+	echo := func(port int) string {
+		out, errOut, _ := f.e.Docker("exec", c, "sh", "-c", fmt.Sprintf("echo hi-%d | nc -w 2 %s %d 2>&1", port, harness.TCPHost, port))
+		return out + errOut
+	}
+
+	// Allowed by the network's option: plain HTTP, the Host checked.
+	ex := explain("http://" + harness.AllowedHost + "/x")
+	require.True(t, ex.Allowed, "%+v", ex)
+	require.Equal(t, "http", ex.Mode)
+	require.Equal(t, &api.ExplainRule{Rule: "http://" + harness.AllowedHost, Origin: api.OriginOption, Key: "clawker.allow", Item: "http://" + harness.AllowedHost}, ex.Rule)
+	f.pollReach(t, c, harness.AllowedHost, "/x", true, 10*time.Second)
+
+	// Allowed by the container's label: a tcp rule.
+	ex = explain("tcp://" + harness.TCPHost + ":5432")
+	require.True(t, ex.Allowed, "%+v", ex)
+	require.Equal(t, api.OriginLabel, ex.Rule.Origin)
+	require.Equal(t, "tcp://"+harness.TCPHost+":5432", ex.Rule.Item)
+	require.Contains(t, echo(5432), "hi-5432")
+	ex = explain("tcp://" + harness.TCPHost + ":5433")
+	require.False(t, ex.Allowed)
+	require.Equal(t, "port-not-allowed", ex.Reason)
+	require.Equal(t, "tcp://"+harness.TCPHost+":5433", ex.Fix.Rule)
+	require.NotContains(t, echo(5433), "hi-5433")
+
+	// An IP literal: denied, as the socket hook does.
+	ex = explain("10.220.0.11:80")
+	require.False(t, ex.Allowed)
+	require.Equal(t, "tcp://10.220.0.11:80", ex.Fix.Rule)
+	out, _, _ := f.e.Docker("exec", c, "sh", "-c", "nc -w 2 10.220.0.11 80 </dev/null 2>&1; echo rc=$?")
+	require.Contains(t, out, "rc=1")
+
+	// Denied: no rule; the fix, as people read it.
+	human := f.mustCFW(t, "explain", c, "http://"+harness.AltHost+"/y")
+	t.Logf("explain:\n%s", human)
+	require.Regexp(t, `(?m)^verdict +DENIED \(no-rule\)$`, human)
+	require.Regexp(t, `(?m)^to allow it +--label clawker\.allow=http://`+harness.AltHost+` +\(this container, at docker run\)$`, human)
+	require.Regexp(t, `(?m)^ +clawker-fw rules add `+net+` http://`+harness.AltHost+` +\(every container of the network, now\)$`, human)
+	ex = explain("http://" + harness.AltHost + "/y")
+	require.False(t, ex.Allowed)
+	require.Equal(t, "no-rule", ex.Reason)
+	require.Nil(t, ex.Rule)
+	require.Equal(t, "http://"+harness.AltHost, ex.Fix.Rule)
+	require.Equal(t, "clawker-fw rules add "+net+" http://"+harness.AltHost, ex.Fix.Command)
+	ok, why := f.reach(c, harness.AltHost, "/y")
+	require.False(t, ok, why)
+
+	// The suggested command, run as printed: explain and traffic agree it
+	// is allowed now, by a runtime rule.
+	args := strings.Fields(strings.TrimPrefix(ex.Fix.Command, "clawker-fw "))
+	f.mustCFW(t, args...)
+	ex = explain("http://" + harness.AltHost + "/y")
+	require.True(t, ex.Allowed, "%+v", ex)
+	require.Equal(t, api.OriginRuntime, ex.Rule.Origin)
+	f.pollReach(t, c, harness.AltHost, "/y", true, 5*time.Second)
+	human = f.mustCFW(t, "explain", c, "http://"+harness.AltHost+"/y")
+	require.Regexp(t, `(?m)^verdict +ALLOWED \(http\)$`, human)
+	require.Regexp(t, `(?m)^rule +http://`+harness.AltHost+` \(runtime rule of the network\)$`, human)
+
+	code, _, errOut := f.cfwCode("explain", "no-such-container", "x.example.test")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "CONTAINER_GONE")
+	code, _, errOut = f.cfwCode("explain", c, "tcp://db:1-9")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "INVALID_REQUEST")
 }

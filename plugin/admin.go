@@ -177,6 +177,19 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		log.WithField(FieldContainer, body.Container).WithField("until", until).Warn("bypass granted")
 		writeAPI(w, api.BypassResponse{Container: body.Container, Until: until})
 	})
+	mux.HandleFunc("POST /v1/explain", func(w http.ResponseWriter, r *http.Request) {
+		var body api.ExplainRequest
+		if err := decodeAPI(r, &body); err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		ex, err := p.Explain(r.Context(), body)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		writeAPI(w, ex)
+	})
 	mux.HandleFunc("GET /v1/version", func(w http.ResponseWriter, r *http.Request) {
 		v := api.BuildVersion()
 		v.Engine = hooks.Engine
