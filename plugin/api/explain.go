@@ -82,8 +82,8 @@ type ExplainResponse struct {
 	Reason string `json:"reason"`
 	// Mode is how an allowed flow is carried: passthrough (TLS, SNI
 	// checked), inspect (TLS terminated, HTTP checked), http (plain HTTP,
-	// Host checked), tcp or udp (a dedicated listener), direct (an IP rule:
-	// the proxy dials the address asked for).
+	// Host checked), tcp or udp (a dedicated listener), ip (an IP/CIDR
+	// rule: the proxy dials the address asked for).
 	Mode string `json:"mode,omitempty"`
 	// Detail says in words what decided.
 	Detail string `json:"detail"`
