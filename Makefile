@@ -28,7 +28,7 @@ ENGINES ?= debian current
 # Go packages whose tests need no root (race detector on).
 UNIT_PKGS = $$($(GO) list ./... | grep -v -e /e2e -e /bench)
 
-.PHONY: all deps generate build plugin install uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench clean
+.PHONY: all deps generate build plugin install upgrade uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench clean
 
 all: build
 
@@ -60,14 +60,24 @@ plugin: build
 	if [ -n "$(ENVOY)" ]; then install -m 0755 "$(ENVOY)" $(PLUGIN_DIR)/rootfs/bin/envoy; fi
 	@echo "plugin: $(PLUGIN_DIR) ($$(du -sh $(PLUGIN_DIR) | cut -f1))"
 
-## install: create and enable the plugin in the local Docker (idempotent), and put the admin CLI in $(BINDIR)
+## install: create and enable the plugin in the local Docker (idempotent; a
+## reinstall keeps the settings made with `docker plugin set`; SETTINGS="K=V ..."
+## adds or overrides some), and put the admin CLI in $(BINDIR)
 install: plugin
-	./scripts/install.sh $(PLUGIN_DIR) $(PLUGIN)
+	./scripts/install.sh $(PLUGIN_DIR) $(PLUGIN) $(SETTINGS)
 	install -D -m 0755 $(BUILD)/bin/clawker-fw $(BINDIR)/clawker-fw
 	@echo "install: admin CLI at $(BINDIR)/clawker-fw"
 
+## upgrade: `docker plugin upgrade` of the installed plugin to REMOTE (a
+## registry reference), keeping its settings (Docker drops the mount sources)
+upgrade:
+	@[ -n "$(REMOTE)" ] || { echo "usage: make upgrade REMOTE=registry/you/clawker-fw:TAG" >&2; exit 2; }
+	./scripts/install.sh --upgrade $(REMOTE) $(PLUGIN) $(SETTINGS)
+
+## uninstall: remove the plugin, its BPF programs, nftables tables and links,
+## and say what is left (networks, state, CA key); PURGE=1 removes those too
 uninstall:
-	./scripts/install.sh --uninstall $(PLUGIN_DIR) $(PLUGIN)
+	./scripts/install.sh --uninstall $(if $(filter 1 true yes,$(PURGE)),--purge) $(PLUGIN_DIR) $(PLUGIN)
 	rm -f $(BINDIR)/clawker-fw
 
 ## demo: build, install and run the demo (README's first command)

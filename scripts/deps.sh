@@ -9,6 +9,7 @@ pkgs=(
   iproute2 nftables iptables      # test topologies and inspection
   tcpdump dnsutils curl socat ncat
   busybox-static debootstrap      # test images, built locally (no registry)
+  docker-compose                  # the Compose example's e2e test (docs/compose.yml)
   openssh-client openssh-server   # ssh rule tests
   squid-openssl wrk hyperfine     # benchmarks (the classic peer)
   ca-certificates git make gcc

@@ -69,20 +69,49 @@ func (e *Env) PluginRef() string {
 	return e.pluginRef
 }
 
+// SetPluginRef makes ref the reference PluginRef and the removal helpers
+// use, for a plugin installed without InstallPluginAs (from a registry, by
+// scripts/install.sh).
+func (e *Env) SetPluginRef(ref string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.pluginRef = ref
+}
+
 // InstallPluginAs is InstallPlugin under another reference, such as a
 // namespaced, tagged one (ho/clawker-fw:1.0): the plugin must recognize
 // itself and its networks under any reference. PluginRef and the removal
 // helpers follow it.
 func (e *Env) InstallPluginAs(ref, buildDir string, settings ...string) error {
-	e.mu.Lock()
-	e.pluginRef = ref
-	e.mu.Unlock()
+	e.SetPluginRef(ref)
 	if len(settings) == 0 {
 		settings = e.PluginSettings()
 	}
 	if _, err := os.Stat(filepath.Join(buildDir, "config.json")); err != nil {
 		return fmt.Errorf("install plugin: %w", err)
 	}
+	if err := e.PreparePluginHost(); err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, _, err := e.Docker("plugin", "create", ref, buildDir); err != nil {
+		return err
+	}
+	if _, _, err := e.Docker(append([]string{"plugin", "set", ref}, settings...)...); err != nil {
+		return err
+	}
+	if _, _, err := e.Docker("plugin", "enable", "--timeout", "60", ref); err != nil {
+		return err
+	}
+	e.logf("plugin %s enabled in %v", ref, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// PreparePluginHost does what the host needs before the plugin is enabled
+// with PluginSettings, however it was installed (create, or install from a
+// registry): the host bpffs mounted, the netns and state directories, the
+// test CA in the state directory.
+func (e *Env) PreparePluginHost() error {
 	if err := EnsureHostBPFFS(); err != nil {
 		return err
 	}
@@ -98,17 +127,6 @@ func (e *Env) InstallPluginAs(ref, buildDir string, settings ...string) error {
 	if err := os.WriteFile(filepath.Join(e.StateDir(), PluginTestCAName), ca, 0o644); err != nil {
 		return fmt.Errorf("copy test ca: %w", err)
 	}
-	start := time.Now()
-	if _, _, err := e.Docker("plugin", "create", ref, buildDir); err != nil {
-		return err
-	}
-	if _, _, err := e.Docker(append([]string{"plugin", "set", ref}, settings...)...); err != nil {
-		return err
-	}
-	if _, _, err := e.Docker("plugin", "enable", "--timeout", "60", ref); err != nil {
-		return err
-	}
-	e.logf("plugin %s enabled in %v", ref, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
