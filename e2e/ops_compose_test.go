@@ -247,6 +247,8 @@ func TestUninstallSaysWhatItLeavesAndPurges(t *testing.T) {
 		return runCmd(t, dockerEnvCmd(t, f.e, nil, "./scripts/install.sh", args...), 5*time.Minute)
 	}
 	require.NoError(t, f.e.PreparePluginHost())
+	// PURGE removes the Env's state directory: give it back to the next test.
+	t.Cleanup(func() { require.NoError(t, f.e.PreparePluginHost()) })
 	out, err := script(append([]string{dir, driver}, f.e.PluginSettings()...)...)
 	require.NoError(t, err, out)
 	n := f.createNet(t, "cfw-inst-left", 141, "clawker.allow=http://"+harness.AllowedHost)
