@@ -423,9 +423,9 @@ func TestPluginUpgradeFromRegistry(t *testing.T) {
 
 	// A bare `docker plugin upgrade` (back to the first version).
 	f.e.MustDocker(t, "plugin", "disable", "-f", driver)
-	// Without --skip-remote-check the CLI asks "Plugin images do not match,
-	// are you sure?" when the remote is another tag than the installed
-	// one, and without a terminal answers no, exiting 0 with nothing done.
+	// Without --skip-remote-check and a remote other than the installed
+	// reference, the CLI (28.2, no terminal) exited 0 and left the plugin on
+	// the old reference: it asks for a confirmation first.
 	f.e.MustDocker(t, "plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", driver, repo+":1")
 	require.NoFileExists(t, filepath.Join(rootfs, marker))
 	bare := pluginSettings(t, f.e)
