@@ -89,7 +89,8 @@ func (f *flow) refuseCapped(reason policy.Reason, limit int) {
 		f.ep, _ = c.snap.EndpointByIP(f.src)
 	}
 	f.e.metrics.capped.WithLabelValues(string(reason)).Inc()
-	f.deny(reason, "", "the endpoint already has "+itoa(limit)+" of these open; new ones are refused until some close")
+	f.deny(verdict.Refuse(verdict.Flow{Listener: verdict.Listener(f.def.Kind), Name: f.name, Port: f.port, L4: f.l4}, verdict.Verdict{},
+		reason, "the endpoint already has "+itoa(limit)+" of these open; new ones are refused until some close"))
 }
 
 func itoa(n int) string {

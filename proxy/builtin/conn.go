@@ -3,7 +3,6 @@ package builtin
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -52,6 +51,7 @@ type flow struct {
 	reason   policy.Reason
 	rule     string
 	detail   string
+	fix      string
 	closedBy atomic.Bool // closed by a policy change
 
 	up, down    atomic.Int64
@@ -61,7 +61,9 @@ type flow struct {
 	lastDeny    atomic.Value // policy.Reason of the last denied request
 }
 
-// handle serves one accepted TCP connection.
+// handle serves one accepted TCP connection: it finds who is asking
+// (waiting, bounded, while the endpoint is pending), reads what the
+// listener needs and lets verdict.Decide decide.
 func (e *Engine) handle(def model.Listener, c net.Conn) {
 	if def.Kind == model.KindCA {
 		e.serveCA(c)
@@ -73,66 +75,70 @@ func (e *Engine) handle(def model.Listener, c net.Conn) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ep, pol := e.policyFor(ctx, f.src)
-	f.ep = ep
-	switch {
-	case ep == nil:
-		f.deny(policy.ReasonUnknownPeer, "", "source address is no endpoint")
-		f.reset()
-		return
-	case pol == nil:
-		f.deny(policy.ReasonPending, "", fmt.Sprintf("the container's policy is still unknown after %s", e.cfg.PendingWait))
-		f.reset()
-		return
-	}
+	who := e.await(ctx, f.src)
+	f.ep = who.Endpoint
 
 	switch def.Kind {
 	case model.KindDedicated:
-		f.name, f.port, f.mode = def.Dst, def.OrigPort, "tcp"
-		if a, err := netip.ParseAddr(def.Dst); err == nil {
-			f.name, f.dst = "", a
-			f.decideIP(ctx, pol)
-			return
-		}
-		f.decideTCP(ctx, pol)
+		f.mode = "tcp"
+		fl := f.facts(who)
+		fl.Proto = def.Proto
+		f.decideAndSplice(ctx, fl, verdict.Decide(fl))
 	case model.KindWeb:
-		f.web(ctx, pol)
+		f.web(ctx, who)
 	case model.KindTransparent:
 		if f.tcp == nil {
-			f.deny(ReasonSniffFailed, "", "not a TCP connection")
+			f.deny(verdict.Refuse(f.facts(who), verdict.Verdict{}, ReasonSniffFailed, "not a TCP connection"))
 			return
 		}
 		od, err := originalDst(f.tcp)
 		if err != nil {
-			f.deny(ReasonSniffFailed, "", err.Error())
+			f.deny(verdict.Refuse(f.facts(who), verdict.Verdict{}, ReasonSniffFailed, err.Error()))
 			f.reset()
 			return
 		}
 		f.dst, f.port = od.Addr(), od.Port()
-		m := pol.MatchIP(f.dst, f.port, policy.L4TCP)
-		if m.Allowed {
-			f.mode = "ip"
-			f.decideIP(ctx, pol)
-			return
+		// An IP/CIDR rule carries any TCP, server-first protocols
+		// included: decided before reading anything. Otherwise the
+		// content names the destination.
+		{
+			fl := f.facts(who)
+			if v := verdict.Decide(fl); v.Allowed {
+				f.mode = "ip"
+				f.decideAndSplice(ctx, fl, v)
+				return
+			}
 		}
-		if m.Reason == policy.ReasonDenyRule {
-			f.denyMatch(m, pol)
-			f.reset()
-			return
-		}
-		f.web(ctx, pol)
+		f.web(ctx, who)
 	default:
-		f.deny(policy.ReasonNoRule, "", "unknown listener kind "+string(def.Kind))
+		f.deny(verdict.Refuse(f.facts(who), verdict.Verdict{}, policy.ReasonNoRule, "unknown listener kind "+string(def.Kind)))
 		f.reset()
 	}
 }
 
+// facts are the flow's facts as far as they are known before its content
+// is read: the listener, its destination (a dedicated listener's name or
+// address, the transparent listener's original destination), port and L4.
+func (f *flow) facts(who policy.Who) verdict.Flow {
+	fl := verdict.Flow{Who: who, Listener: verdict.Listener(f.def.Kind), Port: f.port, L4: f.l4, Addr: f.dst}
+	if f.def.Kind == model.KindDedicated {
+		if a, err := netip.ParseAddr(f.def.Dst); err == nil {
+			f.name, f.dst, fl.Addr = "", a, a
+		} else {
+			f.name, fl.Name = f.def.Dst, f.def.Dst
+		}
+	}
+	return fl
+}
+
 // web decides a flow on a web (or transparent) listener from its first
 // bytes: a TLS ClientHello is decided by SNI, anything else is served as
-// plain HTTP and decided per request by Host.
-func (f *flow) web(ctx context.Context, pol *policy.Policy) {
+// plain HTTP and decided per request by Host (every denial, the endpoint's
+// own included, answers 403 there).
+func (f *flow) web(ctx context.Context, who policy.Who) {
+	fl := f.facts(who)
 	if f.tcp == nil {
-		f.deny(ReasonSniffFailed, "", "not a TCP connection")
+		f.deny(verdict.Refuse(fl, verdict.Verdict{}, ReasonSniffFailed, "not a TCP connection"))
 		return
 	}
 	// One peek loop: stop at the first byte unless it starts a TLS
@@ -146,106 +152,84 @@ func (f *flow) web(ctx context.Context, pol *policy.Policy) {
 	switch {
 	case len(hello) > 0 && hello[0] != 0x16:
 		f.mode = "http"
-		f.serveHTTP(ctx, nil, "")
+		f.serveHTTP(ctx, who, nil, "")
 		return
 	case err != nil && len(hello) == 0:
-		f.deny(ReasonSniffFailed, "", err.Error())
+		f.deny(verdict.Refuse(fl, verdict.Verdict{}, ReasonSniffFailed, err.Error()))
 		f.reset()
 		return
 	case err != nil:
-		f.deny(ReasonNoSNI, "", err.Error())
+		f.deny(verdict.Refuse(fl, verdict.Verdict{}, ReasonNoSNI, err.Error()))
 		f.reset()
 		return
 	}
 	ch, err := parseHello(hello)
 	if err != nil {
-		f.deny(ReasonNoSNI, "", err.Error())
+		f.deny(verdict.Refuse(fl, verdict.Verdict{}, ReasonNoSNI, err.Error()))
 		f.reset()
 		return
 	}
 	f.name = strings.ToLower(strings.TrimSuffix(ch.sni, "."))
-	m := pol.MatchName(f.name, f.port, policy.L4TCP)
-	if !m.Allowed {
-		f.denyMatch(m, pol)
+	fl.Content, fl.Name, fl.ECH = verdict.TLS, f.name, ch.ech
+	v := verdict.Decide(fl)
+	switch {
+	case !v.Allowed:
+		f.deny(v)
 		f.reset()
-		return
-	}
-	inspect := false
-	if m.Entry != nil {
-		proto, _ := m.Entry.ProtoFor(f.port, policy.L4TCP)
-		if proto != policy.ProtoHTTPS && proto != policy.ProtoTCP {
-			f.deny(ReasonProtoMismatch, ruleOf(m), fmt.Sprintf("TLS to %s:%d but the rule allows %s", f.name, f.port, proto))
-			f.reset()
-			return
-		}
-		inspect = proto == policy.ProtoHTTPS && (m.Entry.Inspect || len(m.Entry.Paths) > 0 || pol.InspectAll)
-	}
-	if inspect {
+	case v.Mode == verdict.ModeInspect:
 		// The proxy terminates TLS with the outer hello (crypto/tls
 		// without ECH keys ignores the extension): an ECH client sees
 		// its ECH rejected, and every request is decided by Host.
 		f.mode = "inspect"
-		f.inspect(ctx, m)
-		return
+		f.inspect(ctx, fl, v)
+	default:
+		f.mode = string(v.Mode)
+		f.decideAndSplice(ctx, fl, v)
 	}
-	f.mode = "passthrough"
-	if ch.ech != 0 && m.Reason != policy.ReasonBypass {
-		// The allowed outer name says nothing of the inner one, which the
-		// server behind it may route to (fronting): fail closed.
-		f.deny(ReasonECH, ruleOf(m), fmt.Sprintf("the ClientHello carries an encrypted ClientHello (extension %#04x): its inner server name cannot be checked without inspection", ch.ech))
+}
+
+// decideAndSplice denies (reset) unless v allows, then dials the upstream
+// (the name, or the address of an IP verdict) while the connection is
+// tracked for policy changes, and splices.
+func (f *flow) decideAndSplice(ctx context.Context, fl verdict.Flow, v verdict.Verdict) {
+	if !v.Allowed {
+		f.deny(v)
 		f.reset()
 		return
 	}
-	f.decideTCP(ctx, pol)
-}
-
-// decideTCP checks the name rule for (name, port) and splices to the name.
-func (f *flow) decideTCP(ctx context.Context, pol *policy.Policy) {
-	f.decideAndSplice(pol.MatchName(f.name, f.port, f.l4), pol, func() (net.Conn, error) {
-		return f.e.dialName(ctx, pol, f.ep.Index, "tcp4", f.name, f.port)
-	})
-}
-
-// decideIP splices to an IP destination an IP/CIDR rule allows.
-func (f *flow) decideIP(ctx context.Context, pol *policy.Policy) {
-	f.decideAndSplice(pol.MatchIP(f.dst, f.port, f.l4), pol, func() (net.Conn, error) {
-		return f.e.dialIP(ctx, pol, "tcp4", f.dst, f.port)
-	})
-}
-
-// decideAndSplice denies (reset) unless m allows, then dials the upstream
-// while the connection is tracked for policy changes, and splices.
-func (f *flow) decideAndSplice(m policy.Match, pol *policy.Policy, dial func() (net.Conn, error)) {
-	if !m.Allowed {
-		f.denyMatch(m, pol)
-		f.reset()
-		return
-	}
-	untrack, ok := f.track(m)
+	untrack, ok := f.track(fl, v)
 	if !ok {
 		return
 	}
 	defer untrack()
-	up, err := dial()
+	pol := fl.Who.Policy
+	var up net.Conn
+	var err error
+	if v.Mode == verdict.ModeIP || (fl.Listener == verdict.Dedicated && fl.Addr.IsValid()) {
+		up, err = f.e.dialIP(ctx, pol, "tcp4", fl.Addr, fl.Port)
+	} else {
+		up, err = f.e.dialName(ctx, dialFor{pol: pol, entry: v.Entry}, f.ep.Index, "tcp4", fl.Name, fl.Port)
+	}
 	if err != nil {
-		f.denyDial(m, err)
+		f.denyDial(fl, v, err)
 		f.reset()
 		return
 	}
-	f.allow(m)
+	f.allow(v)
 	f.splice(up)
 }
 
-// track registers the flow as live for Apply's re-checks.
-func (f *flow) track(m policy.Match) (func(), bool) {
-	lc := &liveConn{src: f.src, index: f.ep.Index, name: f.name, dst: f.dst, port: f.port, l4: f.l4}
+// track registers the flow as live for Apply's re-checks, with the facts
+// it was allowed on.
+func (f *flow) track(fl verdict.Flow, v verdict.Verdict) (func(), bool) {
+	lc := newLiveConn(f.src, f.ep.Index, fl)
 	lc.closer = func() {
 		f.closedBy.Store(true)
 		f.reset()
 	}
 	untrack, ok := f.e.track(lc)
 	if !ok {
-		f.deny(policy.ReasonNoRule, ruleOf(m), "engine closed")
+		f.deny(verdict.Refuse(fl, v, policy.ReasonNoRule, "engine closed"))
 		f.reset()
 	}
 	return untrack, ok
@@ -304,56 +288,52 @@ func (f *flow) reset() {
 	_ = f.conn.Close()
 }
 
-// ruleOf describes the provenance of the rule behind a match.
-func ruleOf(m policy.Match) string { return verdict.Rule(m) }
-
-func (f *flow) allow(m policy.Match) {
+func (f *flow) allow(v verdict.Verdict) {
 	f.allowed, f.decided = true, true
-	f.reason = m.Reason
-	f.rule = ruleOf(m)
+	f.mode = string(v.Mode)
+	f.reason, f.rule = v.Reason, v.Rule
 	f.e.metrics.allowed.WithLabelValues(string(f.def.Kind)).Inc()
 	f.e.emit(f.decision(nil))
 }
 
-func (f *flow) denyMatch(m policy.Match, pol *policy.Policy) {
-	reason, detail := m.Reason, ""
-	if f.ep != nil && f.ep.LabelError != "" {
-		reason, detail = policy.ReasonBadLabel, f.ep.LabelError
-	}
-	f.deny(reason, ruleOf(m), detail)
+// denyDial denies a flow v allowed whose upstream was refused at dial time
+// (a private or host-local address) or could not be reached.
+func (f *flow) denyDial(fl verdict.Flow, v verdict.Verdict, err error) {
+	f.deny(verdict.Refuse(fl, v, dialReason(err), err.Error()))
 }
 
-func (f *flow) denyDial(m policy.Match, err error) {
+// dialReason is the reason of a dial error.
+func dialReason(err error) policy.Reason {
 	var pe *errPrivate
 	var le *errHostLocal
 	switch {
 	case errors.As(err, &pe):
-		f.deny(ReasonPrivateUpstream, ruleOf(m), err.Error())
+		return ReasonPrivateUpstream
 	case errors.As(err, &le):
-		f.deny(ReasonHostLocal, ruleOf(m), err.Error())
-	default:
-		f.deny(ReasonUpstream, ruleOf(m), err.Error())
+		return ReasonHostLocal
 	}
+	return ReasonUpstream
 }
 
-func (f *flow) deny(reason policy.Reason, rule, detail string) {
+func (f *flow) deny(v verdict.Verdict) {
 	f.allowed, f.decided = false, true
-	f.reason, f.rule, f.detail = reason, rule, detail
-	f.e.metrics.denied.WithLabelValues(string(f.def.Kind), string(reason)).Inc()
+	f.reason, f.rule, f.detail, f.fix = v.Reason, v.Rule, v.Detail, v.Fix
+	f.e.metrics.denied.WithLabelValues(string(f.def.Kind), string(v.Reason)).Inc()
 	f.e.emit(f.decision(nil))
 }
 
 func (f *flow) decision(r *reqInfo) Decision {
 	d := Decision{
 		Time: time.Now(), Source: f.src, Listener: f.def.Kind, Name: f.name, Dst: f.dst,
-		Port: f.port, L4: f.l4, Allowed: f.allowed, Reason: f.reason, Rule: f.rule, Detail: f.detail,
+		Port: f.port, L4: f.l4, Allowed: f.allowed, Reason: f.reason, Rule: f.rule, Detail: f.detail, Fix: f.fix,
+		Mode: f.mode,
 	}
 	if f.ep != nil {
 		d.Endpoint, d.Container = f.ep.Index, containerOf(f.ep)
 	}
 	if r != nil {
 		d.Name, d.Path, d.Method = r.host, r.path, r.method
-		d.Allowed, d.Reason, d.Rule, d.Detail = r.allowed, r.reason, r.rule, r.detail
+		d.Allowed, d.Reason, d.Rule, d.Detail, d.Fix, d.Mode = r.allowed, r.v.Reason, r.v.Rule, r.v.Detail, r.v.Fix, string(r.v.Mode)
 	}
 	return d
 }
@@ -433,38 +413,12 @@ func decisionWord(allowed bool) string {
 
 // FixFor says what to do about a denial of name for one of the proxy's own
 // reasons that no allow rule lifts (a refused upgrade, ECH, a host-local
-// upstream), and "" for every other reason.
+// upstream), and "" for every other reason. Decision.Fix has the fix of
+// every denial.
 func FixFor(name string, reason policy.Reason) string {
 	switch reason {
 	case ReasonUpgrade, ReasonECH, ReasonHostLocal:
-		return hint(name, reason, "", "")
+		return verdict.Fix(verdict.Denial{Dest: name, Reason: reason})
 	}
 	return ""
-}
-
-// hint says how to allow name, for denial messages.
-func hint(name string, reason policy.Reason, rule, detail string) string {
-	switch reason {
-	case policy.ReasonDenyRule:
-		return fmt.Sprintf("a deny rule (%s) covers %s; remove it to allow", rule, name)
-	case policy.ReasonBadLabel:
-		return "the container's clawker labels are invalid (" + detail + "); fix the label to get egress"
-	case policy.ReasonPending:
-		return "the container's policy is not known yet; retry"
-	case policy.ReasonUnknownPeer:
-		return "the source address is no clawker-fw endpoint"
-	case ReasonPrivateUpstream:
-		return fmt.Sprintf("%s resolves to a private address; allow that address with an IP/CIDR rule", name)
-	case policy.ReasonPath:
-		return fmt.Sprintf("the request path is denied by %s (%s)", detail, rule)
-	case ReasonDomainFronting:
-		return "the HTTP Host differs from the TLS server name"
-	case ReasonHostLocal:
-		return fmt.Sprintf("%s is an address of the Docker host; reach the host with an exact rule tcp://host.docker.internal:PORT, or name the address in an IP/CIDR rule", name)
-	case ReasonECH:
-		return fmt.Sprintf("encrypted ClientHello (ECH) hides the real server name; connect to %s without ECH (clients retry without it or fail; Chromium sends GREASE ECH by default: set its EncryptedClientHelloEnabled policy to false or run it with --disable-features=EncryptedClientHello), or inspect this rule (clawker.tls.inspect=all or a path rule)", name)
-	case ReasonUpgrade:
-		return "only WebSocket may upgrade a checked HTTP connection (its stream is opaque after the handshake); h2c, CONNECT and other tunnels are refused because the requests inside them would not be checked"
-	}
-	return fmt.Sprintf("allow it with clawker.allow=%s as a network option (docker network create -o clawker.allow=%s) or a container label (--label clawker.allow=%s)", name, name, name)
 }

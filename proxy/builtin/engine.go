@@ -3,19 +3,19 @@
 // (proxy/model) and the compiled policy snapshot (policy.Snapshot).
 //
 // Every flow is decided in this order:
-//  1. the endpoint is found from the flow's source address
-//     (policy.Snapshot.EndpointByIP; sound because the closed network
-//     anti-spoofs) and its effective policy taken (Endpoint.Effective): a
-//     pending endpoint waits, bounded, for a snapshot that knows its policy;
-//     a bypassed one is allowed everything; one with a label error has an
-//     empty policy, so everything is denied and the denial names the label;
+//  1. who is asking comes from the flow's source address (policy.Await:
+//     sound because the closed network anti-spoofs): a pending endpoint
+//     waits, bounded, for a snapshot that knows its policy; a bypassed one
+//     is allowed everything; one with a label error is denied everything,
+//     and the denial names the label;
 //  2. the destination comes from the listener: web listeners know the
 //     original port and learn the name from the TLS SNI (peeked with
 //     MSG_PEEK, never consumed) or the HTTP Host; dedicated listeners carry
 //     their destination and port; the transparent listener reads
 //     SO_ORIGINAL_DST and decides by IP/CIDR rule, else by name as a web
 //     listener would;
-//  3. names are matched with Policy.MatchName; TLS without inspection is
+//  3. verdict.Decide decides on those facts (the name is matched once);
+//     TLS without inspection is
 //     spliced in the kernel between two bare *net.TCPConn, TLS with
 //     inspection (Allowed.Inspect, path rules, or InspectAll) is terminated
 //     with a leaf from CertSource and re-originated, and plain HTTP is
@@ -159,6 +159,9 @@ type Decision struct {
 	Dst  netip.Addr
 	Port uint16
 	L4   policy.L4
+	// Mode is how an allowed connection is carried (verdict.Mode:
+	// passthrough, inspect, http, tcp, udp, ip).
+	Mode string
 	// Path and Method are set for HTTP request decisions.
 	Path    string
 	Method  string
@@ -168,6 +171,8 @@ type Decision struct {
 	Rule string
 	// Detail says more (the label error, a dial error).
 	Detail string
+	// Fix says what would allow a denial (verdict.Fix), "" when allowed.
+	Fix string
 }
 
 // Health is the engine's state for the health endpoint.
@@ -418,34 +423,21 @@ func (e *Engine) Close() error {
 
 func (e *Engine) state() *current { return e.cur.Load() }
 
-// policyFor returns the endpoint and effective policy for src, waiting up to
-// PendingWait while the endpoint is pending. A nil endpoint means src is no
-// endpoint; a nil policy after the wait means it is still pending.
-func (e *Engine) policyFor(ctx context.Context, src netip.Addr) (*policy.Endpoint, *policy.Policy) {
-	deadline := time.NewTimer(e.cfg.PendingWait)
-	defer deadline.Stop()
-	for {
-		ch := e.changed.Load()
-		c := e.state()
-		var ep *policy.Endpoint
-		if c != nil {
-			ep, _ = c.snap.EndpointByIP(src)
-		}
-		if ep != nil {
-			if pol := ep.Effective(time.Now()); pol != nil {
-				return ep, pol
-			}
-		} else if c != nil {
-			return nil, nil
-		}
-		select {
-		case <-*ch:
-		case <-deadline.C:
-			return ep, nil
-		case <-ctx.Done():
-			return ep, nil
-		}
+// await answers who is asking from src, waiting up to PendingWait while
+// the endpoint is pending (policy.Await over the engine's snapshots).
+func (e *Engine) await(ctx context.Context, src netip.Addr) policy.Who {
+	who, _ := policy.Await(ctx, e.cfg.PendingWait, time.Now, src, e.view)
+	return who
+}
+
+// view is the current snapshot (nil before the first Apply) and the channel
+// Apply closes when it replaces it.
+func (e *Engine) view() (*policy.Snapshot, <-chan struct{}) {
+	ch := e.changed.Load()
+	if c := e.state(); c != nil {
+		return c.snap, *ch
 	}
+	return nil, *ch
 }
 
 // transport returns the HTTP transport used for one endpoint's inspected
@@ -465,8 +457,8 @@ func (e *Engine) transport(idx uint32) *http.Transport {
 			if err != nil {
 				return nil, err
 			}
-			pol, _ := ctx.Value(polKey{}).(*policy.Policy)
-			return e.dialName(ctx, pol, idx, network, host, uint16(port))
+			d, _ := ctx.Value(dialKey{}).(dialFor)
+			return e.dialName(ctx, d, idx, network, host, uint16(port))
 		},
 		TLSClientConfig:       &tls.Config{RootCAs: e.roots, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:     true,
@@ -491,7 +483,16 @@ func (e *Engine) dropTransports(snap *policy.Snapshot) {
 	})
 }
 
-type polKey struct{}
+// dialKey carries (in a request's context) the dialFor of the request's
+// verdict to the transport's dialer.
+type dialKey struct{}
+
+// dialFor is what a dial of a name needs of the verdict that allowed it:
+// the policy (the addresses it may reach) and the allow it matched.
+type dialFor struct {
+	pol   *policy.Policy
+	entry *policy.Allowed
+}
 
 type discard struct{}
 

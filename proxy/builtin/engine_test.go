@@ -394,7 +394,7 @@ func TestPlainHTTP(t *testing.T) {
 	resp, err := cl.Get("http://nope.example.test/")
 	require.NoError(t, err)
 	resp.Body.Close()
-	require.Contains(t, resp.Header.Get("X-Clawker-Denied"), "clawker.allow=nope.example.test")
+	require.Contains(t, resp.Header.Get("X-Clawker-Denied"), "clawker.allow=http://nope.example.test")
 
 	// A client that half-closes after its request (printf 'GET ...' | nc)
 	// still gets the upstream's answer, not an empty one.

@@ -103,35 +103,26 @@ func (e *Engine) hostLocal(addr netip.Addr) (bool, string) {
 	return false, ""
 }
 
-// explicitIP reports whether an IP/CIDR rule of pol (not a bypass) allows
-// addr on port: the only way, besides host.docker.internal, to the host.
-func explicitIP(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) bool {
-	if pol == nil || pol.AllowAll {
-		return false
-	}
-	m := pol.MatchIP(addr, port, l4)
-	return m.Allowed && m.Entry != nil
-}
-
 // checkIPDest refuses an IP destination (IP rules, bypass) that is the
 // host's own unless an IP/CIDR rule names it: a bypass does not open the
 // host.
 func (e *Engine) checkIPDest(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) error {
-	if local, why := e.hostLocal(addr); local && !explicitIP(pol, addr, port, l4) {
+	if local, why := e.hostLocal(addr); local && !verdict.NamesAddr(pol, addr, port, l4) {
 		return &errHostLocal{addr: addr, why: why}
 	}
 	return nil
 }
 
 // gateway returns the address of host.docker.internal for endpoint idx: the
-// gateway of its network, allowed only by an exact host.docker.internal rule
-// (no wildcard and no bypass reaches the host).
-func (e *Engine) gateway(pol *policy.Policy, idx uint32, port uint16, l4 policy.L4) ([]netip.Addr, error) {
+// gateway of its network, reached only through an exact host.docker.internal
+// rule (no wildcard and no bypass reaches the host): d.entry is the allow
+// the flow's verdict matched for the name.
+func (e *Engine) gateway(d dialFor, idx uint32, port uint16) ([]netip.Addr, error) {
 	refuse := func(why string) error { return &errHostLocal{name: hostDockerInternal, why: why} }
-	if pol == nil || pol.AllowAll {
+	if d.pol == nil || d.pol.AllowAll || d.entry == nil {
 		return nil, refuse("the host is reachable only through an explicit host.docker.internal rule, not a bypass")
 	}
-	if m := pol.MatchName(hostDockerInternal, port, l4); !m.Allowed || m.Entry == nil || !namedExactly(m.Entry, hostDockerInternal, port) {
+	if !namedExactly(d.entry, hostDockerInternal, port) {
 		return nil, refuse(fmt.Sprintf("the host is reachable only through an exact host.docker.internal rule for port %d, not a wildcard", port))
 	}
 	c := e.state()
@@ -147,7 +138,7 @@ func (e *Engine) gateway(pol *policy.Policy, idx uint32, port uint16, l4 policy.
 		return nil, refuse("the endpoint's network has no known gateway")
 	}
 	gw := n.Gateway.Unmap()
-	if pol.DeniedAddr(gw) != nil {
+	if d.pol.DeniedAddr(gw) != nil {
 		return nil, refuse("a CIDR deny covers the gateway")
 	}
 	return []netip.Addr{gw}, nil

@@ -17,36 +17,37 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // reqInfo is one HTTP request's decision.
 type reqInfo struct {
 	host, path, method string
 	allowed            bool
-	reason             policy.Reason
-	rule, detail       string
+	v                  verdict.Verdict
 }
 
 // inspect terminates TLS for f.name with a leaf from Config.Certs and serves
 // HTTP/1.1 or HTTP/2 (by ALPN) to the client, deciding every request.
-func (f *flow) inspect(ctx context.Context, m policy.Match) {
+func (f *flow) inspect(ctx context.Context, fl verdict.Flow, v verdict.Verdict) {
 	if f.e.cfg.Certs == nil {
-		f.deny(ReasonNoInspection, ruleOf(m), "the rule needs TLS inspection and the proxy has no CA")
+		f.deny(verdict.Refuse(fl, v, ReasonNoInspection, "the rule needs TLS inspection and the proxy has no CA"))
 		f.reset()
 		return
 	}
 	leaf, err := f.e.cfg.Certs.Leaf(f.name)
 	if err != nil {
-		f.deny(ReasonNoInspection, ruleOf(m), "issue leaf: "+err.Error())
+		f.deny(verdict.Refuse(fl, v, ReasonNoInspection, "issue leaf: "+err.Error()))
 		f.reset()
 		return
 	}
-	untrack, ok := f.track(m)
+	fl.ECH = 0 // read by the proxy itself: no longer a fact of the connection
+	untrack, ok := f.track(fl, v)
 	if !ok {
 		return
 	}
 	defer untrack()
-	f.allow(m)
+	f.allow(v)
 	cc := &countConn{Conn: f.conn, f: f}
 	tc := tls.Server(cc, &tls.Config{
 		Certificates: []tls.Certificate{*leaf},
@@ -60,21 +61,30 @@ func (f *flow) inspect(ctx context.Context, m policy.Match) {
 		f.detail = "client TLS handshake: " + err.Error()
 		return
 	}
-	f.serveHTTP(ctx, tc, f.name)
+	f.serveHTTP(ctx, fl.Who, tc, f.name)
 }
 
 // serveHTTP serves HTTP on c (the TLS conn under inspection, or the raw
 // connection for plain HTTP when c is nil). tlsName is the SNI the client
-// presented ("" for plain HTTP).
-func (f *flow) serveHTTP(ctx context.Context, c net.Conn, tlsName string) {
+// presented ("" for plain HTTP). A plain-HTTP connection of an endpoint
+// that cannot be decided for (unknown, pending, bad labels) is served too:
+// each of its requests gets the 403 that says why.
+func (f *flow) serveHTTP(ctx context.Context, who policy.Who, c net.Conn, tlsName string) {
 	if c == nil {
 		c = &countConn{Conn: f.conn, f: f}
 		f.decided, f.allowed, f.reason = true, true, policy.ReasonAllowed
+		if reason, detail, ok := verdict.Asking(who); !ok {
+			f.allowed, f.reason, f.detail = false, reason, detail
+		}
 	}
 	h := &httpHandler{f: f, tlsName: tlsName}
 	scheme := "http"
 	if tlsName != "" {
 		scheme = "https"
+	}
+	var transport http.RoundTripper = refusingTransport{}
+	if f.ep != nil {
+		transport = f.e.transport(f.ep.Index)
 	}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -84,7 +94,7 @@ func (f *flow) serveHTTP(ctx context.Context, c net.Conn, tlsName string) {
 			pr.Out.Host = pr.In.Host
 			forwardAsSent(pr.Out.URL, pr.In.URL, rawPath(pr.In))
 		},
-		Transport:      f.e.transport(f.ep.Index),
+		Transport:      transport,
 		ErrorHandler:   h.upstreamError,
 		ModifyResponse: checkSwitch,
 	}
@@ -106,6 +116,14 @@ func (f *flow) serveHTTP(ctx context.Context, c net.Conn, tlsName string) {
 		f.allowed = false
 		f.reason, _ = f.lastDeny.Load().(policy.Reason)
 	}
+}
+
+// refusingTransport stands in for the transport of a connection that has
+// no endpoint: every request on it is denied before it would be sent.
+type refusingTransport struct{}
+
+func (refusingTransport) RoundTrip(*http.Request) (*http.Response, error) {
+	return nil, errors.New("no endpoint: nothing is sent upstream")
 }
 
 // serveOne serves HTTP/1.x on one connection and returns when it is closed.
@@ -183,18 +201,17 @@ type httpHandler struct {
 	wg      sync.WaitGroup
 }
 
-// ServeHTTP decides one request:
-//  1. the Host (":authority" in HTTP/2) must equal the TLS server name under
+// ServeHTTP decides one request with verdict.Decide on the endpoint's
+// current policy (who is asking is read again for every request):
+//  1. a request that would turn the connection into a tunnel (CONNECT, h2c,
+//     any upgrade but WebSocket: upgradeRefusal) is refused;
+//  2. the Host (":authority" in HTTP/2) must equal the TLS server name under
 //     inspection (no domain fronting);
-//  2. the endpoint's current policy must allow the host on this port, with
-//     a rule of the matching protocol (https under inspection, else http);
-//  3. the entry's path rules decide the method and the path as sent: every
+//  3. the policy must allow the host on this port, with a rule of the
+//     matching protocol (https under inspection, else http);
+//  4. the entry's path rules decide the method and the path as sent: every
 //     plausible reading of it must be allowed (policy.DecidePath), and it
 //     is forwarded byte for byte (forwardAsSent).
-//
-// Before all of these, a request that would turn the connection into a
-// tunnel (CONNECT, h2c, any upgrade but WebSocket) is refused:
-// upgradeRefusal.
 func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.wg.Add(1)
 	defer h.wg.Done()
@@ -205,66 +222,22 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f.tlsNameless() && host != "" && f.name == "" {
 		f.name = host // first Host names a plain-HTTP flow in its log line
 	}
-	deny := func(reason policy.Reason, rule, detail string) {
-		ri.reason, ri.rule, ri.detail = reason, rule, detail
-		h.denyRequest(w, ri)
-	}
 	key, why := upgradeRefusal(r)
-	if why != "" {
-		deny(ReasonUpgrade, "", why)
-		return
+	fl := verdict.Flow{
+		Who: f.e.whoNow(f.src, f.ep), Listener: verdict.Listener(f.def.Kind), Addr: f.dst, Port: f.port, L4: policy.L4TCP,
+		Content: verdict.HTTP,
+		Request: &verdict.Request{Host: host, Method: r.Method, Path: ri.path, TLSName: h.tlsName, Tunnel: why,
+			Opaque: r.URL.Opaque != "", AsSent: forwardable(ri.path)},
 	}
-	if host == "" {
-		deny(ReasonBadRequest, "", "request has no Host")
+	ri.v = verdict.Decide(fl)
+	if !ri.v.Allowed {
+		h.denyRequest(w, ri)
 		return
-	}
-	if h.tlsName != "" && host != h.tlsName {
-		deny(ReasonDomainFronting, "", fmt.Sprintf("Host %q differs from the TLS server name %q", host, h.tlsName))
-		return
-	}
-	pol := f.e.policyNow(f.src, f.ep)
-	if pol == nil {
-		deny(policy.ReasonPending, "", "")
-		return
-	}
-	m := pol.MatchName(host, f.port, policy.L4TCP)
-	if !m.Allowed {
-		reason, detail := m.Reason, ""
-		if f.ep.LabelError != "" {
-			reason, detail = policy.ReasonBadLabel, f.ep.LabelError
-		}
-		deny(reason, ruleOf(m), detail)
-		return
-	}
-	if m.Entry != nil {
-		want := policy.ProtoHTTP
-		if h.tlsName != "" {
-			want = policy.ProtoHTTPS
-		}
-		if proto, _ := m.Entry.ProtoFor(f.port, policy.L4TCP); proto != want {
-			deny(ReasonProtoMismatch, ruleOf(m), fmt.Sprintf("%s request to %s:%d but the rule allows %s", want, host, f.port, proto))
-			return
-		}
-		if r.URL.Opaque != "" {
-			deny(ReasonBadRequest, ruleOf(m), "opaque request target")
-			return
-		}
-		if len(m.Entry.Paths) > 0 || m.Entry.PathDefault == policy.Deny {
-			if !forwardable(ri.path) {
-				deny(policy.ReasonPath, ruleOf(m), "the path cannot be forwarded as sent")
-				return
-			}
-			ok, which := decidePath(m.Entry.Paths, m.Entry.PathDefault, ri.path, r.Method)
-			if !ok {
-				deny(policy.ReasonPath, ruleOf(m), which)
-				return
-			}
-		}
 	}
 	ri.allowed = true
 	f.allowedReqs.Add(1)
 	f.e.metrics.allowed.WithLabelValues(string(f.def.Kind)).Inc()
-	lc := &liveConn{src: f.src, index: f.ep.Index, name: host, port: f.port, l4: policy.L4TCP}
+	lc := newLiveConn(f.src, f.ep.Index, fl)
 	// The server cancels r.Context() when an HTTP/1 client half-closes
 	// after its request (`printf 'GET ...' | nc`), which would turn a good
 	// request into an empty answer: the upstream request ends only when the
@@ -282,7 +255,7 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer untrack()
 	ctx = context.WithValue(ctx, hostKey{}, host)
-	ctx = context.WithValue(ctx, polKey{}, pol)
+	ctx = context.WithValue(ctx, dialKey{}, dialFor{pol: fl.Who.Policy, entry: ri.v.Entry})
 	if key != "" {
 		ctx = context.WithValue(ctx, wsKey{}, key)
 	}
@@ -291,18 +264,19 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (f *flow) tlsNameless() bool { return f.mode == "http" }
 
-// policyNow returns the current effective policy of src without waiting;
-// a connection whose endpoint changed identity gets none.
-func (e *Engine) policyNow(src netip.Addr, was *policy.Endpoint) *policy.Policy {
+// whoNow answers who is asking from src now, without waiting, for a
+// connection accepted from endpoint was: a connection whose source is no
+// longer that endpoint (or never was one) is unknown.
+func (e *Engine) whoNow(src netip.Addr, was *policy.Endpoint) policy.Who {
 	c := e.state()
 	if c == nil {
-		return nil
+		return policy.Who{State: policy.ReasonPending}
 	}
-	ep, ok := c.snap.EndpointByIP(src)
-	if !ok || ep.Index != was.Index {
-		return &policy.Policy{}
+	who := c.snap.WhoIs(src, time.Now())
+	if was == nil || who.Endpoint == nil || who.Endpoint.Index != was.Index {
+		return policy.Who{State: policy.ReasonUnknownPeer}
 	}
-	return ep.Effective(time.Now())
+	return who
 }
 
 func stripPort(hostport string) string {
@@ -313,53 +287,54 @@ func stripPort(hostport string) string {
 }
 
 // denyRequest answers 403 with a body and an X-Clawker-Denied header that
-// say what was denied and how to allow it.
+// say what was denied and how to allow it (the verdict's fix): the same
+// answer for plain HTTP and inspected TLS.
 func (h *httpHandler) denyRequest(w http.ResponseWriter, ri *reqInfo) {
 	f := h.f
+	v := ri.v
 	f.deniedReqs.Add(1)
-	f.lastDeny.Store(ri.reason)
-	f.e.metrics.denied.WithLabelValues(string(f.def.Kind), string(ri.reason)).Inc()
+	f.lastDeny.Store(v.Reason)
+	f.e.metrics.denied.WithLabelValues(string(f.def.Kind), string(v.Reason)).Inc()
 	d := f.decision(ri)
 	f.e.emit(d)
 	fields := map[string]any{
 		fieldSource: f.src.String(), fieldListener: f.def.Key, fieldName: ri.host, fieldPort: f.port,
-		fieldPath: ri.path, fieldMethod: ri.method, fieldDecision: "deny", fieldReason: string(ri.reason),
+		fieldPath: ri.path, fieldMethod: ri.method, fieldDecision: "deny", fieldReason: string(v.Reason),
 	}
 	if f.ep != nil {
 		fields[fieldEndpoint] = f.ep.Index
 		fields[fieldContainer] = containerOf(f.ep)
 	}
-	if ri.rule != "" {
-		fields[fieldRule] = ri.rule
+	if v.Rule != "" {
+		fields[fieldRule] = v.Rule
 	}
-	if ri.detail != "" {
-		fields[fieldDetail] = ri.detail
+	if v.Detail != "" {
+		fields[fieldDetail] = v.Detail
 	}
 	if f.e.cfg.LogLimit.Allow(f.logKey()) {
 		f.e.log.WithFields(fields).Warn(logMessage)
 	}
 
 	dest := fmt.Sprintf("%s:%d", ri.host, f.port)
-	how := hint(ri.host, ri.reason, ri.rule, ri.detail)
-	w.Header().Set("X-Clawker-Denied", fmt.Sprintf("%s %s %s (%s); %s", ri.method, dest, ri.path, ri.reason, how))
+	w.Header().Set("X-Clawker-Denied", fmt.Sprintf("%s %s %s (%s); %s", ri.method, dest, ri.path, v.Reason, v.Fix))
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Connection", "close")
 	w.WriteHeader(http.StatusForbidden)
-	fmt.Fprintf(w, "clawker-fw denied %s %s%s: %s\n%s\n", ri.method, dest, ri.path, ri.reason, how)
-	if ri.detail != "" && ri.reason != policy.ReasonPath {
-		fmt.Fprintf(w, "detail: %s\n", ri.detail)
+	fmt.Fprintf(w, "clawker-fw denied %s %s%s: %s\n%s\n", ri.method, dest, ri.path, v.Reason, v.Fix)
+	if v.Detail != "" && v.Reason != policy.ReasonPath {
+		fmt.Fprintf(w, "detail: %s\n", v.Detail)
 	}
 }
 
+// upstreamError answers a request whose upstream could not be used: a 403
+// when the dial refused its addresses (private, host-local), else a 502.
 func (h *httpHandler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
-	var pe *errPrivate
-	var le *errHostLocal
-	if reason := ReasonPrivateUpstream; errors.As(err, &pe) || errors.As(err, &le) {
-		if le != nil {
-			reason = ReasonHostLocal
-		}
+	if reason := dialReason(err); reason != ReasonUpstream {
+		f := h.f
 		host, _ := r.Context().Value(hostKey{}).(string)
-		h.denyRequest(w, &reqInfo{host: host, path: rawPath(r), method: r.Method, reason: reason, detail: err.Error()})
+		fl := verdict.Flow{Who: f.e.whoNow(f.src, f.ep), Listener: verdict.Listener(f.def.Kind), Port: f.port, L4: policy.L4TCP,
+			Content: verdict.HTTP, Request: &verdict.Request{Host: host, Method: r.Method, Path: rawPath(r), TLSName: h.tlsName}}
+		h.denyRequest(w, &reqInfo{host: host, path: rawPath(r), method: r.Method, v: verdict.Refuse(fl, verdict.Verdict{}, reason, err.Error())})
 		return
 	}
 	if errors.Is(err, context.Canceled) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 type lkey struct {
@@ -154,18 +155,25 @@ func (e *Engine) acceptLoop(l *listener) {
 
 var errTemporary = errors.New("temporary")
 
-// liveConn is one tracked connection (or UDP session): what it was allowed
-// for, so Apply can re-check it, and how to stop it.
+// liveConn is one tracked connection (or UDP session, or HTTP request):
+// the facts it was allowed on, so Apply can decide it again, and how to stop
+// it.
 type liveConn struct {
 	src    netip.Addr
 	index  uint32
-	name   string     // name it was allowed for ("" for IP flows)
-	dst    netip.Addr // IP it was allowed for (IP flows)
-	port   uint16
-	l4     policy.L4
+	flow   verdict.Flow // without Who: Apply fills in the new one
 	closer func()
 	once   sync.Once
 	e      *Engine
+}
+
+func newLiveConn(src netip.Addr, index uint32, fl verdict.Flow) *liveConn {
+	fl.Who = policy.Who{}
+	if fl.Request != nil {
+		req := *fl.Request
+		fl.Request = &req
+	}
+	return &liveConn{src: src, index: index, flow: fl}
 }
 
 func (c *liveConn) kill(string) { c.once.Do(c.closer) }
@@ -192,29 +200,26 @@ type doomedConn struct {
 	reason string
 }
 
-// recheckConns returns the live connections that snap now denies. Called
-// with e.mu held; the caller closes them.
+// recheckConns returns the live connections that snap now denies: each is
+// decided again (verdict.Decide) with the facts it was allowed on and the
+// endpoint's new answer to who is asking. Called with e.mu held; the caller
+// closes them.
 func (e *Engine) recheckConns(snap *policy.Snapshot) []doomedConn {
 	now := time.Now()
 	var out []doomedConn
 	for c := range e.conns {
-		ep, ok := snap.EndpointByIP(c.src)
-		if !ok || ep.Index != c.index {
+		who := snap.WhoIs(c.src, now)
+		switch {
+		case who.Endpoint == nil || who.Endpoint.Index != c.index:
 			out = append(out, doomedConn{c, "endpoint gone"})
 			continue
-		}
-		pol := ep.Effective(now)
-		if pol == nil {
+		case who.Pending():
 			continue // pending again: keep what was allowed
 		}
-		var m policy.Match
-		if c.name != "" {
-			m = pol.MatchName(c.name, c.port, c.l4)
-		} else {
-			m = pol.MatchIP(c.dst, c.port, c.l4)
-		}
-		if !m.Allowed {
-			out = append(out, doomedConn{c, string(m.Reason)})
+		fl := c.flow
+		fl.Who = who
+		if v := verdict.Decide(fl); !v.Allowed {
+			out = append(out, doomedConn{c, string(v.Reason)})
 		}
 	}
 	return out

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // udpRelay relays the datagrams of one dedicated UDP listener. Each client
@@ -141,44 +142,31 @@ func (s *udpSession) run() {
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ep, pol := e.policyFor(ctx, f.src)
-	f.ep = ep
-	var m policy.Match
-	switch {
-	case ep == nil:
-		f.deny(policy.ReasonUnknownPeer, "", "source address is no endpoint")
-	case pol == nil:
-		f.deny(policy.ReasonPending, "", "the container's policy is still unknown")
-	default:
-		if a, err := netip.ParseAddr(def.Dst); err == nil {
-			f.name, f.dst = "", a
-			m = pol.MatchIP(a, f.port, policy.L4UDP)
-		} else {
-			m = pol.MatchName(def.Dst, f.port, policy.L4UDP)
-		}
-		if !m.Allowed {
-			f.denyMatch(m, pol)
-		}
-	}
-	if f.decided {
+	who := e.await(ctx, f.src)
+	f.ep = who.Endpoint
+	fl := f.facts(who)
+	fl.Proto = def.Proto
+	v := verdict.Decide(fl)
+	if !v.Allowed {
+		f.deny(v)
 		s.markReady(nil)
 		s.idleUntilQuiet()
 		return
 	}
 	var up net.Conn
 	var err error
-	if f.dst.IsValid() {
-		up, err = e.dialIP(ctx, pol, "udp4", f.dst, f.port)
+	if fl.Addr.IsValid() {
+		up, err = e.dialIP(ctx, who.Policy, "udp4", fl.Addr, f.port)
 	} else {
-		up, err = e.dialName(ctx, pol, ep.Index, "udp4", f.name, f.port)
+		up, err = e.dialName(ctx, dialFor{pol: who.Policy, entry: v.Entry}, f.ep.Index, "udp4", fl.Name, f.port)
 	}
 	if err != nil {
-		f.denyDial(m, err)
+		f.denyDial(fl, v, err)
 		s.markReady(nil)
 		s.idleUntilQuiet()
 		return
 	}
-	lc := &liveConn{src: f.src, index: ep.Index, name: f.name, dst: f.dst, port: f.port, l4: policy.L4UDP}
+	lc := newLiveConn(f.src, f.ep.Index, fl)
 	lc.closer = func() {
 		f.closedBy.Store(true)
 		s.close()
@@ -189,7 +177,7 @@ func (s *udpSession) run() {
 		return
 	}
 	defer untrack()
-	f.allow(m)
+	f.allow(v)
 	s.markReady(up)
 
 	buf := make([]byte, 64<<10)

@@ -67,54 +67,20 @@ func (e *errPrivate) Error() string {
 	return fmt.Sprintf("refuse upstream %s: it resolves only to private or link-local addresses %v that no IP/CIDR rule allows", e.name, e.addrs)
 }
 
-// upstreamOK reports whether the proxy may dial addr for a name rule of pol.
-// An address of the host itself is refused (see hostLocal) unless an IP/CIDR
-// rule of pol names it; Config.AllowPrivateUpstreams does not open it.
-func (e *Engine) upstreamOK(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) (ok bool, localWhy string) {
-	if pol.DeniedAddr(addr) != nil {
-		return false, "" // a CIDR deny wins over the name's allow
-	}
-	if local, why := e.hostLocal(addr); local {
-		if explicitIP(pol, addr, port, l4) {
-			return true, ""
-		}
-		return false, why
-	}
-	return e.privateOK(pol, addr, port, l4), ""
-}
-
-// privateOK reports whether addr, not the host's own, may be dialled for a
-// name rule of pol: public addresses may; private and link-local ones only
-// through Config.AllowPrivateUpstreams or an IP/CIDR rule of pol.
-func (e *Engine) privateOK(pol *policy.Policy, addr netip.Addr, port uint16, l4 policy.L4) bool {
-	if !isSpecial(addr) {
-		return true
-	}
-	for _, p := range e.cfg.AllowPrivateUpstreams {
-		if p.Contains(addr.Unmap()) {
-			return true
-		}
-	}
-	if pol != nil && !pol.AllowAll {
-		if m := pol.MatchIP(addr, port, l4); m.Allowed {
-			return true
-		}
-	}
-	return false
-}
-
 // resolve looks name up with the resolvers of endpoint idx's network (see
-// resolverFor) and returns the addresses the proxy may dial for pol.
-// host.docker.internal is the endpoint's gateway (see gateway).
-func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, idx uint32, name string, port uint16, l4 policy.L4) ([]netip.Addr, error) {
+// resolverFor) and returns the addresses the proxy may dial for d
+// (verdict.Upstream decides each, with the kernel's answer on whether it is
+// the host's own). host.docker.internal is the endpoint's gateway (see
+// gateway).
+func (e *Engine) resolve(ctx context.Context, d dialFor, idx uint32, name string, port uint16, l4 policy.L4) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(name); err == nil {
-		if err := e.checkIPDest(pol, a, port, l4); err != nil {
+		if err := e.checkIPDest(d.pol, a, port, l4); err != nil {
 			return nil, err
 		}
 		return []netip.Addr{a}, nil
 	}
 	if name == hostDockerInternal {
-		return e.gateway(pol, idx, port, l4)
+		return e.gateway(d, idx, port)
 	}
 	addrs, err := e.lookup(ctx, idx, name)
 	if err != nil {
@@ -123,12 +89,14 @@ func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, idx uint32, na
 	ok := addrs[:0:0]
 	var local *errHostLocal
 	for _, a := range addrs {
-		good, why := e.upstreamOK(pol, a, port, l4)
-		switch {
-		case good:
+		isLocal, why := e.hostLocal(a)
+		switch verdict.Upstream(d.pol, a, port, l4, isLocal, e.cfg.AllowPrivateUpstreams) {
+		case "":
 			ok = append(ok, a.Unmap())
-		case why != "" && local == nil:
-			local = &errHostLocal{name: name, addr: a, why: why}
+		case ReasonHostLocal:
+			if local == nil {
+				local = &errHostLocal{name: name, addr: a, why: why}
+			}
 		}
 	}
 	switch {
@@ -143,8 +111,8 @@ func (e *Engine) resolve(ctx context.Context, pol *policy.Policy, idx uint32, na
 // dialName dials name:port for endpoint idx, resolved by the proxy itself
 // (never the address the client chose, invariant 7), trying each permitted
 // address in turn.
-func (e *Engine) dialName(ctx context.Context, pol *policy.Policy, idx uint32, network, name string, port uint16) (net.Conn, error) {
-	addrs, err := e.resolve(ctx, pol, idx, name, port, l4Of(network))
+func (e *Engine) dialName(ctx context.Context, d dialFor, idx uint32, network, name string, port uint16) (net.Conn, error) {
+	addrs, err := e.resolve(ctx, d, idx, name, port, l4Of(network))
 	if err != nil {
 		return nil, err
 	}
@@ -291,7 +259,7 @@ func chainA(name string, rrs []mdns.RR) []netip.Addr {
 // lookup resolves name with endpoint idx's resolver (resolverFor), caching
 // answers per resolver for Config.ResolveCacheTTL (failures are not cached).
 // The cache only saves round trips: every use of an answer is checked again
-// (upstreamOK).
+// (verdict.Upstream).
 func (e *Engine) lookup(ctx context.Context, idx uint32, name string) ([]netip.Addr, error) {
 	rkey, res, err := e.resolverFor(idx)
 	if err != nil {

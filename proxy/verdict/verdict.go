@@ -167,7 +167,8 @@ type Verdict struct {
 //  2. who is asking: an unknown source, a pending endpoint and one with bad
 //     labels are denied with that reason (a bypass is allowed everything
 //     below);
-//  3. the destination is matched once: an address (dedicated IP rules,
+//  3. a ClientHello without a server name is refused (no-sni); the
+//     destination is matched once: an address (dedicated IP rules,
 //     the transparent listener's original destination) with MatchIP, a
 //     name (SNI, Host, the dedicated name) with MatchName on the port and
 //     L4; a deny or no allow denies with the match's reason. On the
@@ -201,16 +202,10 @@ func Decide(f Flow) Verdict {
 		}
 	}
 	// 2.
-	who := f.Who
-	switch {
-	case who.State == policy.ReasonUnknownPeer || (who.Endpoint == nil && !who.Pending()):
-		return f.deny(policy.ReasonUnknownPeer, "source address is no endpoint")
-	case who.Pending() || who.Policy == nil:
-		return f.deny(policy.ReasonPending, "the container's policy is still unknown")
-	case who.State == policy.ReasonBadLabel:
-		return f.deny(policy.ReasonBadLabel, who.Detail)
+	if reason, detail, ok := Asking(f.Who); !ok {
+		return f.deny(reason, detail)
 	}
-	pol := who.Policy
+	pol := f.Who.Policy
 	// 3.
 	var m policy.Match
 	switch {
@@ -220,16 +215,21 @@ func Decide(f Flow) Verdict {
 		m = pol.MatchName(f.Name, f.Port, f.L4)
 	case f.Listener == Transparent && f.Addr.IsValid():
 		m = pol.MatchIP(f.Addr, f.Port, f.L4)
-		if m.Allowed {
+		switch {
+		case m.Allowed:
 			return f.allow(m, ModeIP)
-		}
-		if m.Reason == policy.ReasonDenyRule || f.Content == None {
+		case m.Reason == policy.ReasonDenyRule || f.Content == None:
 			return f.denyMatch(m)
+		case f.Content == TLS && f.Name == "":
+			return f.deny(ReasonNoSNI, "the ClientHello carries no server name")
 		}
 		m = pol.MatchName(f.host(), f.Port, f.L4)
 	case f.Listener == Web || f.Listener == Transparent:
-		if f.Content == None {
+		switch {
+		case f.Content == None:
 			return f.deny(ReasonSniffFailed, "nothing read")
+		case f.Content == TLS && f.Name == "":
+			return f.deny(ReasonNoSNI, "the ClientHello carries no server name")
 		}
 		m = pol.MatchName(f.host(), f.Port, f.L4)
 	default:
@@ -294,6 +294,22 @@ func Decide(f Flow) Verdict {
 		return f.allow(m, mode)
 	}
 	return f.deny(ReasonSniffFailed, "nothing read")
+}
+
+// Asking is step 2 of Decide: whether who may be decided for at all, and
+// if not, the reason and detail of the denial (an unknown source, a pending
+// endpoint, bad labels). A connection whose every request will be denied
+// starts out denied for that reason.
+func Asking(who policy.Who) (policy.Reason, string, bool) {
+	switch {
+	case who.State == policy.ReasonUnknownPeer || (who.Endpoint == nil && !who.Pending()):
+		return policy.ReasonUnknownPeer, "source address is no endpoint", false
+	case who.Pending() || who.Policy == nil:
+		return policy.ReasonPending, "the container's policy is still unknown", false
+	case who.State == policy.ReasonBadLabel:
+		return policy.ReasonBadLabel, who.Detail, false
+	}
+	return "", "", true
 }
 
 // Inspects is the one inspect predicate: TLS allowed by an https range of

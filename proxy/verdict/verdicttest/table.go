@@ -151,6 +151,7 @@ const (
 	transparentOnly = "the transparent listener (IP and CIDR rules, redirected flows) is served by the builtin engine with either engine"
 	echOnly         = "the ECH refusal exists in the builtin engine only (Envoy reads no ECH extension)"
 	frontingOnly    = "Envoy decides an inspected request's Host by its own rule; only the builtin engine refuses a Host that differs from the SNI"
+	noSNIOnly       = "Envoy cannot tell a ClientHello without a server name from one whose name no rule names: both reach its default chain (no-rule)"
 	tunnelOnly      = "Envoy refuses upgrades in its connection manager (one websocket upgrade config, no CONNECT route), not per route"
 )
 
@@ -169,7 +170,7 @@ func Rows() []Row {
 		{Name: "deny covers subtree", Src: A, Flow: tlsFlow("x.bad.npm.example.test", 443), Want: deny(policy.ReasonDenyRule)},
 		{Name: "no rule", Src: A, Flow: tlsFlow("other.example.test", 443), Want: deny(policy.ReasonNoRule)},
 		{Name: "no rule other zone", Src: A, Flow: tlsFlow("unrelated.org", 443), Want: deny(policy.ReasonNoRule)},
-		{Name: "no SNI", Src: A, Flow: tlsFlow("", 443), Want: deny(policy.ReasonNoRule)},
+		{Name: "no SNI", Src: A, Flow: tlsFlow("", 443), Want: deny(verdict.ReasonNoSNI), BuiltinOnly: noSNIOnly},
 		{Name: "https on another port", Src: A, Flow: tlsFlow("alt.example.test", 8443), Want: allow(verdict.ModePassthrough)},
 		{Name: "port not allowed", Src: A, Flow: tlsFlow("alt.example.test", 443), Want: deny(policy.ReasonPortNotAllow)},
 		{Name: "port not allowed for the other name", Src: A, Flow: tlsFlow("api.example.test", 8443), Want: deny(policy.ReasonPortNotAllow)},
