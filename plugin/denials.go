@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // Denial is one recorded denial, with what would allow it (api.Denial).
@@ -119,22 +119,15 @@ func (f DenialFilter) Match(d Denial) bool {
 		(f.Since.IsZero() || !d.Time.Before(f.Since))
 }
 
-// FixFor says what would allow a denied destination for an endpoint.
+// FixFor says what would allow a denied destination for an endpoint (port 0:
+// any port, as for a DNS query), or why no rule can: verdict.Fix, the one
+// fix text of the proxy's 403s, the denial log and DNS.
 func FixFor(dst string, port uint16, reason policy.Reason, deny *policy.Denied) string {
+	d := verdict.Denial{Dest: dst, Port: port, Reason: reason}
 	if deny != nil {
-		return fmt.Sprintf("denied by %s %s=%q; remove that deny to allow it", deny.Rule.Source.Kind, deny.Rule.Source.Key, deny.Rule.Source.Item)
+		d.Reason, d.Rule = policy.ReasonDenyRule, verdict.Rule(policy.Match{Deny: deny})
 	}
-	item := dst
-	_, ipErr := netip.ParseAddr(dst)
-	switch {
-	case ipErr == nil && port != 0:
-		item = fmt.Sprintf("tcp://%s:%d", dst, port)
-	case port == 80:
-		item = "http://" + dst
-	case port != 0 && port != 443:
-		item = fmt.Sprintf("%s:%d", dst, port)
-	}
-	return fmt.Sprintf("allow it with the container label clawker.allow=%s, the network option -o clawker.allow=%s, or `clawker-fw rules add NETWORK %s`", item, item, item)
+	return verdict.Fix(d)
 }
 
 // dockerResolver is Docker's embedded resolver inside each container.

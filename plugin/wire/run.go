@@ -86,8 +86,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 			}
 			denials.Add(plugin.Denial{Time: d.Time, Source: "proxy", Index: d.Endpoint, Container: d.Container,
 				Destination: firstNonEmpty(d.Name, d.Dst.String()), Port: d.Port, Reason: string(d.Reason), Rule: d.Rule,
-				Fix: firstNonEmpty(builtin.FixFor(firstNonEmpty(d.Name, d.Dst.String()), d.Reason),
-					plugin.FixFor(firstNonEmpty(d.Name, d.Dst.String()), d.Port, d.Reason, nil))})
+				Fix: d.Fix})
 		},
 	})
 	if err != nil {

@@ -410,15 +410,3 @@ func decisionWord(allowed bool) string {
 	}
 	return "deny"
 }
-
-// FixFor says what to do about a denial of name for one of the proxy's own
-// reasons that no allow rule lifts (a refused upgrade, ECH, a host-local
-// upstream), and "" for every other reason. Decision.Fix has the fix of
-// every denial.
-func FixFor(name string, reason policy.Reason) string {
-	switch reason {
-	case ReasonUpgrade, ReasonECH, ReasonHostLocal:
-		return verdict.Fix(verdict.Denial{Dest: name, Reason: reason})
-	}
-	return ""
-}
