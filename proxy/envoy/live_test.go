@@ -22,6 +22,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
+	pv "github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // freeListenerPort finds a port in the allocator's range that nothing on
@@ -136,8 +137,7 @@ func TestLiveEnvoy(t *testing.T) {
 	resp, b, err := get("evil.example.test")
 	require.NoError(t, err)
 	require.Equal(t, http.StatusForbidden, resp.StatusCode)
-	require.Equal(t, "GET evil.example.test / (no-rule); allow it with clawker.allow=evil.example.test as a network option "+
-		"(docker network create -o clawker.allow=evil.example.test) or a container label (--label clawker.allow=evil.example.test)",
-		resp.Header.Get(DeniedHeader))
-	require.Equal(t, DeniedBody("", uint16(upPort), policy.ReasonNoRule, "", ""), b)
+	require.Equal(t, "GET evil.example.test / (no-rule); "+pv.Fix(pv.Denial{Dest: "evil.example.test", Port: uint16(upPort),
+		Proto: policy.ProtoHTTP, Reason: policy.ReasonNoRule}), resp.Header.Get(DeniedHeader))
+	require.Equal(t, DeniedBody("", uint16(upPort), policy.ProtoHTTP, policy.ReasonNoRule, "", ""), b)
 }

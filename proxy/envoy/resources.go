@@ -2,7 +2,6 @@ package envoy
 
 import (
 	"fmt"
-	"net/netip"
 	"strconv"
 	"time"
 
@@ -37,6 +36,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
+	pv "github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // connectTimeout bounds upstream connects.
@@ -145,9 +145,9 @@ func (lc logCtx) deny(reason policy.Reason, rule, name string) map[string]any {
 	return f
 }
 
-func (lc logCtx) allow(rule, mode, name string) map[string]any {
+func (lc logCtx) allow(reason policy.Reason, rule, mode, name string) map[string]any {
 	f := lc.base(mode)
-	f[logDecision], f[logReason], f[logRule], f[logName] = string(policy.Allow), string(policy.ReasonAllowed), rule, nameField(name)
+	f[logDecision], f[logReason], f[logRule], f[logName] = string(policy.Allow), string(reason), rule, nameField(name)
 	return f
 }
 
@@ -198,16 +198,10 @@ func (b *builder) tcpProxy(stat, clusterName string, log map[string]any) *listen
 	})
 }
 
-// privateRanges are the addresses a name under a wildcard rule must not
-// resolve to (the builtin engine refuses the same): loopback, RFC 1918,
-// CGNAT, link-local, unspecified, and their IPv6 counterparts.
-var privateRanges = []string{
-	"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
-	"::/128", "::1/128", "fc00::/7", "fe80::/10",
-}
-
 // dnsCacheConfig is the one DNS cache of the dynamic forward proxy. Unless
-// Options.AllowPrivateUpstreams, answers in privateRanges are dropped, so a
+// Options.AllowPrivateUpstreams, answers in verdict.Special (the one list
+// of ranges a name may never reach on its own, which the builtin engine
+// refuses at dial time) are dropped, so a
 // name under a wildcard cannot be pointed at the host or the local network
 // (DNS rebinding).
 func (b *builder) dnsCacheConfig() *dnscache.DnsCacheConfig {
@@ -218,8 +212,7 @@ func (b *builder) dnsCacheConfig() *dnscache.DnsCacheConfig {
 	}
 	if !b.opts.AllowPrivateUpstreams {
 		m := &matcherv3.AddressMatcher{}
-		for _, r := range privateRanges {
-			p := netip.MustParsePrefix(r)
+		for _, p := range pv.Special() {
 			m.Ranges = append(m.Ranges, &xdscore.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: u32(uint32(p.Bits()))})
 		}
 		c.ResolvedAddressFilter = m

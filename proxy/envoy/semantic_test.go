@@ -128,6 +128,36 @@ func outcome(t *testing.T, fc *listener.FilterChain) string {
 // request routes one HTTP request: "<cluster>" or "403:<reason>".
 func request(t *testing.T, rc *route.RouteConfiguration, host, method, path string) string {
 	t.Helper()
+	r := matchRoute(t, rc, host, method, path)
+	if dr := r.GetDirectResponse(); dr != nil {
+		require.EqualValues(t, 403, dr.GetStatus())
+		var hdr string
+		for _, h := range r.GetResponseHeadersToAdd() {
+			if h.GetHeader().GetKey() == DeniedHeader {
+				hdr = h.GetHeader().GetValue()
+			}
+		}
+		reason := routeReason(r)
+		require.Contains(t, dr.GetBody().GetInlineString(), ": "+reason+"\n")
+		require.True(t, strings.HasPrefix(dr.GetBody().GetInlineString(), "clawker-fw denied "), dr.GetBody().GetInlineString())
+		require.True(t, strings.HasPrefix(hdr, "%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% ("+reason+"); "),
+			"every 403 carries %s, got %q", DeniedHeader, hdr)
+		return "403:" + reason
+	}
+	return r.GetRoute().GetCluster()
+}
+
+// routeReason is the decision reason of a route (its metadata, which the
+// access log reads).
+func routeReason(r *route.Route) string {
+	return r.GetMetadata().GetFilterMetadata()[metadataNamespace].GetFields()["reason"].GetStringValue()
+}
+
+// matchRoute returns the route Envoy picks for one HTTP request: the
+// virtual host by domain (exact, then the longest "*." suffix, then "*"),
+// then the first route whose path and headers match.
+func matchRoute(t *testing.T, rc *route.RouteConfiguration, host, method, path string) *route.Route {
+	t.Helper()
 	var vh *route.VirtualHost
 	find := func(d string) *route.VirtualHost {
 		for _, v := range rc.GetVirtualHosts() {
@@ -177,25 +207,10 @@ func request(t *testing.T, rc *route.RouteConfiguration, host, method, path stri
 		if !ok {
 			continue
 		}
-		if dr := r.GetDirectResponse(); dr != nil {
-			require.EqualValues(t, 403, dr.GetStatus())
-			var hdr string
-			for _, h := range r.GetResponseHeadersToAdd() {
-				if h.GetHeader().GetKey() == DeniedHeader {
-					hdr = h.GetHeader().GetValue()
-				}
-			}
-			reason := r.GetMetadata().GetFilterMetadata()[metadataNamespace].GetFields()["reason"].GetStringValue()
-			require.Contains(t, dr.GetBody().GetInlineString(), ": "+reason+"\n")
-			require.True(t, strings.HasPrefix(dr.GetBody().GetInlineString(), "clawker-fw denied "), dr.GetBody().GetInlineString())
-			require.True(t, strings.HasPrefix(hdr, "%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% ("+reason+"); "),
-				"every 403 carries %s, got %q", DeniedHeader, hdr)
-			return "403:" + reason
-		}
-		return r.GetRoute().GetCluster()
+		return r
 	}
 	t.Fatalf("no route for %s %s%s in %s", method, host, path, rc.Name)
-	return ""
+	return nil
 }
 
 // headerMatches evaluates one header matcher (before invert_match) on the
@@ -287,13 +302,17 @@ func TestSemanticsTLS(t *testing.T) {
 		{ipB, "example.test", "inspect:web:443/https/g2"},
 		{ipB, "bad.npm.example.test", "inspect:web:443/https/g2"},
 		{ipB, "git.example.test", "inspect:web:443/https/g2"},
-		{ipPend, "api.example.test", "deny:no-rule"},
-		{ipLabel, "x.npm.example.test", "deny:no-rule"},
-		{ipLabel, "api.example.test", "deny:no-rule"},
+		{ipPend, "api.example.test", "deny:pending"},
+		{ipPend, "anything.org", "deny:pending"},
+		{ipLabel, "x.npm.example.test", "deny:bad-label"},
+		{ipLabel, "api.example.test", "deny:bad-label"},
+		{ipLabel, "anything.org", "deny:bad-label"},
 		{ipBypass, "api.example.test", "pass:raw:api.example.test:443"},
 		{ipBypass, "x.npm.example.test", "pass:" + DFPRawCluster},
 		{ipBypass, "anything.org", "pass:" + DFPRawCluster},
-		{unknown, "api.example.test", "deny:no-rule"},
+		{unknown, "api.example.test", "deny:unknown-endpoint"},
+		{unknown, "anything.org", "deny:unknown-endpoint"},
+		{ipA, "ssh.example.test", "deny:port-not-allowed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.src.String()+"/"+tt.sni, func(t *testing.T) {
@@ -359,13 +378,15 @@ func TestSemanticsHTTP(t *testing.T) {
 		{"web:80", false, ipA, "", "plain.example.test:80", "GET", "/", "raw:plain.example.test:80"},
 		{"web:80", false, ipA, "", "x.npm.example.test", "GET", "/", DFPRawCluster},
 		{"web:80", false, ipA, "", "bad.npm.example.test", "GET", "/", "403:deny-rule"},
-		{"web:80", false, ipA, "", "api.example.test", "GET", "/", "403:no-rule"},
-		{"web:80", false, ipB, "", "plain.example.test", "GET", "/", "403:no-rule"},
-		{"web:80", false, ipPend, "", "plain.example.test", "GET", "/", "403:unknown-endpoint"},
+		{"web:80", false, ipA, "", "api.example.test", "GET", "/", "403:port-not-allowed"},
+		{"web:80", false, ipB, "", "plain.example.test", "GET", "/", "403:port-not-allowed"},
+		{"web:80", false, ipB, "", "nothing.org", "GET", "/", "403:no-rule"},
+		{"web:80", false, ipPend, "", "plain.example.test", "GET", "/", "403:pending"},
+		{"web:80", false, ipLabel, "", "plain.example.test", "GET", "/", "403:bad-label"},
 		{"web:80", false, unknown, "", "plain.example.test", "GET", "/", "403:unknown-endpoint"},
 		{"web:80", false, ipBypass, "", "anything.org", "GET", "/", DFPRawCluster},
 		// Plain HTTP on the https port is not allowed by an https rule.
-		{"web:443", false, ipA, "", "api.example.test", "GET", "/", "403:no-rule"},
+		{"web:443", false, ipA, "", "api.example.test", "GET", "/", "403:proto-mismatch"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.listener+"/"+tt.src.String()+"/"+tt.host+tt.path+"/"+tt.method, func(t *testing.T) {
@@ -403,11 +424,12 @@ func TestSemanticsDedicated(t *testing.T) {
 			parts := strings.Split(key, ":")
 			wantCluster := "raw:" + parts[2] + ":" + parts[3]
 			for src, want := range map[netip.Addr]string{
-				ipA:      "pass:" + wantCluster,
-				ipBypass: "pass:" + wantCluster,
-				ipB:      "deny:no-rule",
-				ipPend:   "deny:no-rule",
-				ipLabel:  "deny:no-rule",
+				ipA:                                "pass:" + wantCluster,
+				ipBypass:                           "pass:" + wantCluster,
+				ipB:                                "deny:port-not-allowed",
+				ipPend:                             "deny:pending",
+				ipLabel:                            "deny:bad-label",
+				netip.MustParseAddr("10.99.0.200"): "deny:unknown-endpoint",
 			} {
 				require.Equal(t, want, outcome(t, selectChain(l, "", "raw_buffer", src)), "%s from %s", key, src)
 			}
@@ -514,17 +536,17 @@ func TestDenialText(t *testing.T) {
 		wantBody   string
 	}{
 		{
-			denial{key: "api.example.test", port: 443, reason: policy.ReasonDenyRule, rule: "api.example.test"},
-			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (deny-rule); a deny rule (api.example.test) covers api.example.test; remove it to allow",
-			"clawker-fw denied api.example.test:443: deny-rule\na deny rule (api.example.test) covers api.example.test; remove it to allow\n",
+			denial{key: "api.example.test", port: 443, proto: policy.ProtoHTTPS, reason: policy.ReasonDenyRule, rule: "label clawker.deny=api.example.test"},
+			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (deny-rule); a deny rule (label clawker.deny=api.example.test) covers api.example.test; remove it to allow",
+			"clawker-fw denied api.example.test:443: deny-rule\na deny rule (label clawker.deny=api.example.test) covers api.example.test; remove it to allow\n",
 		},
 		{
-			denial{port: 80, reason: policy.ReasonNoRule},
-			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (no-rule); allow it with clawker.allow=%REQ(:AUTHORITY)% as a network option (docker network create -o clawker.allow=%REQ(:AUTHORITY)%) or a container label (--label clawker.allow=%REQ(:AUTHORITY)%)",
-			"clawker-fw denied this host on port 80: no-rule\nallow it with clawker.allow=<host> as a network option (docker network create -o clawker.allow=<host>) or a container label (--label clawker.allow=<host>)\n",
+			denial{port: 80, proto: policy.ProtoHTTP, reason: policy.ReasonNoRule},
+			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (no-rule); allow it with the container label clawker.allow=http://%REQ(:AUTHORITY)%, the network option -o clawker.allow=http://%REQ(:AUTHORITY)%, or `clawker-fw rules add NETWORK http://%REQ(:AUTHORITY)%`",
+			"clawker-fw denied this host on port 80: no-rule\nallow it with the container label clawker.allow=http://<host>, the network option -o clawker.allow=http://<host>, or `clawker-fw rules add NETWORK http://<host>`\n",
 		},
 		{
-			denial{key: "git.example.test", port: 443, reason: policy.ReasonPath, rule: "git.example.test", detail: "path rule /a%2F"},
+			denial{key: "git.example.test", port: 443, proto: policy.ProtoHTTPS, reason: policy.ReasonPath, rule: "git.example.test", detail: "path rule /a%2F"},
 			"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% (path-rule); the request path is denied by path rule /a%%2F (git.example.test)",
 			"clawker-fw denied git.example.test:443: path-rule\nthe request path is denied by path rule /a%2F (git.example.test)\n",
 		},
@@ -533,6 +555,11 @@ func TestDenialText(t *testing.T) {
 		t.Run(string(tt.d.reason), func(t *testing.T) {
 			require.Equal(t, tt.wantHeader, tt.d.header())
 			require.Equal(t, tt.wantBody, tt.d.body())
+			// The text is the builtin engine's (verdict.Fix) with the name
+			// Envoy fills in.
+			if tt.d.exact() {
+				require.Equal(t, tt.wantBody[strings.Index(tt.wantBody, "\n")+1:], tt.d.hint(tt.d.key)+"\n")
+			}
 		})
 	}
 }

@@ -7,6 +7,14 @@
 // consistency, semantic checks, golden files and a real ADS client): no
 // Envoy binary can be obtained where the project's CI runs. See README.md.
 //
+// Every verdict in the resources is the builtin engine's: Translate asks
+// verdict.Decide (and DecideHost, whose path rules become routes) for each
+// known endpoint (policy.Who: pending and bad-label endpoints included, denied
+// with that reason) on each name key, and renders the answers; the ranges a
+// name may not resolve to are verdict.Special, the 403 texts verdict.Fix.
+// TestDifferentialVerdicts checks both engines on the shared table
+// (proxy/verdict/verdicttest) with an evaluator of the resources.
+//
 // What Translate builds, per model listener:
 //
 //   - web listeners (model.KindWeb, one per original port P): tls_inspector
@@ -15,8 +23,10 @@
 //     policy gives that verdict). Envoy picks the most specific server name
 //     first and never backtracks to a broader one when the source does not
 //     match, so every name key used by ANY endpoint's allows or denies gets
-//     chains for EVERY endpoint (allow or deny), decided with
-//     Policy.MatchName on the key. Plain HTTP is matched on
+//     chains for EVERY endpoint (allow or deny) and one for unknown sources,
+//     decided with verdict.Decide on the key; chains without server names
+//     carry each endpoint's verdict for every other name. Plain HTTP is
+//     matched on
 //     transport_protocol raw_buffer and the source, and decided per Host by
 //     the virtual hosts of an RDS route configuration.
 //   - TLS passthrough chains proxy to a cluster that resolves the NAME: a
@@ -30,7 +40,8 @@
 //     carrying the X-Clawker-Denied header; upstream TLS is verified against
 //     Options.TrustedCAFile with the name as SNI and required SAN.
 //   - dedicated listeners (ssh/tcp/udp) proxy to the rule's destination name
-//     with tcp_proxy, or udp_proxy whose matcher routes only allowed sources.
+//     with tcp_proxy for allowed sources and close denied ones with their
+//     reason, or udp_proxy whose matcher routes only allowed sources.
 //   - every connection or request is logged as one JSON line with the same
 //     field names as the builtin engine's decision line.
 //
@@ -64,6 +75,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
+	pv "github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // DeniedHeader is set on every 403 the proxy answers itself, with the
@@ -193,13 +205,17 @@ func sortedValues(m map[string]types.Resource) []types.Resource {
 	return out
 }
 
-// ep is one endpoint with an effective policy.
+// ep is one known endpoint with its answer to who is asking (policy.Who):
+// its effective policy, or why it has none (pending, bad labels), so that
+// its flows are denied with that reason.
 type ep struct {
 	index uint32
 	ip    netip.Addr
 	name  string // container name or id, for logs
-	pol   *policy.Policy
+	who   policy.Who
 }
+
+func (e ep) bypass() bool { return e.who.State == policy.ReasonBypass }
 
 type builder struct {
 	opts     Options
@@ -213,64 +229,77 @@ type builder struct {
 	err       error // first error of a nested builder
 }
 
-// endpoints collects the endpoints with an effective policy, by index.
-// Pending endpoints have none: Envoy cannot wait for their policy, so their
-// flows get the listener's default (deny) chain until the next snapshot.
+// endpoints collects the known endpoints, by index, with their answer to
+// who is asking (Endpoint.Who). Envoy cannot wait for a pending endpoint's
+// policy: its flows are denied (pending) until a snapshot knows it, as the
+// builtin engine denies them once its bounded wait runs out.
 func (b *builder) endpoints(snap *policy.Snapshot) {
 	now := b.opts.Now()
 	for _, e := range snap.Endpoints {
-		pol := e.Effective(now)
-		if pol == nil || !e.IP.IsValid() {
+		if !e.IP.IsValid() {
 			continue
 		}
 		name := e.ContainerName
 		if name == "" {
 			name = e.ContainerID
 		}
-		b.eps = append(b.eps, ep{index: e.Index, ip: e.IP.Unmap(), name: name, pol: pol})
+		b.eps = append(b.eps, ep{index: e.Index, ip: e.IP.Unmap(), name: name, who: e.Who(now)})
 	}
 	sort.Slice(b.eps, func(i, j int) bool { return b.eps[i].index < b.eps[j].index })
 }
 
-// verdict is one endpoint's decision for one name key on one web port.
-type verdict struct {
-	allowed bool
-	reason  policy.Reason
-	rule    string // the pattern that decided (allow entry or deny)
-	entry   *policy.Allowed
-	tls     bool // https allowed on the port
-	plain   bool // http allowed on the port
-	inspect bool
-	bypass  bool
+// side is what a key's verdict decides.
+type side int
+
+const (
+	sideTLS   side = iota // a ClientHello naming the key: filter chains
+	sideHTTPS             // a request for the key under inspection: inspected route configurations
+	sidePlain             // a plain-HTTP request for the key: plain route configurations
+)
+
+// keyVerdict is one endpoint's verdicts for one name key on one web port,
+// per side: verdict.Decide for TLS, verdict.DecideHost for requests (their
+// path rules become routes). A wildcard key "*.apex" is decided as the
+// literal name "*.apex", which every wildcard and deny covering the apex's
+// subtree covers and no exact pattern equals; the catch-all key "*" is
+// covered by nothing.
+type keyVerdict [3]pv.Verdict
+
+func decideKey(e ep, key string, p uint16) keyVerdict {
+	web := pv.Flow{Who: e.who, Listener: pv.Web, Port: p, L4: policy.L4TCP}
+	tlsFlow, httpsFlow, plainFlow := web, web, web
+	tlsFlow.Content, tlsFlow.Name = pv.TLS, key
+	httpsFlow.Content, httpsFlow.Request = pv.HTTP, &pv.Request{Host: key, TLSName: key}
+	plainFlow.Content, plainFlow.Request = pv.HTTP, &pv.Request{Host: key}
+	return keyVerdict{pv.Decide(tlsFlow), pv.DecideHost(httpsFlow), pv.DecideHost(plainFlow)}
 }
 
 // signature identifies verdicts that can share one chain or virtual host.
-func (v verdict) signature(tlsSide bool) string {
-	ok := v.allowed && (tlsSide && v.tls || !tlsSide && v.plain)
-	if !ok {
-		reason := v.reason
-		if v.allowed {
-			reason = policy.ReasonPortNotAllow
-		}
-		return "deny|" + string(reason) + "|" + v.rule
+func (v keyVerdict) signature(s side) string {
+	x := v[s]
+	if !x.Allowed {
+		return "deny|" + string(x.Reason) + "|" + x.Pattern + "|" + x.Rule
 	}
 	paths := ""
-	if v.entry != nil && len(v.entry.Paths) > 0 {
-		j, _ := json.Marshal(v.entry.Paths)
-		paths = string(j) + string(v.entry.PathDefault)
+	if x.Entry != nil && len(x.Entry.Paths) > 0 {
+		j, _ := json.Marshal(x.Entry.Paths)
+		paths = string(j) + string(x.Entry.PathDefault)
 	}
-	return fmt.Sprintf("allow|%t|%t|%s|%s", v.inspect, v.bypass, v.rule, paths)
+	return fmt.Sprintf("allow|%s|%s|%s|%s|%s", x.Mode, x.Reason, x.Pattern, x.Rule, paths)
 }
 
-func (v verdict) allowedOn(tlsSide bool) bool {
-	return v.allowed && (tlsSide && v.tls || !tlsSide && v.plain)
-}
+// matters reports whether a verdict must be rendered for its key: it
+// allows, or a rule names the key (a deny, an allow on other ports or for
+// another protocol), so its denial says so rather than no-rule.
+func matters(x pv.Verdict) bool { return x.Allowed || x.Entry != nil || x.Deny != nil }
 
-func (v verdict) denyReason() policy.Reason {
-	if v.allowed {
-		return policy.ReasonPortNotAllow
+// fixRule is the rule a denial's text names: its provenance, else its
+// pattern.
+func fixRule(x pv.Verdict) string {
+	if x.Rule != "" {
+		return x.Rule
 	}
-	return v.reason
+	return x.Pattern
 }
 
 // keysFor lists the server-name keys of a pattern: an exact name is its own
@@ -284,23 +313,26 @@ func keysFor(pattern string, subtree bool) []string {
 	return []string{root}
 }
 
-// webKeys collects every name key on web port p, over all endpoints.
-func (b *builder) webKeys(p uint16) []string {
+// webKeys collects every name key, over all endpoints: the patterns of
+// every name allow (whatever its ports: a name allowed on another port is
+// denied port-not-allowed, not no-rule) and every deny.
+func (b *builder) webKeys() []string {
 	set := map[string]bool{}
 	for _, e := range b.eps {
-		for i := range e.pol.Allows {
-			a := &e.pol.Allows[i]
+		pol := e.who.Policy
+		if pol == nil {
+			continue
+		}
+		for i := range pol.Allows {
+			a := &pol.Allows[i]
 			if a.Prefix.IsValid() {
-				continue
-			}
-			if tlsOK, plainOK := webProto(a, p); !tlsOK && !plainOK {
 				continue
 			}
 			for _, k := range keysFor(a.Pattern, false) {
 				set[k] = true
 			}
 		}
-		for _, d := range e.pol.Denies {
+		for _, d := range pol.Denies {
 			if d.Prefix.IsValid() {
 				continue
 			}
@@ -315,50 +347,6 @@ func (b *builder) webKeys(p uint16) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// webProto reports which web protocols a's ranges allow on port p.
-func webProto(a *policy.Allowed, p uint16) (tlsOK, plainOK bool) {
-	for _, r := range a.Ports {
-		if !r.Contains(p, policy.L4TCP) {
-			continue
-		}
-		switch r.Proto {
-		case policy.ProtoHTTPS:
-			tlsOK = true
-		case policy.ProtoHTTP:
-			plainOK = true
-		}
-	}
-	return tlsOK, plainOK
-}
-
-// decide is Policy.MatchName for a key: "*.apex" is probed with the literal
-// "*.apex", which every wildcard and deny covering the apex's subtree covers
-// and no exact pattern equals.
-func decide(pol *policy.Policy, key string, p uint16) verdict {
-	m := pol.MatchName(key, p, policy.L4TCP)
-	v := verdict{allowed: m.Allowed, reason: m.Reason}
-	switch {
-	case m.Deny != nil:
-		v.rule = m.Deny.Pattern
-	case m.Entry != nil:
-		v.rule = m.Entry.Pattern
-	}
-	if !m.Allowed {
-		return v
-	}
-	if m.Entry == nil { // bypass: everything, passthrough
-		v.bypass, v.tls, v.plain, v.rule = true, true, true, "*"
-		return v
-	}
-	v.entry = m.Entry
-	v.tls, v.plain = webProto(m.Entry, p)
-	v.inspect = m.Entry.Inspect || pol.InspectAll || len(m.Entry.Paths) > 0
-	if !v.tls && !v.plain {
-		v.allowed, v.reason = false, policy.ReasonPortNotAllow
-	}
-	return v
 }
 
 func prefixes(eps []ep) []*core.CidrRange {
@@ -390,40 +378,47 @@ func fallbacks(key string) []string {
 	}
 }
 
-// webListener builds the listener of one original web port.
+// webListener builds the listener of one original web port from the
+// verdicts (verdict.Decide) of every known endpoint on every name key.
 //
 // Chains and virtual hosts are pruned: a key is kept only when some verdict
-// at the key or at a broader key it would otherwise fall back to allows;
-// everything else is denied by the listener's default chain or the route
-// configuration's catch-all. Every kept key has a chain for every known
-// endpoint (allow or deny), so the result does not depend on whether Envoy
-// backtracks to a broader server name when the source does not match (it
-// does not).
+// at the key matters (it allows, or a rule names the key) or a broader key
+// it would otherwise fall back to allows. Every kept key has a chain for
+// every known endpoint (allow or deny) and one for unknown sources, so the
+// result does not depend on whether Envoy backtracks to a broader server
+// name when the source does not match (it does not). A server name no kept
+// key matches (or none) reaches the chains without server names: each
+// endpoint's catch-all verdict (no-rule, pending, bad-label; bypass
+// passes), then unknown-endpoint for every other source.
 func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 	p := l.OrigPort
-	keys := b.webKeys(p)
+	keys := b.webKeys()
 	lc := logCtx{listener: l.Key, port: p}
 	keyPos := make(map[string]int, len(keys))
 	for k, key := range keys {
 		keyPos[key] = k
 	}
 
-	// verdicts[i][k]: endpoint i, key k.
-	verdicts := make([][]verdict, len(b.eps))
+	// verdicts[i][k]: endpoint i, key k; catchAll[i]: endpoint i, any
+	// other name.
+	verdicts := make([][]keyVerdict, len(b.eps))
+	catchAll := make([]keyVerdict, len(b.eps))
 	for i, e := range b.eps {
-		verdicts[i] = make([]verdict, len(keys))
+		verdicts[i] = make([]keyVerdict, len(keys))
 		for k, key := range keys {
-			verdicts[i][k] = decide(e.pol, key, p)
+			verdicts[i][k] = decideKey(e, key, p)
 		}
+		catchAll[i] = decideKey(e, "*", p)
 	}
 	// needed reports whether endpoint i's verdict at key k matters on one
-	// side: it or a fallback of it allows, or the catch-all does (bypass).
-	needed := func(i, k int, tlsSide bool) bool {
-		if b.eps[i].pol.AllowAll || verdicts[i][k].allowedOn(tlsSide) {
+	// side: it matters itself, a fallback of it allows, or the catch-all
+	// does (bypass).
+	needed := func(i, k int, s side) bool {
+		if catchAll[i][s].Allowed || matters(verdicts[i][k][s]) {
 			return true
 		}
 		for _, fb := range fallbacks(keys[k]) {
-			if j, ok := keyPos[fb]; ok && verdicts[i][j].allowedOn(tlsSide) {
+			if j, ok := keyPos[fb]; ok && verdicts[i][j][s].Allowed {
 				return true
 			}
 		}
@@ -436,25 +431,25 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 		name    string
 		members []int
 	}
-	groupRoutes := func(tlsSide bool) ([]*routeGroup, []*routeGroup) {
+	groupRoutes := func(s side) ([]*routeGroup, []*routeGroup) {
 		bySig := map[string]*routeGroup{}
 		var order []*routeGroup
 		of := make([]*routeGroup, len(b.eps))
-		side := "http"
-		if tlsSide {
-			side = "https"
+		name := "http"
+		if s == sideHTTPS {
+			name = "https"
 		}
 		for i, e := range b.eps {
 			var sb strings.Builder
-			fmt.Fprintf(&sb, "%t", e.pol.AllowAll)
+			sb.WriteString(catchAll[i].signature(s))
 			for k := range keys {
-				if needed(i, k, tlsSide) {
-					fmt.Fprintf(&sb, "\x00%s\x01%s", keys[k], verdicts[i][k].signature(tlsSide))
+				if needed(i, k, s) {
+					fmt.Fprintf(&sb, "\x00%s\x01%s", keys[k], verdicts[i][k].signature(s))
 				}
 			}
 			g, ok := bySig[sb.String()]
 			if !ok {
-				g = &routeGroup{name: fmt.Sprintf("%s/%s/g%d", l.Key, side, e.index)}
+				g = &routeGroup{name: fmt.Sprintf("%s/%s/g%d", l.Key, name, e.index)}
 				bySig[sb.String()] = g
 				order = append(order, g)
 			}
@@ -463,27 +458,27 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 		}
 		return order, of
 	}
-	routeConfig := func(g *routeGroup, tlsSide bool) bool {
+	routeConfig := func(g *routeGroup, s side) bool {
 		i := g.members[0]
 		var ks []string
-		var vs []verdict
+		var vs []pv.Verdict
 		for k := range keys {
-			if needed(i, k, tlsSide) {
-				ks, vs = append(ks, keys[k]), append(vs, verdicts[i][k])
+			if needed(i, k, s) {
+				ks, vs = append(ks, keys[k]), append(vs, verdicts[i][k][s])
 			}
 		}
-		return b.webRoutes(g.name, ks, vs, p, tlsSide, b.eps[i].pol.AllowAll)
+		return b.webRoutes(g.name, ks, vs, p, s, catchAll[i][s])
 	}
-	_, httpsOf := groupRoutes(true)
+	_, httpsOf := groupRoutes(sideHTTPS)
 
 	var chains []*listener.FilterChain
 
 	// TLS chains per kept key, grouped by verdict (and, for inspected
-	// chains, by route configuration).
+	// chains, by route configuration), then one for unknown sources.
 	for k, key := range keys {
 		keep := false
 		for i := range b.eps {
-			if needed(i, k, true) {
+			if needed(i, k, sideTLS) {
 				keep = true
 				break
 			}
@@ -492,7 +487,7 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 			continue
 		}
 		type grp struct {
-			v     verdict
+			v     pv.Verdict
 			eps   []ep
 			route *routeGroup
 		}
@@ -500,15 +495,15 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 		var order []string
 		for i, e := range b.eps {
 			v := verdicts[i][k]
-			sig := v.signature(true)
+			sig := v.signature(sideTLS)
 			var rg *routeGroup
-			if v.allowedOn(true) && v.inspect && !v.bypass {
+			if v[sideTLS].Allowed && v[sideTLS].Mode == pv.ModeInspect {
 				rg = httpsOf[i]
 				sig += "|" + rg.name
 			}
 			g, ok := groups[sig]
 			if !ok {
-				g = &grp{v: v, route: rg}
+				g = &grp{v: v[sideTLS], route: rg}
 				groups[sig] = g
 				order = append(order, sig)
 			}
@@ -524,7 +519,7 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 			name := fmt.Sprintf("%s/tls/%s/g%d", l.Key, key, g.eps[0].index)
 			rname, dfp := "", false
 			if g.route != nil {
-				rname, dfp = g.route.name, routeConfig(g.route, true)
+				rname, dfp = g.route.name, routeConfig(g.route, sideHTTPS)
 			}
 			chain, err := b.tlsChain(name, key, p, g.v, rname, dfp, match, lc)
 			if err != nil {
@@ -532,36 +527,49 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 			}
 			chains = append(chains, chain)
 		}
+		chains = append(chains, b.unknownTLS(l.Key+"/tls/"+key+"/unknown", []string{key}, lc))
 	}
 
-	// Bypassed endpoints: TLS with a name no key matches goes through the
-	// SNI dynamic forward proxy.
-	var bypassed []ep
-	for _, e := range b.eps {
-		if e.pol.AllowAll {
-			bypassed = append(bypassed, e)
-		}
+	// TLS whose server name no kept key matches: each endpoint's catch-all
+	// verdict (bypassed endpoints go through the SNI dynamic forward
+	// proxy), then unknown sources.
+	type catchGroup struct {
+		v   pv.Verdict
+		eps []ep
 	}
-	if len(bypassed) > 0 {
-		v := verdict{allowed: true, reason: policy.ReasonBypass, bypass: true, tls: true, plain: true, rule: "*"}
-		chain, err := b.tlsChain(l.Key+"/tls/bypass", "*", p, v, "", false, &listener.FilterChainMatch{
+	catchGroups := map[string]*catchGroup{}
+	var catchOrder []string
+	for i, e := range b.eps {
+		sig := catchAll[i].signature(sideTLS)
+		g, ok := catchGroups[sig]
+		if !ok {
+			g = &catchGroup{v: catchAll[i][sideTLS]}
+			catchGroups[sig] = g
+			catchOrder = append(catchOrder, sig)
+		}
+		g.eps = append(g.eps, e)
+	}
+	for _, sig := range catchOrder {
+		g := catchGroups[sig]
+		chain, err := b.tlsChain(fmt.Sprintf("%s/tls/*/g%d", l.Key, g.eps[0].index), "*", p, g.v, "", false, &listener.FilterChainMatch{
 			TransportProtocol:  "tls",
-			SourcePrefixRanges: prefixes(bypassed),
+			SourcePrefixRanges: prefixes(g.eps),
 		}, lc)
 		if err != nil {
 			return nil, err
 		}
 		chains = append(chains, chain)
 	}
+	chains = append(chains, b.unknownTLS(l.Key+"/tls/*/unknown", nil, lc))
 
 	// Plain HTTP: one chain per route group, plus one for unknown sources.
-	httpGroups, _ := groupRoutes(false)
+	httpGroups, _ := groupRoutes(sidePlain)
 	for _, g := range httpGroups {
 		var eps []ep
 		for _, i := range g.members {
 			eps = append(eps, b.eps[i])
 		}
-		dfp := routeConfig(g, false)
+		dfp := routeConfig(g, sidePlain)
 		chains = append(chains, &listener.FilterChain{
 			Name: g.name,
 			FilterChainMatch: &listener.FilterChainMatch{
@@ -574,7 +582,7 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 	unknown := l.Key + "/http/unknown"
 	b.routes[unknown] = &route.RouteConfiguration{
 		Name:         unknown,
-		VirtualHosts: []*route.VirtualHost{denyVhost("unknown", []string{"*"}, denial{port: p, reason: policy.ReasonUnknownPeer})},
+		VirtualHosts: []*route.VirtualHost{denyVhost("unknown", []string{"*"}, denial{port: p, proto: policy.ProtoHTTP, reason: policy.ReasonUnknownPeer})},
 	}
 	chains = append(chains, &listener.FilterChain{
 		Name:             unknown,
@@ -591,22 +599,33 @@ func (b *builder) webListener(l model.Listener) (*listener.Listener, error) {
 			listenerFilter("envoy.filters.listener.http_inspector", httpInspector()),
 		},
 		FilterChains: chains,
-		// Anything no chain matches (unknown endpoint, TLS without an SNI
-		// any rule names, neither TLS nor HTTP) is closed and logged.
+		// Anything no chain matches (neither TLS nor HTTP) is closed and
+		// logged.
 		DefaultFilterChain: &listener.FilterChain{
 			Name:    l.Key + "/default",
-			Filters: []*listener.Filter{b.tcpProxy(l.Key+"/default", DenyCluster, lc.deny(policy.ReasonNoRule, "", "tls"))},
+			Filters: []*listener.Filter{b.tcpProxy(l.Key+"/default", DenyCluster, lc.deny(pv.ReasonSniffFailed, "", "tls"))},
 		},
 	}, nil
 }
 
+// unknownTLS is the chain of TLS from sources that are no endpoint, for the
+// server names given (nil: any).
+func (b *builder) unknownTLS(name string, serverNames []string, lc logCtx) *listener.FilterChain {
+	b.clusters[DenyCluster] = denyCluster()
+	return &listener.FilterChain{
+		Name:             name,
+		FilterChainMatch: &listener.FilterChainMatch{ServerNames: serverNames, TransportProtocol: "tls"},
+		Filters:          []*listener.Filter{b.tcpProxy(name, DenyCluster, lc.deny(policy.ReasonUnknownPeer, "", "tls"))},
+	}
+}
+
 // tlsChain builds one TLS chain for key with verdict v.
-func (b *builder) tlsChain(name, key string, p uint16, v verdict, routeName string, routeDFP bool, match *listener.FilterChainMatch, lc logCtx) (*listener.FilterChain, error) {
+func (b *builder) tlsChain(name, key string, p uint16, v pv.Verdict, routeName string, routeDFP bool, match *listener.FilterChainMatch, lc logCtx) (*listener.FilterChain, error) {
 	chain := &listener.FilterChain{Name: name, FilterChainMatch: match}
 	switch {
-	case !v.allowedOn(true):
-		chain.Filters = []*listener.Filter{b.tcpProxy(name, DenyCluster, lc.deny(v.denyReason(), v.rule, "tls"))}
-	case v.inspect && !v.bypass:
+	case !v.Allowed:
+		chain.Filters = []*listener.Filter{b.tcpProxy(name, DenyCluster, lc.deny(v.Reason, v.Pattern, "tls"))}
+	case v.Mode == pv.ModeInspect:
 		secret, err := b.leafSecret(key)
 		if err != nil {
 			return nil, err
@@ -618,11 +637,11 @@ func (b *builder) tlsChain(name, key string, p uint16, v verdict, routeName stri
 			b.clusters[DFPRawCluster] = b.dfpCluster(DFPRawCluster, false)
 			chain.Filters = []*listener.Filter{
 				b.sniDFP(p),
-				b.tcpProxy(name, DFPRawCluster, lc.allow(v.rule, "passthrough", "tls")),
+				b.tcpProxy(name, DFPRawCluster, lc.allow(v.Reason, v.Pattern, "passthrough", "tls")),
 			}
 		} else {
 			c := b.dnsCluster(key, p, false)
-			chain.Filters = []*listener.Filter{b.tcpProxy(name, c, lc.allow(v.rule, "passthrough", "tls"))}
+			chain.Filters = []*listener.Filter{b.tcpProxy(name, c, lc.allow(v.Reason, v.Pattern, "passthrough", "tls"))}
 		}
 	}
 	return chain, nil
@@ -669,19 +688,25 @@ func (b *builder) leafSecret(key string) (string, error) {
 }
 
 // webRoutes builds (once) the route configuration name for one group's
-// verdicts on the TLS (inspected) or plain side and reports whether it
-// routes through the dynamic forward proxy.
-func (b *builder) webRoutes(name string, keys []string, vs []verdict, p uint16, tlsSide, allowAll bool) bool {
+// verdicts on the inspected or plain side, with the group's catch-all
+// verdict for every other host, and reports whether it routes through the
+// dynamic forward proxy.
+func (b *builder) webRoutes(name string, keys []string, vs []pv.Verdict, p uint16, s side, catchAll pv.Verdict) bool {
 	if _, ok := b.routes[name]; ok {
 		return b.routesDFP[name]
+	}
+	tlsSide := s == sideHTTPS
+	proto := policy.ProtoHTTP
+	if tlsSide {
+		proto = policy.ProtoHTTPS
 	}
 	usesDFP := false
 	rc := &route.RouteConfiguration{Name: name}
 	for k, key := range keys {
 		v := vs[k]
 		domains := []string{key, key + ":" + strconv.Itoa(int(p))}
-		if !v.allowedOn(tlsSide) {
-			rc.VirtualHosts = append(rc.VirtualHosts, denyVhost(key, domains, denial{key: key, port: p, reason: v.denyReason(), rule: v.rule}))
+		if !v.Allowed {
+			rc.VirtualHosts = append(rc.VirtualHosts, denyVhost(key, domains, denial{key: key, port: p, proto: proto, reason: v.Reason, rule: fixRule(v), detail: v.Detail}))
 			continue
 		}
 		clusterName := ""
@@ -694,17 +719,17 @@ func (b *builder) webRoutes(name string, keys []string, vs []verdict, p uint16, 
 		rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
 			Name:    key,
 			Domains: domains,
-			Routes:  b.pathRoutes(key, p, v, clusterName),
+			Routes:  b.pathRoutes(key, p, proto, v, clusterName),
 		})
 	}
-	if allowAll {
-		v := verdict{allowed: true, reason: policy.ReasonBypass, bypass: true, rule: "*"}
+	if catchAll.Allowed { // bypass
 		rc.VirtualHosts = append(rc.VirtualHosts, &route.VirtualHost{
-			Name: "bypass", Domains: []string{"*"}, Routes: b.pathRoutes("", p, v, b.dfpClusterName(tlsSide)),
+			Name: "bypass", Domains: []string{"*"}, Routes: b.pathRoutes("", p, proto, catchAll, b.dfpClusterName(tlsSide)),
 		})
 		usesDFP = true
 	} else {
-		rc.VirtualHosts = append(rc.VirtualHosts, denyVhost("no-rule", []string{"*"}, denial{port: p, reason: policy.ReasonNoRule}))
+		rc.VirtualHosts = append(rc.VirtualHosts, denyVhost(string(catchAll.Reason), []string{"*"},
+			denial{port: p, proto: proto, reason: catchAll.Reason, detail: catchAll.Detail}))
 	}
 	b.routes[name] = rc
 	b.routesDFP[name] = usesDFP
@@ -722,15 +747,16 @@ func (b *builder) dfpClusterName(tlsSide bool) string {
 
 // pathRoutes renders an allowed verdict's path rules, in order, then the
 // path default. Denied paths answer 403.
-func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string) []*route.Route {
+func (b *builder) pathRoutes(key string, p uint16, proto policy.Proto, v pv.Verdict, clusterName string) []*route.Route {
+	rule := fixRule(v)
 	var out []*route.Route
 	allowAny := false
-	if v.entry != nil && len(v.entry.Paths) > 0 {
-		out = append(out, denyRoute("unplain", plainPathGuard(), denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule,
+	if v.Entry != nil && len(v.Entry.Paths) > 0 {
+		out = append(out, denyRoute("unplain", plainPathGuard(), denial{key: key, port: p, proto: proto, reason: policy.ReasonPath, rule: rule,
 			detail: "a path the envoy engine cannot read unambiguously (dot or empty segment, ;params, backslash, double or malformed encoding, trailing dot or space)"}))
 	}
-	if v.entry != nil {
-		for i, pr := range v.entry.Paths {
+	if v.Entry != nil {
+		for i, pr := range v.Entry.Paths {
 			action := pr.Action
 			if action == "" {
 				action = policy.Allow
@@ -740,7 +766,7 @@ func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string
 			}
 			if re, ok := strings.CutPrefix(pr.Path, "~"); ok && b.err == nil {
 				if err := checkRegex(re); err != nil {
-					b.err = fmt.Errorf("translate path rule %q of %s: %w", pr.Path, v.rule, err)
+					b.err = fmt.Errorf("translate path rule %q of %s: %w", pr.Path, v.Pattern, err)
 				}
 			}
 			methods := pr.Methods
@@ -750,7 +776,7 @@ func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string
 			for _, m := range methods {
 				name := fmt.Sprintf("path%d%s", i, methodSuffix(m))
 				if action != policy.Allow {
-					d := denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule, detail: "path rule " + pr.Path}
+					d := denial{key: key, port: p, proto: proto, reason: policy.ReasonPath, rule: rule, detail: "path rule " + pr.Path}
 					out = append(out, denyRoute(name, pathMatch(pr.Path, m, true), d))
 					if strings.HasPrefix(pr.Path, "~") {
 						// Decoded readings are out of Envoy's reach.
@@ -763,15 +789,15 @@ func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string
 				out = append(out, &route.Route{
 					Name:     name,
 					Match:    pathMatch(pr.Path, m, false),
-					Metadata: decisionMetadata(policy.Allow, policy.ReasonAllowed, v.rule),
+					Metadata: decisionMetadata(policy.Allow, policy.ReasonAllowed, v.Pattern),
 					Action:   toCluster(clusterName),
 				})
 			}
 		}
 	}
 	def := policy.Allow
-	if v.entry != nil && len(v.entry.Paths) > 0 {
-		def = v.entry.PathDefault
+	if v.Entry != nil && len(v.Entry.Paths) > 0 {
+		def = v.Entry.PathDefault
 		if def == "" {
 			def = policy.Allow
 			if allowAny {
@@ -781,16 +807,16 @@ func (b *builder) pathRoutes(key string, p uint16, v verdict, clusterName string
 	}
 	all := &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}
 	if def != policy.Allow {
-		return append(out, denyRoute("default", all, denial{key: key, port: p, reason: policy.ReasonPath, rule: v.rule, detail: "the path default (no path rule allows it)"}))
+		return append(out, denyRoute("default", all, denial{key: key, port: p, proto: proto, reason: policy.ReasonPath, rule: rule, detail: "the path default (no path rule allows it)"}))
 	}
 	reason := policy.ReasonAllowed
-	if v.bypass {
+	if v.Reason == policy.ReasonBypass {
 		reason = policy.ReasonBypass
 	}
 	return append(out, &route.Route{
 		Name:     "default",
 		Match:    all,
-		Metadata: decisionMetadata(policy.Allow, reason, v.rule),
+		Metadata: decisionMetadata(policy.Allow, reason, v.Pattern),
 		Action:   toCluster(clusterName),
 	})
 }
@@ -876,6 +902,7 @@ func toCluster(name string) *route.Route_Route {
 type denial struct {
 	key    string // virtual host key: exact name, "*.apex", or "" (catch-all)
 	port   uint16
+	proto  policy.Proto // of the requests the virtual host serves
 	reason policy.Reason
 	rule   string
 	detail string // the path rule, for path denials
@@ -884,17 +911,9 @@ type denial struct {
 // exact reports whether the key is one name (not a wildcard or catch-all).
 func (d denial) exact() bool { return d.key != "" && !strings.HasPrefix(d.key, "*") }
 
-// hint says how to allow it, like the builtin engine's hint.
+// hint says how to allow it: verdict.Fix, the builtin engine's text.
 func (d denial) hint(name string) string {
-	switch d.reason {
-	case policy.ReasonDenyRule:
-		return fmt.Sprintf("a deny rule (%s) covers %s; remove it to allow", d.rule, name)
-	case policy.ReasonUnknownPeer:
-		return "the source address is no clawker-fw endpoint"
-	case policy.ReasonPath:
-		return fmt.Sprintf("the request path is denied by %s (%s)", d.detail, d.rule)
-	}
-	return fmt.Sprintf("allow it with clawker.allow=%s as a network option (docker network create -o clawker.allow=%s) or a container label (--label clawker.allow=%s)", name, name, name)
+	return pv.Fix(pv.Denial{Dest: name, Port: d.port, Proto: d.proto, L4: policy.L4TCP, Reason: d.reason, Rule: d.rule, Detail: d.detail})
 }
 
 // header is the X-Clawker-Denied value, with Envoy command operators.
@@ -908,10 +927,10 @@ func (d denial) header() string {
 		strings.ReplaceAll(esc(d.hint("\x00")), "\x00", name)
 }
 
-// DeniedBody is the body of the proxy's own 403 for a request to key on
-// port (key "" for the catch-all, "*.apex" for a wildcard).
-func DeniedBody(key string, port uint16, reason policy.Reason, rule, detail string) string {
-	return denial{key: key, port: port, reason: reason, rule: rule, detail: detail}.body()
+// DeniedBody is the body of the proxy's own 403 for a request of proto to
+// key on port (key "" for the catch-all, "*.apex" for a wildcard).
+func DeniedBody(key string, port uint16, proto policy.Proto, reason policy.Reason, rule, detail string) string {
+	return denial{key: key, port: port, proto: proto, reason: reason, rule: rule, detail: detail}.body()
 }
 
 func (d denial) body() string {
@@ -964,22 +983,37 @@ func decisionMetadata(decision policy.Action, reason policy.Reason, rule string)
 	return &core.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: s}}
 }
 
-// dedicatedListener builds the listener of one ssh/tcp/udp rule port.
+// dedicatedListener builds the listener of one ssh/tcp/udp rule port from
+// every known endpoint's verdict (verdict.Decide) on it: one chain per
+// verdict, allowed ones to the rule's name, denied ones closed and logged
+// with their reason; sources that are no endpoint reach the default chain.
+// A udp listener routes only allowed sources (udp_proxy drops the rest) and
+// is not created when no endpoint may use it.
 func (b *builder) dedicatedListener(l model.Listener) (*listener.Listener, error) {
+	type grp struct {
+		v   pv.Verdict
+		eps []ep
+	}
+	groups := map[string]*grp{}
+	var order []string
 	var allowed []ep
 	rule := l.Dst
 	for _, e := range b.eps {
-		m := e.pol.MatchName(l.Dst, l.OrigPort, l.L4)
-		if !m.Allowed {
-			continue
-		}
-		if m.Entry != nil {
-			if proto, ok := m.Entry.ProtoFor(l.OrigPort, l.L4); !ok || proto != l.Proto {
-				continue
+		v := pv.Decide(pv.Flow{Who: e.who, Listener: pv.Dedicated, Proto: l.Proto, Name: l.Dst, Port: l.OrigPort, L4: l.L4})
+		if v.Allowed {
+			allowed = append(allowed, e)
+			if v.Entry != nil {
+				rule = v.Pattern
 			}
-			rule = m.Entry.Pattern
 		}
-		allowed = append(allowed, e)
+		sig := fmt.Sprintf("%t|%s|%s", v.Allowed, v.Reason, v.Pattern)
+		g, ok := groups[sig]
+		if !ok {
+			g = &grp{v: v}
+			groups[sig] = g
+			order = append(order, sig)
+		}
+		g.eps = append(g.eps, e)
 	}
 	lc := logCtx{listener: l.Key, port: l.OrigPort}
 	if l.Proto == policy.ProtoUDP {
@@ -988,7 +1022,7 @@ func (b *builder) dedicatedListener(l model.Listener) (*listener.Listener, error
 			// the port stays unbound, which refuses every datagram.
 			return nil, nil
 		}
-		return b.udpListener(l, allowed, b.dnsCluster(l.Dst, l.OrigPort, false), lc.allow(rule, "udp", l.Dst))
+		return b.udpListener(l, allowed, b.dnsCluster(l.Dst, l.OrigPort, false), lc.allow(policy.ReasonAllowed, rule, "udp", l.Dst))
 	}
 	b.clusters[DenyCluster] = denyCluster()
 	ln := &listener.Listener{
@@ -996,16 +1030,23 @@ func (b *builder) dedicatedListener(l model.Listener) (*listener.Listener, error
 		Address: socketAddress(b.opts.BindAddress, l.Port, core.SocketAddress_TCP),
 		DefaultFilterChain: &listener.FilterChain{
 			Name:    l.Key + "/default",
-			Filters: []*listener.Filter{b.tcpProxy(l.Key+"/default", DenyCluster, lc.deny(policy.ReasonNoRule, "", l.Dst))},
+			Filters: []*listener.Filter{b.tcpProxy(l.Key+"/default", DenyCluster, lc.deny(policy.ReasonUnknownPeer, "", l.Dst))},
 		},
 	}
-	if len(allowed) > 0 {
-		upstream := b.dnsCluster(l.Dst, l.OrigPort, false)
-		ln.FilterChains = []*listener.FilterChain{{
-			Name:             l.Key + "/allow",
-			FilterChainMatch: &listener.FilterChainMatch{SourcePrefixRanges: prefixes(allowed)},
-			Filters:          []*listener.Filter{b.tcpProxy(l.Key+"/allow", upstream, lc.allow(rule, string(l.Proto), l.Dst))},
-		}}
+	for _, sig := range order {
+		g := groups[sig]
+		name := fmt.Sprintf("%s/g%d", l.Key, g.eps[0].index)
+		var filter *listener.Filter
+		if g.v.Allowed {
+			filter = b.tcpProxy(name, b.dnsCluster(l.Dst, l.OrigPort, false), lc.allow(g.v.Reason, rule, string(l.Proto), l.Dst))
+		} else {
+			filter = b.tcpProxy(name, DenyCluster, lc.deny(g.v.Reason, g.v.Pattern, l.Dst))
+		}
+		ln.FilterChains = append(ln.FilterChains, &listener.FilterChain{
+			Name:             name,
+			FilterChainMatch: &listener.FilterChainMatch{SourcePrefixRanges: prefixes(g.eps)},
+			Filters:          []*listener.Filter{filter},
+		})
 	}
 	return ln, nil
 }

@@ -182,7 +182,15 @@ type Verdict struct {
 //  6. a request's path rules decide the method and every reading of the
 //     path as sent (policy.DecidePath); a path the proxy cannot forward
 //     byte for byte, or an opaque target, is refused where they apply.
-func Decide(f Flow) Verdict {
+func Decide(f Flow) Verdict { return decide(f, true) }
+
+// DecideHost is Decide without step 6: a request's Host decided before its
+// path rules (the verdict's Entry holds them). The Envoy translation renders
+// path rules as routes below the host's decision; a proxy deciding real
+// requests calls Decide.
+func DecideHost(f Flow) Verdict { return decide(f, false) }
+
+func decide(f Flow, paths bool) Verdict {
 	if f.L4 == 0 {
 		f.L4 = policy.L4TCP
 	}
@@ -280,6 +288,9 @@ func Decide(f Flow) Verdict {
 			return f.mismatch(m, want)
 		}
 		// 6.
+		if !paths {
+			return f.allow(m, mode)
+		}
 		if req.Opaque {
 			return f.refuse(f.denyMatch(m), ReasonBadRequest, "opaque request target")
 		}

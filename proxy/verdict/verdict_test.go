@@ -202,3 +202,19 @@ func TestInspects(t *testing.T) {
 	require.True(t, verdict.Inspects(nil, &policy.Allowed{Paths: []policy.PathRule{{Path: "/x"}}}, policy.ProtoHTTPS))
 	require.False(t, verdict.Inspects(&policy.Policy{InspectAll: true}, nil, policy.ProtoHTTPS))
 }
+
+// DecideHost is Decide before the path rules: the host's verdict, with the
+// entry whose path rules the Envoy translation renders as routes.
+func TestDecideHost(t *testing.T) {
+	snap, err := verdicttest.Snapshot()
+	require.NoError(t, err)
+	f := verdict.Flow{Who: snap.WhoIs(verdicttest.A, verdicttest.Now), Listener: verdict.Web, Content: verdict.HTTP, Port: 443,
+		Request: &verdict.Request{Host: "git.example.test", TLSName: "git.example.test", Method: "POST", Path: "/admin"}}
+	require.False(t, verdict.Decide(f).Allowed)
+	v := verdict.DecideHost(f)
+	require.True(t, v.Allowed)
+	require.Equal(t, verdict.ModeInspect, v.Mode)
+	require.NotEmpty(t, v.Entry.Paths)
+	f.Request.Host, f.Request.TLSName = "bad.npm.example.test", "bad.npm.example.test"
+	require.Equal(t, policy.ReasonDenyRule, verdict.DecideHost(f).Reason)
+}
