@@ -76,14 +76,8 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		writeAPI(w, p.rulesBody(r.Context(), id, rules))
 	})
 	mux.HandleFunc("POST /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
-		var body api.RulesRequest
-		if err := decodeAPI(r, &body); err != nil {
-			writeAPIError(w, err)
-			return
-		}
-		id, err := p.ResolveNetwork(r.Context(), r.PathValue("net"))
-		if err != nil {
-			writeAPIError(w, err)
+		id, body, ok := p.rulesRequest(w, r)
+		if !ok {
 			return
 		}
 		added, err := p.AddRules(id, body.Rules)
@@ -94,14 +88,8 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		writeAPI(w, p.rulesBody(r.Context(), id, added))
 	})
 	mux.HandleFunc("DELETE /v1/networks/{net}/rules", func(w http.ResponseWriter, r *http.Request) {
-		var body api.RulesRequest
-		if err := decodeAPI(r, &body); err != nil {
-			writeAPIError(w, err)
-			return
-		}
-		id, err := p.ResolveNetwork(r.Context(), r.PathValue("net"))
-		if err != nil {
-			writeAPIError(w, err)
+		id, body, ok := p.rulesRequest(w, r)
+		if !ok {
 			return
 		}
 		if err := p.RemoveRules(id, body.Rules); err != nil {
@@ -298,4 +286,19 @@ func writeAPIError(w http.ResponseWriter, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(APIError{Message: err.Error(), Reason: reason, Layer: layer, Domain: ErrorDomain})
+}
+
+// rulesRequest decodes a rules change and resolves its network; on failure
+// it has answered the error and ok is false.
+func (p *Plugin) rulesRequest(w http.ResponseWriter, r *http.Request) (id string, body api.RulesRequest, ok bool) {
+	if err := decodeAPI(r, &body); err != nil {
+		writeAPIError(w, err)
+		return "", body, false
+	}
+	id, err := p.ResolveNetwork(r.Context(), r.PathValue("net"))
+	if err != nil {
+		writeAPIError(w, err)
+		return "", body, false
+	}
+	return id, body, true
 }

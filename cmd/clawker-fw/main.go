@@ -164,29 +164,36 @@ func envOr(k, def string) string {
 // completeNetworks completes NETWORK arguments with the clawker-fw
 // networks' names (ids when a name is unknown).
 func (c *cli) completeNetworks(_ *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
-	if len(args) > 0 {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	st, err := c.client().status()
-	if err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveError
-	}
-	var out []cobra.Completion
-	for _, n := range st.Networks {
-		name := n.Name
-		if name == "" {
-			name = n.ID
+	return c.complete(args, toComplete, func(st api.StatusReport) (names []string) {
+		for _, n := range st.Networks {
+			name := n.Name
+			if name == "" {
+				name = n.ID
+			}
+			names = append(names, name)
 		}
-		if strings.HasPrefix(name, toComplete) {
-			out = append(out, name)
-		}
-	}
-	return out, cobra.ShellCompDirectiveNoFileComp
+		return names
+	})
 }
 
 // completeContainers completes a first CONTAINER argument with the names
 // of the containers on clawker-fw networks.
 func (c *cli) completeContainers(_ *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	return c.complete(args, toComplete, func(st api.StatusReport) (names []string) {
+		for _, n := range st.Networks {
+			for _, ep := range n.Endpoints {
+				if ep.Container != "" {
+					names = append(names, ep.Container)
+				}
+			}
+		}
+		return names
+	})
+}
+
+// complete completes a first argument with the names of the plugin's
+// status that start with toComplete.
+func (c *cli) complete(args []string, toComplete string, names func(api.StatusReport) []string) ([]cobra.Completion, cobra.ShellCompDirective) {
 	if len(args) > 0 {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
@@ -195,11 +202,9 @@ func (c *cli) completeContainers(_ *cobra.Command, args []string, toComplete str
 		return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveError
 	}
 	var out []cobra.Completion
-	for _, n := range st.Networks {
-		for _, ep := range n.Endpoints {
-			if ep.Container != "" && strings.HasPrefix(ep.Container, toComplete) {
-				out = append(out, ep.Container)
-			}
+	for _, name := range names(st) {
+		if strings.HasPrefix(name, toComplete) {
+			out = append(out, name)
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
