@@ -196,7 +196,8 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 	q.name = strings.ToLower(strings.TrimSuffix(r.Question[0].Name, "."))
 	q.qtype = r.Question[0].Qtype
 
-	st, ep, pol, err := c.endpoint(ctx, q.src)
+	st, who, err := c.endpoint(ctx, q.src)
+	ep, pol := who.Endpoint, who.Policy
 	q.ep = ep
 	switch {
 	case errors.Is(err, errUnknownEndpoint):
@@ -247,11 +248,11 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 	// 4. Policy.
 	m := pol.MatchName(q.name, 0, 0)
 	if !m.Allowed {
-		if ep.LabelError != "" {
+		if who.State == policy.ReasonBadLabel {
 			// The container's labels did not parse: it has no egress at
 			// all, and the denial names the label.
 			deniedCounter(policy.ReasonBadLabel).Inc()
-			c.Log.Warning(string(q.line("deny", string(policy.ReasonBadLabel), mdns.RcodeNameError)) + " label_error=" + strconv.Quote(ep.LabelError))
+			c.Log.Warning(string(q.line("deny", string(policy.ReasonBadLabel), mdns.RcodeNameError)) + " label_error=" + strconv.Quote(who.Detail))
 			return c.write(w, r, mdns.RcodeNameError, nil)
 		}
 		c.deny(q, m.Reason, mdns.RcodeNameError)
@@ -316,36 +317,28 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 	return reply.Rcode, nil
 }
 
-// endpoint finds the asking endpoint and its effective policy, waiting
-// (bounded) while it is pending or no snapshot is loaded yet.
-func (c *Clawker) endpoint(ctx context.Context, src netip.Addr) (*storeState, *policy.Endpoint, *policy.Policy, error) {
-	var timer *time.Timer
-	for {
-		st := c.Store.view()
-		var ep *policy.Endpoint
-		if st.snap != nil {
-			var ok bool
-			ep, ok = st.snap.EndpointByIP(src)
-			if !ok {
-				return st, nil, nil, errUnknownEndpoint
-			}
-			if pol := ep.Effective(c.Now()); pol != nil {
-				return st, ep, pol, nil
-			}
-		}
-		if timer == nil {
-			pendingWaits.Inc()
-			timer = time.NewTimer(c.PendingTimeout)
-			defer timer.Stop()
-		}
-		select {
-		case <-st.changed:
-		case <-timer.C:
-			return st, ep, nil, errPendingTimeout
-		case <-ctx.Done():
-			return st, ep, nil, ctx.Err()
-		}
+// endpoint answers who is asking (the endpoint, its effective policy, why),
+// waiting (bounded) while it is pending or no snapshot is loaded yet:
+// policy.Await, the one answer the proxy engines use too.
+func (c *Clawker) endpoint(ctx context.Context, src netip.Addr) (*storeState, policy.Who, error) {
+	var st *storeState
+	view := func() (*policy.Snapshot, <-chan struct{}) {
+		st = c.Store.view()
+		return st.snap, st.changed
 	}
+	who, waited := policy.Await(ctx, c.PendingTimeout, c.Now, src, view)
+	if waited {
+		pendingWaits.Inc()
+	}
+	switch {
+	case who.State == policy.ReasonUnknownPeer:
+		return st, who, errUnknownEndpoint
+	case who.Pending() && ctx.Err() != nil:
+		return st, who, ctx.Err()
+	case who.Pending():
+		return st, who, errPendingTimeout
+	}
+	return st, who, nil
 }
 
 // exchange gets the upstream answer: from the network's own upstreams, the

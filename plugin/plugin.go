@@ -420,10 +420,10 @@ func (p *Plugin) logFailures(m *model.Model) {
 func (p *Plugin) enrollment(n *Network, ep *Endpoint) Enrollment {
 	e := Enrollment{Index: ep.Index, IP: ep.IP, Gateway: n.Gateway, Subnet: n.Subnet, ICC: n.Config.Settings.ICC}
 	now := p.cfg.Now()
-	switch {
-	case ep.BypassUntil.After(now):
+	switch policy.State(ep.BypassUntil, ep.LabelError, !ep.Identified(), now) {
+	case policy.ReasonBypass:
 		e.PassUntil = ep.BypassUntil
-	case !ep.Identified():
+	case policy.ReasonPending:
 		e.PassUntil = now.Add(p.cfg.PendingPass)
 	}
 	return e

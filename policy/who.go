@@ -34,16 +34,42 @@ type Who struct {
 	Detail string
 }
 
+// State is the order of Who's steps 2 to 4 on an endpoint's facts:
+// ReasonBypass while bypassed (bypassUntil after now), then ReasonBadLabel
+// with a label error, then ReasonPending while the container is unknown,
+// else "". The plugin's hook enrollment applies it to its own state, which
+// it enrolls before a snapshot holds the endpoint.
+func State(bypassUntil time.Time, labelError string, pending bool, now time.Time) Reason {
+	switch {
+	case bypassUntil.After(now):
+		return ReasonBypass
+	case labelError != "":
+		return ReasonBadLabel
+	case pending:
+		return ReasonPending
+	}
+	return ""
+}
+
 // Who answers for ep at time now (steps 2 to 5 of the type's order).
 func (ep *Endpoint) Who(now time.Time) Who {
-	switch {
-	case ep == nil:
+	if ep == nil {
 		return Who{State: ReasonUnknownPeer}
-	case ep.BypassUntil.After(now):
+	}
+	if State(ep.BypassUntil, "", false, now) == ReasonBypass {
 		return Who{Endpoint: ep, Policy: &Policy{AllowAll: true}, State: ReasonBypass}
-	case ep.LabelError != "":
+	}
+	return ep.Own()
+}
+
+// Own answers for ep by its own rules, a bypass aside (steps 3 to 5): the
+// listener model builds its routes from it, so they are in place when a
+// bypass ends.
+func (ep *Endpoint) Own() Who {
+	switch State(time.Time{}, ep.LabelError, ep.Pending || ep.Policy == nil, time.Time{}) {
+	case ReasonBadLabel:
 		return Who{Endpoint: ep, Policy: &Policy{}, State: ReasonBadLabel, Detail: ep.LabelError}
-	case ep.Pending || ep.Policy == nil:
+	case ReasonPending:
 		return Who{Endpoint: ep, State: ReasonPending}
 	}
 	return Who{Endpoint: ep, Policy: ep.Policy}

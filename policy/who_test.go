@@ -51,6 +51,16 @@ func TestWho(t *testing.T) {
 			}
 		})
 	}
+	// Own is the endpoint by its own rules: a bypass aside.
+	own := snap.Endpoints[4].Own()
+	require.Equal(t, ReasonBadLabel, own.State)
+	require.Empty(t, snap.Endpoints[1].Own().State)
+	require.Same(t, pol, snap.Endpoints[1].Own().Policy)
+	require.Equal(t, ReasonBypass, State(now.Add(time.Second), "x", true, now), "a bypass wins")
+	require.Equal(t, ReasonBadLabel, State(now, "x", true, now))
+	require.Equal(t, ReasonPending, State(time.Time{}, "", true, now))
+	require.Equal(t, Reason(""), State(now.Add(-time.Second), "", false, now))
+
 	var none *Snapshot
 	require.True(t, none.WhoIs(ip("10.0.0.2"), now).Pending(), "no snapshot yet: pending, not unknown")
 }

@@ -266,8 +266,8 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 	netBudget := map[string]map[string]bool{}
 	for _, idx := range indexes {
 		ep := snap.Endpoints[idx]
-		if ep.Pending || ep.LabelError != "" || ep.Policy == nil {
-			continue
+		if ep.Own().State != "" {
+			continue // pending or bad labels: no routes (a bypass keeps them for when it ends)
 		}
 		if netBudget[ep.NetworkID] == nil {
 			netBudget[ep.NetworkID] = map[string]bool{}
