@@ -258,6 +258,39 @@ func TestAdminNamesAndDenials(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, get("/v1/denials?since=yesterday", &ae))
 	require.Equal(t, ReasonInvalidRequest, ae.Reason)
 
+	// Following keeps the filter: only the container's new denials come.
+	fctx, stop := context.WithCancel(context.Background())
+	req, _ = http.NewRequestWithContext(fctx, http.MethodGet,
+		srv.URL+"/v1/denials?follow=1&container=agent&since="+url.QueryEscape(t0.Add(time.Second).UTC().Format(time.RFC3339Nano)), nil)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer stop() // ends the follow before the server closes
+	lines := make(chan string, 4)
+	go func() {
+		defer resp.Body.Close()
+		dec := json.NewDecoder(resp.Body)
+		for {
+			var d api.Denial
+			if dec.Decode(&d) != nil {
+				close(lines)
+				return
+			}
+			lines <- d.Destination
+		}
+	}()
+	require.Eventually(t, func() bool {
+		r.p.Denials.Add(Denial{Time: time.Now().Add(2 * time.Second), Source: "bpf", Index: 999, Destination: "10.9.9.9", Reason: "no rule"})
+		r.p.Denials.Add(Denial{Time: time.Now().Add(2 * time.Second), Source: "dns", Index: idx, Destination: "new.example.test", Reason: "no-rule"})
+		select {
+		case got, ok := <-lines:
+			require.True(t, ok, "the follow ended")
+			require.Equal(t, "new.example.test", got, "neither old nor other containers' denials")
+			return true
+		case <-time.After(50 * time.Millisecond):
+			return false
+		}
+	}, 5*time.Second, 10*time.Millisecond)
+
 	// Bypass takes a container as Docker names it (an id prefix here).
 	req, _ = http.NewRequest(http.MethodPost, srv.URL+"/v1/bypass", strings.NewReader(`{"container":"`+cid(1)[:6]+`","for":"1s"}`))
 	resp, err = http.DefaultClient.Do(req)
