@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -169,7 +170,7 @@ func (p *Process) pipe(r io.Reader) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		if p.spec.Keep == nil || p.spec.Keep(sc.Text()) {
-			p.log.Info(sc.Text())
+			p.log.Log(LineLevel(sc.Text()), sc.Text())
 		}
 		if p.spec.OnLine != nil {
 			p.spec.OnLine(sc.Text())
@@ -206,4 +207,43 @@ func (p *Process) healthLoop(ctx context.Context) {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// LineLevel is the level a sidecar's output line states: CoreDNS writes
+// "[INFO] ...", "[WARNING] ...", "[ERROR] ..." (and "[FATAL]"), Envoy
+// "[date][thread][info][logger] ..." ("warning", "error", "critical"), a Go
+// panic starts with "panic: " or "fatal error: ". A line that states none
+// is info. The sidecar's line is logged at that level, so it lands on the
+// plugin's stdout or stderr (and in dockerd's log at info or error) as its
+// level says, and CLAWKER_LOG_LEVEL filters it like the plugin's own.
+func LineLevel(line string) logrus.Level {
+	if strings.HasPrefix(line, "panic: ") || strings.HasPrefix(line, "fatal error: ") {
+		return logrus.ErrorLevel
+	}
+	// The level is one of the first few bracketed tokens.
+	rest := line
+	for range 4 {
+		open := strings.IndexByte(rest, '[')
+		if open < 0 || open > 40 {
+			break
+		}
+		end := strings.IndexByte(rest[open:], ']')
+		if end < 0 {
+			break
+		}
+		switch strings.ToLower(rest[open+1 : open+end]) {
+		case "trace", "debug":
+			return logrus.DebugLevel
+		case "info":
+			return logrus.InfoLevel
+		case "warning", "warn":
+			return logrus.WarnLevel
+		case "error", "err":
+			return logrus.ErrorLevel
+		case "fatal", "critical", "crit":
+			return logrus.ErrorLevel
+		}
+		rest = rest[open+end+1:]
+	}
+	return logrus.InfoLevel
 }

@@ -69,3 +69,39 @@ func TestStopTerminates(t *testing.T) {
 	require.Less(t, time.Since(start), 2*time.Second)
 	require.Error(t, syscall.Kill(pid, 0), "process is gone after Stop")
 }
+
+func TestLineLevel(t *testing.T) {
+	for line, want := range map[string]logrus.Level{
+		"[INFO] plugin/reload: Running configuration SHA512 = 1":                                  logrus.InfoLevel,
+		"[WARNING] plugin/clawker: snapshot unreadable":                                           logrus.WarnLevel,
+		"[ERROR] plugin/errors: 2 example.test. A: read udp: i/o timeout":                         logrus.ErrorLevel,
+		"[FATAL] plugin/loop: Loop detected":                                                      logrus.ErrorLevel,
+		"[DEBUG] plugin/clawker: x":                                                               logrus.DebugLevel,
+		"[2026-12-06 23:10:00.000][7][info][main] [source/server/server.cc:1] starting":           logrus.InfoLevel,
+		"[2026-12-06 23:10:00.000][7][warning][config] [source/x.cc:2] gRPC config stream closed": logrus.WarnLevel,
+		"[2026-12-06 23:10:00.000][7][critical][main] [source/x.cc:3] error initializing":         logrus.ErrorLevel,
+		"panic: runtime error: invalid memory address":                                            logrus.ErrorLevel,
+		".:15053":        logrus.InfoLevel,
+		"CoreDNS-1.15.0": logrus.InfoLevel,
+		"a plain line that mentions, after forty bytes, [error] in passing": logrus.InfoLevel,
+	} {
+		require.Equal(t, want, LineLevel(line), line)
+	}
+}
+
+func TestSidecarLinesKeepTheirLevel(t *testing.T) {
+	logger, hook := test.NewNullLogger()
+	logger.SetLevel(logrus.WarnLevel) // CLAWKER_LOG_LEVEL=warn: info lines go, warnings stay
+	p := Start(Spec{Name: "levels", Path: "/bin/sh", Args: []string{"-c",
+		"echo '[INFO] plugin/x: fine'; echo '[WARNING] plugin/x: careful'; echo '[ERROR] plugin/x: broken'; exec sleep 30"},
+		MinBackoff: time.Second}, logrus.NewEntry(logger))
+	defer p.Stop(time.Second)
+	got := map[string]logrus.Level{}
+	require.Eventually(t, func() bool {
+		for _, e := range hook.AllEntries() {
+			got[e.Message] = e.Level
+		}
+		return len(got) >= 2
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, map[string]logrus.Level{"[WARNING] plugin/x: careful": logrus.WarnLevel, "[ERROR] plugin/x: broken": logrus.ErrorLevel}, got)
+}
