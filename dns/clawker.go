@@ -6,6 +6,7 @@ package dns
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 	"github.com/coredns/coredns/request"
 	mdns "github.com/miekg/dns"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
@@ -56,7 +58,10 @@ type Clawker struct {
 	PendingTimeout       time.Duration
 
 	Log Logger
-	Now func() time.Time
+	// Decisions, when set, takes every decision (the events socket to the
+	// plugin); when nil, decisions are logged as lines.
+	Decisions func(decisionlog.Record)
+	Now       func() time.Time
 
 	ex *exchanger
 }
@@ -103,68 +108,63 @@ type query struct {
 	start time.Time
 }
 
-// line builds one decision line without fmt: it is written for every query.
-func (q *query) line(decision string, reason string, rcode int) []byte {
-	b := make([]byte, 0, 192)
-	b = append(b, "CLAWKER-DNS-DECISION decision="...)
-	b = append(b, decision...)
-	b = key(b, fSource)
-	b = q.src.AppendTo(b)
-	b = key(b, fEndpoint)
-	container := "-"
-	if q.ep != nil {
-		b = strconv.AppendUint(b, uint64(q.ep.Index), 10)
-		if q.ep.ContainerName != "" {
-			container = q.ep.ContainerName
-		}
-	} else {
-		b = append(b, '-')
+// record is the query's decision (the plugin fills in the network name and
+// the fix from its own snapshot).
+func (q *query) record(verdict, reason string, rcode int) decisionlog.Record {
+	r := decisionlog.Record{Time: q.start, Source: decisionlog.SourceDNS, Verdict: verdict, Reason: reason,
+		DestName: q.name, Protocol: "dns", Rcode: mdns.RcodeToString[rcode]}
+	if q.src.IsValid() {
+		r.SrcAddr = q.src.String()
 	}
-	b = key(b, fContainer)
-	b = append(b, container...)
-	b = key(b, fName)
-	b = strconv.AppendQuote(b, q.name)
-	b = key(b, fType)
 	if t, ok := mdns.TypeToString[q.qtype]; ok {
-		b = append(b, t...)
+		r.QueryType = t
 	} else {
-		b = append(b, "TYPE"...)
-		b = strconv.AppendUint(b, uint64(q.qtype), 10)
+		r.QueryType = "TYPE" + strconv.FormatUint(uint64(q.qtype), 10)
 	}
-	b = key(b, fReason)
-	b = append(b, reason...)
-	b = key(b, fRcode)
-	b = append(b, mdns.RcodeToString[rcode]...)
-	return b
+	if q.ep != nil {
+		r.Endpoint, r.Container = q.ep.Index, q.ep.ContainerName
+	}
+	return r
 }
 
-func (c *Clawker) deny(q *query, reason policy.Reason, rcode int) {
+// emit hands a decision to Decisions, or logs it as a decision line
+// (CLAWKER-DECISION and the record's JSON) when nothing takes records.
+func (c *Clawker) emit(r decisionlog.Record) {
+	if c.Decisions != nil {
+		c.Decisions(r)
+		return
+	}
+	b, _ := json.Marshal(&r)
+	line := decisionlog.Message + " " + string(b)
+	switch r.Verdict {
+	case decisionlog.Allow:
+		c.Log.Info(line)
+	case decisionlog.Deny:
+		c.Log.Warning(line)
+	default:
+		c.Log.Error(line)
+	}
+}
+
+func (c *Clawker) deny(q *query, reason policy.Reason, rcode int, rule, detail string) {
 	deniedCounter(reason).Inc()
-	c.Log.Warning(string(q.line("deny", string(reason), rcode)))
+	r := q.record(decisionlog.Deny, string(reason), rcode)
+	r.Rule, r.Detail = rule, detail
+	c.emit(r)
 }
 
 func (c *Clawker) allow(q *query, reason string, id policy.Identity, answers int, upstream string) {
 	allowedCount.Inc()
-	b := q.line("allow", reason, mdns.RcodeSuccess)
-	b = key(b, fIdentity)
-	b = strconv.AppendUint(b, uint64(id), 10)
-	b = key(b, fAnswers)
-	b = strconv.AppendInt(b, int64(answers), 10)
-	b = key(b, fUpstream)
-	b = append(b, upstream...)
-	c.Log.Info(string(b))
-}
-
-// key appends " k=" to a decision line.
-func key(b []byte, k string) []byte {
-	b = append(b, ' ')
-	b = append(b, k...)
-	return append(b, '=')
+	r := q.record(decisionlog.Allow, reason, mdns.RcodeSuccess)
+	r.Identity, r.Answers, r.Upstream = uint32(id), answers, upstream
+	c.emit(r)
 }
 
 func (c *Clawker) fail(q *query, cause string, err error) {
 	errorCount.WithLabelValues(cause).Inc()
-	c.Log.Error(string(q.line("error", cause, mdns.RcodeServerFailure)) + ": " + err.Error())
+	r := q.record(decisionlog.Error, cause, mdns.RcodeServerFailure)
+	r.Detail = err.Error()
+	c.emit(r)
 }
 
 // ServeDNS implements plugin.Handler.
@@ -201,7 +201,7 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 	q.ep = ep
 	switch {
 	case errors.Is(err, errUnknownEndpoint):
-		c.deny(q, policy.ReasonUnknownPeer, mdns.RcodeRefused)
+		c.deny(q, policy.ReasonUnknownPeer, mdns.RcodeRefused, "", "")
 		return mdns.RcodeRefused, nil
 	case errors.Is(err, errPendingTimeout):
 		c.fail(q, "pending-timeout", fmt.Errorf("no policy after %s", c.PendingTimeout))
@@ -212,14 +212,14 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 	}
 
 	if r.Question[0].Qclass != mdns.ClassINET {
-		c.deny(q, "class", mdns.RcodeNameError)
+		c.deny(q, "class", mdns.RcodeNameError, "", "")
 		return c.write(w, r, mdns.RcodeNameError, nil)
 	}
 
 	// 2. Names the rules cannot see.
 	if !ruleName(r.Question[0].Name) {
-		c.deny(q, ReasonBadName, mdns.RcodeNameError)
-		return c.write(w, r, mdns.RcodeNameError, nil)
+		c.deny(q, ReasonBadName, mdns.RcodeNameError, "", "")
+		return c.writeDenied(w, r, badNameText)
 	}
 
 	// 3. Local names of the endpoint's own network.
@@ -251,12 +251,15 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 		if who.State == policy.ReasonBadLabel {
 			// The container's labels did not parse: it has no egress at
 			// all, and the denial names the label.
-			deniedCounter(policy.ReasonBadLabel).Inc()
-			c.Log.Warning(string(q.line("deny", string(policy.ReasonBadLabel), mdns.RcodeNameError)) + " label_error=" + strconv.Quote(who.Detail))
-			return c.write(w, r, mdns.RcodeNameError, nil)
+			c.deny(q, policy.ReasonBadLabel, mdns.RcodeNameError, "", who.Detail)
+			return c.writeDenied(w, r, "clawker-fw: this container has no egress: its clawker labels are invalid ("+who.Detail+"); fix the label")
 		}
-		c.deny(q, m.Reason, mdns.RcodeNameError)
-		return c.write(w, r, mdns.RcodeNameError, nil)
+		rule := ""
+		if m.Deny != nil {
+			rule = string(m.Deny.Rule.Source.Kind) + " " + m.Deny.Rule.Source.Key + "=" + m.Deny.Rule.Source.Item
+		}
+		c.deny(q, m.Reason, mdns.RcodeNameError, rule, "")
+		return c.writeDenied(w, r, deniedText(q.name, rule))
 	}
 	var id policy.Identity
 	if m.Entry != nil {
@@ -518,7 +521,8 @@ func (c *Clawker) learn(q *query, addr netip.Addr, id policy.Identity, ttl time.
 	evicted, err := c.Learner.Learn(q.ep.Index, addr, id, ttl)
 	if evicted > 0 {
 		learnedEvicted.Add(float64(evicted))
-		c.Log.Warning(string(q.line("learned-quota-full", "evicted-oldest", mdns.RcodeSuccess)) + " evicted=" + strconv.Itoa(evicted))
+		c.Log.Warningf("learned map of endpoint %d full: evicted its %d oldest addresses to learn %s for %q (connections to them are denied until resolved again)",
+			q.ep.Index, evicted, addr, q.name)
 	}
 	if err != nil {
 		return err

@@ -232,7 +232,7 @@ func TestPendingEndpoint(t *testing.T) {
 		require.Nil(t, m)
 		require.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
 		require.Empty(t, f.up.Queries())
-		require.True(t, hasLine(f.log.Lines(), "ERROR", "pending-timeout", "endpoint=3"), "%v", f.log.Lines())
+		require.True(t, hasLine(f.log.Lines(), "ERROR", `"reason":"pending-timeout"`, `"endpoint":3`), "%v", f.log.Lines())
 	})
 	t.Run("no snapshot yet waits too", func(t *testing.T) {
 		f := newFixture(t)
@@ -267,7 +267,7 @@ func TestLabelErrorDeniesEverything(t *testing.T) {
 	rcode, _, _ := f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
 	require.Equal(t, mdns.RcodeNameError, rcode)
 	require.Empty(t, f.up.Queries())
-	require.True(t, hasLine(f.log.Lines(), "WARNING", "reason=bad-label", `label_error="clawker.allow: bad"`), "%v", f.log.Lines())
+	require.True(t, hasLine(f.log.Lines(), "WARNING", `"reason":"bad-label"`, `"detail":"clawker.allow: bad"`), "%v", f.log.Lines())
 	// Container names of its network still resolve.
 	rcode, m, _ := f.ask(t, ep1IP, "db", mdns.TypeA)
 	require.Equal(t, mdns.RcodeSuccess, rcode)
@@ -296,9 +296,9 @@ func TestDecisionLogLines(t *testing.T) {
 	f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
 	f.ask(t, noIP, "api.example.test", mdns.TypeA)
 	lines := f.log.Lines()
-	require.True(t, hasLine(lines, "WARNING", "decision=deny", "endpoint=1", "container=/web", `name="evil.example.test"`, "type=A", "reason=no-rule", "rcode=NXDOMAIN"), "%v", lines)
-	require.True(t, hasLine(lines, "INFO", "decision=allow", "endpoint=1", `name="api.example.test"`, "identity=10", "answers=1"), "%v", lines)
-	require.True(t, hasLine(lines, "WARNING", "decision=deny", "src=127.0.0.99", "reason=unknown-endpoint", "rcode=REFUSED"), "%v", lines)
+	require.True(t, hasLine(lines, "WARNING", "CLAWKER-DECISION {", `"source":"dns"`, `"verdict":"deny"`, `"endpoint":1`, `"container":"/web"`, `"dest_name":"evil.example.test"`, `"query_type":"A"`, `"reason":"no-rule"`, `"rcode":"NXDOMAIN"`, `"protocol":"dns"`), "%v", lines)
+	require.True(t, hasLine(lines, "INFO", `"verdict":"allow"`, `"endpoint":1`, `"dest_name":"api.example.test"`, `"identity":10`, `"answers":1`), "%v", lines)
+	require.True(t, hasLine(lines, "WARNING", `"verdict":"deny"`, `"src_addr":"127.0.0.99"`, `"reason":"unknown-endpoint"`, `"rcode":"REFUSED"`), "%v", lines)
 }
 
 func TestTCPClient(t *testing.T) {
@@ -383,7 +383,7 @@ func TestUpstreamFailover(t *testing.T) {
 	f.h.Upstreams = []string{deadAddr}
 	rcode, _, _ = f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
 	require.Equal(t, mdns.RcodeServerFailure, rcode)
-	require.True(t, hasLine(f.log.Lines(), "ERROR", "reason=upstream"), "%v", f.log.Lines())
+	require.True(t, hasLine(f.log.Lines(), "ERROR", `"reason":"upstream"`), "%v", f.log.Lines())
 }
 
 // TestHTTPSParamsStripped: an upstream answering HTTPS records with ech (and
@@ -482,7 +482,7 @@ func TestNameAlphabet(t *testing.T) {
 			require.Empty(t, w.Msg.Answer)
 			require.Empty(t, f.up.Queries(), "never forwarded")
 			require.Empty(t, f.learner.Calls())
-			require.True(t, hasLine(f.log.Lines(), "WARNING", "decision=deny", "reason=bad-name", "rcode=NXDOMAIN"), "%v", f.log.Lines())
+			require.True(t, hasLine(f.log.Lines(), "WARNING", `"verdict":"deny"`, `"reason":"bad-name"`, `"rcode":"NXDOMAIN"`), "%v", f.log.Lines())
 		})
 	}
 	// Names that never come off the wire but may reach the handler.
@@ -528,7 +528,7 @@ func TestQuotaEvictionLogged(t *testing.T) {
 	rcode, m, _ := f.ask(t, ep1IP, "api.example.test", mdns.TypeA)
 	require.Equal(t, mdns.RcodeSuccess, rcode)
 	require.Equal(t, []string{"192.0.2.1"}, addrs(m))
-	require.True(t, hasLine(f.log.Lines(), "WARNING", "decision=learned-quota-full", "endpoint=1", "evicted=256"), "%v", f.log.Lines())
+	require.True(t, hasLine(f.log.Lines(), "WARNING", "learned map of endpoint 1 full: evicted its 256 oldest"), "%v", f.log.Lines())
 }
 
 // TestAuthorityHTTPSDropped: HTTPS/SVCB (and A) records an upstream puts in

@@ -296,7 +296,8 @@ func TestComponentRealCoreDNS(t *testing.T) {
 	require.Contains(t, string(body), "coredns_clawker_pending_waits_total 1")
 
 	// One deny line per denied query.
-	require.Contains(t, sc.out.String(), `decision=deny src=127.0.0.2 endpoint=1 container=/web name="evil.example.test" type=A reason=no-rule`)
+	require.Contains(t, sc.out.String(), `CLAWKER-DECISION {"time":`)
+	require.Contains(t, sc.out.String(), `"source":"dns","verdict":"deny","reason":"no-rule","endpoint":1,"container":"/web","src_addr":"127.0.0.2","dest_name":"evil.example.test","protocol":"dns","query_type":"A","rcode":"NXDOMAIN"}`)
 }
 
 // TestBinaryPlugins checks what the custom binary carries: the plugins the

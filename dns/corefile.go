@@ -44,6 +44,9 @@ type CorefileConfig struct {
 	// ReloadInterval makes CoreDNS re-read the Corefile when it changes;
 	// zero omits the reload plugin.
 	ReloadInterval time.Duration
+	// EventsPath is the plugin's events socket (decisions as records);
+	// empty: decisions are logged as lines.
+	EventsPath string
 	// QueryLog adds CoreDNS's `log` plugin (one line per query, besides the
 	// plugin's own decision line).
 	QueryLog bool
@@ -102,6 +105,9 @@ func Corefile(cfg CorefileConfig) string {
 	dur("ttl_floor", cfg.TTLFloor, DefaultTTLFloor)
 	dur("ttl_ceiling", cfg.TTLCeiling, DefaultTTLCeiling)
 	dur("pending_timeout", cfg.PendingTimeout, DefaultPendingTimeout)
+	if cfg.EventsPath != "" {
+		fmt.Fprintf(&b, "        events %s\n", cfg.EventsPath)
+	}
 	fmt.Fprintf(&b, "        status %s\n", or(cfg.StatusAddr, DefaultStatusAddr))
 	fmt.Fprintf(&b, "    }\n")
 	fmt.Fprintf(&b, "}\n")

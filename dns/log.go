@@ -15,17 +15,3 @@ type Logger interface {
 }
 
 var log Logger = clog.NewWithPlugin(pluginName)
-
-// Field names of the decision lines (key=value, one line per query).
-const (
-	fEndpoint  = "endpoint"
-	fContainer = "container"
-	fName      = "name"
-	fType      = "type"
-	fReason    = "reason"
-	fRcode     = "rcode"
-	fIdentity  = "identity"
-	fAnswers   = "answers"
-	fUpstream  = "upstream"
-	fSource    = "src"
-)

@@ -1,6 +1,9 @@
 package dns
 
 import (
+	"sync/atomic"
+
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 
 	"github.com/coredns/coredns/plugin"
@@ -65,6 +68,28 @@ var (
 		Help:      "Unexpired learned addresses evicted because their endpoint's quota was full (the endpoint's own oldest).",
 	})
 )
+
+// eventsDropped counts the decisions the events socket could not take
+// (the plugin slow or restarting).
+var eventsDropped = &droppedEvents{}
+
+type droppedEvents struct {
+	sink atomic.Pointer[decisionlog.Sink]
+}
+
+func (d *droppedEvents) set(s *decisionlog.Sink) { d.sink.Store(s) }
+
+var _ = promauto.NewCounterFunc(prometheus.CounterOpts{
+	Namespace: plugin.Namespace,
+	Subsystem: "clawker",
+	Name:      "events_dropped_total",
+	Help:      "Decisions not delivered to the plugin's events socket (queue full or socket absent).",
+}, func() float64 {
+	if s := eventsDropped.sink.Load(); s != nil {
+		return float64(s.Dropped())
+	}
+	return 0
+})
 
 // deniedCounters caches the counters of the reasons the plugin gives, so the
 // hot path skips the label hash.

@@ -14,8 +14,13 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 )
+
+// eventsQueue is how many decisions wait for the events socket before new
+// ones are dropped (and counted).
+const eventsQueue = 4096
 
 func init() { plugin.Register(pluginName, setup) }
 
@@ -30,6 +35,9 @@ type Config struct {
 	PendingTimeout time.Duration
 	Poll           time.Duration
 	StatusAddr     string
+	// EventsPath is the plugin's events socket: decisions go there as
+	// records instead of log lines.
+	EventsPath string
 }
 
 func setup(c *caddy.Controller) error {
@@ -58,6 +66,12 @@ func setup(c *caddy.Controller) error {
 	}
 	h.TTLFloor, h.TTLCeiling, h.PendingTimeout = cfg.TTLFloor, cfg.TTLCeiling, cfg.PendingTimeout
 	w := NewWatcher(cfg.SnapshotPath, cfg.Poll, store, log)
+	var sink *decisionlog.Sink
+	if cfg.EventsPath != "" {
+		sink = decisionlog.NewSink(cfg.EventsPath, eventsQueue)
+		h.Decisions = func(r decisionlog.Record) { sink.Send(r) }
+		eventsDropped.set(sink)
+	}
 
 	c.OnStartup(func() error {
 		w.Start()
@@ -69,6 +83,9 @@ func setup(c *caddy.Controller) error {
 	c.OnShutdown(func() error {
 		w.Stop()
 		h.Close()
+		if sink != nil {
+			sink.Close()
+		}
 		return mapLearner.Close()
 	})
 	c.OnFinalShutdown(func() error {
@@ -150,6 +167,12 @@ func parse(c *caddy.Controller) (*Config, error) {
 				case "poll":
 					cfg.Poll = d
 				}
+			case "events":
+				v, err := oneArg(c)
+				if err != nil {
+					return nil, err
+				}
+				cfg.EventsPath = v
 			case "status":
 				v, err := oneArg(c)
 				if err != nil {

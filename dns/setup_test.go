@@ -32,9 +32,11 @@ func TestParse(t *testing.T) {
     pending_timeout 500ms
     poll 50ms
     status 127.0.0.1:15056
+    events /state/dns-events.sock
 }`, want: &Config{SnapshotPath: "/state/snapshot.json", PinDir: "/sys/fs/bpf/clawker-fw",
 			Upstreams: []string{"127.0.0.1:5300", "127.0.0.2:53"}, TTLFloor: time.Minute, TTLCeiling: 2 * time.Hour,
-			PendingTimeout: 500 * time.Millisecond, Poll: 50 * time.Millisecond, StatusAddr: "127.0.0.1:15056"}},
+			PendingTimeout: 500 * time.Millisecond, Poll: 50 * time.Millisecond, StatusAddr: "127.0.0.1:15056",
+			EventsPath: "/state/dns-events.sock"}},
 		{name: "upstream next", input: "clawker {\n snapshot /s\n upstream next\n}",
 			want: &Config{SnapshotPath: "/s", UseNext: true, TTLFloor: DefaultTTLFloor, TTLCeiling: DefaultTTLCeiling,
 				PendingTimeout: DefaultPendingTimeout, Poll: 100 * time.Millisecond}},
@@ -71,7 +73,8 @@ func TestCorefileGolden(t *testing.T) {
 		name string
 		cfg  CorefileConfig
 	}{
-		{name: "defaults", cfg: CorefileConfig{SnapshotPath: "/run/clawker-fw/snapshot.json", PinDir: "/sys/fs/bpf/clawker-fw"}},
+		{name: "defaults", cfg: CorefileConfig{SnapshotPath: "/run/clawker-fw/snapshot.json", PinDir: "/sys/fs/bpf/clawker-fw",
+			EventsPath: "/run/clawker-fw/dns-events.sock"}},
 		{name: "custom", cfg: CorefileConfig{
 			Bind: []string{"127.0.0.1"}, Port: 5353, SnapshotPath: "/tmp/s.json",
 			Upstreams: []string{"127.0.0.1:5300", "192.0.2.53"}, TTLFloor: time.Minute, TTLCeiling: 30 * time.Minute,
