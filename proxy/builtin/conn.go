@@ -11,8 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 	"github.com/clawker-fw/clawker-fw/proxy/verdict"
@@ -351,62 +350,76 @@ func (e *Engine) emit(d Decision) {
 	}
 }
 
-// finish writes the flow's canonical log line.
+// finish closes the flow and reports it as one decision record (bytes,
+// duration, requests): to Config.Record, or else as a decision line.
 func (f *flow) finish() {
 	_ = f.conn.Close()
 	up, down := f.up.Load(), f.down.Load()
 	f.e.metrics.bytes.WithLabelValues("up").Add(float64(up))
 	f.e.metrics.bytes.WithLabelValues("down").Add(float64(down))
-	if !f.e.cfg.LogLimit.Allow(f.logKey()) {
-		return // counted by the limiter, summarized by its owner
+	r := f.record()
+	r.Verdict = decisionWord(f.allowed)
+	r.Reason, r.Rule, r.Detail = string(f.reason), f.rule, f.detail
+	if !f.allowed {
+		r.Fix = f.fix
 	}
-	fields := logrus.Fields{
-		fieldSource:    f.src.String(),
-		fieldListener:  f.def.Key,
-		fieldPort:      f.port,
-		fieldDecision:  decisionWord(f.allowed),
-		fieldReason:    string(f.reason),
-		fieldBytesUp:   up,
-		fieldBytesDown: down,
-		fieldDuration:  time.Since(f.start).Milliseconds(),
-	}
-	if f.ep != nil {
-		fields[fieldEndpoint] = f.ep.Index
-		fields[fieldContainer] = containerOf(f.ep)
-	}
-	if f.name != "" {
-		fields[fieldName] = f.name
-	}
-	if f.dst.IsValid() {
-		fields[fieldDst] = f.dst.String()
-	}
-	if f.rule != "" {
-		fields[fieldRule] = f.rule
-	}
-	if f.detail != "" {
-		fields[fieldDetail] = f.detail
-	}
-	if f.mode != "" {
-		fields[fieldMode] = f.mode
-	}
+	r.BytesUp, r.BytesDown, r.DurationMS = uint64(up), uint64(down), time.Since(f.start).Milliseconds()
 	if f.closedBy.Load() {
-		fields[fieldClosedBy] = "policy change"
+		r.ClosedBy = "policy change"
 	}
 	if n := f.requests.Load(); n > 0 {
-		fields[fieldRequests] = n
-		fields[fieldDeniedReq] = f.deniedReqs.Load()
+		r.Requests, r.DeniedRequests = uint64(n), uint64(f.deniedReqs.Load())
 	}
-	l := f.e.log.WithFields(fields)
-	if f.allowed {
-		l.Info(logMessage)
-	} else {
-		l.Warn(logMessage)
+	f.e.report(f, &r)
+}
+
+// record is the flow's decision record without its verdict.
+func (f *flow) record() decisionlog.Record {
+	r := decisionlog.Record{Time: time.Now(), Source: decisionlog.SourceProxy, SrcAddr: f.src.String(),
+		DestName: f.name, DestPort: f.port, Protocol: protocolOf(f.mode, f.l4), Listener: f.def.Key, Mode: f.mode}
+	if f.dst.IsValid() {
+		r.DestAddr = f.dst.String()
 	}
+	if f.ep != nil {
+		r.Endpoint, r.Container = f.ep.Index, containerOf(f.ep)
+	}
+	return r
+}
+
+// report hands a record to Config.Record, or logs it (rate-limited by
+// Config.LogLimit) when nothing takes records.
+func (e *Engine) report(f *flow, r *decisionlog.Record) {
+	if e.cfg.Record != nil {
+		e.cfg.Record(*r)
+		return
+	}
+	if e.cfg.LogLimit.Allow(f.logKey()) {
+		decisionlog.Log(e.log, r)
+	}
+}
+
+// protocolOf names a flow's protocol from its mode (or its L4 before one
+// was chosen).
+func protocolOf(mode string, l4 policy.L4) string {
+	switch mode {
+	case "passthrough", "inspect":
+		return "https"
+	case "http":
+		return "http"
+	case "udp":
+		return "udp"
+	case "tcp", "ip":
+		return "tcp"
+	}
+	if l4 == policy.L4UDP {
+		return "udp"
+	}
+	return "tcp"
 }
 
 func decisionWord(allowed bool) string {
 	if allowed {
-		return "allow"
+		return decisionlog.Allow
 	}
-	return "deny"
+	return decisionlog.Deny
 }

@@ -49,6 +49,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/internal/ratelimit"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
@@ -141,8 +142,14 @@ type Config struct {
 	// DefaultMaxUDPSessions; negative means no cap.
 	MaxConns       int
 	MaxUDPSessions int
-	// LogLimit, when set, rate-limits the canonical decision lines per
-	// endpoint (dropped lines are counted by the limiter).
+	// Record, when set, takes one decision record per connection (at its
+	// end, with bytes and duration) and per denied HTTP request; the
+	// engine then writes no decision lines (the plugin's decisionlog.Hub
+	// counts, keeps, samples and logs them). When nil, each record is
+	// logged on Log as a decision line, rate-limited by LogLimit.
+	Record func(decisionlog.Record)
+	// LogLimit, when set, rate-limits the decision lines per endpoint
+	// (dropped lines are counted by the limiter) when Record is nil.
 	LogLimit *ratelimit.Limiter
 }
 

@@ -182,7 +182,7 @@ func TestSNIDecisions(t *testing.T) {
 		require.Eventually(t, func() bool {
 			for _, en := range h.hook.AllEntries() {
 				if en.Message == logMessage && en.Level == logrus.InfoLevel && en.Data[fieldName] == "api.example.test" {
-					return en.Data[fieldBytesUp].(int64) > 0 && en.Data[fieldRule] == "label clawker.allow=api.example.test"
+					return en.Data[fieldBytesUp].(uint64) > 0 && en.Data[fieldRule] == "label clawker.allow=api.example.test"
 				}
 			}
 			return false
@@ -278,7 +278,7 @@ func TestDedicatedUDP(t *testing.T) {
 	require.Eventually(t, func() bool {
 		for _, en := range h.hook.AllEntries() {
 			if en.Message == logMessage && en.Data[fieldMode] == "udp" && en.Data[fieldDecision] == "allow" {
-				return en.Data[fieldBytesUp].(int64) >= 1 && en.Data[fieldBytesDown].(int64) >= 6
+				return en.Data[fieldBytesUp].(uint64) >= 1 && en.Data[fieldBytesDown].(uint64) >= 6
 			}
 		}
 		return false

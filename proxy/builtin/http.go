@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
@@ -297,23 +298,10 @@ func (h *httpHandler) denyRequest(w http.ResponseWriter, ri *reqInfo) {
 	f.e.metrics.denied.WithLabelValues(string(f.def.Kind), string(v.Reason)).Inc()
 	d := f.decision(ri)
 	f.e.emit(d)
-	fields := map[string]any{
-		fieldSource: f.src.String(), fieldListener: f.def.Key, fieldName: ri.host, fieldPort: f.port,
-		fieldPath: ri.path, fieldMethod: ri.method, fieldDecision: "deny", fieldReason: string(v.Reason),
-	}
-	if f.ep != nil {
-		fields[fieldEndpoint] = f.ep.Index
-		fields[fieldContainer] = containerOf(f.ep)
-	}
-	if v.Rule != "" {
-		fields[fieldRule] = v.Rule
-	}
-	if v.Detail != "" {
-		fields[fieldDetail] = v.Detail
-	}
-	if f.e.cfg.LogLimit.Allow(f.logKey()) {
-		f.e.log.WithFields(fields).Warn(logMessage)
-	}
+	r := f.record()
+	r.Verdict, r.Reason, r.Rule, r.Detail, r.Fix = decisionlog.Deny, string(v.Reason), v.Rule, v.Detail, v.Fix
+	r.DestName, r.Method, r.Path = ri.host, ri.method, ri.path
+	f.e.report(f, &r)
 
 	dest := fmt.Sprintf("%s:%d", ri.host, f.port)
 	w.Header().Set("X-Clawker-Denied", fmt.Sprintf("%s %s %s (%s); %s", ri.method, dest, ri.path, v.Reason, v.Fix))
@@ -340,7 +328,7 @@ func (h *httpHandler) upstreamError(w http.ResponseWriter, r *http.Request, err 
 	if errors.Is(err, context.Canceled) {
 		return
 	}
-	h.f.e.log.WithError(err).WithField(fieldSource, h.f.src.String()).Info("upstream request failed")
+	h.f.e.log.WithError(err).WithField(decisionlog.FSrcAddr, h.f.src.String()).Info("upstream request failed")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusBadGateway)
 	fmt.Fprintf(w, "clawker-fw: upstream error: %v\n", err)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 	"github.com/clawker-fw/clawker-fw/proxy/verdict"
@@ -119,7 +120,7 @@ func (e *Engine) acceptLoop(l *listener) {
 			}
 			// EMFILE and friends: back off and retry.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			e.log.WithError(err).WithField(fieldListener, l.def.Key).Warn("accept failed")
+			e.log.WithError(err).WithField(decisionlog.FListener, l.def.Key).Warn("accept failed")
 			time.Sleep(delay)
 			continue
 		}

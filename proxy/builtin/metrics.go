@@ -3,33 +3,26 @@ package builtin
 import (
 	"errors"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Log field names of the canonical decision line.
+// Field names of the decision line (decisionlog's, under the names the
+// tests use).
 const (
-	fieldEndpoint  = "endpoint"
-	fieldContainer = "container"
-	fieldSource    = "src"
-	fieldListener  = "listener"
-	fieldName      = "name"
-	fieldDst       = "dst"
-	fieldPort      = "port"
-	fieldRule      = "rule"
-	fieldDecision  = "decision"
-	fieldReason    = "reason"
-	fieldDetail    = "detail"
-	fieldBytesUp   = "bytes_up"
-	fieldBytesDown = "bytes_down"
-	fieldDuration  = "duration_ms"
-	fieldRequests  = "requests"
-	fieldDeniedReq = "denied_requests"
-	fieldPath      = "path"
-	fieldMethod    = "method"
-	fieldMode      = "mode"
-	fieldClosedBy  = "closed_by"
+	fieldEndpoint  = decisionlog.FEndpoint
+	fieldName      = decisionlog.FDestName
+	fieldReason    = decisionlog.FReason
+	fieldMode      = decisionlog.FMode
+	fieldDecision  = decisionlog.FVerdict
+	fieldContainer = decisionlog.FContainer
+	fieldRule      = decisionlog.FRule
+	fieldBytesUp   = decisionlog.FBytesUp
+	fieldBytesDown = decisionlog.FBytesDown
+	fieldClosedBy  = decisionlog.FClosedBy
 
-	logMessage = "CANONICAL-PROXY-DECISION"
+	logMessage = decisionlog.Message
 )
 
 type metrics struct {
