@@ -31,6 +31,7 @@ import (
 	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
@@ -64,6 +65,10 @@ type Config struct {
 	// Override allows every call (logged): the explicit admin override.
 	Override bool
 	Log      *logrus.Entry
+	// Record, when set, takes the decision of every inspected call (the
+	// plugin's decisionlog.Hub); when nil, denials are logged as decision
+	// lines and allowed calls at debug.
+	Record func(decisionlog.Record)
 }
 
 // Authz answers Docker's authz calls.
@@ -249,16 +254,24 @@ func (a *Authz) authZReq(body []byte) authorization.Response {
 	}
 	start := time.Now()
 	resp := a.decide(apiCall{body: reqBody, path: path, version: version}, r)
-	// Allowed calls log at debug only: a line on the plugin's stdout is
-	// relayed through dockerd's log while the API call waits (measured:
-	// ~0.3 ms per inspected call on 2 cores, bench/authz).
+	rec := decisionlog.Record{Source: decisionlog.SourceAuthz, Verdict: decisionlog.Allow, Protocol: "docker-api",
+		Method: method, Path: path, DurationMS: time.Since(start).Milliseconds()}
+	if !resp.Allow {
+		rec.Verdict, rec.Reason = decisionlog.Deny, resp.Msg
+	}
+	if a.cfg.Record != nil {
+		a.cfg.Record(rec)
+		return resp
+	}
+	// Without a hub, allowed calls log at debug only: a line on the
+	// plugin's stdout is relayed through dockerd's log while the API call
+	// waits (measured: ~0.3 ms per inspected call on 2 cores, bench/authz).
 	if !resp.Allow || a.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-		entry := a.log.WithField("method", method).WithField("path", path).WithField("allowed", resp.Allow).
-			WithField("took_us", time.Since(start).Microseconds())
+		l := a.log.WithFields(rec.Fields())
 		if resp.Allow {
-			entry.Debug("authz decision")
+			l.Debug(decisionlog.Message)
 		} else {
-			entry.WithField("reason", resp.Msg).Warn("authz decision")
+			l.Warn(decisionlog.Message)
 		}
 	}
 	return resp
