@@ -396,6 +396,9 @@ func TestLearnedQuotaPerEndpoint(t *testing.T) {
 		require.Zero(t, ev, "nothing evicted below the quota (entry %d)", i)
 	}
 	require.Len(t, learnedOf(t, m, e.a.index), LearnedPerEndpoint)
+	fill, err := m.LearnedFill()
+	require.NoError(t, err)
+	require.Equal(t, map[uint32]int{e.a.index: LearnedPerEndpoint, e.b.index: len(bAddrs)}, fill, "the fill metric's source")
 
 	// One more: A's oldest 1/16 go, B is untouched.
 	ev, err := w.Learn(e.a.index, addrN(LearnedPerEndpoint), idWeb, 2*time.Hour)

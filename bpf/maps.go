@@ -294,6 +294,34 @@ func (m *Manager) Counters(index uint32) (Counters, error) {
 	return c, nil
 }
 
+// LearnedFill returns, per endpoint that has learned addresses, how many
+// entries its learned map holds (expired ones not yet collected included;
+// the quota is LearnedPerEndpoint). It walks every entry: a scrape's cost
+// grows with what the endpoints learned.
+func (m *Manager) LearnedFill() (map[uint32]int, error) {
+	if m.closed.Load() {
+		return nil, ErrClosed
+	}
+	out := map[uint32]int{}
+	err := learnedInner(m.maps[MapLearned], func(index uint32, in *ebpf.Map) error {
+		var (
+			k uint32
+			v clawkerLearnedVal
+		)
+		n := 0
+		it := in.Iterate()
+		for it.Next(&k, &v) {
+			n++
+		}
+		out[index] = n
+		return it.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count learned entries: %w", err)
+	}
+	return out, nil
+}
+
 // syncMap makes mp hold exactly want: it first adds or updates every
 // desired entry, then deletes the stale ones, so a key that is desired
 // before and after is never missing in between.
