@@ -206,7 +206,7 @@ func TestHardeningExhaustLogRate(t *testing.T) {
 	start := time.Now()
 	_, _, _ = e.Docker("exec", "cfw-exh-flood", "sh", "-c", "i=0; while [ $i -lt 800 ]; do nslookup -type=a f$i.denied.example.test >/dev/null 2>&1; i=$((i+1)); done")
 	t.Logf("800 denied lookups in %v", time.Since(start).Round(time.Millisecond))
-	_, _, _ = e.Docker("exec", "cfw-exh-quiet", "sh", "-c", "nslookup -type=a "+harness.AllowedHost+" >/dev/null 2>&1")
+	_, _, _ = e.Docker("exec", "cfw-exh-quiet", "sh", "-c", "nslookup -type=a quiet.denied.example.test >/dev/null 2>&1")
 
 	var st string
 	opsEventually(t, 10*time.Second, func() (bool, string) {
@@ -222,13 +222,13 @@ func TestHardeningExhaustLogRate(t *testing.T) {
 	require.NoError(t, err)
 	flood, quiet := 0, 0
 	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.Contains(l, "CLAWKER-DNS-DECISION") {
+		if !strings.Contains(l, "CLAWKER-DECISION") || !strings.Contains(l, `source\":\"dns`) {
 			continue
 		}
 		if strings.Contains(l, "denied.example.test") && strings.Contains(l, "cfw-exh-flood") {
 			flood++
 		}
-		if strings.Contains(l, "container=cfw-exh-quiet") && strings.Contains(l, harness.AllowedHost) {
+		if strings.Contains(l, "cfw-exh-quiet") && strings.Contains(l, "quiet.denied.example.test") {
 			quiet++
 		}
 	}

@@ -893,7 +893,7 @@ func TestOpsBypassDenialsStatusCA(t *testing.T) {
 				t.Logf("raw /v1/denials: %v %s", err, raw)
 				b, _ := os.ReadFile(e.DockerdLog())
 				for _, l := range strings.Split(string(b), "\n") {
-					if strings.Contains(l, "decision=deny") || strings.Contains(l, "denied by socket hook") {
+					if strings.Contains(l, "CLAWKER-DECISION") && strings.Contains(l, "deny") {
 						t.Log(l)
 					}
 				}

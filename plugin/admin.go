@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -34,6 +36,9 @@ type AdminHooks struct {
 	Components func() []Component
 	CACertPEM  func() []byte
 	RotateCA   func() error
+	// Decisions returns up to n recent decisions that keep accepts (the
+	// process's ring: allowed ones included).
+	Decisions func(n int, keep func(*decisionlog.Record) bool) []decisionlog.Record
 }
 
 // AdminHandler serves the admin API (a unix socket on the host).
@@ -140,6 +145,29 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 					fl.Flush()
 				}
 			}
+		}
+	})
+	// Recent decisions, allowed ones included, newline-delimited JSON
+	// records, oldest first: ?n= (default 100), ?source=, ?verdict=,
+	// ?container=.
+	mux.HandleFunc("GET /v1/decisions", func(w http.ResponseWriter, r *http.Request) {
+		if hooks.Decisions == nil {
+			writeAPIError(w, errors.New("no decision ring in this process"))
+			return
+		}
+		q := r.URL.Query()
+		n, err := strconv.Atoi(q.Get("n"))
+		if err != nil || n <= 0 {
+			n = 100
+		}
+		src, verdict, ctr := q.Get("source"), q.Get("verdict"), q.Get("container")
+		recs := hooks.Decisions(n, func(d *decisionlog.Record) bool {
+			return (src == "" || d.Source == src) && (verdict == "" || d.Verdict == verdict) && (ctr == "" || d.Container == ctr)
+		})
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		enc := json.NewEncoder(w)
+		for i := range recs {
+			_ = enc.Encode(&recs[i])
 		}
 	})
 	mux.HandleFunc("POST /v1/bypass", func(w http.ResponseWriter, r *http.Request) {

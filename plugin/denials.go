@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/verdict"
@@ -133,43 +134,113 @@ func FixFor(dst string, port uint16, reason policy.Reason, deny *policy.Denied) 
 // dockerResolver is Docker's embedded resolver inside each container.
 var dockerResolver = netip.AddrFrom4([4]byte{127, 0, 0, 11})
 
-// RecordKernelDenial records a denial reported by the socket hooks.
+// RecordKernelDenial takes a denial reported by the socket hooks.
 func (p *Plugin) RecordKernelDenial(index uint32, addr netip.Addr, port uint16, l4 uint8, reason string) {
-	d := Denial{Time: p.cfg.Now(), Source: "bpf", Index: index, Port: port, Reason: reason}
+	r := decisionlog.Record{Time: p.cfg.Now(), Source: decisionlog.SourceBPF, Verdict: decisionlog.Deny, Endpoint: index,
+		DestPort: port, Protocol: l4Name(policy.L4(l4)), Reason: reason}
 	if addr.IsValid() {
-		d.Destination = addr.String()
+		r.DestAddr = addr.String()
 	}
-	if snap := p.Snapshot(); snap != nil {
-		if ep, ok := snap.Endpoints[index]; ok {
-			d.Container = ep.ContainerName
-			if ep.LabelError != "" {
-				d.Reason += "; " + ep.LabelError
+	if p.cfg.Decisions != nil {
+		p.cfg.Decisions(r)
+		return
+	}
+	p.ExplainDecision(&r)
+	p.Denials.Add(p.DenialOf(&r))
+}
+
+// ExplainDecision completes a decision record from the published snapshot:
+// the container's and network's names and, for a denial, what would allow
+// it (unless the record says already).
+func (p *Plugin) ExplainDecision(r *decisionlog.Record) {
+	snap := p.Snapshot()
+	var ep *policy.Endpoint
+	if snap != nil && r.Endpoint != 0 {
+		ep = snap.Endpoints[r.Endpoint]
+	}
+	if ep != nil {
+		if r.Container == "" {
+			r.Container = ep.ContainerName
+		}
+		if n := snap.Networks[ep.NetworkID]; n != nil {
+			r.Network = n.Name
+		}
+	}
+	if r.Verdict != decisionlog.Deny {
+		return
+	}
+	if ep != nil && ep.LabelError != "" && r.Detail == "" {
+		r.Detail = ep.LabelError
+	}
+	if r.Fix != "" {
+		return
+	}
+	dest := r.DestName
+	if dest == "" {
+		dest = r.DestAddr
+	}
+	switch {
+	case r.Source == decisionlog.SourceBPF:
+		r.Fix = p.kernelFix(r)
+	case r.Reason == dnsBadName:
+		// No rule can name it: suggesting one would mislead.
+		r.Fix = "query names may hold only letters, digits, '-' and '_' between dots; write internationalized names in their xn-- (punycode) form"
+	case r.Rule != "" && r.Reason == string(policy.ReasonDenyRule):
+		r.Fix = "denied by " + r.Rule + "; remove that deny to allow it"
+	case dest != "":
+		r.Fix = FixFor(dest, r.DestPort, "", nil)
+	}
+}
+
+// dnsBadName is the DNS sidecar's reason for names outside the rules'
+// alphabet (dns.ReasonBadName).
+const dnsBadName = "bad-name"
+
+// kernelFix says what would allow a connection the hooks refused.
+func (p *Plugin) kernelFix(r *decisionlog.Record) string {
+	// A rule that got no listener port is allowed on paper and refused by
+	// the hooks: say so instead of suggesting a rule that exists.
+	if m := p.Model(); m != nil {
+		l4 := policy.L4TCP
+		if r.Protocol == "udp" {
+			l4 = policy.L4UDP
+		}
+		for _, f := range m.Failures[r.Endpoint] {
+			if f.Covers(r.DestPort, l4) {
+				r.Reason += "; " + f.String()
+				return "the rule exists but has no listener port: see `clawker-fw status`; remove other port ranges or split the rule"
 			}
 		}
 	}
 	switch {
-	case addr == dockerResolver:
+	case r.DestAddr == dockerResolver.String():
 		// No rule opens Docker's resolver on its real ports (bpf refuses
 		// them whatever the policy): do not suggest one.
-		d.Fix = "send DNS to port 53 (the firewall's DNS answers it, container names included)"
-	case d.Destination != "":
-		d.Fix = "connect by name (IP literals are denied unless an IP/CIDR rule allows them); " + FixFor(d.Destination, port, "", nil)
+		return "send DNS to port 53 (the firewall's DNS answers it, container names included)"
+	case r.DestAddr != "":
+		return "connect by name (IP literals are denied unless an IP/CIDR rule allows them); " + FixFor(r.DestAddr, r.DestPort, "", nil)
 	}
-	// A rule that got no listener port is allowed on paper and refused by
-	// the hooks: say so instead of suggesting a rule that exists.
-	if m := p.Model(); m != nil {
-		for _, f := range m.Failures[index] {
-			if f.Covers(port, policy.L4(l4)) {
-				d.Reason += "; " + f.String()
-				d.Fix = "the rule exists but has no listener port: see `clawker-fw status`; remove other port ranges or split the rule"
-				break
-			}
+	return ""
+}
+
+// DenialOf is the denial log's entry of a denial record (the ids of its
+// endpoint's container and network from the published snapshot).
+func (p *Plugin) DenialOf(r *decisionlog.Record) Denial {
+	d := Denial{Time: r.Time, Source: r.Source, Index: r.Endpoint, Container: r.Container, NetworkName: r.Network,
+		Destination: r.DestName, Port: r.DestPort, Reason: r.Reason, Rule: r.Rule, Fix: r.Fix}
+	if snap := p.Snapshot(); snap != nil && r.Endpoint != 0 {
+		if ep := snap.Endpoints[r.Endpoint]; ep != nil {
+			d.ContainerID, d.Network = ep.ContainerID, ep.NetworkID
 		}
 	}
-	p.Denials.Add(d)
-	if !p.cfg.KernelLogLimit.Allow(index) {
-		return
+	if d.Destination == "" {
+		d.Destination = r.DestAddr
 	}
-	p.log.WithField(FieldIndex, index).WithField(FieldContainer, d.Container).WithField("dst", d.Destination).
-		WithField("port", port).WithField("l4", l4).WithField("reason", d.Reason).Warn("connection denied by socket hook")
+	if r.Source == decisionlog.SourceDNS {
+		d.Reason += " (" + r.QueryType + " query answered " + r.Rcode + ")"
+	}
+	if r.Detail != "" && (r.Source != decisionlog.SourceProxy || r.Reason == string(policy.ReasonBadLabel)) {
+		d.Reason += "; " + r.Detail
+	}
+	return d
 }

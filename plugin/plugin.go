@@ -22,7 +22,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/clawker-fw/clawker-fw/internal/ratelimit"
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/plugin/queue"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
@@ -53,9 +53,11 @@ type Config struct {
 	// Firewalled, when set, is told each container identified on a
 	// clawker-fw network (authz remembers it as firewalled for its life).
 	Firewalled func(containerID, networkID string)
-	// KernelLogLimit, when set, rate-limits the log lines of the socket
-	// hooks' denials per endpoint (the denials are all recorded anyway).
-	KernelLogLimit *ratelimit.Limiter
+	// Decisions, when set, takes the socket hooks' denials as decision
+	// records (the process's decisionlog.Hub: it counts, folds,
+	// rate-limits and logs them, and feeds Denials through
+	// ExplainDecision and DenialOf). When nil they go to Denials directly.
+	Decisions func(decisionlog.Record)
 	// GivenLabels returns the clawker labels a container's create request
 	// gave (authz records them); recorded is false when none is known.
 	// Only those labels carry rules (see given.go).

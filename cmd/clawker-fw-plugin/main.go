@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/internal/logsplit"
 	"github.com/clawker-fw/clawker-fw/plugin"
 	"github.com/clawker-fw/clawker-fw/plugin/wire"
 )
@@ -19,7 +20,9 @@ import (
 func main() {
 	logger := logrus.New()
 	logger.SetFormatter(&logrus.JSONFormatter{})
-	logger.SetOutput(os.Stderr)
+	// dockerd relays stdout at info and stderr at error: each line goes to
+	// the stream of its level and keeps its own level as a field.
+	logsplit.Setup(logger, os.Stdout, os.Stderr)
 	log := logrus.NewEntry(logger).WithField(plugin.FieldComponent, "main")
 	s, err := wire.ReadSettings()
 	if err == nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/bpf"
 	"github.com/clawker-fw/clawker-fw/dns"
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/netguard"
 	"github.com/clawker-fw/clawker-fw/plugin"
 	"github.com/clawker-fw/clawker-fw/plugin/authz"
@@ -69,25 +70,17 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	}
 	reg := prometheus.NewRegistry()
 	denials := plugin.NewDenialLog(500)
-	limits := newLogLimits(s.LogRate)
+	decs := newDecisions(s.LogRate, denials, root)
 	engine, err := builtin.New(builtin.Config{
 		MaxConns:              s.MaxConns,
 		MaxUDPSessions:        s.MaxUDPSessions,
-		LogLimit:              limits.proxy,
+		Record:                decs.Add,
 		Log:                   root.WithField(plugin.FieldComponent, "proxy"),
 		Registry:              reg,
 		Certs:                 authority,
 		Resolver:              builtin.UpstreamResolver(s.Upstreams),
 		UpstreamCAs:           extra,
 		AllowPrivateUpstreams: s.AllowPrivate,
-		OnDecision: func(d builtin.Decision) {
-			if d.Allowed {
-				return
-			}
-			denials.Add(plugin.Denial{Time: d.Time, Source: "proxy", Index: d.Endpoint, Container: d.Container,
-				Destination: firstNonEmpty(d.Name, d.Dst.String()), Port: d.Port, Reason: string(d.Reason), Rule: d.Rule,
-				Fix: d.Fix})
-		},
 	})
 	if err != nil {
 		return err
@@ -120,7 +113,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 			azLog.WithError(err).WithField(plugin.FieldContainer, containerID).Error("record a firewalled container")
 		}
 	}
-	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, KernelLogLimit: limits.bpf,
+	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, Decisions: decs.Add,
 		GivenLabels: records.GivenLabels, Names: Names{D: docker}},
 		Kernel{M: mgr}, HostNet{H: guard}, plane, docker, SnapshotFile{Path: snapPath})
 	if err != nil {
@@ -128,6 +121,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	}
 	denials.Enrich = p.EnrichDenial // container and network names, the network in the fix
 	p.Denials = denials
+	decs.core.Store(p)
 	go func() {
 		for d := range mgr.Denials() {
 			p.RecordKernelDenial(d.Index, d.Addr, d.Port, uint8(d.L4), d.Reason.String())
@@ -138,22 +132,23 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	if err := p.Start(); err != nil {
 		log.WithError(err).Warn("restoring state was only partly successful")
 	}
+	// The DNS sidecar's decisions arrive as records on the events socket.
+	eventsPath := filepath.Join(s.StateDir, "dns-events.sock")
+	events, err := decisionlog.Listen(eventsPath, decisionlog.SourceDNS, decs.Add)
+	if err != nil {
+		return err
+	}
+	defer events.Close()
 	corefile := filepath.Join(s.StateDir, "Corefile")
 	if err := os.WriteFile(corefile, []byte(dns.Corefile(dns.CorefileConfig{
 		SnapshotPath: snapPath, PinDir: s.PinDir, Upstreams: s.Upstreams,
-		TTLFloor: s.TTLFloor, TTLCeiling: s.TTLCeiling,
+		TTLFloor: s.TTLFloor, TTLCeiling: s.TTLCeiling, EventsPath: eventsPath,
 	})), 0o644); err != nil {
 		return fmt.Errorf("write Corefile: %w", err)
 	}
 	coredns := supervisor.Start(supervisor.Spec{
 		Name: "coredns", Path: s.CoreDNSBinary, Args: []string{"-conf", corefile},
 		Health: func(ctx context.Context) error { return httpOK(ctx, "http://"+dns.DefaultHealthAddr+"/health") },
-		OnLine: func(line string) {
-			if d, ok := dnsDenial(line); ok {
-				denials.Add(d)
-			}
-		},
-		Keep: limits.keepDNSLine,
 	}, root.WithField(plugin.FieldComponent, "coredns"))
 	defer coredns.Stop(5 * time.Second)
 
@@ -166,7 +161,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	}
 	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.Networks, Container: docker.ResolveContainer,
 		Plugin: docker.Plugin, SelfID: selfID, Records: records, VolumeOptions: docker.VolumeOptions,
-		Override: s.AuthzOverride, Log: azLog})
+		Override: s.AuthzOverride, Log: azLog, Record: decs.Add})
 	go selfReference(docker, selfID, azLog)
 	go pruneRecords(docker, records, azLog)
 	if err := os.MkdirAll(filepath.Dir(s.PluginSocket), 0o755); err != nil {
@@ -190,14 +185,24 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	_ = os.Chmod(adminPath, 0o600)
 	admin := &http.Server{Handler: plugin.AdminHandler(p, plugin.AdminHooks{
 		Engine:     s.Engine,
-		Components: parts{coredns: coredns, envoy: envoyProc, mgr: mgr, limits: limits, p: p, az: az}.components,
+		Components: parts{coredns: coredns, envoy: envoyProc, mgr: mgr, decisions: decs.Hub, p: p, az: az}.components,
+		Decisions:  decs.Recent,
 		CACertPEM:  authority.CACertPEM,
 		RotateCA:   authority.Rotate,
 	}, root.WithField(plugin.FieldComponent, "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = admin.Serve(al) }()
 	go gcLoop(mgr, root)
 	go repairLoop(p, root)
-	go limits.reportLoop(root.WithField(plugin.FieldComponent, "log-limit"), logLimitReportEvery)
+	go decs.Run(ctx.Done(), dropReportEvery)
+	if s.MetricsAddr != "" {
+		// A metrics listener that cannot start must not keep the firewall
+		// from starting: said loudly, and status shows the rest.
+		if addr, err := serveMetrics(ctx, s.MetricsAddr, reg, decs.Hub, mgr, p, az); err != nil {
+			log.WithError(err).Error("metrics endpoint (CLAWKER_METRICS_ADDR) not served")
+		} else {
+			log.WithField("metrics", "http://"+addr.String()+"/metrics").Info("serving metrics")
+		}
+	}
 	log.WithField("socket", s.PluginSocket).WithField("admin", adminPath).WithField("engine", s.Engine).
 		WithField("listeners", model.ReservedLo).Info("clawker-fw plugin ready")
 

@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/clawker-fw/clawker-fw/bpf"
+	"github.com/clawker-fw/clawker-fw/plugin/metrics"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/builtin"
 )
@@ -39,6 +40,8 @@ type Settings struct {
 	MaxConns       int
 	MaxUDPSessions int
 	LogRate        float64
+	// MetricsAddr is where the Prometheus endpoint listens ("" = off).
+	MetricsAddr string
 }
 
 func env(k, def string) string {
@@ -103,6 +106,9 @@ func ReadSettings() (Settings, error) {
 	}
 	if s.LogRate, err = strconv.ParseFloat(env("CLAWKER_LOG_RATE", "20"), 64); err != nil || s.LogRate < 0 {
 		return s, fmt.Errorf("setting CLAWKER_LOG_RATE: %q is not a number of lines per second (0 turns the limit off)", env("CLAWKER_LOG_RATE", ""))
+	}
+	if s.MetricsAddr, err = metrics.ParseAddr(env("CLAWKER_METRICS_ADDR", "")); err != nil {
+		return s, err
 	}
 	if s.Engine != "builtin" && s.Engine != "envoy" {
 		return s, fmt.Errorf("setting CLAWKER_PROXY_ENGINE: %q is not builtin or envoy", s.Engine)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/clawker-fw/clawker-fw/bpf"
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/plugin"
 	"github.com/clawker-fw/clawker-fw/plugin/authz"
 	"github.com/clawker-fw/clawker-fw/plugin/supervisor"
@@ -15,7 +16,7 @@ import (
 type parts struct {
 	coredns, envoy *supervisor.Process // envoy is nil with the builtin engine
 	mgr            *bpf.Manager
-	limits         *logLimits
+	decisions      *decisionlog.Hub
 	p              *plugin.Plugin
 	az             *authz.Authz
 }
@@ -32,7 +33,7 @@ func (c parts) components() []plugin.Component {
 		st := c.envoy.Status()
 		comps = append(comps, plugin.Component{Name: "envoy", Healthy: st.Healthy, Restarts: st.Restarts, Detail: st.LastError})
 	}
-	comps = append(comps, plugin.Component{Name: "log-limit", Healthy: true, Detail: c.limits.summary()})
+	comps = append(comps, plugin.Component{Name: "log-limit", Healthy: true, Detail: c.decisions.LimitSummary()})
 	hg := c.p.HostGuard()
 	comps = append(comps, plugin.Component{Name: "host-guard", Healthy: hg.Err == "", Detail: hg.Summary(time.Now())})
 	return append(comps, plugin.Component{Name: "authz", Healthy: true, Detail: c.az.Stats().Summary()})

@@ -357,6 +357,9 @@ func (f *flow) finish() {
 	up, down := f.up.Load(), f.down.Load()
 	f.e.metrics.bytes.WithLabelValues("up").Add(float64(up))
 	f.e.metrics.bytes.WithLabelValues("down").Add(float64(down))
+	if n := f.requests.Load(); n > 0 && f.allowedReqs.Load() == 0 && f.deniedReqs.Load() >= n {
+		return // every request was denied and reported as such: no second record of the same denials
+	}
 	r := f.record()
 	r.Verdict = decisionWord(f.allowed)
 	r.Reason, r.Rule, r.Detail = string(f.reason), f.rule, f.detail
