@@ -162,9 +162,7 @@ func (p *Plugin) ExplainDecision(r *decisionlog.Record) {
 		if r.Container == "" {
 			r.Container = ep.ContainerName
 		}
-		if n := snap.Networks[ep.NetworkID]; n != nil {
-			r.Network = n.Name
-		}
+		r.Network = p.networkRef(ep.NetworkID)
 	}
 	if r.Verdict != decisionlog.Deny {
 		return

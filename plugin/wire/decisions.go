@@ -60,9 +60,9 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, hu
 		}
 		out := make([]metrics.Endpoint, 0, len(snap.Endpoints))
 		for idx, ep := range snap.Endpoints {
-			e := metrics.Endpoint{Index: idx, Container: ep.ContainerName}
-			if n := snap.Networks[ep.NetworkID]; n != nil {
-				e.Network = n.Name
+			e := metrics.Endpoint{Index: idx, Container: ep.ContainerName, Network: p.NetworkName(ep.NetworkID)}
+			if e.Network == "" {
+				e.Network = ep.NetworkID[:min(12, len(ep.NetworkID))]
 			}
 			out = append(out, e)
 		}
