@@ -23,6 +23,7 @@ import (
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 const pluginName = "clawker"
@@ -252,14 +253,11 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 			// The container's labels did not parse: it has no egress at
 			// all, and the denial names the label.
 			c.deny(q, policy.ReasonBadLabel, mdns.RcodeNameError, "", who.Detail)
-			return c.writeDenied(w, r, "clawker-fw: this container has no egress: its clawker labels are invalid ("+who.Detail+"); fix the label")
+			return c.writeDenied(w, r, deniedText(q.name, policy.ReasonBadLabel, "", who.Detail))
 		}
-		rule := ""
-		if m.Deny != nil {
-			rule = string(m.Deny.Rule.Source.Kind) + " " + m.Deny.Rule.Source.Key + "=" + m.Deny.Rule.Source.Item
-		}
+		rule := verdict.Rule(m)
 		c.deny(q, m.Reason, mdns.RcodeNameError, rule, "")
-		return c.writeDenied(w, r, deniedText(q.name, rule))
+		return c.writeDenied(w, r, deniedText(q.name, m.Reason, rule, ""))
 	}
 	var id policy.Identity
 	if m.Entry != nil {

@@ -3,6 +3,9 @@ package dns
 import (
 	"github.com/coredns/coredns/request"
 	mdns "github.com/miekg/dns"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // Extended DNS Errors (RFC 8914). An NXDOMAIN the firewall gives for a name
@@ -16,14 +19,12 @@ import (
 // badNameText explains a bad-name NXDOMAIN.
 const badNameText = "clawker-fw: query names may hold only letters, digits, '-' and '_' between dots; write internationalized names in their xn-- (punycode) form"
 
-// deniedText explains an NXDOMAIN for name: the deny rule that covers it,
-// or the rule that would allow it.
-func deniedText(name, denyRule string) string {
-	if denyRule != "" {
-		return "clawker-fw: " + name + " is denied by " + denyRule + "; remove that deny to allow it"
-	}
-	return "clawker-fw: " + name + " is not allowed; allow it with clawker.allow=" + name +
-		" (container label, network option, or clawker-fw rules add)"
+// deniedText explains an NXDOMAIN for name: the proxy's fix text (one for
+// every part), which names the deny rule that covers the name or the rule
+// that would allow it.
+func deniedText(name string, reason policy.Reason, rule, detail string) string {
+	return "clawker-fw: " + name + " denied (" + string(reason) + "); " +
+		verdict.Fix(verdict.Denial{Dest: name, Reason: reason, Rule: rule, Detail: detail})
 }
 
 // writeDenied answers NXDOMAIN, with EDE Blocked and text when the query

@@ -46,8 +46,8 @@ func TestExtendedDNSErrorOnDenial(t *testing.T) {
 	cases := []struct {
 		name, text string
 	}{
-		{"evil.example.test", "clawker-fw: evil.example.test is not allowed; allow it with clawker.allow=evil.example.test"},
-		{"bad.wild.example.test", "clawker-fw: bad.wild.example.test is denied by"},
+		{"evil.example.test", "clawker-fw: evil.example.test denied (no-rule); allow it with the container label clawker.allow=evil.example.test,"},
+		{"bad.wild.example.test", "clawker-fw: bad.wild.example.test denied (deny-rule); a deny rule"},
 		{"b\\195\\188cher.wild.example.test", "clawker-fw: query names may hold only letters"},
 	}
 	for _, c := range cases {

@@ -183,11 +183,25 @@ func (p *Plugin) ExplainDecision(r *decisionlog.Record) {
 	case r.Reason == dnsBadName:
 		// No rule can name it: suggesting one would mislead.
 		r.Fix = "query names may hold only letters, digits, '-' and '_' between dots; write internationalized names in their xn-- (punycode) form"
-	case r.Rule != "" && r.Reason == string(policy.ReasonDenyRule):
-		r.Fix = "denied by " + r.Rule + "; remove that deny to allow it"
 	case dest != "":
-		r.Fix = FixFor(dest, r.DestPort, "", nil)
+		r.Fix = verdict.Fix(fixOf(r, dest))
 	}
+}
+
+// fixOf is what verdict.Fix needs of a record.
+func fixOf(r *decisionlog.Record, dest string) verdict.Denial {
+	d := verdict.Denial{Dest: dest, Port: r.DestPort, Reason: policy.Reason(r.Reason), Rule: r.Rule, Detail: r.Detail,
+		Network: r.Network, L4: policy.L4TCP}
+	switch r.Protocol {
+	case "udp":
+		d.L4 = policy.L4UDP
+	case decisionlog.SourceDNS:
+		return d // a query: any port, any protocol
+	}
+	if r.Source == decisionlog.SourceProxy {
+		d.Proto = policy.Proto(r.Protocol)
+	}
+	return d
 }
 
 // dnsBadName is the DNS sidecar's reason for names outside the rules'
@@ -216,7 +230,9 @@ func (p *Plugin) kernelFix(r *decisionlog.Record) string {
 		// them whatever the policy): do not suggest one.
 		return "send DNS to port 53 (the firewall's DNS answers it, container names included)"
 	case r.DestAddr != "":
-		return "connect by name (IP literals are denied unless an IP/CIDR rule allows them); " + FixFor(r.DestAddr, r.DestPort, "", nil)
+		d := fixOf(r, r.DestAddr)
+		d.Reason = "" // the hooks' reasons are no verdict's: suggest the rule
+		return "connect by name (IP literals are denied unless an IP/CIDR rule allows them); " + verdict.Fix(d)
 	}
 	return ""
 }

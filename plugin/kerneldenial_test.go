@@ -57,6 +57,6 @@ func TestDecisionRecordsReachTheDenialLog(t *testing.T) {
 	require.Contains(t, got[0].Fix, "clawker.allow=denied.example.test,")
 	require.NotContains(t, got[1].Fix, "clawker.allow", "no rule can name it")
 	require.Contains(t, got[1].Fix, "xn--")
-	require.Equal(t, "denied by network clawker.deny=bad.example.test; remove that deny to allow it", got[2].Fix)
+	require.Equal(t, "a deny rule (network clawker.deny=bad.example.test) covers x.bad.example.test; remove it to allow", got[2].Fix)
 	require.Len(t, hub.Recent(0, nil), 4, "the ring keeps the allowed one too")
 }
