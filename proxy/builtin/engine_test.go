@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 )
 
@@ -639,4 +641,58 @@ func TestPerEndpointPolicy(t *testing.T) {
 	d := h.waitDecision(func(d Decision) bool { return !d.Allowed })
 	require.Equal(t, uint32(2), d.Endpoint)
 	require.Equal(t, policy.ReasonNoRule, d.Reason)
+}
+
+// TestRecordsInsteadOfLines: with Config.Record the engine writes no
+// decision line; every connection ends as one record with its bytes, in
+// the shared decision schema.
+func TestRecordsInsteadOfLines(t *testing.T) {
+	var mu sync.Mutex
+	var recs []decisionlog.Record
+	h := newHarness(t, func(c *Config) {
+		c.Record = func(r decisionlog.Record) {
+			mu.Lock()
+			recs = append(recs, r)
+			mu.Unlock()
+		}
+	})
+	h.dns.set("api.example.test", "127.0.0.1")
+	h.dns.set("evil.example.test", "127.0.0.1")
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
+	tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "api.example.test")
+	require.NoError(t, err)
+	_, err = io.WriteString(tc, "ECHO\nhello\n")
+	require.NoError(t, err)
+	buf := make([]byte, 5)
+	_, err = io.ReadFull(tc, buf)
+	require.NoError(t, err)
+	tc.Close()
+	_, err = h.tlsFrom("127.0.0.2", h.webAddr(443), "evil.example.test")
+	require.Error(t, err)
+	find := func(name string) *decisionlog.Record {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range recs {
+			if recs[i].DestName == name {
+				return &recs[i]
+			}
+		}
+		return nil
+	}
+	require.Eventually(t, func() bool { return find("api.example.test") != nil && find("evil.example.test") != nil }, 5*time.Second, 10*time.Millisecond)
+	ok := find("api.example.test")
+	require.Equal(t, decisionlog.SourceProxy, ok.Source)
+	require.Equal(t, decisionlog.Allow, ok.Verdict)
+	require.Equal(t, uint32(1), ok.Endpoint)
+	require.Equal(t, "agent1", ok.Container)
+	require.Equal(t, "https", ok.Protocol)
+	require.Equal(t, uint16(443), ok.DestPort)
+	require.Positive(t, ok.BytesUp)
+	require.Positive(t, ok.BytesDown)
+	bad := find("evil.example.test")
+	require.Equal(t, decisionlog.Deny, bad.Verdict)
+	require.Equal(t, string(policy.ReasonNoRule), bad.Reason)
+	for _, en := range h.hook.AllEntries() {
+		require.NotEqual(t, logMessage, en.Message, "no decision line of its own: %v", en.Data)
+	}
 }
