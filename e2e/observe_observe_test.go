@@ -63,6 +63,15 @@ func TestObserveLogsMetricsEDE(t *testing.T) {
 	f.waitIdentified(t, c)
 	f.waitIdentified(t, digC)
 	logOff := len(readFile(t, e.DockerdLog()))
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range pluginLines(readFile(t, e.DockerdLog())) {
+				if strings.Contains(l, "names") || strings.Contains(l, "metrics") || strings.Contains(l, "events") {
+					t.Log(l)
+				}
+			}
+		}
+	})
 
 	// Allowed traffic: flows plain-HTTP requests, each with its DNS query.
 	const flows = 30
