@@ -171,6 +171,10 @@ func (p *Plugin) ExplainDecision(r *decisionlog.Record) {
 		r.Detail = ep.LabelError
 	}
 	if r.Fix != "" {
+		// A fix made where the network was unknown (the proxy's) names it.
+		if r.Network != "" {
+			r.Fix = strings.ReplaceAll(r.Fix, networkPlaceholder, "`clawker-fw rules add "+r.Network+" ")
+		}
 		return
 	}
 	dest := r.DestName

@@ -59,4 +59,11 @@ func TestDecisionRecordsReachTheDenialLog(t *testing.T) {
 	require.Contains(t, got[1].Fix, "xn--")
 	require.Equal(t, "a deny rule (network clawker.deny=bad.example.test) covers x.bad.example.test; remove it to allow", got[2].Fix)
 	require.Len(t, hub.Recent(0, nil), 4, "the ring keeps the allowed one too")
+
+	// A proxy denial's own fix (made without the network) names it.
+	hub.Add(decisionlog.Record{Source: decisionlog.SourceProxy, Verdict: decisionlog.Deny, Endpoint: idx, DestName: "p.example.test",
+		DestPort: 443, Reason: "no-rule", Fix: FixFor("p.example.test", 443, "", nil)})
+	last := hub.Recent(1, nil)[0]
+	require.NotContains(t, last.Fix, "NETWORK")
+	require.Contains(t, last.Fix, "`clawker-fw rules add "+last.Network+" p.example.test`")
 }
