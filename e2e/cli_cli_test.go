@@ -254,3 +254,68 @@ func TestCLIExplain(t *testing.T) {
 	require.Equal(t, 1, code)
 	require.Contains(t, errOut, "INVALID_REQUEST")
 }
+
+// TestCLIExplainPaths: on an inspected rule with path rules, explain's
+// verdict for each spelling of a path is the proxy's (curl through the
+// firewall: 200 or the proxy's 403), and the path rule explain suggests for a
+// denied path lets that path through once added.
+func TestCLIExplainPaths(t *testing.T) {
+	f := opsSetup(t)
+	deb, err := f.e.ImportDebian()
+	require.NoError(t, err)
+	const net, c = "cfw-cli-exp", "cfw-cli-exp-c"
+	netID := f.network(t, net, "10.231.143.0/24",
+		`clawker.rules=[{"dst":"`+harness.PathHost+`","paths":[{"path":"/public/"},{"path":"/public/secret/","action":"deny"}]}]`)
+	f.e.MustDocker(t, "run", "-d", "--name", c, "--network", net, deb, "sleep", "3600")
+	t.Cleanup(func() { _, _, _ = f.e.Docker("rm", "-f", c) })
+	f.waitIdentified(t, c)
+	var st api.StatusReport
+	require.NoError(t, json.Unmarshal([]byte(f.mustCFW(t, "status", "--json")), &st))
+	gw := ""
+	for _, n := range st.Networks {
+		if n.ID == netID {
+			gw = n.Gateway
+		}
+	}
+	require.NotEmpty(t, gw)
+	out, _, err := f.e.Docker("exec", c, "curl", "-sS", "--max-time", "5", "-o", "/tmp/pca.crt", "http://"+gw+"/ca.crt")
+	require.NoError(t, err, out)
+	code := func(path string) string {
+		out, _, _ := f.e.Docker("exec", c, "curl", "-sS", "--max-time", "10", "--path-as-is", "--cacert", "/tmp/pca.crt",
+			"-o", "/dev/null", "-w", "%{http_code}", "https://"+harness.PathHost+path)
+		return strings.TrimSpace(out)
+	}
+	explain := func(path string) api.ExplainResponse {
+		var ex api.ExplainResponse
+		out := f.mustCFW(t, "explain", c, "https://"+harness.PathHost+path, "--json")
+		require.NoError(t, json.Unmarshal([]byte(out), &ex), out)
+		return ex
+	}
+	for _, p := range []string{"/public/x", "/public/a/../b", "/public/group%2Fproject", "/private/x", "/private/../public/x",
+		"/public/..%2fprivate", "/public/%2e%2e/private", "/public/secret/x", "/public/SECRET/x", "/public/secret;x/y", "/"} {
+		ex := explain(p)
+		got := code(p)
+		t.Logf("%-28s explain %-5v %-12s %-6s rule %v; proxy %s", p, ex.Allowed, ex.Reason, ex.Mode, ex.Rule, got)
+		if ex.Allowed {
+			require.Equal(t, "200", got, "explain allows %s: so does the proxy", p)
+			require.Equal(t, "inspect", ex.Mode)
+			require.Equal(t, api.OriginOption, ex.Rule.Origin)
+			require.Equal(t, "path /public/ allow", ex.Rule.Path)
+		} else {
+			require.Equal(t, "403", got, "explain denies %s: so does the proxy", p)
+			require.Equal(t, "path-rule", ex.Reason)
+			require.NotNil(t, ex.Fix)
+		}
+	}
+	require.Contains(t, explain("/public/secret/x").Fix.Note, "deny path rule", "no allow can open a denied path")
+
+	ex := explain("/private/x")
+	require.NotEmpty(t, ex.Fix.Rule, "%+v", ex.Fix)
+	f.mustCFW(t, "rules", "add", net, ex.Fix.Rule)
+	require.True(t, explain("/private/x").Allowed)
+	opsEventually(t, 5*time.Second, func() (bool, string) {
+		got := code("/private/x")
+		return got == "200", "proxy answers " + got
+	})
+	require.Equal(t, "403", code("/public/secret/x"), "the deny still holds")
+}
