@@ -32,8 +32,10 @@ type Names interface {
 type networkNames struct {
 	mu      sync.Mutex
 	byID    map[string]string
-	askedAt time.Time
+	askedAt time.Time // the last background list
 	asking  bool
+	// listedAt is the last list made for the admin API.
+	listedAt time.Time
 }
 
 // namesEvery is how often a missing name may send the plugin to Docker's
@@ -119,10 +121,26 @@ func (p *Plugin) namesMissing() bool {
 // networks has none (the admin API's answers show names; operators call it
 // at their own pace).
 func (p *Plugin) ensureNetworkNames(ctx context.Context) {
-	if p.namesMissing() {
+	if !p.namesMissing() {
+		return
+	}
+	// A network Docker no longer lists (removed while the plugin was down)
+	// stays nameless: status polled in a loop must not list Docker's
+	// networks on every call.
+	p.names.mu.Lock()
+	recent := time.Since(p.names.listedAt) < namesAdminEvery
+	if !recent {
+		p.names.listedAt = time.Now()
+	}
+	p.names.mu.Unlock()
+	if !recent {
 		p.loadNetworkNames(ctx)
 	}
 }
+
+// namesAdminEvery is how often the admin API may list Docker's networks for
+// a missing name.
+const namesAdminEvery = time.Second
 
 // ResolveNetwork resolves a network reference to the id of one of the
 // plugin's networks, as Docker resolves it (Names.Network: a full id, an

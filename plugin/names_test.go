@@ -299,3 +299,25 @@ func TestAdminNamesAndDenials(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Positive(t, f.lists, "names were listed")
 }
+
+// TestNetworkNamesBounded: a network Docker no longer lists stays nameless,
+// and asking again and again (status in a loop) lists Docker's networks at
+// most once per namesAdminEvery.
+func TestNetworkNamesBounded(t *testing.T) {
+	r, f := namesRig(t)
+	f.mu.Lock()
+	f.networks = f.networks[1:] // netA gone from Docker
+	before := f.lists
+	f.mu.Unlock()
+	for range 20 {
+		r.p.ensureNetworkNames(context.Background())
+		nets, _, err := r.p.Networks()
+		require.NoError(t, err)
+		require.Empty(t, nets[0].Name)
+	}
+	f.mu.Lock()
+	lists := f.lists - before
+	f.mu.Unlock()
+	require.LessOrEqual(t, lists, 2, "one admin list and at most one background list")
+	require.Equal(t, short(netA), r.p.networkRef(netA), "texts fall back to the short id")
+}
