@@ -215,7 +215,9 @@ func (f *flow) decideAndSplice(ctx context.Context, fl verdict.Flow, v verdict.V
 		return
 	}
 	f.allow(v)
-	f.splice(up)
+	if !f.kernelSplice(up) {
+		f.splice(up)
+	}
 }
 
 // track registers the flow as live for Apply's re-checks, with the facts

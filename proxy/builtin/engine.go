@@ -49,6 +49,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
+	"github.com/clawker-fw/clawker-fw/bpf"
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/internal/ratelimit"
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -148,6 +149,11 @@ type Config struct {
 	// counts, keeps, samples and logs them). When nil, each record is
 	// logged on Log as a decision line, rate-limited by LogLimit.
 	Record func(decisionlog.Record)
+	// Splicer, when set, carries allowed passthrough TLS and tcp/ssh/IP
+	// flows in the kernel once decided (bpf/splice.c); flows it cannot take
+	// are copied in userspace as without it. Plain HTTP and inspected TLS
+	// never take it: they are decided request by request.
+	Splicer *bpf.Splicer
 	// LogLimit, when set, rate-limits the decision lines per endpoint
 	// (dropped lines are counted by the limiter) when Record is nil.
 	LogLimit *ratelimit.Limiter

@@ -30,6 +30,11 @@ type metrics struct {
 	denied  *prometheus.CounterVec
 	bytes   *prometheus.CounterVec
 	capped  *prometheus.CounterVec
+	// kernelSplice counts decided flows by relay: kernel, fallback (the
+	// kernel refused the pair), demoted (left the kernel: a slow peer).
+	kernelSplice *prometheus.CounterVec
+	// kernelBytes counts bytes the splice program moved in the kernel.
+	kernelBytes *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -46,6 +51,14 @@ func newMetrics() *metrics {
 			Namespace: "clawker", Subsystem: "proxy", Name: "capped_total",
 			Help: "Connections and UDP sessions refused because their endpoint had reached its cap.",
 		}, []string{"reason"}),
+		kernelSplice: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "clawker", Subsystem: "proxy", Name: "kernel_splice_total",
+			Help: "Allowed passthrough and tcp flows by relay: kernel (sockmap splice), fallback (the kernel refused the pair: splice(2) in the proxy) and demoted (left the kernel path because a receiver fell behind).",
+		}, []string{"path"}),
+		kernelBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "clawker", Subsystem: "proxy", Name: "kernel_splice_bytes_total",
+			Help: "Bytes of allowed flows moved by the kernel splice program (up = client to upstream), counted when a flow ends.",
+		}, []string{"direction"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "clawker", Subsystem: "proxy", Name: "bytes_total",
 			Help: "Bytes relayed by the builtin proxy (up = client to upstream).",
@@ -55,7 +68,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.allowed, m.denied, m.bytes, m.capped} {
+	for _, c := range []prometheus.Collector{m.allowed, m.denied, m.bytes, m.capped, m.kernelSplice, m.kernelBytes} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}
