@@ -71,7 +71,18 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	reg := prometheus.NewRegistry()
 	denials := plugin.NewDenialLog(500)
 	decs := newDecisions(s.LogRate, denials, root)
+	var splicer *bpf.Splicer
+	if s.KernelSplice {
+		// Owned by this process and not pinned: its sockets die with it.
+		if splicer, err = bpf.OpenSplicer(); err != nil {
+			root.WithError(err).Warn("kernel splice unavailable on this kernel: allowed flows are copied in userspace (splice(2))")
+			splicer = nil
+		} else {
+			defer splicer.Close()
+		}
+	}
 	engine, err := builtin.New(builtin.Config{
+		Splicer:               splicer,
 		MaxConns:              s.MaxConns,
 		MaxUDPSessions:        s.MaxUDPSessions,
 		Record:                decs.Add,

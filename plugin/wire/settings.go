@@ -42,6 +42,9 @@ type Settings struct {
 	LogRate        float64
 	// MetricsAddr is where the Prometheus endpoint listens ("" = off).
 	MetricsAddr string
+	// KernelSplice carries allowed passthrough and tcp flows in the kernel
+	// (sockmap) once decided; off, the proxy copies them (splice(2)).
+	KernelSplice bool
 }
 
 func env(k, def string) string {
@@ -109,6 +112,12 @@ func ReadSettings() (Settings, error) {
 	}
 	if s.MetricsAddr, err = metrics.ParseAddr(env("CLAWKER_METRICS_ADDR", "")); err != nil {
 		return s, err
+	}
+	switch v := env("CLAWKER_PROXY_KERNEL_SPLICE", "true"); v {
+	case "true", "false":
+		s.KernelSplice = v == "true"
+	default:
+		return s, fmt.Errorf("setting CLAWKER_PROXY_KERNEL_SPLICE: %q is not true or false", v)
 	}
 	if s.Engine != "builtin" && s.Engine != "envoy" {
 		return s, fmt.Errorf("setting CLAWKER_PROXY_ENGINE: %q is not builtin or envoy", s.Engine)
