@@ -52,6 +52,9 @@ type flow struct {
 	detail   string
 	fix      string
 	closedBy atomic.Bool // closed by a policy change
+	// onReset, when set, is told that the flow was reset from outside its
+	// relay (a policy change, the engine closing): the kernel splice stops.
+	onReset atomic.Pointer[func()]
 
 	up, down    atomic.Int64
 	requests    atomic.Int64
@@ -287,6 +290,9 @@ func (f *flow) reset() {
 		_ = f.tcp.SetLinger(0)
 	}
 	_ = f.conn.Close()
+	if fn := f.onReset.Load(); fn != nil {
+		(*fn)()
+	}
 }
 
 func (f *flow) allow(v verdict.Verdict) {

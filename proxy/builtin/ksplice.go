@@ -91,12 +91,20 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 	defer s.Remove(pair)
 
 	var failed, demote atomic.Bool
+	// wake ends the pumps' waits: a reset, an abort or a demotion.
+	wake := make(chan struct{})
+	var wakeOnce sync.Once
+	wakeUp := func() { wakeOnce.Do(func() { close(wake) }) }
 	abort := func() {
 		if failed.CompareAndSwap(false, true) {
 			down.Close() // SO_LINGER 0: both peers get a reset
 			upTCP.Close()
 		}
+		wakeUp()
 	}
+	onReset := func() { abort() }
+	f.onReset.Store(&onReset)
+	defer f.onReset.Store(nil)
 	stop := make(chan struct{})
 	pumped := make(chan struct{})
 	go func() {
@@ -113,9 +121,7 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 			abort()
 		}
 		close(stop)
-		// Wake the pumps parked in the poller.
-		_ = down.SetReadDeadline(time.Now())
-		_ = upTCP.SetReadDeadline(time.Now())
+		wakeUp()
 	}()
 	// Bytes queued before the pair entered the maps (the peeked
 	// ClientHello, a server's greeting) go through the program now.
@@ -128,14 +134,14 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := kernelPump(s, down, upTCP, pair.A, uBase, &demote, &failed)
+		err := kernelPump(s, down, upTCP, pair.A, uBase, wake, &demote, &failed)
 		upDone = err == nil
 		if err != nil && !errors.Is(err, errDemoted) {
 			f.e.log.WithError(err).Debug("kernel splice: client side ended with an error; resetting both")
 			abort()
 		}
 	}()
-	err = kernelPump(s, upTCP, down, pair.B, dBase, &demote, &failed)
+	err = kernelPump(s, upTCP, down, pair.B, dBase, wake, &demote, &failed)
 	downDone = err == nil
 	if err != nil && !errors.Is(err, errDemoted) {
 		f.e.log.WithError(err).Debug("kernel splice: upstream side ended with an error; resetting both")
@@ -174,8 +180,6 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 		}
 		s.Remove(pair)
 		clearLinger()
-		_ = down.SetReadDeadline(time.Time{})
-		_ = upTCP.SetReadDeadline(time.Time{})
 		f.e.metrics.kernelSplice.WithLabelValues("demoted").Inc()
 		f.splice(up) // the rest in userspace; it closes both
 		return true
@@ -192,48 +196,46 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 // returns nil once src's FIN has been forwarded after all of src's bytes,
 // errDemoted when the flow leaves the kernel path, or another error (a
 // reset, a closed socket) on which the caller resets both. dstBase is dst's
-// streamBytes when the pair entered the kernel path.
+// streamBytes when the pair entered the kernel path; wake is closed when the
+// flow is reset, aborted or demoted.
 //
 // It never reads src: tcp_bpf's recvmsg on a socket with a verdict program
 // writes back the copied_seq it sampled before running the program over
 // queued bytes, so a read that redirects bytes leaves copied_seq behind the
 // receive queue (measured on 6.18: the kernel then warns "TCP recvmsg seq #
-// bug" and later reads stall or splice(2) drops bytes). It polls src's
-// state instead, and runs the program over queued bytes with kick.
-func kernelPump(s *bpf.Splicer, src, dst *net.TCPConn, cookie uint64, dstBase uint64, demote, failed *atomic.Bool) error {
+// bug" and later reads stall or splice(2) drops bytes). It waits for src's
+// FIN or error on an epoll set that does not wake for data (hupWatch), and
+// runs the program over queued bytes with kick.
+func kernelPump(s *bpf.Splicer, src, dst *net.TCPConn, cookie uint64, dstBase uint64, wake <-chan struct{}, demote, failed *atomic.Bool) error {
+	hup, cancel, err := hupWatch(src)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	select {
+	case <-hup:
+	case <-wake:
+	}
+	if demote.Load() {
+		return errDemoted
+	}
+	if failed.Load() {
+		return errFlowAborted
+	}
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var revents int16
-	var perr error
-	err = rc.Read(func(fd uintptr) bool {
-		if demote.Load() {
-			perr = errDemoted
-			return true
-		}
+	if err := rc.Control(func(fd uintptr) {
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		n, err := unix.Poll(fds, 0)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				return false
-			}
-			perr = err
-			return true
+		if _, err := unix.Poll(fds, 0); err == nil {
+			revents = fds[0].Revents
 		}
-		revents = fds[0].Revents
-		return n > 0 && revents&(unix.POLLRDHUP|unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0
-	})
-	if demote.Load() {
-		return errDemoted
+	}); err != nil {
+		return err
 	}
-	if err == nil {
-		err = perr
-	}
-	if err != nil {
-		return fmt.Errorf("wait: %w", err)
-	}
-	if revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
+	if revents&(unix.POLLERR|unix.POLLNVAL) != 0 || revents&(unix.POLLRDHUP|unix.POLLHUP) == 0 {
 		serr := errors.New("socket error")
 		_ = rc.Control(func(fd uintptr) {
 			if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
@@ -365,4 +367,90 @@ func withFDs(a, b *net.TCPConn, fn func(afd, bfd int) error) error {
 		err = ferr
 	}
 	return err
+}
+
+// hups is one epoll set, shared by every spliced socket, that reports a
+// peer's FIN or an error and never wakes for data: Go's own poller would
+// wake the relay for every batch of bytes the program moves, which cost as
+// much CPU per GB as relaying them (measured with bench/proxy).
+var hups struct {
+	once    sync.Once
+	err     error
+	epfd    int
+	mu      sync.Mutex
+	next    int32
+	waiters map[int32]chan struct{}
+}
+
+// hupWatch returns a channel closed when c gets its peer's FIN or an error
+// (one-shot), and a cancel that removes c from the set. c must stay open
+// until cancel (a closed socket leaves the set silently).
+func hupWatch(c *net.TCPConn) (<-chan struct{}, func(), error) {
+	hups.once.Do(func() {
+		hups.epfd, hups.err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if hups.err != nil {
+			return
+		}
+		hups.waiters = map[int32]chan struct{}{}
+		go hupLoop()
+	})
+	if hups.err != nil {
+		return nil, nil, fmt.Errorf("create the splice epoll set: %w", hups.err)
+	}
+	ch := make(chan struct{})
+	hups.mu.Lock()
+	hups.next++
+	if hups.next <= 0 {
+		hups.next = 1
+	}
+	tok := hups.next
+	hups.waiters[tok] = ch
+	hups.mu.Unlock()
+	rc, err := c.SyscallConn()
+	if err == nil {
+		var cerr error
+		err = rc.Control(func(fd uintptr) {
+			ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLERR | unix.EPOLLHUP | unix.EPOLLONESHOT, Fd: tok}
+			cerr = unix.EpollCtl(hups.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		})
+		if err == nil {
+			err = cerr
+		}
+	}
+	drop := func() {
+		hups.mu.Lock()
+		delete(hups.waiters, tok)
+		hups.mu.Unlock()
+	}
+	if err != nil {
+		drop()
+		return nil, nil, fmt.Errorf("watch a spliced socket: %w", err)
+	}
+	cancel := func() {
+		// Under Control the descriptor cannot be closed and reused.
+		_ = rc.Control(func(fd uintptr) { _ = unix.EpollCtl(hups.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+		drop()
+	}
+	return ch, cancel, nil
+}
+
+func hupLoop() {
+	evs := make([]unix.EpollEvent, 64)
+	for {
+		n, err := unix.EpollWait(hups.epfd, evs, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		hups.mu.Lock()
+		for _, ev := range evs[:n] {
+			if ch, ok := hups.waiters[ev.Fd]; ok {
+				close(ch)
+				delete(hups.waiters, ev.Fd)
+			}
+		}
+		hups.mu.Unlock()
+	}
 }
