@@ -45,6 +45,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
 
+	"github.com/clawker-fw/clawker-fw/bpf"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/builtin"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
@@ -75,6 +76,9 @@ var (
 	childCA  = flag.String("child-ca", "", "internal: CA cert+key PEM file")
 	cpuProf  = flag.String("engine-cpuprofile", "", "write a CPU profile of the engine process here")
 	only     = flag.String("only", "", "run only workloads whose group is this (bulk, newconn, keepalive, inspect)")
+	kSplice  = flag.Bool("kernel-splice", true, "bulk: also run an engine with the kernel splice (bpf/splice.c; needs root)")
+	childK   = flag.Bool("child-kernel-splice", false, "internal: the engine child opens the kernel splicer")
+	holdMB   = flag.Int("kernel-hold-mb", 0, "kernel splice: MiB queued in front of a slow receiver before the flow leaves the kernel (0: the default)")
 )
 
 func main() {
@@ -109,6 +113,9 @@ type env struct {
 	enginePID int
 	squidPID  int
 	tmp       string
+	// kernelAddr and kernelPID: a second engine, with the kernel splice.
+	kernelAddr string
+	kernelPID  int
 }
 
 func run() error {
@@ -153,6 +160,15 @@ func run() error {
 		}
 		defer stop()
 	}
+	if *kSplice && !*inProc {
+		stop, addr, pid, err := startChildPID("-engine-child", "-child-kernel-splice", "-kernel-hold-mb", strconv.Itoa(*holdMB), "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kernel splice engine unavailable:", err)
+		} else {
+			defer stop()
+			e.kernelAddr, e.kernelPID = addr, pid
+		}
+	}
 	if !*noSquid {
 		stop, addr, pid, err := startSquid(tmp, e.ca, e.upPort)
 		if err != nil {
@@ -189,7 +205,15 @@ func (e *env) startEngine() error {
 		var d net.Dialer
 		return d.DialContext(ctx, "udp", e.dnsAddr)
 	}}
+	var splicer *bpf.Splicer
+	if *childK {
+		var err error
+		if splicer, err = bpf.OpenSplicerWith(bpf.SpliceOptions{HoldBytes: uint64(*holdMB) << 20}); err != nil {
+			return fmt.Errorf("open the kernel splicer: %w", err)
+		}
+	}
 	eng, err := builtin.New(builtin.Config{
+		Splicer:               splicer,
 		Certs:                 e.ca,
 		Resolver:              resolver,
 		UpstreamCAs:           []*x509.Certificate{e.ca.cert},
@@ -311,7 +335,7 @@ func (e *env) httpClient(v variant, keepAlive, h2 bool) *http.Client {
 }
 
 func (e *env) url(v variant, name, path string) string {
-	if v.name == "builtin" {
+	if v.name == "builtin" || v.name == "kernel" {
 		return "https://" + name + path
 	}
 	return "https://" + net.JoinHostPort(name, strconv.Itoa(int(e.upPort))) + path
@@ -321,35 +345,80 @@ func (e *env) url(v variant, name, path string) string {
 
 func (e *env) benchBulk(rep *report) {
 	n := int64(*bulkMB) << 20
+	vs := e.variants()
+	if e.kernelAddr != "" {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
+		vs = append(vs, variant{name: "kernel", dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", e.kernelAddr) }})
+	}
 	for _, dir := range []string{"download", "upload"} {
 		res := map[string][]float64{}
-		cpu := map[string]float64{} // proxy process CPU seconds
+		cpu := map[string]float64{}  // proxy process CPU seconds
+		host := map[string]float64{} // host-wide busy CPU seconds (/proc/stat)
 		moved := map[string]float64{}
 		for r := 0; r < *bulkReps; r++ {
-			for _, v := range e.variants() {
-				pid := map[string]int{"builtin": e.enginePID, "squid": e.squidPID}[v.name]
-				c0 := procCPU(pid)
+			for _, v := range vs {
+				pid := map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID}[v.name]
+				c0, h0 := procCPU(pid), hostCPU()
 				mbps, err := e.bulkOnce(v, dir, n)
 				if err != nil {
 					rep.note("bulk %s %s: %v", dir, v.name, err)
 					continue
 				}
 				cpu[v.name] += procCPU(pid) - c0
+				host[v.name] += hostCPU() - h0
 				moved[v.name] += float64(n) / (1 << 30)
 				res[v.name] = append(res[v.name], mbps)
 			}
 		}
-		rep.row("TLS passthrough bulk "+dir+" (MB/s, median of "+strconv.Itoa(*bulkReps)+" x "+strconv.Itoa(*bulkMB)+" MB)", median(res["direct"]), median(res["builtin"]), median(res["squid"]), true)
-		per := func(name string) float64 {
+		per := func(m map[string]float64, name string) float64 {
 			if moved[name] == 0 {
 				return 0
 			}
-			return cpu[name] / moved[name]
+			return m[name] / moved[name]
+		}
+		title := "TLS passthrough bulk " + dir + " (MB/s, median of " + strconv.Itoa(*bulkReps) + " x " + strconv.Itoa(*bulkMB) + " MB)"
+		rep.row(title, median(res["direct"]), median(res["builtin"]), median(res["squid"]), true)
+		if e.kernelAddr != "" {
+			rep.row("  the same, builtin with the kernel splice (builtin column)", median(res["direct"]), median(res["kernel"]), median(res["squid"]), true)
+		}
+		rep.row("  host CPU seconds per GB, all CPUs (/proc/stat: softirq and kworkers count)", per(host, "direct"), per(host, "builtin"), per(host, "squid"), false)
+		if e.kernelAddr != "" {
+			rep.row("  host CPU seconds per GB, builtin with the kernel splice", per(host, "direct"), per(host, "kernel"), per(host, "squid"), false)
 		}
 		if e.enginePID != 0 {
-			rep.row("  proxy process CPU seconds per GB relayed ("+dir+")", 0, per("builtin"), per("squid"), false)
+			rep.row("  proxy process CPU seconds per GB relayed ("+dir+")", 0, per(cpu, "builtin"), per(cpu, "squid"), false)
+		}
+		if e.kernelPID != 0 {
+			rep.row("  proxy process CPU seconds per GB relayed, kernel splice ("+dir+")", 0, per(cpu, "kernel"), per(cpu, "squid"), false)
+		}
+		if dir == "upload" && e.kernelAddr != "" {
+			hold := "the default (" + strconv.Itoa(bpf.DefaultHoldBytes>>20) + " MiB)"
+			if *holdMB != 0 {
+				hold = strconv.Itoa(*holdMB) + " MiB"
+			}
+			rep.note("kernel splice: a flow leaves the kernel when %s wait in front of a receiver that fell behind", hold)
 		}
 	}
+}
+
+// hostCPU returns the busy CPU seconds of the whole host so far (every
+// /proc/stat cpu field but idle, iowait and steal).
+func hostCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var busy float64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || i >= 7 { // idle, iowait, steal; guest time is in user already
+			continue
+		}
+		x, _ := strconv.ParseFloat(v, 64)
+		busy += x
+	}
+	return busy / 100 // USER_HZ
 }
 
 // procCPU returns the user+system CPU seconds of process pid (0 for none).
