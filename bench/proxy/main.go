@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
 	"github.com/clawker-fw/clawker-fw/bpf"
@@ -116,6 +117,7 @@ type env struct {
 	// kernelAddr and kernelPID: a second engine, with the kernel splice.
 	kernelAddr string
 	kernelPID  int
+	reg        *prometheus.Registry
 }
 
 func run() error {
@@ -212,7 +214,9 @@ func (e *env) startEngine() error {
 			return fmt.Errorf("open the kernel splicer: %w", err)
 		}
 	}
+	e.reg = prometheus.NewRegistry()
 	eng, err := builtin.New(builtin.Config{
+		Registry:              e.reg,
 		Splicer:               splicer,
 		Certs:                 e.ca,
 		Resolver:              resolver,
@@ -1032,6 +1036,22 @@ func runChild() error {
 	}
 	fmt.Printf("ADDR %s\n", e.webAddr)
 	_, _ = io.Copy(io.Discard, os.Stdin)
+	if *childK {
+		// What the kernel path did, for the report (stderr).
+		mfs, _ := e.reg.Gather()
+		for _, mf := range mfs {
+			if !strings.Contains(mf.GetName(), "kernel_splice") {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				var ls []string
+				for _, l := range m.GetLabel() {
+					ls = append(ls, l.GetName()+"="+l.GetValue())
+				}
+				fmt.Fprintf(os.Stderr, "kernel-splice engine: %s{%s} %.0f\n", mf.GetName(), strings.Join(ls, ","), m.GetCounter().GetValue())
+			}
+		}
+	}
 	return nil
 }
 
