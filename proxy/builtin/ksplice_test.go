@@ -227,15 +227,15 @@ func TestKernelSpliceIntegrity(t *testing.T) {
 	require.Zero(t, user.Load())
 	// The canonical lines count the bytes the kernel moved.
 	require.Eventually(t, func() bool {
-		var ups, downs []int64
+		var ups, downs []uint64
 		for _, e := range h.hook.AllEntries() {
 			if e.Message != logMessage || e.Data[fieldDecision] != "allow" {
 				continue
 			}
-			ups = append(ups, e.Data[fieldBytesUp].(int64))
-			downs = append(downs, e.Data[fieldBytesDown].(int64))
+			ups = append(ups, e.Data[fieldBytesUp].(uint64))
+			downs = append(downs, e.Data[fieldBytesDown].(uint64))
 		}
-		answer := int64(len(fmt.Sprintf("%d -1\n", n)))
+		answer := uint64(len(fmt.Sprintf("%d -1\n", n)))
 		return len(ups) == 2 && ups[0] == n+5 && downs[0] == answer && ups[1] == 5 && downs[1] == n
 	}, 5*time.Second, 20*time.Millisecond)
 }
