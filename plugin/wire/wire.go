@@ -1,9 +1,9 @@
 // Package wire assembles the plugin process (run.go) and adapts the real
 // subsystems to the small interfaces of the plugin core: bpf, netguard, the
-// Docker API and the snapshot file (this file), the Envoy sidecar
-// (envoy.go), the DNS sidecar's log lines (dnslog.go), the settings
-// (settings.go), the status of the parts (status.go) and the background
-// loops (loops.go).
+// Docker API and the snapshot file (this file), Docker's names (names.go),
+// the Envoy sidecar (envoy.go), the decision hub and the metrics endpoint
+// (decisions.go), the settings (settings.go), the status of the parts
+// (status.go) and the background loops (loops.go).
 package wire
 
 import (
