@@ -176,3 +176,18 @@ func TestMetricsBounded(t *testing.T) {
 	require.LessOrEqual(t, n, MaxSeriesEndpoints+1)
 	require.Contains(t, m.eps, otherKey)
 }
+
+// BenchmarkHubAddAllowed is the plugin's cost of one allowed decision
+// (counted, kept, sampled; no line).
+func BenchmarkHubAddAllowed(b *testing.B) {
+	logger, _ := test.NewNullLogger()
+	h := New(Config{Log: logrus.NewEntry(logger)})
+	r := Record{Source: SourceProxy, Verdict: Allow, Endpoint: 3, Container: "agent", Network: "agents",
+		DestName: "api.example.test", DestPort: 443, Protocol: "https", BytesUp: 100, BytesDown: 1000}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			h.Add(r)
+		}
+	})
+}
