@@ -34,6 +34,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
 	pv "github.com/clawker-fw/clawker-fw/proxy/verdict"
@@ -97,29 +98,32 @@ type logCtx struct {
 	port     uint16
 }
 
-// Access log field names: the builtin engine's decision line uses the same.
+// Access log field names: those of every clawker-fw decision line
+// (internal/decisionlog), so one query finds the decisions of both engines.
 const (
-	logSrc       = "src"
-	logListener  = "listener"
-	logName      = "name"
-	logDst       = "dst"
-	logPort      = "port"
-	logRule      = "rule"
-	logDecision  = "decision"
-	logReason    = "reason"
-	logMode      = "mode"
-	logMethod    = "method"
-	logPath      = "path"
+	logSrc       = decisionlog.FSrcAddr
+	logListener  = decisionlog.FListener
+	logName      = decisionlog.FDestName
+	logDst       = decisionlog.FDestAddr
+	logPort      = decisionlog.FDestPort
+	logRule      = decisionlog.FRule
+	logDecision  = decisionlog.FVerdict
+	logReason    = decisionlog.FReason
+	logMode      = decisionlog.FMode
+	logMethod    = decisionlog.FMethod
+	logPath      = decisionlog.FPath
 	logStatus    = "status"
-	logBytesUp   = "bytes_up"
-	logBytesDown = "bytes_down"
-	logDuration  = "duration_ms"
+	logBytesUp   = decisionlog.FBytesUp
+	logBytesDown = decisionlog.FBytesDown
+	logDuration  = decisionlog.FDurationMS
 	logEngine    = "engine"
+	logSource    = decisionlog.FSource
 )
 
 func (lc logCtx) base(mode string) map[string]any {
 	return map[string]any{
 		logEngine:    "envoy",
+		logSource:    decisionlog.SourceProxy,
 		logListener:  lc.listener,
 		logPort:      float64(lc.port),
 		logSrc:       "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
