@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-
-	"github.com/clawker-fw/clawker-fw/policy"
 )
 
 // rawPath returns the request path exactly as the client sent it: the
@@ -66,13 +64,4 @@ func forwardable(path string) bool {
 		got = u.EscapedPath()
 	}
 	return got == path
-}
-
-// decidePath applies an entry's path rules to the raw request path: the
-// request is allowed only if every plausible reading of the path is
-// (policy.DecidePath). It returns whether the request is allowed and what
-// decided.
-func decidePath(rules []policy.PathRule, def policy.Action, raw, method string) (bool, string) {
-	v := policy.DecidePath(rules, def, raw, method)
-	return v.Allowed, v.Detail
 }

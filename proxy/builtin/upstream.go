@@ -49,10 +49,6 @@ func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr, port), nil
 }
 
-// isSpecial reports whether addr lies in a range a name may never reach on
-// its own (verdict.IsSpecial: the one list both engines use).
-func isSpecial(addr netip.Addr) bool { return verdict.IsSpecial(addr) }
-
 // ReasonPrivateUpstream: a name resolved only to private or link-local
 // addresses that no IP/CIDR rule allows.
 const ReasonPrivateUpstream = verdict.ReasonPrivateUpstream

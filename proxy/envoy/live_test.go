@@ -139,5 +139,5 @@ func TestLiveEnvoy(t *testing.T) {
 	require.Equal(t, http.StatusForbidden, resp.StatusCode)
 	require.Equal(t, "GET evil.example.test / (no-rule); "+pv.Fix(pv.Denial{Dest: "evil.example.test", Port: uint16(upPort),
 		Proto: policy.ProtoHTTP, Reason: policy.ReasonNoRule}), resp.Header.Get(DeniedHeader))
-	require.Equal(t, DeniedBody("", uint16(upPort), policy.ProtoHTTP, policy.ReasonNoRule, "", ""), b)
+	require.Equal(t, denial{port: uint16(upPort), proto: policy.ProtoHTTP, reason: policy.ReasonNoRule}.body(), b)
 }

@@ -215,8 +215,6 @@ type ep struct {
 	who   policy.Who
 }
 
-func (e ep) bypass() bool { return e.who.State == policy.ReasonBypass }
-
 type builder struct {
 	opts     Options
 	eps      []ep
@@ -927,12 +925,8 @@ func (d denial) header() string {
 		strings.ReplaceAll(esc(d.hint("\x00")), "\x00", name)
 }
 
-// DeniedBody is the body of the proxy's own 403 for a request of proto to
-// key on port (key "" for the catch-all, "*.apex" for a wildcard).
-func DeniedBody(key string, port uint16, proto policy.Proto, reason policy.Reason, rule, detail string) string {
-	return denial{key: key, port: port, proto: proto, reason: reason, rule: rule, detail: detail}.body()
-}
-
+// body is the body of the proxy's own 403 for a request of d.proto to d.key
+// on d.port (key "" for the catch-all, "*.apex" for a wildcard).
 func (d denial) body() string {
 	name, dest := d.key, fmt.Sprintf("%s:%d", d.key, d.port)
 	switch {
