@@ -32,12 +32,6 @@ type Spec struct {
 	HealthEvery time.Duration
 	// MinBackoff/MaxBackoff bound the restart delay (defaults 100 ms, 10 s).
 	MinBackoff, MaxBackoff time.Duration
-	// OnLine, when set, sees every output line (after it is logged).
-	OnLine func(line string)
-	// Keep, when set, decides whether a line is logged (relayed through
-	// dockerd); OnLine sees it either way. Used to rate-limit the DNS
-	// sidecar's per-query lines.
-	Keep func(line string) bool
 }
 
 // Status is a sidecar's health snapshot.
@@ -169,12 +163,7 @@ func (p *Process) pipe(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if p.spec.Keep == nil || p.spec.Keep(sc.Text()) {
-			p.log.Log(LineLevel(sc.Text()), sc.Text())
-		}
-		if p.spec.OnLine != nil {
-			p.spec.OnLine(sc.Text())
-		}
+		p.log.Log(LineLevel(sc.Text()), sc.Text())
 	}
 }
 
