@@ -151,8 +151,8 @@ func (s *Snapshot) EndpointByIP(ip netip.Addr) (*Endpoint, bool) {
 }
 
 // Effective returns the policy the data planes must apply for ep at time now:
-// allow-all while bypassed, nil while pending, and a policy with no allows
-// when the container's labels were invalid.
+// allow-all while bypassed (in learn mode marked Learn), nil while pending,
+// and a policy with no allows when the container's labels were invalid.
 // It is Who's policy (see Who for the order).
 func (ep *Endpoint) Effective(now time.Time) *Policy { return ep.Who(now).Policy }
 

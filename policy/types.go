@@ -195,6 +195,10 @@ type Policy struct {
 	InspectAll bool `json:"inspect_all,omitempty"`
 	// AllowAll is set while the endpoint is bypassed (see Endpoint.BypassUntil).
 	AllowAll bool `json:"allow_all,omitempty"`
+	// Learn is set with AllowAll while the endpoint is in learn mode: the
+	// data planes then read every flow's name (SNI, Host, DNS answer) and
+	// report it instead of splicing by address unseen.
+	Learn bool `json:"learn,omitempty"`
 }
 
 // Reason explains a decision with a stable machine-readable code.
@@ -271,6 +275,9 @@ type Endpoint struct {
 	// BypassUntil, when in the future, gives the endpoint allow-all in DNS
 	// and proxy (never NAT or forwarding).
 	BypassUntil time.Time `json:"bypass_until,omitzero"`
+	// Learn marks a bypass as learn mode (clawker-fw learn): the same
+	// allow-all, with every flow reported to the plugin's recorder.
+	Learn bool `json:"learn,omitempty"`
 	// Policy is the endpoint's compiled policy (nil while pending).
 	Policy *Policy `json:"policy,omitempty"`
 }

@@ -14,7 +14,8 @@ import (
 //  1. a source address that is no endpoint of the snapshot is
 //     ReasonUnknownPeer (no policy);
 //  2. a bypassed endpoint (BypassUntil in the future) gets allow-all,
-//     ReasonBypass, whatever its labels or identification;
+//     ReasonBypass, whatever its labels or identification (in learn mode
+//     marked Learn, inspecting where the network inspects);
 //  3. an endpoint whose labels did not parse gets an empty policy (nothing
 //     allowed), ReasonBadLabel, with the label error as Detail;
 //  4. an endpoint whose container is not known yet is ReasonPending (no
@@ -57,6 +58,11 @@ func (ep *Endpoint) Who(now time.Time) Who {
 		return Who{State: ReasonUnknownPeer}
 	}
 	if State(ep.BypassUntil, "", false, now) == ReasonBypass {
+		if ep.Learn {
+			// Learn mode: the bypass's allow-all, reporting every flow, and
+			// inspecting where the network inspects so paths can be seen.
+			return Who{Endpoint: ep, Policy: &Policy{AllowAll: true, Learn: true, InspectAll: ep.Policy != nil && ep.Policy.InspectAll}, State: ReasonBypass}
+		}
 		return Who{Endpoint: ep, Policy: &Policy{AllowAll: true}, State: ReasonBypass}
 	}
 	return ep.Own()
