@@ -308,6 +308,9 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 			}
 		}
 	}
+	if pol.Learn {
+		c.reportLearned(q, learn)
+	}
 	c.allow(q, string(m.Reason), id, len(reply.Answer), upstream)
 	state := request.Request{W: w, Req: r}
 	state.SizeAndDo(reply)
