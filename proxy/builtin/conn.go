@@ -100,6 +100,10 @@ func (e *Engine) handle(def model.Listener, c net.Conn) {
 			return
 		}
 		f.dst, f.port = od.Addr(), od.Port()
+		if who.Policy != nil && who.Policy.Learn {
+			f.learn(ctx, who)
+			return
+		}
 		// An IP/CIDR rule carries any TCP, server-first protocols
 		// included: decided before reading anything. Otherwise the
 		// content names the destination.

@@ -237,6 +237,9 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ri.allowed = true
 	f.allowedReqs.Add(1)
+	if pol := fl.Who.Policy; pol != nil && pol.Learn {
+		f.e.emit(f.decision(ri)) // the recorder wants every request shape
+	}
 	f.e.metrics.allowed.WithLabelValues(string(f.def.Kind)).Inc()
 	lc := newLiveConn(f.src, f.ep.Index, fl)
 	// The server cancels r.Context() when an HTTP/1 client half-closes

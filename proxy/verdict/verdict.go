@@ -224,6 +224,9 @@ func decide(f Flow, paths bool) Verdict {
 	case f.Listener == Transparent && f.Addr.IsValid():
 		m = pol.MatchIP(f.Addr, f.Port, f.L4)
 		switch {
+		case m.Allowed && pol.Learn && f.Content != None && (f.Content != TLS || f.Name != ""):
+			// Learn mode: a flow whose content names it is carried by
+			// that name, so the recorder sees it (decided below).
 		case m.Allowed:
 			return f.allow(m, ModeIP)
 		case m.Reason == policy.ReasonDenyRule || f.Content == None:
@@ -389,6 +392,8 @@ func (f Flow) bypassMode() Mode {
 		return ModeHTTP
 	case f.Request != nil:
 		return ModeInspect
+	case f.Content == TLS && f.Who.Policy.Learn && f.Who.Policy.InspectAll:
+		return ModeInspect // learning on an inspecting network: record the requests
 	case f.Content == TLS:
 		return ModePassthrough
 	}

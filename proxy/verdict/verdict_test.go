@@ -218,3 +218,41 @@ func TestDecideHost(t *testing.T) {
 	f.Request.Host, f.Request.TLSName = "bad.npm.example.test", "bad.npm.example.test"
 	require.Equal(t, policy.ReasonDenyRule, verdict.DecideHost(f).Reason)
 }
+
+// TestLearnNamesTransparentFlows: under learn mode (a bypass) a redirected
+// flow whose content names it is carried by that name (passthrough, or
+// inspect where the network inspects), so the recorder sees the name; a
+// flow without a name, and every flow under a plain bypass, is carried by
+// address.
+func TestLearnNamesTransparentFlows(t *testing.T) {
+	addr := netip.MustParseAddr("10.220.0.10")
+	ep := &policy.Endpoint{Index: 1}
+	who := func(p *policy.Policy) policy.Who {
+		return policy.Who{Endpoint: ep, Policy: p, State: policy.ReasonBypass}
+	}
+	tls := func(p *policy.Policy, name string) verdict.Flow {
+		return verdict.Flow{Who: who(p), Listener: verdict.Transparent, Addr: addr, Port: 443, L4: policy.L4TCP, Content: verdict.TLS, Name: name}
+	}
+	learn := &policy.Policy{AllowAll: true, Learn: true}
+	learnInspect := &policy.Policy{AllowAll: true, Learn: true, InspectAll: true}
+	bypass := &policy.Policy{AllowAll: true}
+	for _, tc := range []struct {
+		name string
+		f    verdict.Flow
+		mode verdict.Mode
+	}{
+		{"learn, TLS with a name", tls(learn, "allowed.example.test"), verdict.ModePassthrough},
+		{"learn on an inspecting network", tls(learnInspect, "allowed.example.test"), verdict.ModeInspect},
+		{"learn, TLS without a name", tls(learn, ""), verdict.ModeIP},
+		{"learn, nothing read", verdict.Flow{Who: who(learn), Listener: verdict.Transparent, Addr: addr, Port: 22, L4: policy.L4TCP}, verdict.ModeIP},
+		{"learn, an HTTP request", verdict.Flow{Who: who(learn), Listener: verdict.Transparent, Addr: addr, Port: 80, L4: policy.L4TCP, Content: verdict.HTTP,
+			Request: &verdict.Request{Host: "path.example.test", Method: "GET", Path: "/x", AsSent: true}}, verdict.ModeHTTP},
+		{"plain bypass, TLS with a name", tls(bypass, "allowed.example.test"), verdict.ModeIP},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := verdict.Decide(tc.f)
+			require.True(t, v.Allowed)
+			require.Equal(t, tc.mode, v.Mode)
+		})
+	}
+}
