@@ -211,6 +211,7 @@ func AdminHandler(p *Plugin, hooks AdminHooks, log *logrus.Entry) http.Handler {
 		v.Engine = hooks.Engine
 		writeAPI(w, v)
 	})
+	learnRoutes(mux, p, log)
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 		if err := p.Reload(); err != nil {
 			writeAPIError(w, err)

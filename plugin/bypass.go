@@ -11,6 +11,12 @@ import (
 // flow through the proxy). A dead-man timer restores enforcement, and Start
 // re-arms it after a restart.
 func (p *Plugin) Bypass(containerRef string, d time.Duration) (time.Time, error) {
+	return p.bypass(containerRef, d, false)
+}
+
+// bypass grants a bypass, in learn mode when learn is set (a plain bypass
+// of a learning container ends its learning).
+func (p *Plugin) bypass(containerRef string, d time.Duration, learn bool) (time.Time, error) {
 	if d <= 0 || d > 24*time.Hour {
 		return time.Time{}, rejected(ReasonInvalidRequest, "bypass duration %s: must be between 1s and 24h", d)
 	}
@@ -24,10 +30,16 @@ func (p *Plugin) Bypass(containerRef string, d time.Duration) (time.Time, error)
 		until = p.cfg.Now().Add(d).UTC()
 		next := p.st.clone()
 		next.Endpoints[ep.ID].BypassUntil = until
+		next.Endpoints[ep.ID].Learn = learn
 		if err := p.commit(next); err != nil {
 			return err
 		}
 		epID = ep.ID
+		if learn {
+			p.startLearning(ep, until, false)
+		} else {
+			p.stopLearning(ep)
+		}
 		return p.applyEnrollment(ep.ID)
 	})
 	if err == nil || isPartial(err) {
@@ -71,24 +83,32 @@ func (p *Plugin) stopBypassTimer(epID string) {
 }
 
 func (p *Plugin) endBypass(epID string) {
-	err := p.q.Do(p.ctx, queue.KindBypass, func() error {
+	err := p.endBypassNow(epID)
+	if err != nil && !isPartial(err) {
+		// The store write failed: retry soon, enforcement must come back.
+		p.log.WithError(err).Error("end bypass failed; retrying")
+		time.AfterFunc(time.Second, func() { p.endBypass(epID) })
+	}
+}
+
+// endBypassNow ends an endpoint's bypass (and learning) and restores its
+// enforcement.
+func (p *Plugin) endBypassNow(epID string) error {
+	return p.q.Do(p.ctx, queue.KindBypass, func() error {
 		ep, ok := p.st.Endpoints[epID]
 		if !ok || ep.BypassUntil.IsZero() {
 			return nil
 		}
 		next := p.st.clone()
 		next.Endpoints[epID].BypassUntil = time.Time{}
+		next.Endpoints[epID].Learn = false
 		if err := p.commit(next); err != nil {
 			return err
 		}
+		p.stopLearning(ep)
 		p.log.WithField(FieldEndpoint, short(epID)).WithField(FieldContainer, ep.ContainerName).Warn("bypass ended: enforcement restored")
 		return p.applyEnrollment(epID)
 	})
-	if err != nil && !isPartial(err) {
-		// The store write failed: retry soon, enforcement must come back.
-		p.log.WithError(err).Error("end bypass failed; retrying")
-		time.AfterFunc(time.Second, func() { p.endBypass(epID) })
-	}
 }
 
 // restoreBypassTimers re-arms dead-man timers after a restart; expired

@@ -197,6 +197,7 @@ func (p *Plugin) dropEndpoint(n *Network, ep *Endpoint) []error {
 		}
 	}
 	p.stopBypassTimer(ep.ID)
+	p.stopLearning(ep)
 	return errs
 }
 

@@ -109,6 +109,8 @@ type Plugin struct {
 	names networkNames
 
 	Denials *DenialLog
+
+	learns learnBook
 }
 
 // New loads the persisted state and returns a plugin that is not started.
@@ -189,6 +191,7 @@ func (p *Plugin) Start() error {
 		p.identifyAsync(ep.ID, ep.HostVeth, true)
 	}
 	p.restoreBypassTimers()
+	p.restoreLearning()
 	return err
 }
 
@@ -283,7 +286,7 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 		sep := &policy.Endpoint{
 			Index: ep.Index, ID: ep.ID, NetworkID: ep.NetworkID, IP: ep.IP, MAC: ep.MAC,
 			ContainerID: ep.ContainerID, ContainerName: ep.ContainerName, Aliases: ep.Aliases,
-			BypassUntil: ep.BypassUntil,
+			BypassUntil: ep.BypassUntil, Learn: ep.Learn,
 		}
 		switch {
 		case !ep.Identified():

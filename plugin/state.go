@@ -54,6 +54,8 @@ type Endpoint struct {
 	LabelRules    []policy.EgressRule `json:"label_rules,omitempty"`
 	LabelError    string              `json:"label_error,omitempty"`
 	BypassUntil   time.Time           `json:"bypass_until,omitzero"`
+	// Learn marks the bypass as learn mode (flows recorded).
+	Learn bool `json:"learn,omitempty"`
 	// IgnoredLabels are clawker.* labels that carry no rule: the image's.
 	IgnoredLabels []IgnoredLabel `json:"ignored_labels,omitempty"`
 }
