@@ -45,6 +45,7 @@ type flow struct {
 	port     uint16
 	l4       policy.L4
 	mode     string // passthrough, inspect, http, tcp, ip
+	hello    int    // bytes of the peeked ClientHello (0: none was read)
 	allowed  bool
 	decided  bool
 	reason   policy.Reason
@@ -176,12 +177,13 @@ func (f *flow) web(ctx context.Context, who policy.Who) {
 		return
 	}
 	f.name = strings.ToLower(strings.TrimSuffix(ch.sni, "."))
+	f.hello = len(hello)
 	fl.Content, fl.Name, fl.ECH = verdict.TLS, f.name, ch.ech
 	v := verdict.Decide(fl)
 	switch {
 	case !v.Allowed:
 		f.deny(v)
-		f.reset()
+		f.refuseTLS()
 	case v.Mode == verdict.ModeInspect:
 		// The proxy terminates TLS with the outer hello (crypto/tls
 		// without ECH keys ignores the extension): an ECH client sees
@@ -200,7 +202,7 @@ func (f *flow) web(ctx context.Context, who policy.Who) {
 func (f *flow) decideAndSplice(ctx context.Context, fl verdict.Flow, v verdict.Verdict) {
 	if !v.Allowed {
 		f.deny(v)
-		f.reset()
+		f.refuseTLS()
 		return
 	}
 	untrack, ok := f.track(fl, v)
@@ -218,7 +220,11 @@ func (f *flow) decideAndSplice(ctx context.Context, fl verdict.Flow, v verdict.V
 	}
 	if err != nil {
 		f.denyDial(fl, v, err)
-		f.reset()
+		if f.reason == ReasonUpstream {
+			f.reset() // not a refusal: the upstream failed
+		} else {
+			f.refuseTLS()
+		}
 		return
 	}
 	f.allow(v)

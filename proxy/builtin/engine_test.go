@@ -158,7 +158,7 @@ func TestSNIDecisions(t *testing.T) {
 				return
 			}
 			require.Error(t, err)
-			require.Contains(t, err.Error(), "reset", "a denied TLS flow is reset")
+			require.ErrorContains(t, err, "remote error: tls: access denied", "a denied TLS flow gets an access_denied alert")
 			d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Name == strings.ToLower(tt.sni) })
 			require.Equal(t, tt.reason, d.Reason)
 		})
