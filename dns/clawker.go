@@ -154,10 +154,12 @@ func (c *Clawker) deny(q *query, reason policy.Reason, rcode int, rule, detail s
 	c.emit(r)
 }
 
-func (c *Clawker) allow(q *query, reason string, id policy.Identity, answers int, upstream string) {
+// allow reports an allowed query; addrs, the answered addresses, are given
+// only for an endpoint in learn mode (see learnedAddrs).
+func (c *Clawker) allow(q *query, reason string, id policy.Identity, answers int, upstream string, addrs ...string) {
 	allowedCount.Inc()
 	r := q.record(decisionlog.Allow, reason, mdns.RcodeSuccess)
-	r.Identity, r.Answers, r.Upstream = uint32(id), answers, upstream
+	r.Identity, r.Answers, r.Upstream, r.Addrs = uint32(id), answers, upstream, addrs
 	c.emit(r)
 }
 
@@ -308,10 +310,11 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 			}
 		}
 	}
+	var addrs []string
 	if pol.Learn {
-		c.reportLearned(q, learn)
+		addrs = learnedAddrs(learn)
 	}
-	c.allow(q, string(m.Reason), id, len(reply.Answer), upstream)
+	c.allow(q, string(m.Reason), id, len(reply.Answer), upstream, addrs...)
 	state := request.Request{W: w, Req: r}
 	state.SizeAndDo(reply)
 	reply = state.Scrub(reply)

@@ -28,6 +28,7 @@ func (p *Plugin) Networks() ([]NetworkStatus, uint64, error) {
 					Pending: ep.Joined && !ep.Identified(), LabelRules: len(ep.LabelRules), LabelError: ep.LabelError}
 				if !ep.BypassUntil.IsZero() {
 					info.BypassUntil = ep.BypassUntil.Format(time.RFC3339)
+					info.Learning = ep.Learn
 				}
 				if m != nil {
 					for _, f := range m.Failures[ep.Index] {

@@ -146,6 +146,7 @@ Docker resolves them). RULE uses the label syntax:
 		newDenialsCmd(c),
 		newExplainCmd(c),
 		newBypassCmd(c),
+		newLearnCmd(c),
 		newCallCmd(c, "ca", "Print the CA certificate (PEM) that inspected TLS is signed with", http.MethodGet, "/v1/ca"),
 		newCallCmd(c, "rotate-ca", "Replace the CA (new leaf certificates)", http.MethodPost, "/v1/ca/rotate"),
 		newCallCmd(c, "reload", "Regenerate everything from the store (break-glass)", http.MethodPost, "/v1/reload"),

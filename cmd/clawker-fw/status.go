@@ -76,7 +76,9 @@ func renderStatus(out io.Writer, st api.StatusReport) error {
 			case !ep.Enrolled:
 				state = "not enrolled"
 			}
-			if ep.BypassUntil != "" {
+			if ep.BypassUntil != "" && ep.Learning {
+				state += ", LEARNING (allow-all, recorded) until " + ep.BypassUntil
+			} else if ep.BypassUntil != "" {
 				state += ", BYPASS until " + ep.BypassUntil
 			}
 			fmt.Fprintf(tw, "  endpoint %d\t%s\t%s:\t%d label rules, %s\n", ep.Index, ep.IP, orDash(ep.Container), ep.LabelRules, state)

@@ -126,6 +126,9 @@ type Record struct {
 	Answers   int    `json:"answers,omitempty"`
 	Upstream  string `json:"upstream,omitempty"`
 	Identity  uint32 `json:"identity,omitempty"`
+	// Addrs are the answered IPv4 addresses, sent only for an endpoint in
+	// learn mode (its recorder names ssh/tcp flows to them); not logged.
+	Addrs []string `json:"addrs,omitempty"`
 
 	// Count is set on folded lines (identical denials in one period).
 	Count uint64 `json:"count,omitempty"`

@@ -98,6 +98,8 @@ type EPInfo struct {
 	LabelRules  int    `json:"label_rules"`
 	LabelError  string `json:"label_error,omitempty"`
 	BypassUntil string `json:"bypass_until,omitempty"`
+	// Learning says the bypass is learn mode (its flows are recorded).
+	Learning bool `json:"learning,omitempty"`
 	// Failures lists the endpoint's rules that got no listener port (the
 	// rest of its policy works).
 	Failures []string `json:"failures,omitempty"`

@@ -81,11 +81,13 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 			defer splicer.Close()
 		}
 	}
+	var learnTo learnSink // learn mode's recorder, fed by the proxy and DNS
 	engine, err := builtin.New(builtin.Config{
 		Splicer:               splicer,
 		MaxConns:              s.MaxConns,
 		MaxUDPSessions:        s.MaxUDPSessions,
 		Record:                decs.Add,
+		OnDecision:            learnTo.decision,
 		Log:                   root.WithField(plugin.FieldComponent, "proxy"),
 		Registry:              reg,
 		Certs:                 authority,
@@ -133,6 +135,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	denials.Enrich = p.EnrichDenial // container and network names, the network in the fix
 	p.Denials = denials
 	decs.core.Store(p)
+	learnTo.p.Store(p)
 	go func() {
 		for d := range mgr.Denials() {
 			p.RecordKernelDenial(d.Index, d.Addr, d.Port, uint8(d.L4), d.Reason.String())
@@ -145,7 +148,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	}
 	// The DNS sidecar's decisions arrive as records on the events socket.
 	eventsPath := filepath.Join(s.StateDir, "dns-events.sock")
-	events, err := decisionlog.Listen(eventsPath, decisionlog.SourceDNS, decs.Add)
+	events, err := decisionlog.Listen(eventsPath, decisionlog.SourceDNS, learnTo.dns(decs.Add))
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,7 @@ type flow struct {
 	port     uint16
 	l4       policy.L4
 	mode     string // passthrough, inspect, http, tcp, ip
+	stream   string // learn mode: ssh or tcp for a stream carried by address
 	hello    int    // bytes of the peeked ClientHello (0: none was read)
 	allowed  bool
 	decided  bool
@@ -343,7 +344,7 @@ func (f *flow) decision(r *reqInfo) Decision {
 	d := Decision{
 		Time: time.Now(), Source: f.src, Listener: f.def.Kind, Name: f.name, Dst: f.dst,
 		Port: f.port, L4: f.l4, Allowed: f.allowed, Reason: f.reason, Rule: f.rule, Detail: f.detail, Fix: f.fix,
-		Mode: f.mode,
+		Mode: f.mode, Stream: f.stream,
 	}
 	if f.ep != nil {
 		d.Endpoint, d.Container = f.ep.Index, containerOf(f.ep)

@@ -175,6 +175,9 @@ type Decision struct {
 	// Mode is how an allowed connection is carried (verdict.Mode:
 	// passthrough, inspect, http, tcp, udp, ip).
 	Mode string
+	// Stream is what learn mode read of a stream carried by address: "ssh"
+	// (an SSH banner) or "tcp" (anything else, or nothing); "" otherwise.
+	Stream string
 	// Path and Method are set for HTTP request decisions.
 	Path    string
 	Method  string

@@ -24,7 +24,8 @@ const learnSniffWait = 2 * time.Second
 //     reported with its Host, method and path);
 //  3. anything else, a ClientHello without a server name, and a flow that
 //     sends nothing within learnSniffWait is spliced to the address it was
-//     sent to, as under bypass, in mode "ssh" (an SSH banner) or "tcp".
+//     sent to, as under bypass, its Decision's Stream "ssh" (an SSH banner)
+//     or "tcp".
 func (f *flow) learn(ctx context.Context, who policy.Who) {
 	b, _ := peekConn(f.tcp, time.Now().Add(learnSniffWait), func(b []byte) int {
 		if len(b) >= 1 && b[0] == 0x16 {
@@ -44,9 +45,9 @@ func (f *flow) learn(ctx context.Context, who policy.Who) {
 		f.web(ctx, who)
 		return
 	}
-	f.mode = "tcp"
+	f.stream = "tcp"
 	if bytes.HasPrefix(b, []byte("SSH-")) {
-		f.mode = "ssh"
+		f.stream = "ssh"
 	}
 	fl := f.facts(who)
 	f.decideAndSplice(ctx, fl, verdict.Decide(fl))
