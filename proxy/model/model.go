@@ -320,7 +320,10 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 	// Step 4: ranges whose keys all have ports, then the others.
 	for _, pass := range []bool{true, false} {
 		for _, c := range cands {
-			if c.done || alloc.allHave(c.keys) != pass {
+			// The second pass takes every candidate left, those whose keys
+			// the first pass's candidates allocated meanwhile included
+			// (two allows on one new web port share its key).
+			if c.done || (pass && !alloc.allHave(c.keys)) {
 				continue
 			}
 			c.done = true

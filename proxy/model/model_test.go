@@ -52,6 +52,25 @@ func TestBuildRoutesAndListeners(t *testing.T) {
 	require.True(t, ok)
 }
 
+// TestBuildSharedFreshPort: allows that share a listener key no earlier
+// Build allocated (two names on a new https port, in one Build) all get
+// their routes: the key the first allocates is the others' too.
+func TestBuildSharedFreshPort(t *testing.T) {
+	pol := &policy.Policy{Allows: []policy.Allowed{
+		{Identity: 1, Pattern: "allowed.example.test", Ports: []policy.PortRange{{Proto: policy.ProtoHTTPS, Lo: 443, Hi: 443}}},
+		{Identity: 2, Pattern: "tcp.example.test", Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: 5432, Hi: 5432}}},
+		{Identity: 3, Pattern: ".wild.example.test", Ports: []policy.PortRange{{Proto: policy.ProtoHTTPS, Lo: 443, Hi: 443}}},
+	}}
+	alloc := NewPortAllocator()
+	m, err := Build(snapWith(&policy.Endpoint{Index: 1, Policy: pol}), alloc)
+	require.NoError(t, err)
+	web := alloc.ports[WebKey(443)]
+	require.NotZero(t, web)
+	require.Contains(t, m.Routes[1], Route{Identity: 1, Port: 443, L4: policy.L4TCP, ListenerPort: web})
+	require.Contains(t, m.Routes[1], Route{Identity: 3, Port: 443, L4: policy.L4TCP, ListenerPort: web})
+	require.Len(t, m.Routes[1], 3)
+}
+
 func TestPortsStableWhenRulesChange(t *testing.T) {
 	alloc := NewPortAllocator()
 	one := &policy.Policy{Allows: []policy.Allowed{{Identity: 1, Pattern: "a.test", Ports: []policy.PortRange{{Proto: policy.ProtoTCP, Lo: 22, Hi: 22}}}}}
