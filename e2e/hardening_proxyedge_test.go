@@ -190,7 +190,8 @@ func TestHardeningProxyedgeUpgrades(t *testing.T) {
 }
 
 // TestHardeningProxyedgeECH: a ClientHello carrying Encrypted ClientHello
-// with an allowed outer name is reset on passthrough before anything is
+// with an allowed outer name is refused on passthrough (a TLS access_denied
+// alert) before anything is
 // dialled (ech-refused); the same hello without ECH reaches the upstream,
 // which answers with a ServerHello.
 func TestHardeningProxyedgeECH(t *testing.T) {
