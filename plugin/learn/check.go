@@ -1,78 +1,69 @@
 package learn
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // Check replays recorded flows against a compiled policy (no traffic) and
-// returns those it would deny. A flow is allowed when, as the data planes
-// decide it:
-//  1. a name flow's name is allowed on its port (policy.MatchName) by a
-//     rule of a protocol that carries it: https by https or tcp (the proxy
-//     splices TLS under a tcp rule), http by http, ssh and tcp by ssh or
-//     tcp (a dedicated listener carries any bytes);
-//  2. an http/https request shape's sample path and method pass the
-//     rule's path rules (policy.DecidePath);
-//  3. a flow without a name is allowed by an IP/CIDR rule on its port
-//     (policy.MatchIP).
+// returns those it would deny, each decided by the proxy's own pure
+// verdict (verdict.Decide) as the data planes would see it:
+//  1. an https flow is a ClientHello with its name on a web listener, and
+//     each request inspection saw one more, with its method and path;
+//  2. an http request shape is a plain-HTTP request with its Host, method
+//     and sample path;
+//  3. an ssh or tcp flow to a name is a stream on the dedicated listener of
+//     an ssh or a tcp rule (either carries any bytes);
+//  4. a flow without a name is the address on the transparent listener
+//     (an IP/CIDR rule).
 func Check(pol *policy.Policy, flows []api.LearnFlow) []api.LearnDenied {
+	who := policy.Who{Endpoint: &policy.Endpoint{}, Policy: pol}
 	var out []api.LearnDenied
 	for _, f := range flows {
-		if reason, detail := decide(pol, f); reason != "" {
-			out = append(out, api.LearnDenied{Flow: f, Reason: reason, Detail: detail})
+		if v := decide(who, f); !v.Allowed {
+			out = append(out, api.LearnDenied{Flow: f, Reason: string(v.Reason), Detail: v.Detail})
 		}
 	}
 	return out
 }
 
-// decide returns "" when pol allows f, else the reason and a detail.
-func decide(pol *policy.Policy, f api.LearnFlow) (string, string) {
+// decide returns the verdict on a recorded flow.
+func decide(who policy.Who, f api.LearnFlow) verdict.Verdict {
+	fl := verdict.Flow{Who: who, Listener: verdict.Web, Port: f.Port, L4: policy.L4TCP}
 	if f.Name == "" {
 		a, err := netip.ParseAddr(f.Addr)
 		if err != nil {
-			return "unreadable", "the flow has neither a name nor an address"
+			return verdict.Verdict{Reason: "unreadable", Detail: "the flow has neither a name nor an address"}
 		}
-		if m := pol.MatchIP(a, f.Port, policy.L4TCP); !m.Allowed {
-			return string(m.Reason), fmt.Sprintf("no IP/CIDR rule allows %s:%d", a, f.Port)
-		}
-		return "", ""
+		fl.Listener, fl.Addr = verdict.Transparent, a
+		return verdict.Decide(fl)
 	}
-	m := pol.MatchName(f.Name, f.Port, policy.L4TCP)
-	if !m.Allowed {
-		if m.Deny != nil {
-			return string(m.Reason), fmt.Sprintf("denied by %s", m.Deny.Rule.Source.Item)
-		}
-		return string(m.Reason), ""
-	}
-	if m.Entry == nil {
-		return "", "" // allow-all
-	}
-	proto, _ := m.Entry.ProtoFor(f.Port, policy.L4TCP)
-	var ok bool
 	switch f.Proto {
-	case ProtoHTTPS:
-		ok = proto == policy.ProtoHTTPS || proto == policy.ProtoTCP
-	case ProtoHTTP:
-		ok = proto == policy.ProtoHTTP
-	default:
-		ok = proto == policy.ProtoSSH || proto == policy.ProtoTCP
+	case ProtoHTTPS, ProtoHTTP:
+		fl.Content, fl.Name = verdict.TLS, f.Name
+		if f.Proto == ProtoHTTP || f.PathPrefix != "" {
+			path := f.Path
+			if path == "" {
+				path = f.PathPrefix
+			}
+			req := &verdict.Request{Host: f.Name, Method: f.Method, Path: path, AsSent: true}
+			if f.Proto == ProtoHTTPS {
+				req.TLSName = f.Name
+			}
+			fl.Content, fl.Name, fl.Request = verdict.HTTP, "", req
+		}
+		return verdict.Decide(fl)
 	}
-	if !ok {
-		return "proto-mismatch", fmt.Sprintf("%s flow, but the rule for %s:%d allows %s", f.Proto, f.Name, f.Port, proto)
+	fl.Listener, fl.Name = verdict.Dedicated, f.Name
+	var v verdict.Verdict
+	for _, proto := range []policy.Proto{policy.ProtoSSH, policy.ProtoTCP} {
+		fl.Proto = proto
+		if v = verdict.Decide(fl); v.Allowed {
+			break
+		}
 	}
-	if f.PathPrefix == "" || (len(m.Entry.Paths) == 0 && m.Entry.PathDefault != policy.Deny) {
-		return "", ""
-	}
-	path := f.Path
-	if path == "" {
-		path = f.PathPrefix
-	}
-	if v := policy.DecidePath(m.Entry.Paths, m.Entry.PathDefault, path, f.Method); !v.Allowed {
-		return string(policy.ReasonPath), v.Detail
-	}
-	return "", ""
+	return v
 }

@@ -173,7 +173,9 @@ type Verdict struct {
 //     name (SNI, Host, the dedicated name) with MatchName on the port and
 //     L4; a deny or no allow denies with the match's reason. On the
 //     transparent listener an address no IP/CIDR rule allows is decided by
-//     name once the content is read (a deny covering it still denies);
+//     name once the content is read (a deny covering it still denies), and
+//     so is one a learning endpoint reaches whose content names it (the
+//     recorder wants the name);
 //  4. the protocol of the allow's port range must fit the flow: the
 //     listener's protocol on a dedicated listener, https (or tcp, spliced)
 //     for TLS, https for a request under inspection, http for a plain one;
