@@ -47,7 +47,6 @@ type flow struct {
 	mode     string // passthrough, inspect, http, tcp, ip
 	stream   string // learn mode: ssh or tcp for a stream carried by address
 	hello    int    // bytes of the peeked ClientHello (0: none was read)
-	stream   string // learn mode: ssh or tcp for a stream carried by address
 	allowed  bool
 	decided  bool
 	reason   policy.Reason
