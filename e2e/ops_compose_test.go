@@ -9,6 +9,7 @@ package e2e
 // never to the host's.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -443,4 +444,87 @@ func TestPluginUpgradeFromRegistry(t *testing.T) {
 	f.requireReach(t, old, "/after-bare-upgrade")
 	f.requireDenied(t, old, "/after-bare-upgrade-denied")
 	f.requireNoLeaks(t)
+}
+
+// TestAuthzSwarmRequests: with authz on, a swarm-scope clawker-fw network
+// given -o clawker.* is refused with the plugin's message before Docker
+// looks at swarm (Swarm would not hand the options to the driver: its
+// containers would silently run without the network's rules). Without the
+// options the request reaches Docker (which answers that this node is no
+// swarm manager), and a local network with rules is created as always;
+// --attachable is refused (standalone containers could join it past the
+// container checks). Service specs on a clawker-fw network get the
+// container checks.
+func TestAuthzSwarmRequests(t *testing.T) {
+	f := opsSetup(t)
+	f.setAuthz(t, true)
+	t.Cleanup(func() { f.setAuthz(t, false) })
+
+	_, errOut, err := f.e.Docker("network", "create", "-d", driver, "--scope", "swarm", "--attachable",
+		"-o", "clawker.allow="+harness.AllowedHost, "cfw-swarm-rules")
+	require.Error(t, err)
+	t.Logf("-> %s", strings.TrimSpace(errOut))
+	require.Contains(t, errOut, "authorization denied by plugin "+driver)
+	require.Contains(t, errOut, "a swarm-scope clawker-fw network (cfw-swarm-rules) cannot carry network rules yet (clawker.allow)")
+
+	_, errOut, err = f.e.Docker("network", "create", "-d", driver, "--scope", "swarm", "--attachable", "cfw-swarm-attach")
+	require.Error(t, err)
+	t.Logf("-> %s", strings.TrimSpace(errOut))
+	require.Contains(t, errOut, "a swarm-scope clawker-fw network (cfw-swarm-attach) cannot be --attachable yet")
+
+	_, errOut, err = f.e.Docker("network", "create", "-d", driver, "--scope", "swarm", "cfw-swarm-plain")
+	require.Error(t, err, "no swarm here: Docker refuses it")
+	t.Logf("-> %s", strings.TrimSpace(errOut))
+	require.NotContains(t, errOut, "clawker-fw:")
+
+	id := f.network(t, "cfw-swarm-local", "10.231.143.0/24", "clawker.allow="+harness.AllowedHost)
+	require.NotEmpty(t, id)
+
+	// Services: swarm creates their task containers past the container
+	// checks, so authz checks the service spec. The CLI resolves --network
+	// names through swarm (it finds none on a node that is no manager), so
+	// the specs are posted to the API as the CLI would send them, networks
+	// by id. This node is no swarm manager, so Docker refuses every service
+	// after authz: a refusal by the plugin shows in the answer, an allowed
+	// spec gets Docker's own error. The plain network's driver is resolved
+	// through the plugin's real network inspect.
+	plain := f.e.MustDocker(t, "network", "create", "--internal", "cfw-swarm-plainnet")
+	t.Cleanup(func() { _, _, _ = f.e.Docker("network", "rm", plain) })
+	spec := func(nets []string, cs map[string]any) string {
+		cs["Image"] = f.img
+		cs["Args"] = []string{"sleep", "300"}
+		var targets []map[string]string
+		for _, n := range nets {
+			targets = append(targets, map[string]string{"Target": n})
+		}
+		b, err := json.Marshal(map[string]any{"Name": "cfw-swarm-svc", "TaskTemplate": map[string]any{"ContainerSpec": cs, "Networks": targets}})
+		require.NoError(t, err)
+		return string(b)
+	}
+	for _, tc := range []struct {
+		name string
+		body string
+		want string // "" = allowed by the plugin
+	}{
+		{"cap NET_ADMIN", spec([]string{id}, map[string]any{"CapabilityAdd": []string{"CAP_NET_ADMIN"}}), "--cap-add CAP_NET_ADMIN is not allowed on the clawker-fw network " + id},
+		{"docker socket", spec([]string{id}, map[string]any{"Mounts": []map[string]string{{"Type": "bind", "Source": "/var/run/docker.sock", "Target": "/d.sock"}}}), "mounting the Docker socket"},
+		{"second network", spec([]string{id, plain}, map[string]any{}), "cannot join other networks"},
+		{"bad container label", spec([]string{id}, map[string]any{"Labels": map[string]string{"clawker.allow": "exa..mple"}}), "invalid label"},
+		{"labels on a plain network", spec([]string{plain}, map[string]any{"Labels": map[string]string{"clawker.allow": harness.AllowedHost}}), "on no clawker-fw network (network " + plain + ")"},
+		{"fine", spec([]string{id}, map[string]any{"Labels": map[string]string{"clawker.allow": harness.AllowedHost}}), ""},
+	} {
+		t.Run("service "+tc.name, func(t *testing.T) {
+			out, err := exec.Command("curl", "-sS", "--unix-socket", f.e.Socket(), "-H", "Content-Type: application/json",
+				"-X", "POST", "--data-binary", tc.body, "http://docker/v1.41/services/create").CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			t.Logf("-> %s", strings.TrimSpace(string(out)))
+			if tc.want == "" {
+				require.NotContains(t, string(out), "authorization denied")
+				require.Contains(t, string(out), "swarm")
+				return
+			}
+			require.Contains(t, string(out), "authorization denied by plugin "+driver)
+			require.Contains(t, string(out), tc.want)
+		})
+	}
 }

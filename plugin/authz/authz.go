@@ -10,8 +10,9 @@
 //  2. a body that is missing, truncated or unparseable is denied (older
 //     engines forward oversized bodies empty; chunked bodies have bypassed
 //     authz plugins before);
-//  3. the call's own rules (container create, network connect, exec,
-//     plugin disable/remove) decide, with a message saying what to do.
+//  3. the call's own rules (container create, network create and connect,
+//     exec, service create and update, plugin disable/remove) decide, with a
+//     message saying what to do.
 package authz
 
 import (
@@ -45,6 +46,12 @@ type Config struct {
 	// Networks lists Docker's networks (every driver) as name -> id, to
 	// place network names. Cached briefly.
 	Networks func(ctx context.Context) (map[string]string, error)
+	// NetworkDriver resolves a network reference as Docker does (full id,
+	// name, id prefix; a manager's swarm networks too) to its driver's name
+	// (found=false when there is no such network), for services: a swarm
+	// network is in the plugin's store only once a task of it ran on this
+	// node. nil: services are checked against the store alone.
+	NetworkDriver func(ctx context.Context, ref string) (driver string, found bool, err error)
 	// VolumeOptions returns the driver options of an existing named volume
 	// (found=false when there is none), for mount checks.
 	VolumeOptions func(ctx context.Context, name string) (opts map[string]string, found bool, err error)
@@ -300,6 +307,10 @@ func (a *Authz) rule(method, path string) rule {
 	switch {
 	case method == "POST" && path == "/containers/create":
 		return rule{(*Authz).checkCreate, true}
+	case method == "POST" && path == "/networks/create":
+		return rule{(*Authz).checkNetworkCreate, true}
+	case method == "POST" && (path == "/services/create" || strings.HasPrefix(path, "/services/") && strings.HasSuffix(path, "/update")):
+		return rule{(*Authz).checkService, true}
 	case method == "POST" && strings.HasPrefix(path, "/networks/") && strings.HasSuffix(path, "/connect"):
 		return rule{(*Authz).checkConnect, true}
 	case method == "POST" && container && strings.HasSuffix(path, "/exec"):
@@ -396,14 +407,23 @@ func (a *Authz) checkCreate(c apiCall) authorization.Response {
 	if err := json.Unmarshal(raw, &body); err != nil {
 		return deny("cannot parse the container create request: %v", err)
 	}
-	rules, err := policy.ParseLabels(body.Labels, "")
+	if resp := checkLabels(body.Labels); !resp.Allow {
+		return resp
+	}
+	return a.checkHostConfig(body.hostConfig(), body.NetworkingConfig.EndpointsConfig, body.Labels)
+}
+
+// checkLabels refuses invalid clawker.* labels of a container, and labels
+// whose rules need more listener ports than a container may use.
+func checkLabels(labels map[string]string) authorization.Response {
+	rules, err := policy.ParseLabels(labels, "")
 	if err != nil {
 		return deny("invalid label: %v. Fix the label (syntax: clawker.allow=[proto://]host[:port],...) and run again; nothing was created", err)
 	}
 	if err := model.CheckLimit(rules, model.MaxPortsPerContainer, "a container"); err != nil {
 		return deny("label %v. Narrow the port ranges and run again; nothing was created", err)
 	}
-	return a.checkHostConfig(body.hostConfig(), body.NetworkingConfig.EndpointsConfig, body.Labels)
+	return allow()
 }
 
 // unfirewalledWithLabels refuses a container that is given clawker.* labels

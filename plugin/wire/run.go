@@ -174,7 +174,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 		azLog.WithError(err).Error("own plugin id unknown: authz refuses every plugin disable/rm while networks exist")
 	}
 	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.Networks, Container: docker.ResolveContainer,
-		Plugin: docker.Plugin, SelfID: selfID, Records: records, VolumeOptions: docker.VolumeOptions,
+		Plugin: docker.Plugin, SelfID: selfID, Records: records, VolumeOptions: docker.VolumeOptions, NetworkDriver: docker.NetworkDriver,
 		Override: s.AuthzOverride, Log: azLog, Record: decs.Add})
 	go selfReference(docker, selfID, azLog)
 	go pruneRecords(docker, records, azLog)

@@ -349,6 +349,20 @@ func (d *Docker) Networks(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
+// NetworkDriver resolves a network reference as Docker does (network
+// inspect: full id, name, id prefix; a manager's swarm networks too) to its
+// driver's name (found false when there is no such network).
+func (d *Docker) NetworkDriver(ctx context.Context, ref string) (string, bool, error) {
+	n, err := d.C.NetworkInspect(ctx, ref, network.InspectOptions{})
+	if errdefs.IsNotFound(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return n.Driver, true, nil
+}
+
 // VolumeOptions returns the driver options of a local named volume (found
 // false when it does not exist).
 func (d *Docker) VolumeOptions(ctx context.Context, name string) (map[string]string, bool, error) {
