@@ -23,13 +23,13 @@
  * the source keeps its receive window open however slowly the peer drains:
  * the kernel's queue in front of the peer (psock->ingress_skb) has no bound.
  * So the program tracks that queue (bytes redirected minus bytes the peer's
- * send buffer took, from its tcp_sock.write_seq) and, the first time it is
- * over hold_bytes, tells userspace (splice_events). Userspace then takes the
- * flow out of the kernel path: it stops the program on both sockets (new
- * bytes stay in their receive queues, where TCP's window applies again),
- * waits until the queues in front of both peers have drained into their
- * send buffers, removes the sockets from the maps and relays the rest
- * itself, in order.
+ * send buffer took, from its tcp_sock.write_seq) and, when it goes over
+ * hold_bytes, tells userspace (splice_events, once until resumed:
+ * splice_over). Userspace pauses that socket: it takes it out of
+ * splice_socks, so new bytes stay in its receive queue, where TCP's window
+ * closes and the sender waits; once the queue in front of the peer has
+ * drained into the peer's send buffer, it puts the socket back, clears
+ * splice_over and hands the queued bytes to the program, in order.
  *
  * Bump SPLICE_LAYOUT_VERSION (and spliceLayoutVersion in splice.go) when a
  * map changes.
@@ -40,12 +40,12 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-#define SPLICE_LAYOUT_VERSION 2
+#define SPLICE_LAYOUT_VERSION 3
 
 #define MAX_SPLICED 65536
 
 /* Bytes that may wait in the kernel in front of a peer's send buffer before
- * userspace is told to take the flow back; set at load time
+ * userspace is told to pause the source; set at load time
  * (SpliceOptions.HoldBytes). */
 volatile const __u64 hold_bytes = 4U << 20;
 
@@ -57,8 +57,7 @@ struct splice_flow {
 	__u64 took;       /* bytes the peer's send buffer took */
 	__u32 last_seq;   /* the peer's write_seq when last seen */
 	__u32 based;      /* 1 once last_seq is set */
-	__u32 over;       /* 1 once the queue went over hold_bytes (told) */
-	__u32 pad;
+	__u32 pauses;     /* times the queue went over hold_bytes */
 };
 
 struct splice_event {
@@ -86,6 +85,16 @@ struct {
 	__type(key, __u64);
 	__type(value, struct splice_flow);
 } splice_flows SEC(".maps");
+
+/* Sockets reported as over hold_bytes and not yet resumed by userspace
+ * (which deletes the entry when it resumes the socket). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SPLICED);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u32);
+} splice_over SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -125,17 +134,21 @@ int clawker_splice_verdict(struct __sk_buff *skb)
 		return SK_DROP;
 
 	__u32 seq = 0;
-	if (!f->over && peer_write_seq(&f->peer, &seq) == 0) {
+	if (peer_write_seq(&f->peer, &seq) == 0) {
 		/* write_seq is 32 bits: accumulate its progress (seen at
-		 * least once per skb, so it never wraps unseen). */
+		 * least once per skb or pause, far below 4 GiB apart). */
 		if (f->based)
 			f->took += (__u32)(seq - f->last_seq);
 		f->last_seq = seq;
 		f->based = 1;
-		if (f->redirected > f->took && f->redirected - f->took > hold_bytes) {
-			f->over = 1;
-			struct splice_event ev = {.cookie = cookie};
-			bpf_ringbuf_output(&splice_events, &ev, sizeof(ev), 0);
+		if (f->redirected > f->took && f->redirected - f->took > hold_bytes &&
+		    !bpf_map_lookup_elem(&splice_over, &cookie)) {
+			__u32 one = 1;
+			if (bpf_map_update_elem(&splice_over, &cookie, &one, BPF_NOEXIST) == 0) {
+				f->pauses++;
+				struct splice_event ev = {.cookie = cookie};
+				bpf_ringbuf_output(&splice_events, &ev, sizeof(ev), 0);
+			}
 		}
 	}
 	f->redirected += len;

@@ -13,7 +13,7 @@ import (
 )
 
 // spliceLayoutVersion is SPLICE_LAYOUT_VERSION in splice.c.
-const spliceLayoutVersion = 2
+const spliceLayoutVersion = 3
 
 // Splicer hands decided TCP flows to the kernel: the stream verdict program
 // of splice.c redirects each socket's bytes to its peer's send path, so the
@@ -30,8 +30,8 @@ type Splicer struct {
 	mu     sync.Mutex
 	objs   spliceObjects
 	closed bool
-	// behind: a channel per socket in the maps, closed when the program
-	// reports that its peer fell behind (the flow must leave the kernel).
+	// behind: a channel per socket in the maps, signalled when the program
+	// reports that its peer fell behind (the socket must be paused).
 	behind map[uint64]chan struct{}
 	rd     *ringbuf.Reader
 	done   chan struct{}
@@ -44,9 +44,9 @@ type SplicePair struct{ A, B uint64 }
 type SpliceStats struct {
 	// Redirected bytes went to the peer in the kernel.
 	Redirected uint64
-	// Behind is set once the bytes waiting in front of the peer's send
-	// buffer went over SpliceOptions.HoldBytes.
-	Behind bool
+	// Pauses counts how often the bytes waiting in front of the peer's
+	// send buffer went over SpliceOptions.HoldBytes.
+	Pauses uint32
 }
 
 // OpenSplicer loads splice.c and attaches its verdict program to the
@@ -108,7 +108,7 @@ func OpenSplicerWith(o SpliceOptions) (*Splicer, error) {
 	return s, nil
 }
 
-// readEvents closes the Behind channel of each socket the program reports.
+// readEvents signals the Behind channel of each socket the program reports.
 func (s *Splicer) readEvents() {
 	defer close(s.done)
 	for {
@@ -123,19 +123,18 @@ func (s *Splicer) readEvents() {
 		s.mu.Lock()
 		if ch, ok := s.behind[c]; ok {
 			select {
-			case <-ch:
+			case ch <- struct{}{}:
 			default:
-				close(ch)
 			}
 		}
 		s.mu.Unlock()
 	}
 }
 
-// Behind returns a channel that is closed when the program reports that the
-// peer of socket c fell behind (see splice.c): the caller must then take the
-// flow out of the kernel path (Stop, drain, Remove). Valid between Add and
-// Remove.
+// Behind returns a channel that receives when the program reports that the
+// peer of socket c fell behind (see splice.c): the caller must then Pause c,
+// wait until the peer's send buffer has taken SpliceStats.Redirected bytes,
+// and Resume it. Valid between Add and Remove.
 func (s *Splicer) Behind(c uint64) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -186,7 +185,7 @@ func (s *Splicer) Add(a, b int) (SplicePair, error) {
 		if err := s.objs.SpliceFlows.Update(e.c, spliceSpliceFlow{Peer: e.peer}, ebpf.UpdateNoExist); err != nil {
 			return fail(fmt.Errorf("add splice flow: %w", err))
 		}
-		s.behind[e.c] = make(chan struct{})
+		s.behind[e.c] = make(chan struct{}, 1)
 	}
 	for _, m := range []*ebpf.Map{s.objs.SplicePeers, s.objs.SpliceSocks} {
 		for _, e := range []struct {
@@ -207,26 +206,38 @@ func (s *Splicer) Stats(c uint64) (SpliceStats, error) {
 	if err := s.objs.SpliceFlows.Lookup(c, &f); err != nil {
 		return SpliceStats{}, fmt.Errorf("read splice flow: %w", err)
 	}
-	return SpliceStats{Redirected: f.Redirected, Behind: f.Over != 0}, nil
+	return SpliceStats{Redirected: f.Redirected, Pauses: f.Pauses}, nil
 }
 
-// Stop takes the pair out of splice_socks: the program no longer runs for
-// either socket, so bytes that arrive from now on stay in their receive
-// queues (TCP's window applies again). Both stay redirect targets until
-// Remove, so bytes already redirected drain into their send buffers.
-func (s *Splicer) Stop(p SplicePair) error {
+// Pause takes socket c out of splice_socks: the program no longer runs for
+// it, so bytes arriving on it stay in its receive queue (TCP's window
+// closes). It stays a redirect target for its peer.
+func (s *Splicer) Pause(c uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return ErrClosed
 	}
-	var errs []error
-	for _, c := range []uint64{p.A, p.B} {
-		if err := s.objs.SpliceSocks.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("stop splice of socket %d: %w", c, err))
-		}
+	if err := s.objs.SpliceSocks.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("pause splice of socket %d: %w", c, err)
 	}
-	return errors.Join(errs...)
+	return nil
+}
+
+// Resume puts socket c (file descriptor fd) back into splice_socks and
+// re-arms its report. Bytes queued meanwhile go through the program at its
+// next data_ready: the caller kicks it.
+func (s *Splicer) Resume(c uint64, fd int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if err := s.objs.SpliceSocks.Update(c, uint64(fd), ebpf.UpdateNoExist); err != nil {
+		return fmt.Errorf("resume splice of socket %d: %w", c, err)
+	}
+	_ = s.objs.SpliceOver.Delete(c)
+	return nil
 }
 
 // Remove takes the pair out of every map. Closing a socket also removes it
@@ -247,7 +258,7 @@ func (s *Splicer) removeLocked(p SplicePair) {
 			continue
 		}
 		delete(s.behind, c)
-		for _, m := range []*ebpf.Map{s.objs.SpliceSocks, s.objs.SplicePeers, s.objs.SpliceFlows} {
+		for _, m := range []*ebpf.Map{s.objs.SpliceSocks, s.objs.SplicePeers, s.objs.SpliceFlows, s.objs.SpliceOver} {
 			// A closed socket has left the socket maps already.
 			_ = m.Delete(c)
 		}
@@ -293,7 +304,7 @@ func (s *Splicer) MapIDs() ([]ebpf.MapID, error) {
 func (s *Splicer) maps() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"splice_socks": s.objs.SpliceSocks, "splice_peers": s.objs.SplicePeers,
-		"splice_flows": s.objs.SpliceFlows, "splice_events": s.objs.SpliceEvents,
+		"splice_flows": s.objs.SpliceFlows, "splice_events": s.objs.SpliceEvents, "splice_over": s.objs.SpliceOver,
 	}
 }
 

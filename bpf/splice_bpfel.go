@@ -20,8 +20,8 @@ type spliceSpliceFlow struct {
 	Took       uint64
 	LastSeq    uint32
 	Based      uint32
-	Over       uint32
-	Pad        uint32
+	Pauses     uint32
+	_          [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -30,6 +30,7 @@ type spliceSpliceFlow struct {
 const (
 	spliceMapSpliceEvents          = "splice_events"
 	spliceMapSpliceFlows           = "splice_flows"
+	spliceMapSpliceOver            = "splice_over"
 	spliceMapSplicePeers           = "splice_peers"
 	spliceMapSpliceSocks           = "splice_socks"
 	spliceProgClawkerSpliceVerdict = "clawker_splice_verdict"
@@ -88,6 +89,7 @@ type spliceProgramSpecs struct {
 type spliceMapSpecs struct {
 	SpliceEvents *ebpf.MapSpec `ebpf:"splice_events"`
 	SpliceFlows  *ebpf.MapSpec `ebpf:"splice_flows"`
+	SpliceOver   *ebpf.MapSpec `ebpf:"splice_over"`
 	SplicePeers  *ebpf.MapSpec `ebpf:"splice_peers"`
 	SpliceSocks  *ebpf.MapSpec `ebpf:"splice_socks"`
 }
@@ -122,6 +124,7 @@ func (o *spliceObjects) Close() error {
 type spliceMaps struct {
 	SpliceEvents *ebpf.Map `ebpf:"splice_events"`
 	SpliceFlows  *ebpf.Map `ebpf:"splice_flows"`
+	SpliceOver   *ebpf.Map `ebpf:"splice_over"`
 	SplicePeers  *ebpf.Map `ebpf:"splice_peers"`
 	SpliceSocks  *ebpf.Map `ebpf:"splice_socks"`
 }
@@ -130,6 +133,7 @@ func (m *spliceMaps) Close() error {
 	return _SpliceClose(
 		m.SpliceEvents,
 		m.SpliceFlows,
+		m.SpliceOver,
 		m.SplicePeers,
 		m.SpliceSocks,
 	)

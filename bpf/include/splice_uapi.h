@@ -17,6 +17,7 @@ enum bpf_map_type {
 };
 
 #define BPF_ANY 0
+#define BPF_NOEXIST 1
 #define BPF_F_NO_PREALLOC (1U << 0)
 
 enum sk_action {
