@@ -31,10 +31,13 @@ type metrics struct {
 	bytes   *prometheus.CounterVec
 	capped  *prometheus.CounterVec
 	// kernelSplice counts decided flows by relay: kernel, fallback (the
-	// kernel refused the pair), demoted (left the kernel: a slow peer).
+	// kernel refused the pair).
 	kernelSplice *prometheus.CounterVec
 	// kernelBytes counts bytes the splice program moved in the kernel.
 	kernelBytes *prometheus.CounterVec
+	// kernelPauses counts pauses of spliced sockets whose receiver fell
+	// behind (backpressure).
+	kernelPauses *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -53,11 +56,15 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		kernelSplice: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "clawker", Subsystem: "proxy", Name: "kernel_splice_total",
-			Help: "Allowed passthrough and tcp flows by relay: kernel (sockmap splice), fallback (the kernel refused the pair: splice(2) in the proxy) and demoted (left the kernel path because a receiver fell behind).",
+			Help: "Allowed passthrough and tcp flows by relay: kernel (sockmap splice) or fallback (the kernel refused the pair: splice(2) in the proxy).",
 		}, []string{"path"}),
 		kernelBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "clawker", Subsystem: "proxy", Name: "kernel_splice_bytes_total",
 			Help: "Bytes of allowed flows moved by the kernel splice program (up = client to upstream), counted when a flow ends.",
+		}, []string{"direction"}),
+		kernelPauses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "clawker", Subsystem: "proxy", Name: "kernel_splice_pauses_total",
+			Help: "Times a kernel-spliced direction (up = client to upstream) was paused because its receiver fell 4 MiB behind (its sender then waits on TCP's window), counted when a flow ends.",
 		}, []string{"direction"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "clawker", Subsystem: "proxy", Name: "bytes_total",
@@ -68,7 +75,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.allowed, m.denied, m.bytes, m.capped, m.kernelSplice, m.kernelBytes} {
+	for _, c := range []prometheus.Collector{m.allowed, m.denied, m.bytes, m.capped, m.kernelSplice, m.kernelBytes, m.kernelPauses} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}
