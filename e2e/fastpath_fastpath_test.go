@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -12,17 +15,57 @@ import (
 	"github.com/clawker-fw/clawker-fw/e2e/harness"
 )
 
-// spliceEntries counts the sockets in every splice_socks map on the host
-// (the plugin's kernel splice, bpf/splice.c; its maps are not pinned, so
-// they are found by name). bpftool fails with no output when none exists.
-func spliceEntries(t *testing.T) int {
+// spliceMaps returns the ids of the splice_socks maps that process pid
+// holds (the plugin's kernel splice, bpf/splice.c: not pinned). bpftool
+// lists the maps by name; the process's map ids come from the fdinfo of its
+// bpf-map descriptors.
+func spliceMaps(t *testing.T, pid int) []int {
 	t.Helper()
-	out, err := exec.Command("bpftool", "-j", "map", "dump", "name", "splice_socks").CombinedOutput()
+	out, err := exec.Command("bpftool", "-j", "map", "show", "name", "splice_socks").CombinedOutput()
 	if err != nil && len(strings.TrimSpace(string(out))) > 0 {
-		t.Logf("bpftool map dump name splice_socks: %v: %s", err, out)
-		return -1
+		t.Fatalf("bpftool map show name splice_socks: %v: %s", err, out)
 	}
-	return strings.Count(string(out), `"key"`)
+	var maps []struct {
+		ID int `json:"id"`
+	}
+	if len(strings.TrimSpace(string(out))) > 0 {
+		require.NoError(t, json.Unmarshal(out, &maps), "%s", out)
+	}
+	held := map[int]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l != "anon_inode:bpf-map" {
+			continue
+		}
+		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, fd.Name()))
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "map_id:"); ok {
+				id, _ := strconv.Atoi(strings.TrimSpace(v))
+				held[id] = true
+			}
+		}
+	}
+	var ids []int
+	for _, m := range maps {
+		if held[m.ID] {
+			ids = append(ids, m.ID)
+		}
+	}
+	return ids
+}
+
+// spliceEntries counts the sockets in the maps ids (-1: a map is gone).
+func spliceEntries(t *testing.T, ids []int) int {
+	t.Helper()
+	n := 0
+	for _, id := range ids {
+		out, err := exec.Command("bpftool", "-j", "map", "dump", "id", strconv.Itoa(id)).CombinedOutput()
+		if err != nil {
+			return -1
+		}
+		n += strings.Count(string(out), `"key"`)
+	}
+	return n
 }
 
 // TestFastpathKernelSpliceInPlugin: in the real plugin, an allowed tcp flow
@@ -35,7 +78,11 @@ func TestFastpathKernelSpliceInPlugin(t *testing.T) {
 	f := pluginEnv(t)
 	f.resetLeaks(t)
 	n := f.createNet(t, "cfw-pt-fastpath", 121, "clawker.allow=tcp://"+harness.TCPHost+":5432")
-	require.Zero(t, spliceEntries(t), "splice maps hold sockets before any flow")
+	pid := pidOf(t, f.e, pluginArgv0)
+	require.NotZero(t, pid)
+	ids := spliceMaps(t, pid)
+	require.Len(t, ids, 1, "the plugin holds one splice socket map")
+	require.Zero(t, spliceEntries(t, ids), "the splice map holds sockets before any flow")
 
 	loop := `(while true; do echo ping; sleep 0.2; done) | nc ` + harness.TCPHost + ` 5432; echo NC-EXIT`
 	id := f.detached(t, "--network", n.Name, f.busybox, "sh", "-c", loop)
@@ -45,19 +92,17 @@ func TestFastpathKernelSpliceInPlugin(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return strings.Count(logs(), "ping") >= 3 }, 30*time.Second, 100*time.Millisecond,
 		"the echo flow never worked: %s", logs())
-	require.Eventually(t, func() bool { return spliceEntries(t) == 2 }, 10*time.Second, 100*time.Millisecond,
+	require.Eventually(t, func() bool { return spliceEntries(t, ids) == 2 }, 10*time.Second, 100*time.Millisecond,
 		"the flow's two sockets are not in the kernel splice map")
 	before := strings.Count(logs(), "ping")
 	time.Sleep(time.Second)
 	require.Greater(t, strings.Count(logs(), "ping"), before, "the spliced flow stopped echoing")
 
-	pid := pidOf(t, f.e, pluginArgv0)
-	require.NotZero(t, pid)
 	require.NoError(t, exec.Command("kill", "-9", strconv.Itoa(pid)).Run())
 	require.Eventually(t, func() bool { return strings.Contains(logs(), "NC-EXIT") }, 15*time.Second, 100*time.Millisecond,
 		"the container never saw its spliced connection end after the plugin was killed")
-	require.Eventually(t, func() bool { return spliceEntries(t) == 0 }, 15*time.Second, 100*time.Millisecond,
-		"sockets of the killed plugin stay in a splice map")
+	require.Eventually(t, func() bool { return spliceEntries(t, ids) == -1 }, 15*time.Second, 100*time.Millisecond,
+		"the killed plugin's splice map (and its sockets) outlived it")
 
 	f.waitPluginRestart(t, pid)
 	var out string
