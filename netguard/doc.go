@@ -1,7 +1,8 @@
 // Package netguard builds clawker-fw's closed network: the bridge, the veth
 // pairs and the nftables rules that make a clawker-fw network fail closed on
 // its own, whether or not the BPF socket hooks of an endpoint are enrolled
-// (layer L1 of invariant 1 in DESIGN.md). It is the only package of the
+// (invariant 1 in docs/DESIGN.md: the hooks steer and explain, the network
+// guarantees). It is the only package of the
 // project that talks rtnetlink or nftables; every such call goes through a
 // [Handle], which can work in any network namespace (tests build their own).
 //
