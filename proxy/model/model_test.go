@@ -266,3 +266,56 @@ func TestSource(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) { require.Equal(t, tt.want, Source(tt.in)) })
 	}
 }
+
+// TestBuildSameWithFreshOrHeldPorts: a Build that allocates its ports
+// yields the model a second Build over the same allocator yields. The plugin
+// serves the model of the Build that allocated (a mutation compiles once),
+// so any difference is a route or listener missing from the served model.
+func TestBuildSameWithFreshOrHeldPorts(t *testing.T) {
+	pr := func(proto policy.Proto, lo, hi uint16) policy.PortRange { return policy.PortRange{Proto: proto, Lo: lo, Hi: hi} }
+	allow := func(id policy.Identity, pattern string, ports ...policy.PortRange) policy.Allowed {
+		a := policy.Allowed{Identity: id, Pattern: pattern, Ports: ports}
+		if p, err := netip.ParsePrefix(pattern); err == nil {
+			a.Prefix = p
+		}
+		return a
+	}
+	ep := func(idx uint32, allows ...policy.Allowed) *policy.Endpoint {
+		return &policy.Endpoint{Index: idx, Policy: &policy.Policy{Allows: allows}}
+	}
+	for _, tt := range []struct {
+		name string
+		eps  []*policy.Endpoint
+	}{
+		{"names sharing new web ports", []*policy.Endpoint{ep(1,
+			allow(1, "a.example.test", pr(policy.ProtoHTTPS, 443, 443), pr(policy.ProtoHTTP, 80, 80)),
+			allow(2, ".wild.example.test", pr(policy.ProtoHTTPS, 443, 443), pr(policy.ProtoHTTPS, 8443, 8443)),
+			allow(3, "b.example.test", pr(policy.ProtoHTTP, 80, 80), pr(policy.ProtoHTTPS, 8443, 8443)))}},
+		{"dedicated listeners, ranges and CIDRs", []*policy.Endpoint{ep(1,
+			allow(1, "db.example.test", pr(policy.ProtoTCP, 5432, 5432), pr(policy.ProtoHTTPS, 443, 443)),
+			allow(2, "git.example.test", pr(policy.ProtoSSH, 22, 22)),
+			allow(3, "ntp.example.test", pr(policy.ProtoUDP, 123, 123)),
+			allow(4, "span.example.test", pr(policy.ProtoTCP, 7000, 7003)),
+			allow(5, "10.9.0.0/16", pr(policy.ProtoTCP, 7000, 7002)))}},
+		{"endpoints sharing keys", []*policy.Endpoint{
+			ep(1, allow(1, "a.example.test", pr(policy.ProtoHTTPS, 443, 443)), allow(2, "db.example.test", pr(policy.ProtoTCP, 5432, 5432))),
+			ep(2, allow(1, "a.example.test", pr(policy.ProtoHTTPS, 443, 443)), allow(3, "c.example.test", pr(policy.ProtoHTTPS, 443, 443))),
+			ep(3, allow(2, "db.example.test", pr(policy.ProtoTCP, 5432, 5432), pr(policy.ProtoTCP, 5433, 5434)))}},
+		{"a range over its budget fails alone", []*policy.Endpoint{ep(1,
+			allow(1, "wide.example.test", pr(policy.ProtoTCP, 20000, 20000+MaxRangePorts)),
+			allow(2, "a.example.test", pr(policy.ProtoHTTPS, 443, 443)),
+			allow(3, "b.example.test", pr(policy.ProtoHTTPS, 443, 443)))}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			alloc := NewPortAllocator()
+			first, err := Build(snapWith(tt.eps...), alloc)
+			require.NoError(t, err)
+			require.NotZero(t, first.NewPorts)
+			again, err := Build(snapWith(tt.eps...), alloc)
+			require.NoError(t, err)
+			require.Zero(t, again.NewPorts)
+			first.NewPorts = 0
+			require.Equal(t, again, first)
+		})
+	}
+}
