@@ -272,7 +272,9 @@ func TestSource(t *testing.T) {
 // serves the model of the Build that allocated (a mutation compiles once),
 // so any difference is a route or listener missing from the served model.
 func TestBuildSameWithFreshOrHeldPorts(t *testing.T) {
-	pr := func(proto policy.Proto, lo, hi uint16) policy.PortRange { return policy.PortRange{Proto: proto, Lo: lo, Hi: hi} }
+	pr := func(proto policy.Proto, lo, hi uint16) policy.PortRange {
+		return policy.PortRange{Proto: proto, Lo: lo, Hi: hi}
+	}
 	allow := func(id policy.Identity, pattern string, ports ...policy.PortRange) policy.Allowed {
 		a := policy.Allowed{Identity: id, Pattern: pattern, Ports: ports}
 		if p, err := netip.ParsePrefix(pattern); err == nil {
