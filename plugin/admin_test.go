@@ -71,19 +71,3 @@ func TestAdminAPI(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.Equal(t, ReasonNotRunning, out["reason"])
 }
-
-func TestFixFor(t *testing.T) {
-	for _, tt := range []struct {
-		dst  string
-		port uint16
-		want string
-	}{
-		{"a.example.test", 0, "clawker.allow=a.example.test,"},
-		{"a.example.test", 443, "clawker.allow=a.example.test,"},
-		{"a.example.test", 80, "clawker.allow=http://a.example.test,"},
-		{"a.example.test", 8443, "clawker.allow=a.example.test:8443,"},
-		{"10.1.2.3", 80, "clawker.allow=tcp://10.1.2.3:80,"},
-	} {
-		require.Contains(t, FixFor(tt.dst, tt.port, "", nil), tt.want)
-	}
-}

@@ -120,17 +120,6 @@ func (f DenialFilter) Match(d Denial) bool {
 		(f.Since.IsZero() || !d.Time.Before(f.Since))
 }
 
-// FixFor says what would allow a denied destination for an endpoint (port 0:
-// any port, as for a DNS query), or why no rule can: verdict.Fix, the one
-// fix text of the proxy's 403s, the denial log and DNS.
-func FixFor(dst string, port uint16, reason policy.Reason, deny *policy.Denied) string {
-	d := verdict.Denial{Dest: dst, Port: port, Reason: reason}
-	if deny != nil {
-		d.Reason, d.Rule = policy.ReasonDenyRule, verdict.Rule(policy.Match{Deny: deny})
-	}
-	return verdict.Fix(d)
-}
-
 // dockerResolver is Docker's embedded resolver inside each container.
 var dockerResolver = netip.AddrFrom4([4]byte{127, 0, 0, 11})
 

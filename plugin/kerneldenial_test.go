@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // TestKernelDenialFix: a hook denial names what would allow it, except for
@@ -62,7 +63,7 @@ func TestDecisionRecordsReachTheDenialLog(t *testing.T) {
 
 	// A proxy denial's own fix (made without the network) names it.
 	hub.Add(decisionlog.Record{Source: decisionlog.SourceProxy, Verdict: decisionlog.Deny, Endpoint: idx, DestName: "p.example.test",
-		DestPort: 443, Reason: "no-rule", Fix: FixFor("p.example.test", 443, "", nil)})
+		DestPort: 443, Reason: "no-rule", Fix: verdict.Fix(verdict.Denial{Dest: "p.example.test", Port: 443})})
 	last := hub.Recent(1, nil)[0]
 	require.NotContains(t, last.Fix, "NETWORK")
 	require.Contains(t, last.Fix, "`clawker-fw rules add "+last.Network+" p.example.test`")

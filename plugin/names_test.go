@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/clawker-fw/clawker-fw/plugin/api"
+	"github.com/clawker-fw/clawker-fw/proxy/verdict"
 )
 
 // fakeNames stands in for Docker's answers at the API boundary: networks
@@ -219,7 +220,7 @@ func TestAdminNamesAndDenials(t *testing.T) {
 	t0 := time.Now()
 	r.p.Denials.Add(Denial{Time: t0.Add(-time.Minute), Source: "dns", Index: idx, Destination: "old.example.test", Reason: "no-rule"})
 	r.p.Denials.Add(Denial{Time: t0, Source: "proxy", Index: idx, Destination: "d.example.test", Port: 443, Reason: "no-rule",
-		Fix: FixFor("d.example.test", 443, "", nil)})
+		Fix: verdict.Fix(verdict.Denial{Dest: "d.example.test", Port: 443})})
 	r.p.Denials.Add(Denial{Time: t0, Source: "bpf", Index: 999, Destination: "10.1.2.3", Reason: "no rule"})
 	denials := func(q url.Values) []api.Denial {
 		resp, err := http.Get(srv.URL + "/v1/denials?" + q.Encode())
