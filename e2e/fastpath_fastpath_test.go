@@ -28,8 +28,14 @@ func spliceMaps(t *testing.T, pid int) []int {
 	var maps []struct {
 		ID int `json:"id"`
 	}
-	if len(strings.TrimSpace(string(out))) > 0 {
+	switch b := strings.TrimSpace(string(out)); {
+	case strings.HasPrefix(b, "["):
 		require.NoError(t, json.Unmarshal(out, &maps), "%s", out)
+	case strings.HasPrefix(b, "{"): // one map: bpftool prints the object alone
+		maps = append(maps, struct {
+			ID int `json:"id"`
+		}{})
+		require.NoError(t, json.Unmarshal(out, &maps[0]), "%s", out)
 	}
 	held := map[int]bool{}
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
