@@ -122,13 +122,6 @@ func walkHello(b []byte) (need int, hs []byte) {
 	}
 }
 
-// parseSNI extracts the server name from a peeked ClientHello (one or more
-// TLS records); see parseHello.
-func parseSNI(b []byte) (string, error) {
-	h, err := parseHello(b)
-	return h.sni, err
-}
-
 // hello is what the proxy reads from a ClientHello.
 type hello struct {
 	sni string

@@ -71,7 +71,8 @@ func TestParseSNI(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseSNI(tt.in)
+			h, err := parseHello(tt.in)
+			got := h.sni
 			if tt.err {
 				require.Error(t, err)
 				return
@@ -90,7 +91,7 @@ func FuzzParseSNI(f *testing.F) {
 	f.Add(clientHello(f, "a.example.test"))
 	f.Add(splitRecords(clientHello(f, "b.example.test"), 50))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = parseSNI(b)
+		_, _ = parseHello(b)
 		_ = helloNeed(b)
 	})
 }
