@@ -57,6 +57,9 @@ func (p *Policy) MatchName(name string, port uint16, l4 L4) Match {
 		return Match{Allowed: true, Reason: ReasonBypass}
 	}
 	name = trimName(name)
+	if p.Base != nil {
+		return p.layered(p.Base.MatchName(name, port, l4), p.own().MatchName(name, port, l4))
+	}
 	for i := range p.Denies {
 		d := &p.Denies[i]
 		if d.Prefix.IsValid() {
@@ -86,6 +89,9 @@ func (p *Policy) MatchIP(addr netip.Addr, port uint16, l4 L4) Match {
 		return Match{Allowed: true, Reason: ReasonBypass}
 	}
 	addr = addr.Unmap()
+	if p.Base != nil {
+		return p.layered(p.Base.MatchIP(addr, port, l4), p.own().MatchIP(addr, port, l4))
+	}
 	for i := range p.Denies {
 		d := &p.Denies[i]
 		if d.Prefix.IsValid() && d.Prefix.Contains(addr) {
@@ -165,10 +171,54 @@ func (p *Policy) DeniedAddr(addr netip.Addr) *Denied {
 		return nil
 	}
 	addr = addr.Unmap()
+	if p.Base != nil {
+		if d := p.Base.DeniedAddr(addr); d != nil {
+			return d
+		}
+	}
 	for i := range p.Denies {
 		if d := &p.Denies[i]; d.Prefix.IsValid() && d.Prefix.Contains(addr) {
 			return d
 		}
 	}
 	return nil
+}
+
+// own is a layered policy's own layer alone.
+func (p *Policy) own() *Policy {
+	return &Policy{Generation: p.Generation, Allows: p.Allows, Denies: p.Denies, InspectAll: p.InspectAll}
+}
+
+// layered combines the answers of a layered policy's base (network) and
+// own (label) layers into the merged policy's answer. Compile drops an
+// allow inside any deny and gives a destination the most specific allow
+// that covers it, with the ports of every allow that covers it. The
+// allows that cover one name (or address) are nested, so:
+//  1. a deny of either layer that covers the destination denies, the
+//     base's first (Compile lists network denies before label denies);
+//  2. otherwise no allow covering it was dropped by a deny (the deny's
+//     subtree would hold the destination), so the entry is the more
+//     specific of the two layers' entries, the own layer's on a tie (the
+//     identity is the pattern's either way);
+//  3. its ports are the union of both layers' covering allows: the port is
+//     allowed when either layer allows it.
+func (p *Policy) layered(base, own Match) Match {
+	switch {
+	case base.Reason == ReasonDenyRule:
+		return base
+	case own.Reason == ReasonDenyRule:
+		return own
+	case base.Entry == nil:
+		return own
+	case own.Entry == nil:
+		return base
+	}
+	best := own
+	if compareSpecificity(base.Entry.Pattern, own.Entry.Pattern) < 0 {
+		best = base
+	}
+	if !best.Allowed && (base.Allowed || own.Allowed) {
+		best.Allowed, best.Reason = true, ReasonAllowed
+	}
+	return best
 }

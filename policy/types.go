@@ -199,6 +199,16 @@ type Policy struct {
 	// data planes then read every flow's name (SNI, Host, DNS answer) and
 	// report it instead of splicing by address unseen.
 	Learn bool `json:"learn,omitempty"`
+	// Base, when set, makes this a layered policy: Allows and Denies hold
+	// only the endpoint's own (label) rules compiled alone, and Base is its
+	// network's policy compiled without them, shared by every endpoint of
+	// the network. Only the DNS sidecar builds layered policies (from the
+	// snapshot file, see dns.DecodeSnapshot): MatchName, MatchIP and
+	// DeniedAddr answer on them exactly as on the merged policy whether a
+	// destination is allowed, under which identity and why, but a matched
+	// entry's Ports, Paths and Rules are its own layer's, so routes and
+	// listeners are always built from merged policies.
+	Base *Policy `json:"-"`
 }
 
 // Reason explains a decision with a stable machine-readable code.
@@ -251,6 +261,11 @@ type Network struct {
 	Subnet   netip.Prefix    `json:"subnet"`
 	Gateway  netip.Addr      `json:"gateway"`
 	Settings NetworkSettings `json:"settings"`
+	// Base is the network's option and runtime rules compiled without any
+	// container's labels (nil when not compiled): the Policy of its
+	// endpoints without label rules, and the base layer the DNS sidecar's
+	// file shares between its endpoints (see Policy.Base).
+	Base *Policy `json:"-"`
 }
 
 // Endpoint is one endpoint in a Snapshot, keyed by its stable index.
@@ -280,6 +295,10 @@ type Endpoint struct {
 	Learn bool `json:"learn,omitempty"`
 	// Policy is the endpoint's compiled policy (nil while pending).
 	Policy *Policy `json:"policy,omitempty"`
+	// Labels is the endpoint's label rules compiled alone (nil without
+	// label rules): with its network's Base, what the DNS sidecar's file
+	// carries instead of Policy (see Policy.Base).
+	Labels *Policy `json:"-"`
 }
 
 // Snapshot is an immutable view of every network's and endpoint's compiled
