@@ -139,15 +139,30 @@ func statFile(path string) (fileID, error) {
 	return id, nil
 }
 
-// readSnapshot decodes the JSON snapshot at path.
+// readSnapshot decodes the snapshot file at path.
 func readSnapshot(path string) (*policy.Snapshot, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read snapshot: %w", err)
 	}
+	snap, err := DecodeSnapshot(b)
+	if err != nil {
+		return nil, fmt.Errorf("decode snapshot %s: %w", path, err)
+	}
+	return snap, nil
+}
+
+// EncodeSnapshot is the form of snap the sidecar reads (the plugin's
+// SnapshotFile writes it).
+func EncodeSnapshot(snap *policy.Snapshot) ([]byte, error) {
+	return json.Marshal(snap)
+}
+
+// DecodeSnapshot reads what EncodeSnapshot wrote, indexed.
+func DecodeSnapshot(b []byte) (*policy.Snapshot, error) {
 	var snap policy.Snapshot
 	if err := json.Unmarshal(b, &snap); err != nil {
-		return nil, fmt.Errorf("decode snapshot %s: %w", path, err)
+		return nil, err
 	}
 	return snap.Index(), nil
 }

@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,7 +15,7 @@ import (
 // fsync, rename.
 func writeSnapshot(t testing.TB, path string, snap *policy.Snapshot) {
 	t.Helper()
-	b, err := json.Marshal(snap)
+	b, err := EncodeSnapshot(snap)
 	require.NoError(t, err)
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".snapshot-*")
 	require.NoError(t, err)

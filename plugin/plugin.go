@@ -274,12 +274,19 @@ func (p *Plugin) save() error {
 // buildSnapshot compiles every endpoint's policy from the current state.
 func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 	p.builds.Add(1)
+	return p.st.Snapshot(gen)
+}
+
+// Snapshot compiles every endpoint's policy of st into generation gen (the
+// plugin's commit path; bench/scale calls it on a generated state). It
+// allocates identities in st.Identities.
+func (st *State) Snapshot(gen uint64) *policy.Snapshot {
 	snap := &policy.Snapshot{Generation: gen, Networks: map[string]*policy.Network{}, Endpoints: map[uint32]*policy.Endpoint{}}
-	for id, n := range p.st.Networks {
+	for id, n := range st.Networks {
 		snap.Networks[id] = &policy.Network{ID: id, Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, Settings: n.Config.Settings}
 	}
-	for _, ep := range p.st.Endpoints {
-		n := p.st.Networks[ep.NetworkID]
+	for _, ep := range st.Endpoints {
+		n := st.Networks[ep.NetworkID]
 		if n == nil {
 			continue
 		}
@@ -297,7 +304,7 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 			pol, err := policy.Compile(policy.CompileInput{
 				Network: n.Config.Rules, Runtime: n.Runtime, Label: ep.LabelRules,
 				Settings: n.Config.Settings, Generation: gen,
-			}, p.st.Identities)
+			}, st.Identities)
 			if err != nil {
 				sep.LabelError = fmt.Sprintf("compile policy: %v", err)
 			} else {

@@ -76,7 +76,8 @@ type State struct {
 	Extra      map[string]json.RawMessage `json:"extra,omitempty"`
 }
 
-func newState() *State {
+// NewState returns an empty state (what a first start begins with).
+func NewState() *State {
 	return &State{
 		Version:    stateVersion,
 		NextIndex:  1,
@@ -91,12 +92,12 @@ func newState() *State {
 func loadState(path string) (*State, error) {
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return newState(), nil
+		return NewState(), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read state %s: %w", path, err)
 	}
-	st := newState()
+	st := NewState()
 	if err := json.Unmarshal(raw, st); err != nil {
 		return nil, fmt.Errorf("decode state %s: %w", path, err)
 	}
@@ -136,7 +137,7 @@ func (st *State) clone() *State {
 	if err != nil {
 		panic(fmt.Sprintf("clone state: %v", err))
 	}
-	c := newState()
+	c := NewState()
 	if err := json.Unmarshal(raw, c); err != nil {
 		panic(fmt.Sprintf("clone state: %v", err))
 	}

@@ -8,7 +8,6 @@ package wire
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -28,6 +27,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/clawker-fw/clawker-fw/bpf"
+	"github.com/clawker-fw/clawker-fw/dns"
 	"github.com/clawker-fw/clawker-fw/netguard"
 	"github.com/clawker-fw/clawker-fw/plugin"
 	"github.com/clawker-fw/clawker-fw/plugin/authz"
@@ -326,7 +326,7 @@ type SnapshotFile struct{ Path string }
 
 // Publish implements plugin.SnapshotSink.
 func (s SnapshotFile) Publish(snap *policy.Snapshot) error {
-	raw, err := json.Marshal(snap)
+	raw, err := dns.EncodeSnapshot(snap)
 	if err != nil {
 		return fmt.Errorf("encode snapshot: %w", err)
 	}
