@@ -186,3 +186,54 @@ func (f *pluginFixture) requireTraffic(t *testing.T, c, when string) {
 		time.Sleep(time.Second)
 	}
 }
+
+// TestLearnInspectedPaths: on a network that inspects TLS, learn mode
+// terminates the container's TLS too, so HTTPS requests are recorded with
+// their method and path prefix, and the proposal carries path rules that
+// check and the proxy enforce.
+func TestLearnInspectedPaths(t *testing.T) {
+	f := pluginEnv(t)
+	f.resetLeaks(t)
+	n := f.createNet(t, "cfw-learn-insp", 183, "clawker.tls.inspect=all")
+	const agent = "cfw-learn-insp-agent"
+	f.detached(t, "--name", agent, "--network", n.Name, f.debian, "sleep", "600")
+	// The plugin's CA, fetched before learning (the gateway serves it).
+	out, err := f.exec(agent, "curl", "-sS", "--max-time", "10", "-o", "/tmp/pca.crt", "http://"+n.Gateway+"/ca.crt")
+	require.NoError(t, err, out)
+	traffic := `curl -sS --max-time 10 --cacert /tmp/pca.crt -o /dev/null -w 'get=%{http_code}\n' https://allowed.example.test/v1/users/7
+curl -sS --max-time 10 --cacert /tmp/pca.crt -o /dev/null -w 'post=%{http_code}\n' -X POST -d x=1 https://allowed.example.test/v1/items/9`
+
+	out, err = f.admin("learn", agent, "--for", "5m", "-d")
+	require.NoError(t, err, out)
+	var got string
+	require.Eventually(t, func() bool {
+		got, _ = f.exec(agent, "bash", "-c", traffic)
+		return strings.Contains(got, "get=200") && strings.Contains(got, "post=200")
+	}, 30*time.Second, time.Second)
+	file := filepath.Join(t.TempDir(), "insp.json")
+	out, err = f.admin("learn", "stop", agent, "-o", file)
+	require.NoError(t, err, out)
+	t.Logf("learn stop:\n%s", out)
+	raw, err := os.ReadFile(file)
+	require.NoError(t, err)
+	var rep api.LearnReport
+	require.NoError(t, json.Unmarshal(raw, &rep))
+	require.Len(t, rep.Rules.Rules, 1, "%s", raw)
+	require.JSONEq(t, `{"dst":"allowed.example.test","paths":[{"path":"/v1/items/","methods":["POST"]},{"path":"/v1/users/","methods":["GET"]}]}`,
+		string(rep.Rules.Rules[0]))
+	out, err = f.admin("learn", "check", file, agent)
+	require.NoError(t, err, out)
+
+	// Applied: the learned paths pass, another path is refused by the
+	// proxy (403), with learn off.
+	args := append([]string{"--name", "cfw-learn-insp-applied", "--network", n.Name}, rep.Rules.Label...)
+	applied := f.detached(t, append(args, f.debian, "sleep", "600")...)
+	out, err = f.exec(applied, "curl", "-sS", "--max-time", "10", "-o", "/tmp/pca.crt", "http://"+n.Gateway+"/ca.crt")
+	require.NoError(t, err, out)
+	require.Eventually(t, func() bool {
+		got, _ = f.exec(applied, "bash", "-c", traffic+`
+curl -sS --max-time 10 --cacert /tmp/pca.crt -o /dev/null -w 'other=%{http_code}\n' https://allowed.example.test/admin/x`)
+		return strings.Contains(got, "get=200") && strings.Contains(got, "post=200") && strings.Contains(got, "other=403")
+	}, 30*time.Second, time.Second)
+	f.requireNoLeaks(t)
+}
