@@ -285,6 +285,44 @@ func (st *State) Snapshot(gen uint64) *policy.Snapshot {
 	for id, n := range st.Networks {
 		snap.Networks[id] = &policy.Network{ID: id, Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, Settings: n.Config.Settings}
 	}
+	compile := func(n *Network, label []policy.EgressRule, withNetwork bool) (*policy.Policy, error) {
+		in := policy.CompileInput{Label: label, Settings: n.Config.Settings, Generation: gen}
+		if withNetwork {
+			in.Network, in.Runtime = n.Config.Rules, n.Runtime
+		}
+		pol, err := policy.Compile(in, st.Identities)
+		if err == nil {
+			pol.InspectAll = n.Config.Settings.InspectAll
+		}
+		return pol, err
+	}
+	// A network's rules compiled alone (its base) are the policy of every
+	// endpoint without label rules, shared, and the layer the DNS sidecar's
+	// file shares between endpoints with label rules. They cost one compile
+	// more only where a network has two endpoints or more with label rules
+	// and none without; a lone endpoint with labels goes without a base.
+	labelled := map[string]int{}
+	for _, ep := range st.Endpoints {
+		if ep.Identified() && ep.LabelError == "" && len(ep.LabelRules) > 0 {
+			labelled[ep.NetworkID]++
+		}
+	}
+	type compiled struct {
+		pol *policy.Policy
+		err error
+	}
+	bases := map[string]compiled{}
+	base := func(n *Network) (*policy.Policy, error) {
+		b, ok := bases[n.ID]
+		if !ok {
+			b.pol, b.err = compile(n, nil, true)
+			bases[n.ID] = b
+			if b.err == nil {
+				snap.Networks[n.ID].Base = b.pol
+			}
+		}
+		return b.pol, b.err
+	}
 	for _, ep := range st.Endpoints {
 		n := st.Networks[ep.NetworkID]
 		if n == nil {
@@ -301,14 +339,23 @@ func (st *State) Snapshot(gen uint64) *policy.Snapshot {
 		case ep.LabelError != "":
 			sep.LabelError = ep.LabelError
 		default:
-			pol, err := policy.Compile(policy.CompileInput{
-				Network: n.Config.Rules, Runtime: n.Runtime, Label: ep.LabelRules,
-				Settings: n.Config.Settings, Generation: gen,
-			}, st.Identities)
+			var pol *policy.Policy
+			var err error
+			switch {
+			case len(ep.LabelRules) == 0:
+				pol, err = base(n)
+			case labelled[n.ID] == 1:
+				pol, err = compile(n, ep.LabelRules, true)
+			default:
+				if _, err = base(n); err == nil {
+					if pol, err = compile(n, ep.LabelRules, true); err == nil {
+						sep.Labels, err = compile(n, ep.LabelRules, false)
+					}
+				}
+			}
 			if err != nil {
 				sep.LabelError = fmt.Sprintf("compile policy: %v", err)
 			} else {
-				pol.InspectAll = n.Config.Settings.InspectAll
 				sep.Policy = pol
 			}
 		}
