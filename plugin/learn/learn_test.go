@@ -210,6 +210,26 @@ func TestRecorderNamesFromDNS(t *testing.T) {
 	require.Equal(t, 13, dropped)
 }
 
+// TestRecorderNamesFlowsSeenBeforeTheirAnswer: DNS records arrive on their
+// own socket, so a connect can be observed before the answer that preceded
+// it; the flow is named all the same (and merged with a later named one).
+func TestRecorderNamesFlowsSeenBeforeTheirAnswer(t *testing.T) {
+	r := NewRecorder(10)
+	t0 := time.Now()
+	t1 := t0.Add(time.Second)
+	a := netip.MustParseAddr("10.220.0.15")
+	r.Observe(Observation{Time: t0, Proto: ProtoSSH, Addr: a, Port: 22})
+	r.Observe(Observation{Time: t0, Proto: ProtoTCP, Addr: netip.MustParseAddr("192.0.2.1"), Port: 7})
+	r.Resolved("ssh.example.test.", []netip.Addr{a})
+	r.Observe(Observation{Time: t1, Proto: ProtoSSH, Addr: a, Port: 22})
+	flows, only, _ := r.Flows()
+	require.Empty(t, only, "the name was connected to")
+	require.Equal(t, []api.LearnFlow{
+		{Proto: "tcp", Addr: "192.0.2.1", Port: 7, Count: 1, First: t0, Last: t0},
+		{Proto: "ssh", Name: "ssh.example.test", Addr: "10.220.0.15", Port: 22, Count: 2, First: t0, Last: t1},
+	}, flows)
+}
+
 func TestCheck(t *testing.T) {
 	flows := []api.LearnFlow{
 		flow("https", "allowed.example.test", 443),

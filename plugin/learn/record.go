@@ -84,11 +84,43 @@ func (r *Recorder) Resolved(name string, addrs []netip.Addr) {
 	if len(r.resolved) < r.max {
 		r.resolved[name] = true
 	}
+	named := map[string]bool{}
 	for _, a := range addrs {
+		named[a.Unmap().String()] = true
 		if len(r.byAddr) >= 4*r.max {
 			break
 		}
 		r.byAddr[a.Unmap()] = name
+	}
+	r.nameEarlier(name, named)
+}
+
+// nameEarlier gives name to the flows recorded by address alone before the
+// answer arrived: DNS records reach the plugin on their own socket, so a
+// connect may be observed before the answer that preceded it. The name does
+// not depend on which arrives first.
+func (r *Recorder) nameEarlier(name string, addrs map[string]bool) {
+	for k, f := range r.flows {
+		if k.name != "" || !addrs[k.addr] {
+			continue
+		}
+		delete(r.flows, k)
+		r.used[name] = true
+		k.name, f.Name = name, name
+		if k.proto == ProtoHTTPS || k.proto == ProtoHTTP {
+			k.addr, f.Addr = "", ""
+		}
+		if g, ok := r.flows[k]; ok {
+			g.Count += f.Count
+			if f.First.Before(g.First) {
+				g.First = f.First
+			}
+			if f.Last.After(g.Last) {
+				g.Last = f.Last
+			}
+			continue
+		}
+		r.flows[k] = f
 	}
 }
 
