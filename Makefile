@@ -28,7 +28,7 @@ ENGINES ?= debian current
 # Go packages whose tests need no root (race detector on).
 UNIT_PKGS = $$($(GO) list ./... | grep -v -e /e2e -e /bench)
 
-.PHONY: all deps generate build plugin install upgrade uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench clean
+.PHONY: all deps generate build plugin install upgrade uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench bench-bridge clean
 
 all: build
 
@@ -120,6 +120,11 @@ test: lint test-unit test-fuzz test-e2e-engines
 
 bench:
 	./scripts/bench.sh
+
+## bench-bridge: the headline benchmark (issue 13): a container on a clawker-fw
+## network vs on a plain bridge, server in its own netns (root; under the e2e lock)
+bench-bridge: plugin
+	flock -o /tmp/clawker-e2e.lock $(GO) run ./bench/bridge -out bench/results/bridge.txt
 
 clean:
 	rm -rf $(BUILD)

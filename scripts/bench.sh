@@ -15,4 +15,8 @@ if [ -d bench/authz ]; then
   # Starts its own dockerd and the plugin: serialize with the e2e suite.
   run authz flock -o /tmp/clawker-e2e.lock go run ./bench/authz -out bench/results/authz.txt
 fi
+if [ -d bench/bridge ]; then
+  # The headline benchmark: its own dockerd, the plugin and a server netns.
+  run bridge flock -o /tmp/clawker-e2e.lock go run ./bench/bridge -out bench/results/bridge.txt
+fi
 echo "reports: $(ls bench/results)"

@@ -1,0 +1,654 @@
+// Command bridge is clawker-fw's headline data-plane benchmark (issue 13):
+// the same client in a container on a clawker-fw network and in a container
+// on a plain Docker bridge network, same host, same server in a network
+// namespace of its own reached through the host, ratios side by side in one
+// run.
+//
+// Topology: a private test dockerd (package e2e/harness, without --debug as
+// in production, data root on tmpfs) with the plugin installed from
+// build/plugin; the fake internet's DNS (harness) answers
+// bench.example.test with 10.226.0.2, which lives in the netns
+// cfw-bench-srv (veth cfw-bsrv0, host side 10.226.0.1/24) created and
+// removed here, where ./bench/bridge/load serves HTTPS (h1 + h2, a leaf of
+// the harness's test CA) and plain HTTP. Busybox containers, each with the
+// static load binary bind-mounted, run `docker exec ... load MODE` and print
+// JSON:
+//
+//	bridge    a user-defined bridge network (the Docker default driver)
+//	cfw       a clawker-fw network allowing bench.example.test (https
+//	          passthrough) and http://bench.example.test
+//	cfw-insp  a clawker-fw network with -o clawker.tls.inspect=all (the
+//	          client trusts the plugin's CA as well)
+//
+// The builtin engine runs with CLAWKER_PROXY_KERNEL_SPLICE=true and =false
+// (plugin disabled, set, enabled between blocks; the cfw containers are
+// made again): one column each. Rounds alternate the order of the blocks
+// and of the arms within each workload.
+//
+// It needs root (dockerd, netns, BPF) and the plugin build. Run from the
+// repository root under the e2e lock (make bench-bridge does both):
+//
+//	make plugin && flock -o /tmp/clawker-e2e.lock go run ./bench/bridge -out bench/results/bridge.txt
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/clawker-fw/clawker-fw/e2e/fakenet"
+	"github.com/clawker-fw/clawker-fw/e2e/harness"
+)
+
+const (
+	benchHost = "bench.example.test"
+	srvNetns  = "cfw-bench-srv"
+	srvLink   = "cfw-bsrv0"
+	srvSubnet = "10.226.0.0/24"
+	srvHostIP = "10.226.0.1"
+	srvIP     = "10.226.0.2"
+
+	netBridge  = "cfw-bench-bridge"
+	netCFW     = "cfw-bench-fw"
+	netInspect = "cfw-bench-insp"
+	subCFW     = "10.231.251.0/24"
+	subInspect = "10.231.252.0/24"
+	subBridge  = "10.231.253.0/24"
+)
+
+type opts struct {
+	out, pluginDir      string
+	rounds, newconnN    int
+	bulkBytes           int64
+	kaDur               time.Duration
+	kaConns, dnsQueries int
+}
+
+func main() {
+	var o opts
+	flag.StringVar(&o.out, "out", "bench/results/bridge.txt", "report file")
+	flag.StringVar(&o.pluginDir, "plugin", "build/plugin", "plugin build directory (make plugin)")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds (each runs both kernel-splice settings)")
+	flag.Int64Var(&o.bulkBytes, "bulk", 256<<20, "bytes per bulk transfer")
+	flag.IntVar(&o.newconnN, "newconn", 300, "new connections per latency run")
+	flag.DurationVar(&o.kaDur, "ka", 3*time.Second, "measured duration of a keep-alive run")
+	flag.IntVar(&o.kaConns, "conns", 64, "keep-alive connections")
+	flag.IntVar(&o.dnsQueries, "dns", 200, "DNS queries per run (log-line count)")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/bridge:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, "bench/bridge: "+format+"\n", args...) }
+
+// bench is one run's environment.
+type bench struct {
+	o      opts
+	e      *harness.Env
+	dir    string // e.Dir()/bridge, bind-mounted read-only at /b
+	img    string
+	splice bool
+	// samples[workload][arm] (arm: bridge, or cfw/cfw-insp + "/on" or "/off")
+	samples map[string]map[string][]sample
+	relayed map[string]int // message of a relayed plugin line (cfw arms) -> count
+}
+
+// sample is one docker exec of the load client plus what the host saw.
+type sample struct {
+	MBps, P50, P99, RPS float64
+	HostCPUPerGB        float64 // host-wide busy CPU seconds per GB (bulk)
+	PluginCPU           float64 // plugin + sidecar CPU seconds during the exec
+	Secs                float64 // the client's own measured duration
+	Lines               int     // plugin lines dockerd relayed during the exec
+	Flows               int     // connections (or DNS queries) the exec made
+	Proto               string
+}
+
+func run(o opts) (err error) {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (a private dockerd, a netns and the plugin)")
+	}
+	if o.pluginDir, err = filepath.Abs(o.pluginDir); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(o.pluginDir, "rootfs", "bin", "clawker-fw-plugin")); err != nil {
+		return fmt.Errorf("plugin build missing (run make plugin): %w", err)
+	}
+	load0, _ := os.ReadFile("/proc/loadavg")
+	hosts := append(harness.DefaultHosts(), fakenet.Host{Name: benchHost, IP: srvIP})
+	e, err := harness.Start(harness.Options{NoSSH: true, NoDebug: true, TmpfsDataRoot: true, Hosts: hosts})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := e.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		if cerr := harness.CleanPluginHostState(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	b := &bench{o: o, e: e, dir: filepath.Join(e.Dir(), "bridge"), samples: map[string]map[string][]sample{}, relayed: map[string]int{}}
+	if err := b.build(); err != nil {
+		return err
+	}
+	stop, err := b.startServer()
+	defer stop() // before e.Close: the host snapshot must match at Close
+	if err != nil {
+		return err
+	}
+	if b.img, err = e.ImportBusybox(); err != nil {
+		return err
+	}
+	settings := e.PluginSettings()
+	for i, s := range settings {
+		if strings.HasPrefix(s, "CLAWKER_ALLOW_PRIVATE_UPSTREAMS=") {
+			settings[i] = s + "," + srvSubnet
+		}
+	}
+	if err := e.InstallPlugin(o.pluginDir, append(settings, "CLAWKER_PROXY_KERNEL_SPLICE=true")...); err != nil {
+		return err
+	}
+	b.splice = true
+	if _, _, err := e.Docker("network", "create", "--subnet", subBridge, netBridge); err != nil {
+		return err
+	}
+	if err := b.cfwNetworks(); err != nil {
+		return err
+	}
+	if err := b.container(netBridge); err != nil {
+		return err
+	}
+	if err := b.cfwContainers(); err != nil {
+		return err
+	}
+	start := time.Now()
+	for r := 0; r < o.rounds; r++ {
+		modes := []bool{true, false}
+		if r%2 == 1 {
+			modes = []bool{false, true}
+		}
+		for _, m := range modes {
+			if err := b.setSplice(m); err != nil {
+				return err
+			}
+			logf("round %d/%d kernel splice %v", r+1, o.rounds, m)
+			if err := b.block(r); err != nil {
+				return err
+			}
+		}
+	}
+	load1, _ := os.ReadFile("/proc/loadavg")
+	report := b.format(strings.TrimSpace(string(load0)), strings.TrimSpace(string(load1)), time.Since(start))
+	fmt.Print(report)
+	if o.out != "" {
+		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(o.out, []byte(report), 0o644)
+	}
+	return nil
+}
+
+// build compiles the load binary (static) into the directory the
+// containers mount, and issues the server's leaf from the test CA.
+func (b *bench) build() error {
+	if err := os.MkdirAll(filepath.Join(b.dir, "ca"), 0o755); err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(b.dir, "load"), "./bench/bridge/load")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build load: %v: %s", err, out)
+	}
+	for _, f := range []string{fakenet.CACertFile, fakenet.CAKeyFile} {
+		data, err := os.ReadFile(filepath.Join(filepath.Dir(b.e.CAFile()), f))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(b.dir, "ca", f), data, 0o600); err != nil {
+			return err
+		}
+	}
+	if _, err := fakenet.EnsureCA(filepath.Join(b.dir, "ca"), []string{benchHost}, []net.IP{net.ParseIP(srvIP)}); err != nil {
+		return err
+	}
+	// The key of the test CA stays out of the containers' mount.
+	if err := os.Remove(filepath.Join(b.dir, "ca", fakenet.CAKeyFile)); err != nil {
+		return err
+	}
+	return os.Chmod(filepath.Join(b.dir, "ca", fakenet.LeafKeyFile), 0o644)
+}
+
+func sh(name string, args ...string) error {
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// startServer makes the server's netns and starts load serve in it. The
+// returned stop ends the server and removes the netns (and with it the
+// veth): nothing is left on the host.
+func (b *bench) startServer() (func(), error) {
+	var srv *exec.Cmd
+	stop := func() {
+		if srv != nil && srv.Process != nil {
+			_ = srv.Process.Kill()
+			_ = srv.Wait()
+		}
+		if _, err := os.Stat("/run/netns/" + srvNetns); err == nil {
+			if err := sh("ip", "netns", "del", srvNetns); err != nil {
+				logf("cleanup: %v", err)
+			}
+		}
+	}
+	if _, err := os.Stat("/run/netns/" + srvNetns); err == nil {
+		// A previous run died; its netns is ours by name (nothing else uses it).
+		if err := sh("ip", "netns", "del", srvNetns); err != nil {
+			return stop, err
+		}
+	}
+	steps := [][]string{
+		{"ip", "netns", "add", srvNetns},
+		{"ip", "link", "add", srvLink, "type", "veth", "peer", "name", "eth0", "netns", srvNetns},
+		{"sysctl", "-qw", "net.ipv6.conf." + srvLink + ".disable_ipv6=1"},
+		{"ip", "addr", "add", srvHostIP + "/24", "dev", srvLink},
+		{"ip", "link", "set", srvLink, "up"},
+		{"ip", "netns", "exec", srvNetns, "ip", "link", "set", "lo", "up"},
+		{"ip", "netns", "exec", srvNetns, "ip", "addr", "add", srvIP + "/24", "dev", "eth0"},
+		{"ip", "netns", "exec", srvNetns, "ip", "link", "set", "eth0", "up"},
+		{"ip", "netns", "exec", srvNetns, "ip", "route", "add", "default", "via", srvHostIP},
+	}
+	for _, s := range steps {
+		if err := sh(s[0], s[1:]...); err != nil {
+			return stop, err
+		}
+	}
+	ca := filepath.Join(b.dir, "ca")
+	srv = exec.Command("ip", "netns", "exec", srvNetns, filepath.Join(b.dir, "load"), "serve",
+		"-cert", filepath.Join(ca, fakenet.LeafCertFile), "-key", filepath.Join(ca, fakenet.LeafKeyFile),
+		"-https", srvIP+":443", "-http", srvIP+":80")
+	srv.Stdout, srv.Stderr = os.Stderr, os.Stderr
+	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := srv.Start(); err != nil {
+		return stop, err
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp4", srvIP+":443", time.Second)
+		if err == nil {
+			c.Close()
+			return stop, nil
+		}
+		if time.Now().After(deadline) {
+			return stop, fmt.Errorf("server in %s not reachable: %v", srvNetns, err)
+		}
+	}
+}
+
+func (b *bench) cfwNetworks() error {
+	if _, _, err := b.e.Docker("network", "create", "-d", harness.PluginName, "--subnet", subCFW,
+		"-o", "clawker.allow="+benchHost+",http://"+benchHost, netCFW); err != nil {
+		return err
+	}
+	_, _, err := b.e.Docker("network", "create", "-d", harness.PluginName, "--subnet", subInspect,
+		"-o", "clawker.allow="+benchHost, "-o", "clawker.tls.inspect=all", netInspect)
+	return err
+}
+
+// container runs the client container of a network (named after it).
+func (b *bench) container(network string) error {
+	_, _, err := b.e.Docker("run", "-d", "--name", network, "--network", network, "-v", b.dir+":/b:ro", b.img, "sleep", "1000000")
+	return err
+}
+
+func (b *bench) cfwContainers() error {
+	for _, n := range []string{netCFW, netInspect} {
+		if err := b.container(n); err != nil {
+			return err
+		}
+	}
+	// The plugin's CA, for the inspected arm (on the host: state/ca/ca.crt).
+	data, err := os.ReadFile(filepath.Join(b.e.StateDir(), "ca", "ca.crt"))
+	if err != nil {
+		return fmt.Errorf("plugin CA: %w", err)
+	}
+	return os.WriteFile(filepath.Join(b.dir, "ca", "plugin-ca.crt"), data, 0o644)
+}
+
+// setSplice switches the plugin's kernel splice: the cfw containers are
+// removed, the plugin disabled, set and enabled, the containers made again.
+func (b *bench) setSplice(on bool) error {
+	if on == b.splice {
+		return nil
+	}
+	logf("kernel splice -> %v", on)
+	if _, _, err := b.e.Docker("rm", "-f", netCFW, netInspect); err != nil {
+		return err
+	}
+	ref := b.e.PluginRef()
+	steps := [][]string{
+		{"plugin", "disable", "-f", ref},
+		{"plugin", "set", ref, "CLAWKER_PROXY_KERNEL_SPLICE=" + strconv.FormatBool(on)},
+		{"plugin", "enable", ref},
+	}
+	for _, s := range steps {
+		if _, _, err := b.e.Docker(s...); err != nil {
+			return err
+		}
+	}
+	b.splice = on
+	return b.cfwContainers()
+}
+
+// workload is one client invocation measured on several arms.
+type workload struct {
+	name  string
+	args  []string
+	arms  []string // networks
+	flows int      // connections (or queries) per exec, for the log-line count
+}
+
+func (b *bench) workloads() []workload {
+	o := b.o
+	bulk := strconv.FormatInt(o.bulkBytes, 10)
+	nc := strconv.Itoa(o.newconnN)
+	ka := []string{"keepalive", "-conns", strconv.Itoa(o.kaConns), "-dur", o.kaDur.String()}
+	both := []string{netBridge, netCFW}
+	return []workload{
+		{"bulk-down", []string{"bulk", "-dir", "down", "-bytes", bulk}, both, 1},
+		{"bulk-up", []string{"bulk", "-dir", "up", "-bytes", bulk}, both, 1},
+		{"https-newconn", []string{"newconn", "-scheme", "https", "-n", nc}, both, o.newconnN + 5},
+		{"http-newconn", []string{"newconn", "-scheme", "http", "-n", nc}, both, o.newconnN + 5},
+		{"ka-h1", ka, []string{netBridge, netCFW, netInspect}, o.kaConns},
+		{"ka-h2", append(slices.Clone(ka), "-h2"), []string{netBridge, netInspect}, o.kaConns},
+		{"dns", []string{"dns", "-n", strconv.Itoa(o.dnsQueries)}, both, o.dnsQueries},
+	}
+}
+
+func (b *bench) armName(network string) string {
+	switch network {
+	case netBridge:
+		return "bridge"
+	case netCFW:
+		return "cfw/" + onOff(b.splice)
+	}
+	return "cfw-insp/" + onOff(b.splice)
+}
+
+func onOff(v bool) string {
+	if v {
+		return "on"
+	}
+	return "off"
+}
+
+func (b *bench) block(round int) error {
+	for _, w := range b.workloads() {
+		arms := slices.Clone(w.arms)
+		if round%2 == 1 {
+			slices.Reverse(arms)
+		}
+		for _, network := range arms {
+			s, err := b.exec(network, w)
+			if err != nil {
+				return fmt.Errorf("%s on %s: %w", w.name, network, err)
+			}
+			if b.samples[w.name] == nil {
+				b.samples[w.name] = map[string][]sample{}
+			}
+			arm := b.armName(network)
+			b.samples[w.name][arm] = append(b.samples[w.name][arm], s)
+		}
+	}
+	return nil
+}
+
+// exec runs the client in the network's container and collects the host
+// side: the plugin's CPU and the lines dockerd relayed meanwhile.
+func (b *bench) exec(network string, w workload) (sample, error) {
+	args := append([]string{"exec", network, "/b/load"}, w.args...)
+	args = append(args, "-ca", "/b/ca/"+fakenet.CACertFile+",/b/ca/plugin-ca.crt")
+	cpu0 := b.pluginCPU()
+	lines0 := len(b.pluginLines())
+	stdout, stderr, err := b.e.Docker(args...)
+	if err != nil {
+		return sample{}, fmt.Errorf("%v: %s", err, stderr)
+	}
+	var r struct {
+		MBps      float64 `json:"mbps"`
+		Secs      float64 `json:"secs"`
+		HostBusyS float64 `json:"host_busy_s"`
+		Bytes     int64   `json:"bytes"`
+		P50       float64 `json:"p50_ms"`
+		P99       float64 `json:"p99_ms"`
+		RPS       float64 `json:"rps"`
+		Proto     string  `json:"proto"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+		return sample{}, fmt.Errorf("client output %q: %w", stdout, err)
+	}
+	s := sample{MBps: r.MBps, P50: r.P50, P99: r.P99, RPS: r.RPS, Secs: r.Secs, Proto: r.Proto, Flows: w.flows,
+		PluginCPU: b.pluginCPU() - cpu0}
+	lines := b.pluginLines()
+	s.Lines = len(lines) - lines0
+	if network != netBridge {
+		for _, l := range lines[min(lines0, len(lines)):] {
+			b.relayed[w.name+": "+lineMsg(l)]++
+		}
+	}
+	if r.Bytes > 0 {
+		s.HostCPUPerGB = r.HostBusyS / (float64(r.Bytes) / 1e9)
+	}
+	return s, nil
+}
+
+// pluginCPU is the CPU seconds (user + system) of the Env's plugin and DNS
+// sidecar processes so far.
+func (b *bench) pluginCPU() float64 {
+	ents, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		argv0, _, _ := strings.Cut(string(cmd), "\x00")
+		if argv0 != "/bin/clawker-fw-plugin" && argv0 != "/bin/clawker-coredns" || !b.e.Owns(pid) {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64) // utime (field 14)
+			s, _ := strconv.ParseInt(f[12], 10, 64) // stime (field 15)
+			ticks += u + s
+		}
+	}
+	return float64(ticks) / 100
+}
+
+// pluginLines returns the lines of dockerd's log that a plugin wrote
+// (dockerd relays a plugin's output with plugin=<id>).
+func (b *bench) pluginLines() []string {
+	data, _ := os.ReadFile(b.e.DockerdLog())
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, " plugin=") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// lineMsg is the msg="..." part of a relayed line, shortened.
+func lineMsg(l string) string {
+	if _, m, ok := strings.Cut(l, "msg="); ok {
+		l = m
+	}
+	if i := strings.Index(l, " plugin="); i >= 0 {
+		l = l[:i]
+	}
+	if len(l) > 150 {
+		l = l[:150] + "..."
+	}
+	return l
+}
+
+// ---- report ----
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func (b *bench) med(w, arm string, f func(sample) float64) float64 {
+	var xs []float64
+	for _, s := range b.samples[w][arm] {
+		xs = append(xs, f(s))
+	}
+	return median(xs)
+}
+
+type row struct {
+	label, w string
+	insp     bool // the clawker-fw arm is cfw-insp
+	f        func(sample) float64
+	higher   bool    // higher is better
+	target   float64 // ratio target (0: none)
+	unit     string
+}
+
+func (b *bench) format(load0, load1 string, took time.Duration) string {
+	var sb strings.Builder
+	kernel, _ := exec.Command("uname", "-r").Output()
+	o := b.o
+	fmt.Fprintf(&sb, "clawker-fw headline benchmark: container on a clawker-fw network vs on a plain Docker bridge (go run ./bench/bridge)\n")
+	fmt.Fprintf(&sb, "date %s, kernel %s, %d CPUs, %s, Docker engine %s (%s, API %s; test dockerd without --debug, data root on tmpfs)\n",
+		time.Now().UTC().Format(time.RFC3339), strings.TrimSpace(string(kernel)), runtime.NumCPU(), runtime.Version(),
+		b.e.Engine().Name, b.e.Engine().Dockerd, b.e.Engine().APIVersion)
+	fmt.Fprintf(&sb, "load average at start: %s; at end: %s (run took %s)\n", load0, load1, took.Round(time.Second))
+	fmt.Fprintf(&sb, "THE MACHINE WAS SHARED: 2 cores used by several agents at the same time; absolute numbers and host CPU/GB carry their load.\n")
+	fmt.Fprintf(&sb, "engine: builtin proxy; columns \"splice on\" / \"splice off\" = plugin setting CLAWKER_PROXY_KERNEL_SPLICE=true / false\n")
+	fmt.Fprintf(&sb, "method: a busybox container per network, each running the static Go client bench/bridge/load by docker exec;\n")
+	fmt.Fprintf(&sb, "  server: the same binary (Go net/http, TLS 1.3, h1+h2) in netns %s at %s, reached through the host (veth %s);\n", srvNetns, srvIP, srvLink)
+	fmt.Fprintf(&sb, "  bridge = user-defined bridge network; cfw = clawker-fw network allowing %s (passthrough) and http://%s;\n", benchHost, benchHost)
+	fmt.Fprintf(&sb, "  cfw-insp = clawker-fw network with clawker.tls.inspect=all (client trusts the plugin CA). The client resolves the name once\n")
+	fmt.Fprintf(&sb, "  per run (through the network's DNS) and dials that address; TLS sessions are never resumed.\n")
+	fmt.Fprintf(&sb, "  %d rounds; each round runs a block per splice setting (order alternating), each block every workload on every arm\n", o.rounds)
+	fmt.Fprintf(&sb, "  (arm order alternating). Values are medians over rounds (bridge: over both blocks); ratio = clawker-fw / bridge.\n")
+	fmt.Fprintf(&sb, "  bulk: one connection, h1, %d MB each way; new connection: %d sequential (TCP + TLS handshake + GET /, close);\n", o.bulkBytes>>20, o.newconnN)
+	fmt.Fprintf(&sb, "  keep-alive: %d connections each doing GET / (~55 byte body) back to back, %s counted after 0.5 s warm-up.\n", o.kaConns, o.kaDur)
+	fmt.Fprintf(&sb, "  host CPU per GB: busy jiffies of /proc/stat (user+nice+system+irq+softirq+steal, whole host, so softirq and kworkers\n")
+	fmt.Fprintf(&sb, "  count, and so does every other agent's work at the time) during the transfer / GB moved.\n\n")
+
+	rows := []row{
+		{"TLS passthrough bulk download (MB/s)", "bulk-down", false, func(s sample) float64 { return s.MBps }, true, 0.95, ""},
+		{"  host CPU seconds per GB (download)", "bulk-down", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
+		{"  plugin CPU seconds per GB (download)", "bulk-down", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
+		{"TLS passthrough bulk upload (MB/s)", "bulk-up", false, func(s sample) float64 { return s.MBps }, true, 0.95, ""},
+		{"  host CPU seconds per GB (upload)", "bulk-up", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
+		{"  plugin CPU seconds per GB (upload)", "bulk-up", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
+		{"HTTPS new connection + GET p50 (ms)", "https-newconn", false, func(s sample) float64 { return s.P50 }, false, 1.1, ""},
+		{"HTTPS new connection + GET p99 (ms)", "https-newconn", false, func(s sample) float64 { return s.P99 }, false, 1.3, ""},
+		{"plain HTTP new connection + GET p50 (ms)", "http-newconn", false, func(s sample) float64 { return s.P50 }, false, 1.2, ""},
+		{"plain HTTP new connection + GET p99 (ms)", "http-newconn", false, func(s sample) float64 { return s.P99 }, false, 0, ""},
+		{"HTTPS keep-alive passthrough h1 (req/s)", "ka-h1", false, func(s sample) float64 { return s.RPS }, true, 0.9, ""},
+		{"  p99 under load (ms)", "ka-h1", false, func(s sample) float64 { return s.P99 }, false, 0, ""},
+		{"  plugin CPU seconds per second of load", "ka-h1", false, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
+		{"HTTPS keep-alive INSPECTING h1 (req/s)", "ka-h1", true, func(s sample) float64 { return s.RPS }, true, 0.6, ""},
+		{"  plugin CPU seconds per second of load", "ka-h1", true, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
+		{"HTTPS keep-alive INSPECTING h2 (req/s)", "ka-h2", true, func(s sample) float64 { return s.RPS }, true, 0.6, ""},
+		{"  plugin CPU seconds per second of load", "ka-h2", true, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
+		{"DNS allowed query p50 (ms, A record)", "dns", false, func(s sample) float64 { return s.P50 }, false, 0, ""},
+	}
+	fmt.Fprintf(&sb, "%-44s %9s %10s %7s %10s %7s %8s  %s\n", "workload", "bridge", "splice on", "ratio", "splice off", "ratio", "target", "verdict (on / off)")
+	for _, r := range rows {
+		arm := "cfw/"
+		if r.insp {
+			arm = "cfw-insp/"
+		}
+		br := b.med(r.w, "bridge", r.f)
+		on, off := b.med(r.w, arm+"on", r.f), b.med(r.w, arm+"off", r.f)
+		ron, roff := ratio(on, br), ratio(off, br)
+		tgt, verdict := "-", ""
+		if r.target > 0 {
+			cmp := "<="
+			if r.higher {
+				cmp = ">="
+			}
+			tgt = fmt.Sprintf("%s%.2fx", cmp, r.target)
+			verdict = meets(ron, r) + " / " + meets(roff, r)
+		}
+		fmt.Fprintf(&sb, "%-44s %9.2f %10.2f %6.2fx %10.2f %6.2fx %8s  %s\n", r.label, br, on, ron, off, roff, tgt, verdict)
+	}
+	fmt.Fprintf(&sb, "\nlog lines dockerd relayed from the plugin (target: none on the allowed path), summed over all rounds:\n")
+	for _, w := range []struct{ w, what string }{{"https-newconn", "allowed HTTPS connections"}, {"http-newconn", "allowed plain HTTP connections"},
+		{"ka-h1", "keep-alive runs (connections)"}, {"dns", "allowed DNS queries"}} {
+		for _, m := range []string{"on", "off"} {
+			var lines, flows int
+			for _, s := range b.samples[w.w]["cfw/"+m] {
+				lines, flows = lines+s.Lines, flows+s.Flows
+			}
+			fmt.Fprintf(&sb, "  splice %-3s %6d lines for %6d %s (%.3f per flow)\n", m, lines, flows, w.what, ratio(float64(lines), float64(flows)))
+		}
+	}
+	if len(b.relayed) > 0 {
+		fmt.Fprintf(&sb, "  the relayed lines (workload: message, count):\n")
+		for _, k := range slices.Sorted(maps.Keys(b.relayed)) {
+			fmt.Fprintf(&sb, "    %s  x%d\n", k, b.relayed[k])
+		}
+	}
+	protos := map[string]bool{}
+	for _, w := range []string{"ka-h1", "ka-h2"} {
+		for arm, ss := range b.samples[w] {
+			for _, s := range ss {
+				protos[w+" "+strings.Split(arm, "/")[0]+"="+s.Proto] = true
+			}
+		}
+	}
+	fmt.Fprintf(&sb, "protocols seen by the keep-alive client: %s\n", strings.Join(slices.Sorted(maps.Keys(protos)), ", "))
+	fmt.Fprintf(&sb, "plugin CPU = user+system seconds of the Env's clawker-fw-plugin and clawker-coredns processes during the docker exec.\n")
+	return sb.String()
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func meets(r float64, rw row) string {
+	if r == 0 {
+		return "n/a"
+	}
+	if rw.higher && r >= rw.target || !rw.higher && r <= rw.target {
+		return "met"
+	}
+	return "NOT met"
+}
