@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"sort"
 	"strconv"
 	"strings"
@@ -76,6 +77,9 @@ var (
 	childDNS = flag.String("child-dns", "", "internal")
 	childCA  = flag.String("child-ca", "", "internal: CA cert+key PEM file")
 	cpuProf  = flag.String("engine-cpuprofile", "", "write a CPU profile of the engine process here")
+	trcFile  = flag.String("engine-trace", "", "write an execution trace of the engine process here")
+	blkProf  = flag.String("engine-blockprofile", "", "write a block profile of the engine process here")
+	mtxProf  = flag.String("engine-mutexprofile", "", "write a mutex profile of the engine process here")
 	only     = flag.String("only", "", "run only workloads whose group is this (bulk, newconn, keepalive, inspect)")
 	kSplice  = flag.Bool("kernel-splice", true, "bulk: also run an engine with the kernel splice (bpf/splice.c; needs root)")
 	childK   = flag.Bool("child-kernel-splice", false, "internal: the engine child opens the kernel splicer")
@@ -112,6 +116,7 @@ type env struct {
 	webAddr   string // builtin web listener for original port 443
 	squidAddr string // "" without squid
 	enginePID int
+	upPID     int
 	squidPID  int
 	tmp       string
 	// kernelAddr and kernelPID: a second engine, with the kernel splice.
@@ -137,7 +142,7 @@ func run() error {
 	}
 	// The upstream runs in a process of its own: client, proxy and server
 	// are three processes, as in real use, for every variant.
-	stopUp, upAddr, err := startChild("-upstream-child", "-child-ca", caFile)
+	stopUp, upAddr, upPID, err := startChildPID("-upstream-child", "-child-ca", caFile)
 	if err != nil {
 		return err
 	}
@@ -146,7 +151,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	e.upPort = ap.Port()
+	e.upPort, e.upPID = ap.Port(), upPID
 	if e.dnsAddr, err = startDNS(); err != nil {
 		return err
 	}
@@ -361,7 +366,7 @@ func (e *env) benchBulk(rep *report) {
 		moved := map[string]float64{}
 		for r := 0; r < *bulkReps; r++ {
 			for _, v := range vs {
-				pid := map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID}[v.name]
+				pid := e.pidOf(v.name)
 				c0, h0 := procCPU(pid), hostCPU()
 				mbps, err := e.bulkOnce(v, dir, n)
 				if err != nil {
@@ -515,13 +520,13 @@ func (e *env) benchNewConn(rep *report) {
 const rounds = 3
 
 func (e *env) benchKeepAlive(rep *report) {
-	res := map[string][]float64{}
+	res := map[string][]load{}
 	for r := 0; r < rounds; r++ {
 		for _, v := range e.variants() {
-			res[v.name] = append(res[v.name], e.rps(e.httpClient(v, true, false), e.url(v, benchName, "/small")))
+			res[v.name] = append(res[v.name], e.measure(v, e.httpClient(v, true, false), e.url(v, benchName, "/small")))
 		}
 	}
-	rep.row(fmt.Sprintf("HTTPS keep-alive GET, passthrough (req/s, %d clients, median of %d x %s)", *conc, rounds, *dur), median(res["direct"]), median(res["builtin"]), median(res["squid"]), true)
+	rep.loadRows(fmt.Sprintf("HTTPS keep-alive GET, passthrough (req/s, %d clients, median of %d x %s)", *conc, rounds, *dur), res)
 }
 
 func (e *env) benchInspect(rep *report) {
@@ -531,16 +536,58 @@ func (e *env) benchInspect(rep *report) {
 		if h2 {
 			name = "HTTP/2"
 		}
-		var direct, insp []float64
+		res := map[string][]load{}
 		for r := 0; r < rounds; r++ {
-			direct = append(direct, e.rps(e.httpClient(vs[0], true, h2), e.url(vs[0], inspectName, "/small")))
-			insp = append(insp, e.rps(e.httpClient(vs[1], true, h2), e.url(vs[1], inspectName, "/small")))
+			for _, v := range vs[:2] {
+				res[v.name] = append(res[v.name], e.measure(v, e.httpClient(v, true, h2), e.url(v, inspectName, "/small")))
+			}
 		}
-		rep.row(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), median(direct), median(insp), 0, true)
+		rep.loadRows(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), res)
 	}
 	// New connections under inspection (direct and builtin only).
 	lat := e.newConnLatencies(rep, vs[:2], inspectName, *connN/2)
 	rep.row("HTTPS new connection + GET, builtin INSPECTING, p50 latency (ms)", ms(pct(lat["direct"], .5)), ms(pct(lat["builtin"], .5)), 0, false)
+}
+
+// load is what one requests/s run cost: requests per second, and CPU
+// microseconds per request of the proxy process and of every process of the
+// path (client, upstream, proxy). CPU per request moves less than requests/s
+// with the machine's load, so the rows say where the time goes.
+type load struct{ rps, proxyUS, allUS float64 }
+
+func (e *env) measure(v variant, cl *http.Client, url string) load {
+	pid := e.pidOf(v.name)
+	p0, u0, s0 := procCPU(pid), procCPU(e.upPID), procCPU(os.Getpid())
+	rps := e.rps(cl, url)
+	n := rps * dur.Seconds()
+	if n == 0 {
+		return load{}
+	}
+	p := procCPU(pid) - p0
+	all := p + procCPU(e.upPID) - u0 + procCPU(os.Getpid()) - s0
+	return load{rps: rps, proxyUS: p / n * 1e6, allUS: all / n * 1e6}
+}
+
+func (e *env) pidOf(variant string) int {
+	return map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID}[variant]
+}
+
+// loadRows reports the median requests/s of each variant, and the CPU per
+// request of the path and of the proxy (medians of the same runs).
+func (r *report) loadRows(title string, res map[string][]load) {
+	med := func(name string, f func(load) float64) float64 {
+		var v []float64
+		for _, l := range res[name] {
+			v = append(v, f(l))
+		}
+		return median(v)
+	}
+	rps := func(l load) float64 { return l.rps }
+	all := func(l load) float64 { return l.allUS }
+	proxy := func(l load) float64 { return l.proxyUS }
+	r.row(title, med("direct", rps), med("builtin", rps), med("squid", rps), true)
+	r.row("  CPU us per request, client + upstream + proxy processes", med("direct", all), med("builtin", all), med("squid", all), false)
+	r.row("  CPU us per request, proxy process", 0, med("builtin", proxy), med("squid", proxy), false)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -1003,7 +1050,8 @@ func startChildPID(args ...string) (stop func(), addr string, pid int, err error
 // squid runs in its own: client, upstream and proxy do not share one Go
 // scheduler.
 func (e *env) startEngineChild(caFile string) (func(), error) {
-	stop, addr, pid, err := startChildPID("-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile, "-engine-cpuprofile", *cpuProf)
+	stop, addr, pid, err := startChildPID("-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile,
+		"-engine-cpuprofile", *cpuProf, "-engine-trace", *trcFile, "-engine-blockprofile", *blkProf, "-engine-mutexprofile", *mtxProf)
 	if err != nil {
 		return nil, err
 	}
@@ -1034,6 +1082,11 @@ func runChild() error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	stopProfiles, err := startProfiles()
+	if err != nil {
+		return err
+	}
+	defer stopProfiles()
 	fmt.Printf("ADDR %s\n", e.webAddr)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	if *childK {
@@ -1053,6 +1106,47 @@ func runChild() error {
 		}
 	}
 	return nil
+}
+
+// startProfiles starts the engine child's execution trace and block and
+// mutex profiling (-engine-trace, -engine-blockprofile, -engine-mutexprofile);
+// the returned func writes them out.
+func startProfiles() (func(), error) {
+	var stops []func()
+	if *trcFile != "" {
+		f, err := os.Create(*trcFile)
+		if err != nil {
+			return nil, err
+		}
+		if err := trace.Start(f); err != nil {
+			return nil, err
+		}
+		stops = append(stops, func() { trace.Stop(); f.Close() })
+	}
+	for _, p := range []struct {
+		file *string
+		name string
+		on   func(int)
+	}{
+		{blkProf, "block", runtime.SetBlockProfileRate},
+		{mtxProf, "mutex", func(r int) { runtime.SetMutexProfileFraction(r) }},
+	} {
+		if *p.file == "" {
+			continue
+		}
+		p.on(1)
+		stops = append(stops, func() {
+			if f, err := os.Create(*p.file); err == nil {
+				_ = pprof.Lookup(p.name).WriteTo(f, 0)
+				f.Close()
+			}
+		})
+	}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
+	}, nil
 }
 
 // runUpstreamChild serves the upstream in a process of its own.
