@@ -465,12 +465,12 @@ func TestAuthzSwarmRequests(t *testing.T) {
 	require.Error(t, err)
 	t.Logf("-> %s", strings.TrimSpace(errOut))
 	require.Contains(t, errOut, "authorization denied by plugin "+driver)
-	require.Contains(t, errOut, "a swarm-scope clawker-fw network (cfw-swarm-rules) cannot carry network rules yet (clawker.allow)")
+	require.Contains(t, errOut, "a swarm-scope clawker-fw network (cfw-swarm-rules) cannot carry network rules (clawker.allow) while the plugin reports local scope")
 
 	_, errOut, err = f.e.Docker("network", "create", "-d", driver, "--scope", "swarm", "--attachable", "cfw-swarm-attach")
 	require.Error(t, err)
 	t.Logf("-> %s", strings.TrimSpace(errOut))
-	require.Contains(t, errOut, "a swarm-scope clawker-fw network (cfw-swarm-attach) cannot be --attachable yet")
+	require.Contains(t, errOut, "a swarm-scope clawker-fw network (cfw-swarm-attach) cannot be --attachable")
 
 	_, errOut, err = f.e.Docker("network", "create", "-d", driver, "--scope", "swarm", "cfw-swarm-plain")
 	require.Error(t, err, "no swarm here: Docker refuses it")

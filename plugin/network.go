@@ -47,6 +47,9 @@ func (p *Plugin) CreateNetwork(req NetworkRequest) error {
 		ID: req.ID, Options: req.Options, Config: cfg, Bridge: bridgeName(req.ID),
 		Subnet: pool.Masked(), Gateway: gw.Addr(), Created: p.cfg.Now().UTC(),
 	}
+	if p.Scope() == ScopeGlobal {
+		n.Scope = ScopeGlobal
+	}
 	return p.q.Do(p.ctx, queue.KindMutate, func() error {
 		if _, ok := p.st.Networks[req.ID]; ok {
 			return rejected(ReasonInvalidRequest, "network %s exists already", short(req.ID))

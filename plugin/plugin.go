@@ -66,6 +66,9 @@ type Config struct {
 	// Docker for the admin API, and gives networks their names (nil: the
 	// plugin's own store answers).
 	Names Names
+	// Scope is the data scope the driver reports to Docker: "" or "local",
+	// or "global" (CLAWKER_SCOPE=global, for Swarm nodes; see swarm.go).
+	Scope string
 }
 
 // Plugin is the running plugin core.

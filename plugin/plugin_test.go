@@ -221,6 +221,8 @@ type rig struct {
 	p    *Plugin
 	// names, when set before start, resolves references as Docker does.
 	names Names
+	// scope, when set before start, is the driver's data scope.
+	scope string
 }
 
 func newRig(t *testing.T) *rig {
@@ -240,7 +242,7 @@ func newRig(t *testing.T) *rig {
 func (r *rig) start(t *testing.T) {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
-	p, err := New(Config{StateDir: r.dir, Log: logrus.NewEntry(l), IdentifyTimeout: 5 * time.Second, GivenLabels: r.d.givenLabels, Names: r.names}, r.k, r.h, r.dp, r.d)
+	p, err := New(Config{StateDir: r.dir, Log: logrus.NewEntry(l), IdentifyTimeout: 5 * time.Second, GivenLabels: r.d.givenLabels, Names: r.names, Scope: r.scope}, r.k, r.h, r.dp, r.d)
 	require.NoError(t, err)
 	require.NoError(t, p.Start())
 	r.p = p

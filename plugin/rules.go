@@ -47,6 +47,9 @@ func (p *Plugin) RuntimeRules(netRef string) (string, []policy.EgressRule, error
 // AddRules adds runtime rules to a network. They are durable before this
 // returns (atomic write) and applied live without restarting any data plane.
 func (p *Plugin) AddRules(netRef string, items []string) ([]policy.EgressRule, error) {
+	if err := p.refuseSwarmRules(netRef); err != nil {
+		return nil, err
+	}
 	var added []policy.EgressRule
 	err := p.q.Do(p.ctx, queue.KindMutate, func() error {
 		n := p.st.networkByRef(netRef)

@@ -34,7 +34,22 @@ func Handler(p *Plugin, az Authorizer, log *logrus.Entry) http.Handler {
 	})
 	empty := func(req *struct{}) (any, error) { return struct{}{}, nil }
 	route(mux, log, "/NetworkDriver.GetCapabilities", func(*struct{}) (any, error) {
-		return network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+		// Connectivity stays local in either scope: each node's bridge is
+		// its own (tasks on two nodes do not reach each other through it),
+		// and moby joins a swarm network to its cluster gossip (service
+		// records, VIP load balancing) only when the driver reports global
+		// connectivity (libnetwork's driverIsMultihost).
+		return network.CapabilitiesResponse{Scope: p.Scope(), ConnectivityScope: network.LocalScope}, nil
+	})
+	route(mux, log, "/NetworkDriver.AllocateNetwork", func(req *network.AllocateNetworkRequest) (any, error) {
+		if len(req.IPv6Data) > 0 {
+			return nil, fmt.Errorf("clawker-fw does not support IPv6 networks yet: create the network without --ipv6")
+		}
+		opts, err := p.AllocateNetwork(req.NetworkID, req.Options)
+		if err != nil {
+			return nil, err
+		}
+		return network.AllocateNetworkResponse{Options: opts}, nil
 	})
 	route(mux, log, "/NetworkDriver.CreateNetwork", func(req *network.CreateNetworkRequest) (any, error) {
 		if len(req.IPv4Data) == 0 || req.IPv4Data[0] == nil {
@@ -87,8 +102,8 @@ func Handler(p *Plugin, az Authorizer, log *logrus.Entry) http.Handler {
 	route(mux, log, "/NetworkDriver.Leave", func(req *network.LeaveRequest) (any, error) {
 		return struct{}{}, p.Leave(req.NetworkID, req.EndpointID)
 	})
-	for _, path := range []string{"/NetworkDriver.AllocateNetwork", "/NetworkDriver.FreeNetwork",
-		"/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete",
+	// FreeNetwork: AllocateNetwork stored nothing.
+	for _, path := range []string{"/NetworkDriver.FreeNetwork", "/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete",
 		"/NetworkDriver.ProgramExternalConnectivity", "/NetworkDriver.RevokeExternalConnectivity"} {
 		route(mux, log, path, empty)
 	}

@@ -30,6 +30,10 @@ type Network struct {
 	// Runtime holds the rules added through the admin API.
 	Runtime []policy.EgressRule `json:"runtime,omitempty"`
 	Created time.Time           `json:"created"`
+	// Scope is the data scope the driver reported when Docker created the
+	// network here: "global" for a swarm network of a CLAWKER_SCOPE=global
+	// install ("" is local).
+	Scope string `json:"scope,omitempty"`
 }
 
 // Endpoint is one persisted endpoint.

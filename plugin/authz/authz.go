@@ -52,6 +52,10 @@ type Config struct {
 	// network is in the plugin's store only once a task of it ran on this
 	// node. nil: services are checked against the store alone.
 	NetworkDriver func(ctx context.Context, ref string) (driver string, found bool, err error)
+	// GlobalScope is set when the driver reports global scope
+	// (CLAWKER_SCOPE=global): swarm networks then carry their clawker.*
+	// options through Swarm, and they are validated at create.
+	GlobalScope bool
 	// VolumeOptions returns the driver options of an existing named volume
 	// (found=false when there is none), for mount checks.
 	VolumeOptions func(ctx context.Context, name string) (opts map[string]string, found bool, err error)

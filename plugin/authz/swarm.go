@@ -9,6 +9,7 @@ import (
 	"github.com/docker/go-plugins-helpers/authorization"
 
 	"github.com/clawker-fw/clawker-fw/policy"
+	"github.com/clawker-fw/clawker-fw/proxy/model"
 )
 
 // networkCreateBody is the part of POST /networks/create the check reads.
@@ -20,34 +21,49 @@ type networkCreateBody struct {
 	Options    map[string]string `json:"Options"`
 }
 
-// checkNetworkCreate refuses a clawker-fw network of a scope other than
-// local that is given clawker.* options (`docker network create -d
-// clawker-fw:latest --scope swarm -o clawker.allow=...`, or a `docker stack
-// deploy` network with driver_opts). The driver reports local scope, and
-// Swarm hands a local-scope driver no options of a swarm network (measured
+// checkNetworkCreate checks the creation of a clawker-fw network that is
+// not local (`docker network create -d clawker-fw:latest --scope swarm -o
+// clawker.allow=...`, or a `docker stack deploy` network with driver_opts).
+//
+// A local-scope install (the default) gets no options from Swarm (measured
 // on Docker 20.10: the plugin logs "rules: 0", `docker network inspect`
-// shows no options), so the network's containers would run with none of its
-// rules, silently. Until network rules reach every node it is refused with
-// a message. So is --attachable: a standalone container joining a swarm
+// shows none): a swarm network with clawker.* options would run its
+// containers without its rules, silently, so it is refused, naming the
+// install setting that carries them (CLAWKER_SCOPE=global: the driver then
+// allocates the network on the manager and Swarm hands every node the
+// options it echoes, see plugin/swarm.go). A global-scope install gets its
+// options checked here, because Swarm allocates a network after the create
+// has returned: an invalid option would leave it unallocated and its tasks
+// pending, with the error only in the manager's log.
+//
+// --attachable is refused in both: a standalone container joining a swarm
 // network on a node where no task of it ran yet is created before the
-// network is in that node's plugin store, so the container checks would
-// not see it as a clawker-fw network (services are checked by the driver's
-// name: checkService). A swarm network without both (rules per service with
-// --container-label) and local networks pass.
+// network is in that node's plugin store (and a worker's API does not know
+// the network at all), so the container checks would not see it as a
+// clawker-fw network (services are checked by the driver's name:
+// checkService).
 //
 // Decision order:
-//  1. local scope ("" or "local"): allowed (the driver validates options);
-//  2. no clawker.* option and not attachable: allowed;
+//  1. a local-scope install and local scope ("" or "local"): allowed (the
+//     driver validates the options synchronously);
+//  2. not attachable, and no clawker.* option (a local-scope install) or
+//     no option at all (a global-scope install): allowed;
 //  3. the driver is resolved as Docker resolves it (plugin id, name with or
 //     without tag, id prefix); not a plugin, or another plugin: allowed;
-//  4. this plugin, or this plugin's id unknown, or the driver not
-//     resolvable: refused (fail closed).
+//     this plugin's id unknown, or the driver not resolvable: counted as
+//     this plugin (fail closed);
+//  4. attachable: refused;
+//  5. a local-scope install: options refused;
+//  6. a global-scope install: the options are validated (refused with the
+//     option named, as the driver's AllocateNetwork and CreateNetwork
+//     would), then allowed.
 func (a *Authz) checkNetworkCreate(c apiCall) authorization.Response {
 	var body networkCreateBody
 	if err := json.Unmarshal(c.body, &body); err != nil {
 		return deny("cannot parse the network create request: %v", err)
 	}
-	if body.Scope == "" || body.Scope == "local" {
+	local := body.Scope == "" || body.Scope == "local"
+	if local && !a.cfg.GlobalScope {
 		return allow()
 	}
 	var keys []string
@@ -56,32 +72,44 @@ func (a *Authz) checkNetworkCreate(c apiCall) authorization.Response {
 			keys = append(keys, k)
 		}
 	}
-	if len(keys) == 0 && !body.Attachable {
+	if !body.Attachable && (len(keys) == 0 && !a.cfg.GlobalScope || len(body.Options) == 0) {
 		return allow()
 	}
 	sort.Strings(keys)
 	if body.Driver == "" {
 		return allow() // Docker's default driver (bridge, overlay in swarm)
 	}
-	refuse := deny("a %s-scope clawker-fw network (%s) cannot carry network rules yet (%s): Swarm does not pass a network's options to the clawker-fw driver on its nodes, so the network's containers would run without its rules. Create it without -o clawker.* and give the rules to the service (docker service create --container-label clawker.allow=...), or create a local network (without --scope)",
-		body.Scope, body.Name, strings.Join(keys, ", "))
-	if len(keys) == 0 {
-		refuse = deny("a %s-scope clawker-fw network (%s) cannot be --attachable yet: a standalone container could join it on a node before the firewall there knows the network, past the container checks. Create it without --attachable and run services on it (they are checked), or create a local network (without --scope)",
-			body.Scope, body.Name)
+	if a.cfg.SelfID != "" && a.cfg.Plugin != nil {
+		ctx, cancel := dockerCtx()
+		id, _, found, err := a.cfg.Plugin(ctx, body.Driver)
+		cancel()
+		switch {
+		case err != nil:
+			return deny("cannot resolve the network driver %q through Docker (%v); retry", body.Driver, err)
+		case !found || id != a.cfg.SelfID:
+			return allow()
+		}
 	}
-	if a.cfg.SelfID == "" || a.cfg.Plugin == nil {
-		return refuse
+	scope := body.Scope
+	if local {
+		scope = "swarm" // a global-scope driver's network on a manager
 	}
-	ctx, cancel := dockerCtx()
-	defer cancel()
-	id, _, found, err := a.cfg.Plugin(ctx, body.Driver)
-	switch {
-	case err != nil:
-		return deny("cannot resolve the network driver %q through Docker (%v); retry", body.Driver, err)
-	case !found || id != a.cfg.SelfID:
-		return allow()
+	if body.Attachable {
+		return deny("a %s-scope clawker-fw network (%s) cannot be --attachable: a standalone container could join it on a node before the firewall there knows the network, past the container checks. Create it without --attachable and run services on it (they are checked), or create a local network on a node without the swarm setting",
+			scope, body.Name)
 	}
-	return refuse
+	if !a.cfg.GlobalScope {
+		return deny("a %s-scope clawker-fw network (%s) cannot carry network rules (%s) while the plugin reports local scope: Swarm passes a local-scope driver no network options, so the network's containers would run without its rules. Install the plugin on every node with CLAWKER_SCOPE=global (docker plugin set clawker-fw:latest CLAWKER_SCOPE=global while it is disabled) so Swarm carries them, or give the rules to the service (docker service create --container-label clawker.allow=...), or create a local network (without --scope)",
+			scope, body.Name, strings.Join(keys, ", "))
+	}
+	cfg, err := policy.ParseNetworkOptions(body.Options, body.Name)
+	if err != nil {
+		return deny("invalid network option: %v. Fix the option and create the network again; nothing was created", err)
+	}
+	if err := model.CheckLimit(cfg.Rules, model.MaxPortsPerNetwork, "a network"); err != nil {
+		return deny("option %v. Narrow the port ranges and create the network again; nothing was created", err)
+	}
+	return allow()
 }
 
 // serviceSpec is the part of a service spec (POST /services/create, and the
@@ -100,7 +128,13 @@ type serviceSpec struct {
 		} `json:"ContainerSpec"`
 		Networks []networkAttachment `json:"Networks"`
 	} `json:"TaskTemplate"`
-	Networks []networkAttachment `json:"Networks"` // deprecated spelling, still applied
+	Networks     []networkAttachment `json:"Networks"` // deprecated spelling, still applied
+	EndpointSpec *struct {
+		Ports []struct {
+			TargetPort  uint32 `json:"TargetPort"`
+			PublishMode string `json:"PublishMode"`
+		} `json:"Ports"`
+	} `json:"EndpointSpec"`
 }
 
 type networkAttachment struct {
@@ -114,9 +148,10 @@ type networkAttachment struct {
 //     driver Docker resolves to this plugin; unknown: refused;
 //  3. on no clawker-fw network, clawker.* labels are refused (they would
 //     protect nothing); on one, the escapes are refused as for a container:
-//     a second network (`--network host` included), dangerous --cap-add,
-//     mounts of Docker's or the firewall's paths (binds, volume options,
-//     existing named volumes of this node).
+//     a second network (`--network host` included, and the ingress network
+//     that a port published in ingress mode attaches), dangerous
+//     --cap-add, mounts of Docker's or the firewall's paths (binds, volume
+//     options, existing named volumes of this node).
 func (a *Authz) checkService(c apiCall) authorization.Response {
 	var spec serviceSpec
 	if err := json.Unmarshal(c.body, &spec); err != nil {
@@ -148,6 +183,15 @@ func (a *Authz) checkService(c apiCall) authorization.Response {
 	}
 	if len(fw) == 0 {
 		return unfirewalledWithLabels(labels, nets)
+	}
+	if ep := spec.EndpointSpec; ep != nil {
+		for _, p := range ep.Ports {
+			// Swarm reads the mode upper-cased, and an unknown or empty
+			// one is ingress (swarmkit's PortConfig_PublishMode_value).
+			if strings.ToUpper(p.PublishMode) != "HOST" {
+				return deny("a container on the clawker-fw network %s cannot join other networks (ingress, for the published port %d): that would bypass the firewall; publish with mode=host or use only the firewalled network", fw[0], p.TargetPort)
+			}
+		}
 	}
 	return a.checkEscapes(hc, nets, fw)
 }

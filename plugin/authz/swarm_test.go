@@ -29,7 +29,8 @@ func TestNetworkCreateSwarmScope(t *testing.T) {
 		allow bool
 		msg   string
 	}{
-		{"swarm with rules", netCreate("clawker-fw:latest", "swarm", rules), false, "a swarm-scope clawker-fw network (agents) cannot carry network rules yet (clawker.allow)"},
+		{"swarm with rules", netCreate("clawker-fw:latest", "swarm", rules), false, "a swarm-scope clawker-fw network (agents) cannot carry network rules (clawker.allow) while the plugin reports local scope"},
+		{"swarm with rules names the setting", netCreate("clawker-fw:latest", "swarm", rules), false, "CLAWKER_SCOPE=global"},
 		{"swarm with rules, driver without tag", netCreate("clawker-fw", "swarm", rules), false, "--container-label clawker.allow"},
 		{"swarm with rules, driver by id prefix", netCreate(selfID[:12], "swarm", rules), false, "cannot carry network rules"},
 		{"swarm with rules, driver by id", netCreate(selfID, "swarm", map[string]string{"clawker.deny": "x.com", "com.example": "1"}), false, "(clawker.deny)"},
@@ -39,12 +40,12 @@ func TestNetworkCreateSwarmScope(t *testing.T) {
 			m := netCreate("clawker-fw:latest", "swarm", nil)
 			m["Attachable"] = true
 			return m
-		}(), false, "a swarm-scope clawker-fw network (agents) cannot be --attachable yet"},
+		}(), false, "a swarm-scope clawker-fw network (agents) cannot be --attachable"},
 		{"swarm attachable with rules", func() map[string]any {
 			m := netCreate("clawker-fw", "swarm", rules)
 			m["Attachable"] = true
 			return m
-		}(), false, "cannot carry network rules yet (clawker.allow)"},
+		}(), false, "cannot be --attachable"},
 		{"local attachable", func() map[string]any {
 			m := netCreate("clawker-fw:latest", "local", nil)
 			m["Attachable"] = true
@@ -89,6 +90,54 @@ func TestNetworkCreateSwarmScope(t *testing.T) {
 	t.Run("override", func(t *testing.T) {
 		resp := call(t, testAuthz(true), "POST", "/networks/create", netCreate("clawker-fw:latest", "swarm", rules))
 		require.True(t, resp.Allow)
+	})
+
+	// CLAWKER_SCOPE=global: Swarm carries the options, which are checked
+	// here because Swarm allocates the network after the create returned.
+	global := []struct {
+		name  string
+		body  any
+		allow bool
+		msg   string
+	}{
+		{"swarm with rules", netCreate("clawker-fw:latest", "swarm", rules), true, ""},
+		{"no scope with rules (a manager redirects it to swarm)", netCreate("clawker-fw", "", rules), true, ""},
+		{"local scope with rules", netCreate(selfID[:12], "local", rules), true, ""},
+		{"invalid allow", netCreate("clawker-fw:latest", "swarm", map[string]string{"clawker.allow": "exa mple"}), false, "invalid network option"},
+		{"invalid option names it", netCreate("clawker-fw:latest", "swarm", map[string]string{"clawker.allow": "exa mple"}), false, "clawker.allow"},
+		{"invalid option in another case", netCreate("clawker-fw:latest", "", map[string]string{"CLAWKER.Deny": "a b"}), false, "invalid network option"},
+		{"unknown clawker option", netCreate("clawker-fw:latest", "swarm", map[string]string{"clawker.allowed": "github.com"}), false, "invalid network option"},
+		{"too many ports", netCreate("clawker-fw:latest", "swarm", map[string]string{"clawker.allow": "tcp://a.example.test:1000-1255,tcp://b.example.test:2000-2255,tcp://c.example.test:3000-3255"}), false, "Narrow the port ranges"},
+		{"attachable", func() map[string]any {
+			m := netCreate("clawker-fw:latest", "swarm", rules)
+			m["Attachable"] = true
+			return m
+		}(), false, "cannot be --attachable"},
+		{"attachable without scope", func() map[string]any {
+			m := netCreate("clawker-fw:latest", "", nil)
+			m["Attachable"] = true
+			return m
+		}(), false, "a swarm-scope clawker-fw network (agents) cannot be --attachable"},
+		{"only another option", netCreate("clawker-fw:latest", "swarm", map[string]string{"com.example": "1"}), false, "com.example"},
+		{"no options", netCreate("clawker-fw:latest", "swarm", nil), true, ""},
+		{"another plugin's invalid options", netCreate("other:latest", "swarm", map[string]string{"clawker.allow": "exa mple"}), true, ""},
+		{"overlay", netCreate("overlay", "swarm", map[string]string{"clawker.allow": "exa mple"}), true, ""},
+	}
+	for _, tt := range global {
+		t.Run("global scope install/"+tt.name, func(t *testing.T) {
+			a := testAuthz(false)
+			a.cfg.GlobalScope = true
+			resp := call(t, a, "POST", "/v1.41/networks/create", tt.body)
+			require.Equal(t, tt.allow, resp.Allow, resp.Msg)
+			require.Contains(t, resp.Msg, tt.msg)
+		})
+	}
+	t.Run("global scope install/own id unknown: options still validated", func(t *testing.T) {
+		a := testAuthz(false)
+		a.cfg.GlobalScope, a.cfg.SelfID = true, ""
+		resp := call(t, a, "POST", "/networks/create", netCreate("whatever", "swarm", map[string]string{"clawker.allow": "exa mple"}))
+		require.False(t, resp.Allow)
+		require.True(t, call(t, a, "POST", "/networks/create", netCreate("whatever", "swarm", rules)).Allow)
 	})
 }
 
@@ -178,6 +227,26 @@ func TestServiceChecks(t *testing.T) {
 		{"update adds a capability", "/v1.41/services/agent/update", service([]string{"swarm-agents"}, set("CapabilityAdd", []string{"BPF"})), false, "BPF is not allowed"},
 		{"update by id with version query", "/v1.41/services/abcdef/update?version=12", service([]string{"swarm-agents"}, set("Mounts", []map[string]any{{"Type": "bind", "Source": "/var/lib/docker", "Target": "/d"}})), false, "mounting the Docker socket"},
 		{"other spelling of the path", "//v1.41/services/./create/", service([]string{"swarm-agents"}, set("CapabilityAdd", []string{"NET_ADMIN"})), false, "NET_ADMIN"},
+		{"cap lower case", "/v1.44/services/create", service([]string{"swarm-agents"}, set("CapabilityAdd", []string{"net_admin"})), false, "--cap-add net_admin is not allowed"},
+		{"cap lower case with prefix", "/v1.44/services/create", service([]string{"swarm-agents"}, set("CapabilityAdd", []string{"cap_sys_admin"})), false, "cap_sys_admin is not allowed"},
+		{"cap mixed case", "/v1.44/services/create", service([]string{"swarm-agents"}, set("CapabilityAdd", []string{"Cap_Bpf"})), false, "Cap_Bpf is not allowed"},
+		{"cap among harmless ones", "/v1.44/services/create", service([]string{"swarm-agents"}, set("CapabilityAdd", []string{"CHOWN", "SYS_PTRACE"})), false, "SYS_PTRACE is not allowed"},
+		{"cap PERFMON", "/v1.44/services/create", service([]string{"swarm-agents"}, set("CapabilityAdd", []string{"PERFMON"})), false, "PERFMON is not allowed"},
+		{"cap key in lower case (encoding/json folds it)", "/v1.44/services/create", service([]string{"swarm-agents"}, set("capabilityadd", []string{"NET_ADMIN"})), false, "NET_ADMIN is not allowed"},
+		{"cap in the container create spelling", "/v1.44/services/create", service([]string{"swarm-agents"}, set("CapAdd", []string{"NET_ADMIN"})), false, "NET_ADMIN is not allowed"},
+		{"mounts key in lower case", "/v1.41/services/create", service([]string{"swarm-agents"}, set("mounts", []map[string]any{{"type": "bind", "source": "/run/docker.sock", "target": "/s"}})), false, "mounting the Docker socket"},
+		{"bind of the state dir", "/v1.41/services/create", service([]string{"swarm-agents"}, set("Mounts", []map[string]any{{"Type": "bind", "Source": "/var/lib/clawker-fw", "Target": "/s"}})), false, "mounting the Docker socket"},
+		{"bind of the root", "/v1.41/services/create", service([]string{"swarm-agents"}, set("Mounts", []map[string]any{{"Type": "bind", "Source": "/", "Target": "/h"}})), false, "mounting the Docker socket"},
+		{"host network alone with a cap", "/v1.41/services/create", service([]string{"host"}, set("CapabilityAdd", []string{"NET_ADMIN"})), true, ""},
+		{"network listed twice", "/v1.41/services/create", service([]string{"swarm-agents", "swarm-agents"}, nil), true, ""},
+		{"ingress published port", "/v1.41/services/create", withPorts(service([]string{"swarm-agents"}, nil), ""), false, "cannot join other networks (ingress, for the published port 80)"},
+		{"ingress spelled out", "/v1.41/services/create", withPorts(service([]string{"swarm-agents"}, nil), "ingress"), false, "ingress"},
+		{"ingress upper case", "/v1.41/services/create", withPorts(service([]string{"swarm-agents"}, nil), "INGRESS"), false, "ingress"},
+		{"unknown mode is ingress", "/v1.41/services/create", withPorts(service([]string{"swarm-agents"}, nil), "hostt"), false, "ingress"},
+		{"update publishing a port", "/v1.41/services/agent/update?version=4", withPorts(service([]string{"swarm-agents"}, nil), ""), false, "ingress"},
+		{"host-mode port", "/v1.41/services/create", withPorts(service([]string{"swarm-agents"}, nil), "host"), true, ""},
+		{"host-mode port, mixed case", "/v1.41/services/create", withPorts(service([]string{"swarm-agents"}, nil), "Host"), true, ""},
+		{"published port on a plain network", "/v1.41/services/create", withPorts(service([]string{"swarm-plain"}, nil), ""), true, ""},
 		{"update fine", "/v1.41/services/agent/update?version=3", service([]string{"swarm-agents"}, nil), true, ""},
 		{"missing body", "/v1.41/services/create", nil, false, "not forwarded"},
 		{"unparseable", "/v1.41/services/create", `{"TaskTemplate":{"Networks":"x"}}`, false, "cannot parse the service spec"},
@@ -199,4 +268,14 @@ func TestServiceChecks(t *testing.T) {
 		require.True(t, call(t, serviceAuthz(t), "GET", "/v1.41/services", nil).Allow)
 		require.True(t, call(t, serviceAuthz(t), "GET", "/v1.41/services/agent", nil).Allow)
 	})
+}
+
+// withPorts publishes port 80 of service m in mode.
+func withPorts(m map[string]any, mode string) map[string]any {
+	p := map[string]any{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080}
+	if mode != "" {
+		p["PublishMode"] = mode
+	}
+	m["EndpointSpec"] = map[string]any{"Mode": "vip", "Ports": []map[string]any{p}}
+	return m
 }

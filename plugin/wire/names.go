@@ -52,3 +52,13 @@ func (n Names) NetworkNames(ctx context.Context) (map[string]string, error) {
 	}
 	return out, nil
 }
+
+// NetworkScope implements plugin.NetworkScoper with Docker's network
+// inspect: "local", "swarm" or "global".
+func (n Names) NetworkScope(ctx context.Context, id string) (string, error) {
+	nw, err := n.D.C.NetworkInspect(ctx, id, network.InspectOptions{})
+	if err != nil {
+		return "", err
+	}
+	return nw.Scope, nil
+}

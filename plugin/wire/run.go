@@ -127,7 +127,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 		}
 	}
 	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, Decisions: decs.Add,
-		GivenLabels: records.GivenLabels, Names: Names{D: docker}},
+		GivenLabels: records.GivenLabels, Names: Names{D: docker}, Scope: s.Scope},
 		Kernel{M: mgr}, HostNet{H: guard}, plane, docker, SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err
@@ -175,7 +175,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	}
 	az := authz.New(authz.Config{Snapshot: p.Snapshot, Networks: docker.Networks, Container: docker.ResolveContainer,
 		Plugin: docker.Plugin, SelfID: selfID, Records: records, VolumeOptions: docker.VolumeOptions, NetworkDriver: docker.NetworkDriver,
-		Override: s.AuthzOverride, Log: azLog, Record: decs.Add})
+		Override: s.AuthzOverride, Log: azLog, Record: decs.Add, GlobalScope: s.Scope == "global"})
 	go selfReference(docker, selfID, azLog)
 	go pruneRecords(docker, records, azLog)
 	if err := os.MkdirAll(filepath.Dir(s.PluginSocket), 0o755); err != nil {

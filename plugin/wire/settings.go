@@ -45,6 +45,11 @@ type Settings struct {
 	// KernelSplice carries allowed passthrough and tcp flows in the kernel
 	// (sockmap) once decided; off, the proxy copies them (splice(2)).
 	KernelSplice bool
+	// Scope is the data scope the driver reports (CLAWKER_SCOPE): "local"
+	// (the default) or "global", for Swarm nodes: Swarm then allocates
+	// each network on a manager through the driver (AllocateNetwork) and
+	// hands every node the options the driver echoed.
+	Scope string
 }
 
 func env(k, def string) string {
@@ -118,6 +123,11 @@ func ReadSettings() (Settings, error) {
 		s.KernelSplice = v == "true"
 	default:
 		return s, fmt.Errorf("setting CLAWKER_PROXY_KERNEL_SPLICE: %q is not true or false", v)
+	}
+	switch s.Scope = env("CLAWKER_SCOPE", "local"); s.Scope {
+	case "local", "global":
+	default:
+		return s, fmt.Errorf("setting CLAWKER_SCOPE: %q is not local or global", s.Scope)
 	}
 	if s.Engine != "builtin" && s.Engine != "envoy" {
 		return s, fmt.Errorf("setting CLAWKER_PROXY_ENGINE: %q is not builtin or envoy", s.Engine)
