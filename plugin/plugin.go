@@ -83,6 +83,8 @@ type Plugin struct {
 
 	q  *queue.Queue
 	st *State // owned by queue actions
+	// scopes caches Docker's scope of each network asked (refuseSwarmRules).
+	scopes sync.Map
 	// saved is the state as last written (owned by queue actions), and
 	// pre, when set, is the generation the next publish serves, compiled by
 	// commit from the current state and already held (identities, listener

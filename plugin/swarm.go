@@ -96,10 +96,16 @@ func (p *Plugin) refuseSwarmRules(netRef string) error {
 		if !ok {
 			return nil
 		}
-		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
-		defer cancel()
-		if scope, err = s.NetworkScope(ctx, id); err != nil {
-			return rejected(ReasonInvalidRequest, "cannot tell whether network %s is a swarm network (Docker: %v); retry", short(id), err)
+		if v, ok := p.scopes.Load(id); ok {
+			scope = v.(string)
+		} else {
+			ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+			defer cancel()
+			if scope, err = s.NetworkScope(ctx, id); err != nil {
+				return rejected(ReasonInvalidRequest, "cannot tell whether network %s is a swarm network (Docker: %v); retry", short(id), err)
+			}
+			// A network's scope never changes: one question per network.
+			p.scopes.Store(id, scope)
 		}
 	}
 	if scope == "swarm" || scope == ScopeGlobal {

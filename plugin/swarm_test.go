@@ -3,8 +3,10 @@ package plugin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http/httptest"
+	"sync"
 	"testing"
 
 	"github.com/sirupsen/logrus"
@@ -12,14 +14,21 @@ import (
 )
 
 // scopedNames is fakeNames that also answers a network's scope as Docker
-// does (network inspect).
+// does (network inspect), by network id, counting the questions.
 type scopedNames struct {
 	*fakeNames
-	scope string
-	err   error
+	mu     sync.Mutex
+	scopes map[string]string
+	err    error
+	asked  int
 }
 
-func (s *scopedNames) NetworkScope(context.Context, string) (string, error) { return s.scope, s.err }
+func (s *scopedNames) NetworkScope(_ context.Context, id string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.asked++
+	return s.scopes[id], s.err
+}
 
 // TestSwarmGlobalScope: a CLAWKER_SCOPE=global install reports global
 // scope, validates and echoes a swarm network's clawker.* options at
@@ -86,31 +95,47 @@ func TestSwarmGlobalScope(t *testing.T) {
 // TestSwarmRulesLocalInstall: on a local-scope install, runtime rules are
 // refused on a network Docker calls swarm-scoped (created with --scope
 // swarm and no options), allowed on a local one, and refused when Docker
-// cannot say (fail closed).
+// cannot say (fail closed); Docker is asked once per network.
 func TestSwarmRulesLocalInstall(t *testing.T) {
+	netB, netC := "bbbb"+netA[4:], "cccc"+netA[4:]
 	r := newRig(t)
 	r.p.Close()
-	names := &scopedNames{fakeNames: &fakeNames{networks: [][2]string{{netA, "agents"}}}, scope: "swarm"}
+	names := &scopedNames{fakeNames: &fakeNames{networks: [][2]string{{netA, "agents"}, {netB, "local"}, {netC, "flaky"}}},
+		scopes: map[string]string{netA: "swarm", netB: "local", netC: "local"}, err: nil}
 	r.names = names
 	r.start(t)
-	caps := postJSON(t, httptest.NewServer(Handler(r.p, nil, logrus.NewEntry(logrus.New()))).URL+"/NetworkDriver.GetCapabilities", nil)
-	require.Equal(t, "local", caps["Scope"])
-	r.network(t, nil)
+	srv := httptest.NewServer(Handler(r.p, nil, logrus.NewEntry(logrus.New())))
+	defer srv.Close()
+	require.Equal(t, "local", postJSON(t, srv.URL+"/NetworkDriver.GetCapabilities", nil)["Scope"])
+	for i, id := range []string{netA, netB, netC} {
+		require.NoError(t, r.p.CreateNetwork(NetworkRequest{ID: id, Pool: fmt.Sprintf("10.230.%d.0/24", i), Gateway: fmt.Sprintf("10.230.%d.1/24", i)}))
+	}
 
 	_, err := r.p.AddRules(netA, []string{"y.example.test"})
 	require.ErrorContains(t, err, "is a swarm network")
+	_, err = r.p.AddRules(netA, []string{"y.example.test"})
+	require.ErrorContains(t, err, "is a swarm network")
 
-	names.scope = "local"
-	added, err := r.p.AddRules(netA, []string{"y.example.test"})
+	added, err := r.p.AddRules(netB, []string{"y.example.test"})
 	require.NoError(t, err)
 	require.Len(t, added, 1)
-
-	names.scope, names.err = "", errors.New("dockerd timed out")
-	_, err = r.p.AddRules(netA, []string{"z.example.test"})
-	require.ErrorContains(t, err, "cannot tell whether network")
-	_, rules, err := r.p.RuntimeRules(netA)
+	_, err = r.p.AddRules(netB, []string{"z.example.test"})
 	require.NoError(t, err)
-	require.Len(t, rules, 1)
+	require.Equal(t, 2, names.asked, "one question per network")
+
+	names.mu.Lock()
+	names.err = errors.New("dockerd timed out")
+	names.mu.Unlock()
+	_, err = r.p.AddRules(netC, []string{"z.example.test"})
+	require.ErrorContains(t, err, "cannot tell whether network")
+	_, rules, err := r.p.RuntimeRules(netC)
+	require.NoError(t, err)
+	require.Empty(t, rules)
+	names.mu.Lock()
+	names.err = nil
+	names.mu.Unlock()
+	_, err = r.p.AddRules(netC, []string{"z.example.test"})
+	require.NoError(t, err, "a failed question is asked again")
 
 	_, err = r.p.AddRules("nope", []string{"z.example.test"})
 	require.ErrorContains(t, err, "not a clawker-fw network")
