@@ -68,7 +68,7 @@ const (
 )
 
 type opts struct {
-	out, pluginDir      string
+	out, md, pluginDir  string
 	rounds, newconnN    int
 	bulkBytes           int64
 	kaDur               time.Duration
@@ -78,6 +78,7 @@ type opts struct {
 func main() {
 	var o opts
 	flag.StringVar(&o.out, "out", "bench/results/bridge.txt", "report file")
+	flag.StringVar(&o.md, "md", "build/bridge.md", "the same rows as a Markdown table (for README's Measured section)")
 	flag.StringVar(&o.pluginDir, "plugin", "build/plugin", "plugin build directory (make plugin)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds (each runs both kernel-splice settings)")
 	flag.Int64Var(&o.bulkBytes, "bulk", 256<<20, "bytes per bulk transfer")
@@ -192,8 +193,16 @@ func run(o opts) (err error) {
 		}
 	}
 	load1, _ := os.ReadFile("/proc/loadavg")
-	report := b.format(strings.TrimSpace(string(load0)), strings.TrimSpace(string(load1)), time.Since(start))
+	report, md := b.format(strings.TrimSpace(string(load0)), strings.TrimSpace(string(load1)), time.Since(start))
 	fmt.Print(report)
+	if o.md != "" {
+		if err := os.MkdirAll(filepath.Dir(o.md), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.md, []byte(md), 0o644); err != nil {
+			return err
+		}
+	}
 	if o.out != "" {
 		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
 			return err
@@ -498,18 +507,35 @@ func (b *bench) pluginLines() []string {
 	return out
 }
 
-// lineMsg is the msg="..." part of a relayed line, shortened.
+// lineMsg names a relayed line by its component, message and sample
+// count (the plugin writes JSON lines; dockerd quotes them in msg="...").
 func lineMsg(l string) string {
-	if _, m, ok := strings.Cut(l, "msg="); ok {
-		l = m
+	_, m, ok := strings.Cut(l, "msg=")
+	if !ok {
+		return l
 	}
-	if i := strings.Index(l, " plugin="); i >= 0 {
-		l = l[:i]
+	if i := strings.LastIndex(m, " plugin="); i >= 0 {
+		m = m[:i]
 	}
-	if len(l) > 150 {
-		l = l[:150] + "..."
+	if u, err := strconv.Unquote(m); err == nil {
+		m = u
 	}
-	return l
+	var f struct {
+		Component string `json:"component"`
+		Msg       string `json:"msg"`
+		Sampled   int    `json:"sampled_of"`
+	}
+	if json.Unmarshal([]byte(m), &f) != nil || f.Msg == "" {
+		if len(m) > 120 {
+			m = m[:120] + "..."
+		}
+		return m
+	}
+	out := f.Component + ": " + f.Msg
+	if f.Sampled > 0 {
+		out += " (a sample)"
+	}
+	return out
 }
 
 // ---- report ----
@@ -543,14 +569,19 @@ type row struct {
 	unit     string
 }
 
-func (b *bench) format(load0, load1 string, took time.Duration) string {
-	var sb strings.Builder
+// format returns the report and its table as Markdown rows.
+func (b *bench) format(load0, load1 string, took time.Duration) (string, string) {
+	var sb, md strings.Builder
+	var eng harness.Engine
+	if b.e != nil {
+		eng = b.e.Engine()
+	}
 	kernel, _ := exec.Command("uname", "-r").Output()
 	o := b.o
 	fmt.Fprintf(&sb, "clawker-fw headline benchmark: container on a clawker-fw network vs on a plain Docker bridge (go run ./bench/bridge)\n")
 	fmt.Fprintf(&sb, "date %s, kernel %s, %d CPUs, %s, Docker engine %s (%s, API %s; test dockerd without --debug, data root on tmpfs)\n",
 		time.Now().UTC().Format(time.RFC3339), strings.TrimSpace(string(kernel)), runtime.NumCPU(), runtime.Version(),
-		b.e.Engine().Name, b.e.Engine().Dockerd, b.e.Engine().APIVersion)
+		eng.Name, eng.Dockerd, eng.APIVersion)
 	fmt.Fprintf(&sb, "load average at start: %s; at end: %s (run took %s)\n", load0, load1, took.Round(time.Second))
 	fmt.Fprintf(&sb, "THE MACHINE WAS SHARED: 2 cores used by several agents at the same time; absolute numbers and host CPU/GB carry their load.\n")
 	fmt.Fprintf(&sb, "engine: builtin proxy; columns \"splice on\" / \"splice off\" = plugin setting CLAWKER_PROXY_KERNEL_SPLICE=true / false\n")
@@ -568,25 +599,26 @@ func (b *bench) format(load0, load1 string, took time.Duration) string {
 
 	rows := []row{
 		{"TLS passthrough bulk download (MB/s)", "bulk-down", false, func(s sample) float64 { return s.MBps }, true, 0.95, ""},
-		{"  host CPU seconds per GB (download)", "bulk-down", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
-		{"  plugin CPU seconds per GB (download)", "bulk-down", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
+		{"  download: host CPU seconds per GB", "bulk-down", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
+		{"  download: plugin CPU seconds per GB", "bulk-down", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
 		{"TLS passthrough bulk upload (MB/s)", "bulk-up", false, func(s sample) float64 { return s.MBps }, true, 0.95, ""},
-		{"  host CPU seconds per GB (upload)", "bulk-up", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
-		{"  plugin CPU seconds per GB (upload)", "bulk-up", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
+		{"  upload: host CPU seconds per GB", "bulk-up", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
+		{"  upload: plugin CPU seconds per GB", "bulk-up", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
 		{"HTTPS new connection + GET p50 (ms)", "https-newconn", false, func(s sample) float64 { return s.P50 }, false, 1.1, ""},
 		{"HTTPS new connection + GET p99 (ms)", "https-newconn", false, func(s sample) float64 { return s.P99 }, false, 1.3, ""},
 		{"plain HTTP new connection + GET p50 (ms)", "http-newconn", false, func(s sample) float64 { return s.P50 }, false, 1.2, ""},
 		{"plain HTTP new connection + GET p99 (ms)", "http-newconn", false, func(s sample) float64 { return s.P99 }, false, 0, ""},
 		{"HTTPS keep-alive passthrough h1 (req/s)", "ka-h1", false, func(s sample) float64 { return s.RPS }, true, 0.9, ""},
-		{"  p99 under load (ms)", "ka-h1", false, func(s sample) float64 { return s.P99 }, false, 0, ""},
-		{"  plugin CPU seconds per second of load", "ka-h1", false, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
+		{"  keep-alive passthrough p99 under load (ms)", "ka-h1", false, func(s sample) float64 { return s.P99 }, false, 0, ""},
+		{"  keep-alive passthrough: plugin CPU s per s", "ka-h1", false, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
 		{"HTTPS keep-alive INSPECTING h1 (req/s)", "ka-h1", true, func(s sample) float64 { return s.RPS }, true, 0.6, ""},
-		{"  plugin CPU seconds per second of load", "ka-h1", true, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
+		{"  inspecting h1: plugin CPU s per s", "ka-h1", true, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
 		{"HTTPS keep-alive INSPECTING h2 (req/s)", "ka-h2", true, func(s sample) float64 { return s.RPS }, true, 0.6, ""},
-		{"  plugin CPU seconds per second of load", "ka-h2", true, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
+		{"  inspecting h2: plugin CPU s per s", "ka-h2", true, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
 		{"DNS allowed query p50 (ms, A record)", "dns", false, func(s sample) float64 { return s.P50 }, false, 0, ""},
 	}
 	fmt.Fprintf(&sb, "%-44s %9s %10s %7s %10s %7s %8s  %s\n", "workload", "bridge", "splice on", "ratio", "splice off", "ratio", "target", "verdict (on / off)")
+	fmt.Fprintf(&md, "| workload | plain bridge | clawker-fw, kernel splice on | kernel splice off | target |\n| --- | --- | --- | --- | --- |\n")
 	for _, r := range rows {
 		arm := "cfw/"
 		if r.insp {
@@ -605,7 +637,19 @@ func (b *bench) format(load0, load1 string, took time.Duration) string {
 			verdict = meets(ron, r) + " / " + meets(roff, r)
 		}
 		fmt.Fprintf(&sb, "%-44s %9.2f %10.2f %6.2fx %10.2f %6.2fx %8s  %s\n", r.label, br, on, ron, off, roff, tgt, verdict)
+		mdTarget := "—"
+		if r.target > 0 {
+			mdTarget = strings.ReplaceAll(tgt, ">=", "≥ ")
+			mdTarget = strings.ReplaceAll(mdTarget, "<=", "≤ ")
+			mdTarget += ": " + strings.ReplaceAll(verdict, "NOT met", "**not met**")
+		}
+		if strings.Contains(r.label, "plugin CPU") { // the bridge arm's figure is the plugin's idle noise
+			fmt.Fprintf(&md, "| %s | — | %.2f | %.2f | %s |\n", strings.TrimSpace(r.label), on, off, mdTarget)
+		} else {
+			fmt.Fprintf(&md, "| %s | %.2f | %.2f (%.2fx) | %.2f (%.2fx) | %s |\n", strings.TrimSpace(r.label), br, on, ron, off, roff, mdTarget)
+		}
 	}
+	logLines := map[string]string{}
 	fmt.Fprintf(&sb, "\nlog lines dockerd relayed from the plugin (target: none on the allowed path), summed over all rounds:\n")
 	for _, w := range []struct{ w, what string }{{"https-newconn", "allowed HTTPS connections"}, {"http-newconn", "allowed plain HTTP connections"},
 		{"ka-h1", "keep-alive runs (connections)"}, {"dns", "allowed DNS queries"}} {
@@ -615,14 +659,16 @@ func (b *bench) format(load0, load1 string, took time.Duration) string {
 				lines, flows = lines+s.Lines, flows+s.Flows
 			}
 			fmt.Fprintf(&sb, "  splice %-3s %6d lines for %6d %s (%.3f per flow)\n", m, lines, flows, w.what, ratio(float64(lines), float64(flows)))
+			logLines[m] += fmt.Sprintf(" %d / %d %s;", lines, flows, w.what)
 		}
 	}
 	if len(b.relayed) > 0 {
-		fmt.Fprintf(&sb, "  the relayed lines (workload: message, count):\n")
+		fmt.Fprintf(&sb, "  the relayed lines, on every cfw arm (workload during which it came: component: message, count):\n")
 		for _, k := range slices.Sorted(maps.Keys(b.relayed)) {
 			fmt.Fprintf(&sb, "    %s  x%d\n", k, b.relayed[k])
 		}
 	}
+	fmt.Fprintf(&sb, "note: the inspected arms do not depend on the splice setting; their spread between the two columns shows this run's noise.\n")
 	protos := map[string]bool{}
 	for _, w := range []string{"ka-h1", "ka-h2"} {
 		for arm, ss := range b.samples[w] {
@@ -633,7 +679,9 @@ func (b *bench) format(load0, load1 string, took time.Duration) string {
 	}
 	fmt.Fprintf(&sb, "protocols seen by the keep-alive client: %s\n", strings.Join(slices.Sorted(maps.Keys(protos)), ", "))
 	fmt.Fprintf(&sb, "plugin CPU = user+system seconds of the Env's clawker-fw-plugin and clawker-coredns processes during the docker exec.\n")
-	return sb.String()
+	fmt.Fprintf(&md, "| log lines dockerd relayed from the plugin, lines / allowed flows | — |%s |%s | none per flow |\n",
+		strings.TrimSuffix(logLines["on"], ";"), strings.TrimSuffix(logLines["off"], ";"))
+	return sb.String(), md.String()
 }
 
 func ratio(a, b float64) float64 {
