@@ -255,11 +255,11 @@ func (c *Clawker) ServeDNS(ctx context.Context, w mdns.ResponseWriter, r *mdns.M
 			// The container's labels did not parse: it has no egress at
 			// all, and the denial names the label.
 			c.deny(q, policy.ReasonBadLabel, mdns.RcodeNameError, "", who.Detail)
-			return c.writeDenied(w, r, deniedText(q.name, policy.ReasonBadLabel, "", who.Detail))
+			return c.writeDenied(w, r, deniedText(q.name, policy.ReasonBadLabel, "", who.Detail, who.Network))
 		}
 		rule := verdict.Rule(m)
 		c.deny(q, m.Reason, mdns.RcodeNameError, rule, "")
-		return c.writeDenied(w, r, deniedText(q.name, m.Reason, rule, ""))
+		return c.writeDenied(w, r, deniedText(q.name, m.Reason, rule, "", who.Network))
 	}
 	var id policy.Identity
 	if m.Entry != nil {

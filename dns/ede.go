@@ -22,9 +22,9 @@ const badNameText = "clawker-fw: query names may hold only letters, digits, '-' 
 // deniedText explains an NXDOMAIN for name: the proxy's fix text (one for
 // every part), which names the deny rule that covers the name or the rule
 // that would allow it.
-func deniedText(name string, reason policy.Reason, rule, detail string) string {
+func deniedText(name string, reason policy.Reason, rule, detail, network string) string {
 	return "clawker-fw: " + name + " denied (" + string(reason) + "); " +
-		verdict.Fix(verdict.Denial{Dest: name, Reason: reason, Rule: rule, Detail: detail})
+		verdict.Fix(verdict.Denial{Dest: name, Reason: reason, Rule: rule, Detail: detail, Network: network})
 }
 
 // writeDenied answers NXDOMAIN, with EDE Blocked and text when the query

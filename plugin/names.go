@@ -55,6 +55,14 @@ func (p *Plugin) learnNetworkName(id, name string) {
 	p.names.byID[id] = name
 }
 
+// knownNetworkName is a network's Docker name as far as the plugin has
+// learned it, "" when not (never asks Docker).
+func (p *Plugin) knownNetworkName(id string) string {
+	p.names.mu.Lock()
+	defer p.names.mu.Unlock()
+	return p.names.byID[id]
+}
+
 // NetworkName returns a network's Docker name, "" while it is unknown. A
 // missing name is asked from Docker in the background, at most once per
 // namesEvery (never on the caller's path: denials are recorded on the data

@@ -279,7 +279,13 @@ func (p *Plugin) save() error {
 // buildSnapshot compiles every endpoint's policy from the current state.
 func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 	p.builds.Add(1)
-	return p.st.Snapshot(gen)
+	snap := p.st.Snapshot(gen)
+	// Docker's names (known once a container on the network was listed):
+	// the fix texts and DNS's PTR answers name the network with them.
+	for id, n := range snap.Networks {
+		n.Name = p.knownNetworkName(id)
+	}
+	return snap
 }
 
 // Snapshot compiles every endpoint's policy of st into generation gen (the

@@ -33,6 +33,10 @@ type Who struct {
 	State Reason
 	// Detail is the label error for ReasonBadLabel.
 	Detail string
+	// Network names the endpoint's network as texts name it (the fix's
+	// `clawker-fw rules add NETWORK ...`): its Docker name, else its short
+	// id; "" without an endpoint or a snapshot (Snapshot.WhoIs fills it).
+	Network string
 }
 
 // State is the order of Who's steps 2 to 4 on an endpoint's facts:
@@ -92,7 +96,22 @@ func (s *Snapshot) WhoIs(src netip.Addr, now time.Time) Who {
 	if !ok {
 		return Who{State: ReasonUnknownPeer}
 	}
-	return ep.Who(now)
+	w := ep.Who(now)
+	w.Network = s.NetworkRef(ep.NetworkID)
+	return w
+}
+
+// NetworkRef is how texts name network id: its Docker name when the
+// snapshot has it, else its short (12 character) id; both resolve in the
+// CLI.
+func (s *Snapshot) NetworkRef(id string) string {
+	if n := s.Networks[id]; n != nil && n.Name != "" {
+		return n.Name
+	}
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }
 
 // Pending reports whether the answer may still change by waiting: the

@@ -65,6 +65,22 @@ func TestWho(t *testing.T) {
 	require.True(t, none.WhoIs(ip("10.0.0.2"), now).Pending(), "no snapshot yet: pending, not unknown")
 }
 
+// TestWhoNetwork: WhoIs names the asker's network for the fix texts, by its
+// Docker name when known, else by its short id.
+func TestWhoNetwork(t *testing.T) {
+	const named, nameless = "0123456789abcdef0123", "fedcba9876543210fedc"
+	snap := (&Snapshot{
+		Networks: map[string]*Network{named: {ID: named, Name: "agents"}, nameless: {ID: nameless}},
+		Endpoints: map[uint32]*Endpoint{
+			1: {Index: 1, NetworkID: named, IP: netip.MustParseAddr("10.0.0.2"), Policy: &Policy{}},
+			2: {Index: 2, NetworkID: nameless, IP: netip.MustParseAddr("10.0.1.2"), Pending: true},
+		},
+	}).Index()
+	require.Equal(t, "agents", snap.WhoIs(netip.MustParseAddr("10.0.0.2"), time.Now()).Network)
+	require.Equal(t, "fedcba987654", snap.WhoIs(netip.MustParseAddr("10.0.1.2"), time.Now()).Network, "pending too")
+	require.Empty(t, snap.WhoIs(netip.MustParseAddr("10.9.9.9"), time.Now()).Network, "no endpoint, no network")
+}
+
 func TestAwait(t *testing.T) {
 	now := time.Now
 	src := netip.MustParseAddr("10.0.0.2")

@@ -478,5 +478,5 @@ func Refuse(f Flow, v Verdict, reason policy.Reason, detail string) Verdict {
 }
 
 func (f Flow) fix(v Verdict) string {
-	return Fix(Denial{Dest: f.dest(), Port: f.Port, Proto: f.proto(), L4: f.L4, Reason: v.Reason, Rule: v.Rule, Detail: v.Detail})
+	return Fix(Denial{Dest: f.dest(), Port: f.Port, Proto: f.proto(), L4: f.L4, Reason: v.Reason, Rule: v.Rule, Detail: v.Detail, Network: f.Who.Network})
 }

@@ -63,7 +63,12 @@ func TestRuleAndFix(t *testing.T) {
 	require.Equal(t, "a deny rule (option clawker.deny=bad.npm.example.test) covers x.bad.npm.example.test; remove it to allow", v.Fix)
 
 	v = tls("other.example.test", 8443)
-	require.Equal(t, "allow it with the container label clawker.allow=other.example.test:8443, the network option -o clawker.allow=other.example.test:8443, or `clawker-fw rules add NETWORK other.example.test:8443`", v.Fix)
+	require.Equal(t, "allow it with the container label clawker.allow=other.example.test:8443, the network option -o clawker.allow=other.example.test:8443, or `clawker-fw rules add agents other.example.test:8443`", v.Fix,
+		"the fix names the asker's network")
+	nameless := who
+	nameless.Network = ""
+	v = verdict.Decide(verdict.Flow{Who: nameless, Listener: verdict.Web, Content: verdict.TLS, Name: "other.example.test", Port: 8443})
+	require.Contains(t, v.Fix, "`clawker-fw rules add NETWORK other.example.test:8443`", "no network known: a placeholder")
 
 	v = verdict.Decide(verdict.Flow{Who: who, Listener: verdict.Web, Content: verdict.HTTP, Port: 443,
 		Request: &verdict.Request{Host: "git.example.test", TLSName: "git.example.test", Method: "GET", Path: "/admin/x", AsSent: true}})
