@@ -134,7 +134,8 @@ func startSidecar(t testing.TB, cfg CorefileConfig) *sidecar {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		// The status server starts apart from the ready one: wait for both.
+		return resp.StatusCode == http.StatusOK && s.generation(t) != ""
 	}, 20*time.Second, 20*time.Millisecond, "sidecar never became ready:\n%s", s.out)
 	return s
 }

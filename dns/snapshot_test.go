@@ -52,10 +52,10 @@ func TestWatcher(t *testing.T) {
 	// A broken file keeps the served generation.
 	require.NoError(t, os.WriteFile(path+".tmp", []byte("{not json"), 0o644))
 	require.NoError(t, os.Rename(path+".tmp", path))
-	time.Sleep(100 * time.Millisecond)
+	require.Eventually(t, func() bool { return hasLine(logs.Lines(), "ERROR", "decode snapshot") }, 5*time.Second, 5*time.Millisecond,
+		"%v", logs.Lines())
 	g, _ := store.Generation()
 	require.Equal(t, uint64(7), g)
-	require.True(t, hasLine(logs.Lines(), "ERROR", "decode snapshot"), "%v", logs.Lines())
 
 	// The next good rewrite is picked up.
 	_, changed := store.Load()
