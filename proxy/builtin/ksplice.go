@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -304,9 +305,8 @@ func (d *kdir) pump() error {
 	}
 	var revents int16
 	if err := rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		if _, err := unix.Poll(fds, 0); err == nil {
-			revents = fds[0].Revents
+		if r, err := pollNow(int(fd), unix.POLLRDHUP); err == nil {
+			revents = r
 		}
 	}); err != nil {
 		return err
@@ -372,25 +372,97 @@ var errFlowAborted = errors.New("flow aborted")
 // waitStream waits until want bytes (counted from base) have entered c's
 // send buffer: redirected bytes wait in the kernel's queue in front of it
 // until it has room, and a FIN or a userspace write must not overtake them.
+//
+// It sleeps on c's write space, as the kernel's worker does: the worker
+// (sk_psock_backlog) moves the queue into c's send buffer until the buffer
+// is full, and is woken by c's write_space callback, which also wakes
+// pollers of c. So while c is full this waits in Go's poller: a poll(2) of
+// c that finds it full marks it SOCK_NOSPACE, which makes TCP call
+// write_space when acks free room. While c has room the missing bytes are
+// with the worker, which is already scheduled (by the redirect or by the
+// write_space that made the room) and has no event of its own to wait on:
+// that wait yields in short steps (spliceYieldMin to spliceYieldMax).
 func waitStream(c *net.TCPConn, base, want uint64, failed *atomic.Bool) error {
-	d := 20 * time.Microsecond
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	yield := spliceYieldMin
 	for {
-		got, err := streamBytes(c)
-		if err != nil {
+		var done, full bool
+		var serr error
+		// A safety net only: write space is the wake.
+		_ = c.SetWriteDeadline(time.Now().Add(spliceWaitMax))
+		// Under Go's poller: f runs after the poller's write-ready state
+		// was reset, so a write_space after f's poll(2) wakes the wait.
+		err := rc.Write(func(fd uintptr) bool {
+			var got uint64
+			if got, serr = streamBytesFD(int(fd)); serr != nil {
+				return true
+			}
+			if done = got-base >= want; done || failed.Load() {
+				return true
+			}
+			var revents int16
+			if revents, serr = pollNow(int(fd), unix.POLLOUT); serr != nil {
+				return true
+			}
+			full = revents&unix.POLLOUT == 0
+			if revents&(unix.POLLERR|unix.POLLHUP) != 0 {
+				serr = errors.New("socket error")
+				return true
+			}
+			return !full // full: wait for write space
+		})
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return err
 		}
-		if got-base >= want {
+		_ = c.SetWriteDeadline(time.Time{})
+		if serr != nil {
+			return serr
+		}
+		if done {
 			return nil
 		}
 		if failed.Load() {
 			return errFlowAborted
 		}
-		time.Sleep(d)
-		if d < 10*time.Millisecond {
-			d *= 2
+		if err != nil || full {
+			// woken by write space (or the safety deadline): the
+			// worker was woken too
+			yield = spliceYieldMin
+			continue
+		}
+		time.Sleep(yield)
+		if yield < spliceYieldMax {
+			yield *= 2
 		}
 	}
 }
+
+// pollNow returns fd's poll(2) events now (no wait). A poll interrupted by
+// a signal (Go's preemption sends them) is asked again, never taken for an
+// empty answer: to the relay that would mean a broken socket.
+func pollNow(fd int, events int16) (int16, error) {
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
+		if _, err := unix.Poll(fds, 0); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return 0, err
+		}
+		return fds[0].Revents, nil
+	}
+}
+
+// The steps of waitStream's wait for the kernel's worker while the send
+// buffer has room.
+const (
+	spliceYieldMin = 20 * time.Microsecond
+	spliceYieldMax = time.Millisecond
+	spliceWaitMax  = 50 * time.Millisecond
+)
 
 // streamBytes is how many bytes c's send buffer has taken so far, counted
 // from an arbitrary origin: acked bytes plus those still queued
@@ -404,24 +476,22 @@ func streamBytes(c *net.TCPConn) (uint64, error) {
 	}
 	var n uint64
 	var serr error
-	err = rc.Control(func(ufd uintptr) {
-		fd := int(ufd)
-		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			serr = err
-			return
-		}
-		q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-		if err != nil {
-			serr = err
-			return
-		}
-		n = info.Bytes_acked + uint64(q)
-	})
-	if err == nil {
-		err = serr
+	if err := rc.Control(func(fd uintptr) { n, serr = streamBytesFD(int(fd)) }); err != nil {
+		return 0, err
 	}
-	return n, err
+	return n, serr
+}
+
+func streamBytesFD(fd int) (uint64, error) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, err
+	}
+	q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, err
+	}
+	return info.Bytes_acked + uint64(q), nil
 }
 
 // withFDs runs fn with the file descriptors of a and b.
