@@ -36,6 +36,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -83,6 +84,7 @@ var (
 	only     = flag.String("only", "", "run only workloads whose group is this (bulk, newconn, keepalive, inspect)")
 	kSplice  = flag.Bool("kernel-splice", true, "bulk: also run an engine with the kernel splice (bpf/splice.c; needs root)")
 	childK   = flag.Bool("child-kernel-splice", false, "internal: the engine child opens the kernel splicer")
+	bulkVars = flag.String("bulk-variants", "", "bulk: run only these variants (comma-separated: direct, builtin, squid, kernel; profiling)")
 	holdMB   = flag.Int("kernel-hold-mb", 0, "kernel splice: MiB queued in front of a slow receiver before the flow leaves the kernel (0: the default)")
 )
 
@@ -359,15 +361,25 @@ func (e *env) benchBulk(rep *report) {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
 		vs = append(vs, variant{name: "kernel", dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", e.kernelAddr) }})
 	}
+	if *bulkVars != "" {
+		var keep []variant
+		for _, v := range vs {
+			if slices.Contains(strings.Split(*bulkVars, ","), v.name) {
+				keep = append(keep, v)
+			}
+		}
+		vs = keep
+	}
 	for _, dir := range []string{"download", "upload"} {
 		res := map[string][]float64{}
 		cpu := map[string]float64{}  // proxy process CPU seconds
 		host := map[string]float64{} // host-wide busy CPU seconds (/proc/stat)
+		flow := map[string]float64{} // the flow's processes and the kernel's threads
 		moved := map[string]float64{}
 		for r := 0; r < *bulkReps; r++ {
 			for _, v := range vs {
 				pid := e.pidOf(v.name)
-				c0, h0 := procCPU(pid), hostCPU()
+				c0, h0, f0 := procCPU(pid), hostCPU(), e.flowCPU(pid)
 				mbps, err := e.bulkOnce(v, dir, n)
 				if err != nil {
 					rep.note("bulk %s %s: %v", dir, v.name, err)
@@ -375,6 +387,7 @@ func (e *env) benchBulk(rep *report) {
 				}
 				cpu[v.name] += procCPU(pid) - c0
 				host[v.name] += hostCPU() - h0
+				flow[v.name] += e.flowCPU(pid) - f0
 				moved[v.name] += float64(n) / (1 << 30)
 				res[v.name] = append(res[v.name], mbps)
 			}
@@ -393,6 +406,10 @@ func (e *env) benchBulk(rep *report) {
 		rep.row("  host CPU seconds per GB, all CPUs (/proc/stat: softirq and kworkers count)", per(host, "direct"), per(host, "builtin"), per(host, "squid"), false)
 		if e.kernelAddr != "" {
 			rep.row("  host CPU seconds per GB, builtin with the kernel splice", per(host, "direct"), per(host, "kernel"), per(host, "squid"), false)
+		}
+		rep.row("  flow CPU seconds per GB: client, server, proxy, kworkers, ksoftirqd", per(flow, "direct"), per(flow, "builtin"), per(flow, "squid"), false)
+		if e.kernelAddr != "" {
+			rep.row("  flow CPU seconds per GB, builtin with the kernel splice", per(flow, "direct"), per(flow, "kernel"), per(flow, "squid"), false)
 		}
 		if e.enginePID != 0 {
 			rep.row("  proxy process CPU seconds per GB relayed ("+dir+")", 0, per(cpu, "builtin"), per(cpu, "squid"), false)
@@ -428,6 +445,30 @@ func hostCPU() float64 {
 		busy += x
 	}
 	return busy / 100 // USER_HZ
+}
+
+// flowCPU returns the CPU seconds so far of what a bulk flow runs on: this
+// process (the client), the upstream's, the proxy's (pid, 0 for none), and
+// the kernel's worker and softirq threads (kworker/*, ksoftirqd/*; the
+// kernel splice moves bytes there). Unlike hostCPU it leaves out the other
+// processes of a shared machine.
+func (e *env) flowCPU(pid int) float64 {
+	t := procCPU(os.Getpid()) + procCPU(e.upPID) + procCPU(pid)
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		n, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", n))
+		if err != nil {
+			continue
+		}
+		if c := string(comm); strings.HasPrefix(c, "kworker/") || strings.HasPrefix(c, "ksoftirqd/") {
+			t += procCPU(n)
+		}
+	}
+	return t
 }
 
 // procCPU returns the user+system CPU seconds of process pid (0 for none).
