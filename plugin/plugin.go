@@ -296,43 +296,31 @@ func (st *State) Snapshot(gen uint64) *policy.Snapshot {
 	for id, n := range st.Networks {
 		snap.Networks[id] = &policy.Network{ID: id, Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, Settings: n.Config.Settings}
 	}
-	compile := func(n *Network, label []policy.EgressRule, withNetwork bool) (*policy.Policy, error) {
-		in := policy.CompileInput{Label: label, Settings: n.Config.Settings, Generation: gen}
-		if withNetwork {
-			in.Network, in.Runtime = n.Config.Rules, n.Runtime
-		}
-		pol, err := policy.Compile(in, st.Identities)
-		if err == nil {
-			pol.InspectAll = n.Config.Settings.InspectAll
-		}
-		return pol, err
-	}
-	// A network's rules compiled alone (its base) are the policy of every
-	// endpoint without label rules, shared, and the layer the DNS sidecar's
-	// file shares between endpoints with label rules. They cost one compile
-	// more only where a network has two endpoints or more with label rules
-	// and none without; a lone endpoint with labels goes without a base.
-	labelled := map[string]int{}
-	for _, ep := range st.Endpoints {
-		if ep.Identified() && ep.LabelError == "" && len(ep.LabelRules) > 0 {
-			labelled[ep.NetworkID]++
-		}
-	}
+	// A network's option and runtime rules are compiled once (its base):
+	// the policy of every endpoint without label rules, shared, and the
+	// base an endpoint with label rules is layered on (policy.Layer: the
+	// labels compiled over the base's index, deciding exactly as the
+	// merged compile would), so the work and memory per labelled endpoint
+	// are its labels', not its network's thousands of rules.
 	type compiled struct {
-		pol *policy.Policy
+		idx *policy.BaseIndex
 		err error
 	}
 	bases := map[string]compiled{}
-	base := func(n *Network) (*policy.Policy, error) {
+	base := func(n *Network) (*policy.BaseIndex, error) {
 		b, ok := bases[n.ID]
 		if !ok {
-			b.pol, b.err = compile(n, nil, true)
-			bases[n.ID] = b
+			var pol *policy.Policy
+			pol, b.err = policy.Compile(policy.CompileInput{Network: n.Config.Rules, Runtime: n.Runtime,
+				Settings: n.Config.Settings, Generation: gen}, st.Identities)
 			if b.err == nil {
-				snap.Networks[n.ID].Base = b.pol
+				pol.InspectAll = n.Config.Settings.InspectAll
+				b.idx = policy.NewBaseIndex(pol)
+				snap.Networks[n.ID].Base = pol
 			}
+			bases[n.ID] = b
 		}
-		return b.pol, b.err
+		return b.idx, b.err
 	}
 	for _, ep := range st.Endpoints {
 		n := st.Networks[ep.NetworkID]
@@ -351,16 +339,12 @@ func (st *State) Snapshot(gen uint64) *policy.Snapshot {
 			sep.LabelError = ep.LabelError
 		default:
 			var pol *policy.Policy
-			var err error
-			switch {
-			case len(ep.LabelRules) == 0:
-				pol, err = base(n)
-			case labelled[n.ID] == 1:
-				pol, err = compile(n, ep.LabelRules, true)
-			default:
-				if _, err = base(n); err == nil {
-					if pol, err = compile(n, ep.LabelRules, true); err == nil {
-						sep.Labels, err = compile(n, ep.LabelRules, false)
+			b, err := base(n)
+			if err == nil {
+				pol = b.Policy()
+				if len(ep.LabelRules) > 0 {
+					if pol, err = policy.Layer(b, ep.LabelRules, gen, st.Identities); err == nil {
+						_, sep.Labels = pol.Layers()
 					}
 				}
 			}

@@ -346,7 +346,9 @@ func runChild(n, reps, queries int) error {
 		r.Failures += len(fs)
 	}
 	if ep := last.snap.Endpoints[1]; ep != nil && ep.Policy != nil {
-		r.PolicyAllow = len(ep.Policy.Allows)
+		for range ep.Policy.Entries() {
+			r.PolicyAllow++
+		}
 	}
 	first, last.raw = commit{}, nil
 	r.HeapMB = heapMB()

@@ -321,8 +321,7 @@ func (b *builder) webKeys() []string {
 		if pol == nil {
 			continue
 		}
-		for i := range pol.Allows {
-			a := &pol.Allows[i]
+		for a := range pol.Entries() {
 			if a.Prefix.IsValid() {
 				continue
 			}
@@ -330,7 +329,7 @@ func (b *builder) webKeys() []string {
 				set[k] = true
 			}
 		}
-		for _, d := range pol.Denies {
+		for d := range pol.DenyEntries() {
 			if d.Prefix.IsValid() {
 				continue
 			}

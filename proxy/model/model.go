@@ -273,8 +273,7 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 			netBudget[ep.NetworkID] = map[string]bool{}
 		}
 		epBudget := map[string]bool{}
-		for ai := range ep.Policy.Allows {
-			a := &ep.Policy.Allows[ai]
+		for a := range ep.Policy.Entries() {
 			if a.Prefix.IsValid() {
 				m.CIDRs[idx] = append(m.CIDRs[idx], CIDR{Prefix: a.Prefix, Identity: a.Identity})
 			}
@@ -739,7 +738,7 @@ func (m *Model) WithoutListeners(snap *policy.Snapshot, failed []BindFailure) *M
 				fl.Proto = policy.ProtoHTTPS
 			}
 			if ep := snap.Endpoints[idx]; ep != nil && ep.Policy != nil {
-				for _, a := range ep.Policy.Allows {
+				for a := range ep.Policy.Entries() {
 					if a.Identity == r.Identity {
 						fl.Pattern = a.Pattern
 						if len(a.Rules) > 0 {

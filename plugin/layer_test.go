@@ -1,0 +1,60 @@
+package plugin
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// TestSnapshotLayersLabelledEndpoints: every endpoint of a network shares
+// its base; one with label rules gets a layered policy on that base (its
+// labels compiled alone over it) that decides as its merged compile does,
+// and another endpoint's labels never reach it.
+func TestSnapshotLayersLabelledEndpoints(t *testing.T) {
+	opts := map[string]string{"clawker.allow": "a.example.com,.example.com,tcp://db.example.com:5432", "clawker.deny": "bad.example.com"}
+	cfg, err := policy.ParseNetworkOptions(opts, "n1")
+	require.NoError(t, err)
+	st := NewState()
+	st.Networks["n1"] = &Network{ID: "n1", Options: opts, Config: cfg, Bridge: "clawker-t",
+		Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: netip.MustParseAddr("10.9.0.1")}
+	labels := []map[string]string{
+		nil,
+		{"clawker.allow": "https://.example.com:8443,only1.test", "clawker.deny": "a.example.com"},
+		{"clawker.allow": "only2.test"},
+	}
+	for i, l := range labels {
+		cid := fmt.Sprintf("c%d", i)
+		rules, err := policy.ParseLabels(l, cid)
+		require.NoError(t, err)
+		st.Endpoints[cid] = &Endpoint{ID: cid, NetworkID: "n1", Index: uint32(i + 1), IP: netip.AddrFrom4([4]byte{10, 9, 0, byte(i + 2)}),
+			Joined: true, ContainerID: cid, LabelRules: rules}
+	}
+	snap := st.Snapshot(1)
+	base := snap.Networks["n1"].Base
+	require.NotNil(t, base)
+	require.Same(t, base, snap.Endpoints[1].Policy)
+	for i := 2; i <= 3; i++ {
+		ep := snap.Endpoints[uint32(i)]
+		require.Same(t, base, ep.Policy.Base)
+		require.NotNil(t, ep.Labels)
+		merged, err := policy.Compile(policy.CompileInput{Network: cfg.Rules, Label: st.Endpoints[ep.ID].LabelRules}, st.Identities)
+		require.NoError(t, err)
+		for _, name := range []string{"a.example.com", "x.example.com", "db.example.com", "bad.example.com", "only1.test", "only2.test"} {
+			for _, port := range []uint16{0, 443, 5432, 8443} {
+				want, got := merged.MatchName(name, port, policy.L4TCP), ep.Policy.MatchName(name, port, policy.L4TCP)
+				require.Equal(t, want.Allowed, got.Allowed, "endpoint %d %s:%d", i, name, port)
+				require.Equal(t, want.Entry, got.Entry, "endpoint %d %s:%d", i, name, port)
+			}
+		}
+	}
+	require.True(t, snap.Endpoints[2].Policy.MatchName("only1.test", 443, policy.L4TCP).Allowed)
+	require.False(t, snap.Endpoints[3].Policy.MatchName("only1.test", 443, policy.L4TCP).Allowed)
+	require.False(t, snap.Endpoints[2].Policy.MatchName("a.example.com", 443, policy.L4TCP).Allowed, "a label deny cancels a network allow")
+	require.True(t, snap.Endpoints[3].Policy.MatchName("a.example.com", 443, policy.L4TCP).Allowed)
+	require.True(t, snap.Endpoints[2].Policy.MatchName("x.example.com", 8443, policy.L4TCP).Allowed, "a label wildcard's port reaches the network's names under it")
+	require.False(t, snap.Endpoints[3].Policy.MatchName("x.example.com", 8443, policy.L4TCP).Allowed)
+}
