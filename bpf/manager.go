@@ -92,6 +92,10 @@ type Manager struct {
 	// learned writes the learned map (the same writer the DNS sidecar
 	// uses through OpenLearned).
 	learned *LearnedWriter
+	// fill reads an inner learned map's entry count from its memory
+	// accounting (calibrated once, see LearnedFill).
+	fillOnce sync.Once
+	fill     fillGauge
 
 	denialsOnce sync.Once
 	denials     chan Denial

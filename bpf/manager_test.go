@@ -418,6 +418,12 @@ func TestLearnedQuotaPerEndpoint(t *testing.T) {
 
 	bGot := learnedOf(t, m, e.b.index)
 	require.Len(t, bGot, len(bAddrs), "B's entries survive A's flood")
+	// The fill is read from the kernel's accounting, not a walk, and
+	// follows evictions (and deletes) exactly.
+	require.NotZero(t, m.fill.per, "this kernel accounts a learned map's memory per entry: LearnedFill reads it")
+	fill, err = m.LearnedFill()
+	require.NoError(t, err)
+	require.Equal(t, map[uint32]int{e.a.index: len(learnedOf(t, m, e.a.index)), e.b.index: len(bAddrs)}, fill, "the fill after evictions")
 	for _, a := range bAddrs {
 		require.Contains(t, bGot, a)
 	}

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -296,30 +299,88 @@ func (m *Manager) Counters(index uint32) (Counters, error) {
 
 // LearnedFill returns, per endpoint that has learned addresses, how many
 // entries its learned map holds (expired ones not yet collected included;
-// the quota is LearnedPerEndpoint). It walks every entry: a scrape's cost
-// grows with what the endpoints learned.
+// the quota is LearnedPerEndpoint). A scrape costs one procfs read per
+// endpoint, whatever the endpoints learned: the kernel accounts a
+// BPF_F_NO_PREALLOC hash map's memory per element it holds (fdinfo's
+// memlock: a fixed part plus one element's size per entry, since Linux
+// 6.4), so the count is read from there; a kernel that accounts a fixed
+// size walks the entries instead (see fillGauge).
 func (m *Manager) LearnedFill() (map[uint32]int, error) {
 	if m.closed.Load() {
 		return nil, ErrClosed
 	}
+	m.fillOnce.Do(func() { m.fill = calibrateFill(m.learned.innerSpec) })
 	out := map[uint32]int{}
 	err := learnedInner(m.maps[MapLearned], func(index uint32, in *ebpf.Map) error {
-		var (
-			k uint32
-			v clawkerLearnedVal
-		)
-		n := 0
-		it := in.Iterate()
-		for it.Next(&k, &v) {
-			n++
-		}
+		n, err := m.fill.count(in)
 		out[index] = n
-		return it.Err()
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("count learned entries: %w", err)
 	}
 	return out, nil
+}
+
+// fillGauge counts a hash map's entries from its memory accounting:
+// memlock = empty + per * entries. per is 0 where the kernel accounts a
+// fixed size (before 6.4) or calibration failed: count then walks.
+type fillGauge struct {
+	empty, per uint64
+}
+
+// calibrateFill measures, on a scratch map of spec, the memlock of no
+// entry and of one.
+func calibrateFill(spec *ebpf.MapSpec) fillGauge {
+	scratch, err := ebpf.NewMap(spec.Copy())
+	if err != nil {
+		return fillGauge{}
+	}
+	defer scratch.Close()
+	empty, err := memlock(scratch)
+	if err != nil {
+		return fillGauge{}
+	}
+	if err := scratch.Put(uint32(1), make([]byte, spec.ValueSize)); err != nil {
+		return fillGauge{}
+	}
+	one, err := memlock(scratch)
+	if err != nil || one <= empty {
+		return fillGauge{}
+	}
+	return fillGauge{empty: empty, per: one - empty}
+}
+
+func (g fillGauge) count(mp *ebpf.Map) (int, error) {
+	if g.per != 0 {
+		if ml, err := memlock(mp); err == nil && ml >= g.empty && (ml-g.empty)%g.per == 0 {
+			return int((ml - g.empty) / g.per), nil
+		}
+	}
+	var (
+		k uint32
+		v clawkerLearnedVal
+	)
+	n := 0
+	it := mp.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
+}
+
+// memlock reads the kernel's memory accounting of mp (fdinfo "memlock:").
+func memlock(mp *ebpf.Map) (uint64, error) {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(mp.FD()))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "memlock:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, errors.New("no memlock in fdinfo")
 }
 
 // syncMap makes mp hold exactly want: it first adds or updates every
