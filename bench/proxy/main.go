@@ -75,6 +75,7 @@ var (
 	child    = flag.Bool("engine-child", false, "internal: run the engine and print its address")
 	upChild  = flag.Bool("upstream-child", false, "internal: run the upstream server and print its address")
 	childUp  = flag.Int("child-up-port", 0, "internal")
+	childUpP = flag.Int("child-up-plain-port", 0, "internal")
 	childDNS = flag.String("child-dns", "", "internal")
 	childCA  = flag.String("child-ca", "", "internal: CA cert+key PEM file")
 	cpuProf  = flag.String("engine-cpuprofile", "", "write a CPU profile of the engine process here")
@@ -113,9 +114,11 @@ func main() {
 type env struct {
 	ca        *testCA
 	upPort    uint16
+	plainPort uint16 // the upstream's plain HTTP port
 	dnsAddr   string
 	eng       *builtin.Engine
 	webAddr   string // builtin web listener for original port 443
+	plainAddr string // builtin web listener for original port 80
 	squidAddr string // "" without squid
 	enginePID int
 	upPID     int
@@ -149,11 +152,19 @@ func run() error {
 		return err
 	}
 	defer stopUp()
-	ap, err := netip.ParseAddrPort(upAddr)
+	ups := strings.Fields(upAddr)
+	if len(ups) != 2 {
+		return fmt.Errorf("upstream child: %q", upAddr)
+	}
+	ap, err := netip.ParseAddrPort(ups[0])
 	if err != nil {
 		return err
 	}
-	e.upPort, e.upPID = ap.Port(), upPID
+	pp, err := netip.ParseAddrPort(ups[1])
+	if err != nil {
+		return err
+	}
+	e.upPort, e.plainPort, e.upPID = ap.Port(), pp.Port(), upPID
 	if e.dnsAddr, err = startDNS(); err != nil {
 		return err
 	}
@@ -170,12 +181,12 @@ func run() error {
 		defer stop()
 	}
 	if *kSplice && !*inProc {
-		stop, addr, pid, err := startChildPID("-engine-child", "-child-kernel-splice", "-kernel-hold-mb", strconv.Itoa(*holdMB), "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile)
+		stop, addr, pid, err := startChildPID("-engine-child", "-child-kernel-splice", "-kernel-hold-mb", strconv.Itoa(*holdMB), "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-up-plain-port", strconv.Itoa(int(e.plainPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "kernel splice engine unavailable:", err)
 		} else {
 			defer stop()
-			e.kernelAddr, e.kernelPID = addr, pid
+			e.kernelAddr, e.kernelPID = strings.Fields(addr)[0], pid
 		}
 	}
 	if !*noSquid {
@@ -234,7 +245,12 @@ func (e *env) startEngine() error {
 		HostLocal:    func(netip.Addr) (bool, error) { return false, nil },
 		BindAddr:     "127.0.0.1",
 		ListenPort:   func(uint16) uint16 { return 0 },
-		UpstreamPort: func(uint16) uint16 { return e.upPort },
+		UpstreamPort: func(p uint16) uint16 {
+			if p == 80 {
+				return e.plainPort
+			}
+			return e.upPort
+		},
 		DrainTimeout: time.Second,
 	})
 	if err != nil {
@@ -242,8 +258,9 @@ func (e *env) startEngine() error {
 	}
 	src := policy.Provenance{Kind: policy.SourceLabel, Key: "clawker.allow"}
 	pol := &policy.Policy{Generation: 1, Allows: []policy.Allowed{
-		{Identity: 1, Pattern: benchName, Ports: []policy.PortRange{{Proto: policy.ProtoHTTPS, Lo: 443, Hi: 443}},
-			Rules: []policy.EgressRule{{Dst: benchName, Proto: policy.ProtoHTTPS, Port: 443, Action: policy.Allow, Source: src}}},
+		{Identity: 1, Pattern: benchName, Ports: []policy.PortRange{{Proto: policy.ProtoHTTPS, Lo: 443, Hi: 443}, {Proto: policy.ProtoHTTP, Lo: 80, Hi: 80}},
+			Rules: []policy.EgressRule{{Dst: benchName, Proto: policy.ProtoHTTPS, Port: 443, Action: policy.Allow, Source: src},
+				{Dst: benchName, Proto: policy.ProtoHTTP, Port: 80, Action: policy.Allow, Source: src}}},
 		{Identity: 2, Pattern: inspectName, Inspect: true, Ports: []policy.PortRange{{Proto: policy.ProtoHTTPS, Lo: 443, Hi: 443}},
 			Rules: []policy.EgressRule{{Dst: inspectName, Proto: policy.ProtoHTTPS, Port: 443, Action: policy.Allow, Inspect: true, Source: src}}},
 	}}
@@ -258,8 +275,11 @@ func (e *env) startEngine() error {
 		return err
 	}
 	for _, l := range m.Listeners {
-		if l.Kind == model.KindWeb && l.OrigPort == 443 {
+		switch {
+		case l.Kind == model.KindWeb && l.OrigPort == 443:
 			e.webAddr = eng.Addr(l.Port, l.L4).String()
+		case l.Kind == model.KindWeb && l.OrigPort == 80:
+			e.plainAddr = eng.Addr(l.Port, l.L4).String()
 		}
 	}
 	e.eng = eng
@@ -548,11 +568,76 @@ func (e *env) newConnLatencies(rep *report, vs []variant, host string, n int) ma
 }
 
 func (e *env) benchNewConn(rep *report) {
-	lat := e.newConnLatencies(rep, e.variants(), benchName, *connN)
+	lat := e.newConnLatencies(rep, e.withKernel(e.variants()), benchName, *connN)
 	for _, p := range []float64{0.5, 0.99} {
 		q := func(n string) float64 { return float64(pct(lat[n], p).Microseconds()) / 1000 }
 		rep.row(fmt.Sprintf("HTTPS new connection + GET, p%d latency (ms, %d conns)", int(p*100), *connN), q("direct"), q("builtin"), q("squid"), false)
+		if e.kernelAddr != "" {
+			rep.row("  the same, builtin with the kernel splice (builtin column)", q("direct"), q("kernel"), q("squid"), false)
+		}
 	}
+	// What pre-dialling the upstream could hide at most: the proxy's own
+	// connect to it, a TCP connect on the same path (section 2 of issue 13).
+	var conns []time.Duration
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
+	for i := 0; i < *connN; i++ {
+		start := time.Now()
+		c, err := d.Dial("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(e.upPort))))
+		if err != nil {
+			rep.note("tcp connect: %v", err)
+			continue
+		}
+		conns = append(conns, time.Since(start))
+		c.Close()
+	}
+	rep.row("  a TCP connect to the upstream alone (what a pre-dial could hide), p50 (ms)", ms(pct(conns, .5)), 0, 0, false)
+	e.benchPlainNewConn(rep)
+}
+
+// benchPlainNewConn times new plain-HTTP connections with one GET each,
+// direct and through the builtin web listener of original port 80 (decided
+// per request by Host; the proxy's upstream connections are pooled).
+func (e *env) benchPlainNewConn(rep *report) {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
+	client := func(addr string) *http.Client {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", addr) }}}
+	}
+	clients := map[string]*http.Client{
+		"direct":  client(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(e.plainPort)))),
+		"builtin": client(e.plainAddr),
+	}
+	lat := map[string][]time.Duration{}
+	for i := 0; i < *connN; i++ {
+		for _, name := range []string{"direct", "builtin"} {
+			start := time.Now()
+			resp, err := clients[name].Get("http://" + benchName + "/small")
+			if err != nil {
+				rep.note("plain new conn %s: %v", name, err)
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				rep.note("plain new conn %s: %s", name, resp.Status)
+				continue
+			}
+			lat[name] = append(lat[name], time.Since(start))
+		}
+	}
+	for _, p := range []float64{0.5, 0.99} {
+		rep.row(fmt.Sprintf("plain HTTP new connection + GET, p%d latency (ms, %d conns)", int(p*100), *connN), ms(pct(lat["direct"], p)), ms(pct(lat["builtin"], p)), 0, false)
+	}
+}
+
+// withKernel adds the engine with the kernel splice to vs, where it runs:
+// the plugin's default where the kernel supports it.
+func (e *env) withKernel(vs []variant) []variant {
+	if e.kernelAddr == "" {
+		return vs
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
+	return append(vs, variant{name: "kernel", dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", e.kernelAddr) }})
 }
 
 // rounds is how many interleaved rounds the requests/s workloads run; the
@@ -563,11 +648,14 @@ const rounds = 3
 func (e *env) benchKeepAlive(rep *report) {
 	res := map[string][]load{}
 	for r := 0; r < rounds; r++ {
-		for _, v := range e.variants() {
+		for _, v := range e.withKernel(e.variants()) {
 			res[v.name] = append(res[v.name], e.measure(v, e.httpClient(v, true, false), e.url(v, benchName, "/small")))
 		}
 	}
 	rep.loadRows(fmt.Sprintf("HTTPS keep-alive GET, passthrough (req/s, %d clients, median of %d x %s)", *conc, rounds, *dur), res)
+	if k, ok := res["kernel"]; ok {
+		rep.loadRows("  the same, builtin with the kernel splice (builtin column)", map[string][]load{"direct": res["direct"], "builtin": k, "squid": res["squid"]})
+	}
 }
 
 func (e *env) benchInspect(rep *report) {
@@ -696,11 +784,14 @@ func (r *report) row(name string, direct, b, squid float64, _ bool) {
 		sq = fmt.Sprintf("%.2f", squid)
 		rs = fmt.Sprintf("%.2fx", b/squid)
 	}
-	rd := "-"
-	if direct > 0 {
+	rd, bs := "-", "-"
+	if b > 0 {
+		bs = fmt.Sprintf("%.2f", b)
+	}
+	if direct > 0 && b > 0 {
 		rd = fmt.Sprintf("%.2fx", b/direct)
 	}
-	fmt.Fprintf(&r.b, "%-78s %10.2f %10.2f %10s %9s %9s\n", name, direct, b, sq, rd, rs)
+	fmt.Fprintf(&r.b, "%-78s %10.2f %10s %10s %9s %9s\n", name, direct, bs, sq, rd, rs)
 }
 
 func (r *report) note(format string, args ...any) {
@@ -744,10 +835,16 @@ func (zeroReader) Read(p []byte) (int, error) {
 
 // --- upstream, DNS, CA ---
 
-func startUpstream(ca *testCA) (uint16, error) {
+// startUpstream serves TLS (h2 and HTTP/1.1) and plain HTTP; it returns
+// their ports.
+func startUpstream(ca *testCA) (tlsPort, plainPort uint16, err error) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
+	}
+	pln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
 	}
 	cfg := &tls.Config{
 		GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.Leaf(h.ServerName) },
@@ -756,6 +853,7 @@ func startUpstream(ca *testCA) (uint16, error) {
 	small := []byte(strings.Repeat("x", 512))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(small) })
 	h1 := &http.Server{Handler: handler}
+	go func() { _ = (&http.Server{Handler: handler}).Serve(pln) }()
 	h2s := &http2.Server{}
 	go func() {
 		for {
@@ -788,7 +886,7 @@ func startUpstream(ca *testCA) (uint16, error) {
 			}()
 		}
 	}()
-	return uint16(ln.Addr().(*net.TCPAddr).Port), nil
+	return uint16(ln.Addr().(*net.TCPAddr).Port), uint16(pln.Addr().(*net.TCPAddr).Port), nil
 }
 
 func rawServe(c *tls.Conn, br *bufio.Reader) {
@@ -1091,12 +1189,17 @@ func startChildPID(args ...string) (stop func(), addr string, pid int, err error
 // squid runs in its own: client, upstream and proxy do not share one Go
 // scheduler.
 func (e *env) startEngineChild(caFile string) (func(), error) {
-	stop, addr, pid, err := startChildPID("-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile,
+	stop, addr, pid, err := startChildPID("-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-up-plain-port", strconv.Itoa(int(e.plainPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile,
 		"-engine-cpuprofile", *cpuProf, "-engine-trace", *trcFile, "-engine-blockprofile", *blkProf, "-engine-mutexprofile", *mtxProf)
 	if err != nil {
 		return nil, err
 	}
-	e.webAddr, e.enginePID = addr, pid
+	f := strings.Fields(addr)
+	if len(f) != 2 {
+		stop()
+		return nil, fmt.Errorf("engine child: %q", addr)
+	}
+	e.webAddr, e.plainAddr, e.enginePID = f[0], f[1], pid
 	return stop, nil
 }
 
@@ -1107,7 +1210,7 @@ func runChild() error {
 	if err != nil {
 		return err
 	}
-	e := &env{ca: ca, upPort: uint16(*childUp), dnsAddr: *childDNS}
+	e := &env{ca: ca, upPort: uint16(*childUp), plainPort: uint16(*childUpP), dnsAddr: *childDNS}
 	if err := e.startEngine(); err != nil {
 		return err
 	}
@@ -1128,7 +1231,7 @@ func runChild() error {
 		return err
 	}
 	defer stopProfiles()
-	fmt.Printf("ADDR %s\n", e.webAddr)
+	fmt.Printf("ADDR %s %s\n", e.webAddr, e.plainAddr)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	if *childK {
 		// What the kernel path did, for the report (stderr).
@@ -1196,11 +1299,11 @@ func runUpstreamChild() error {
 	if err != nil {
 		return err
 	}
-	port, err := startUpstream(ca)
+	port, plain, err := startUpstream(ca)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("ADDR 127.0.0.1:%d\n", port)
+	fmt.Printf("ADDR 127.0.0.1:%d 127.0.0.1:%d\n", port, plain)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
 }
