@@ -87,7 +87,6 @@ func (e *Env) dockerdArgs() []string {
 		"--pidfile", filepath.Join(e.dir, "dockerd.pid"),
 		"-H", e.DockerHost(),
 		"--config-file", e.daemonConfigPath(),
-		"--live-restore",
 		// Never --bridge=none: it deletes the host's docker0 (class 10).
 		"--bridge", DockerBridge,
 		// Default-bridge traffic keeps its own source address, so the leak
@@ -95,6 +94,9 @@ func (e *Env) dockerdArgs() []string {
 		"--ip-masq=false",
 		"--default-address-pool", fmt.Sprintf("base=%s,size=%d", DockerAddressPool, DockerAddressPoolSize),
 		"--userland-proxy=false",
+	}
+	if !e.opts.NoLiveRestore {
+		args = append(args, "--live-restore")
 	}
 	if !e.opts.NoDebug {
 		args = append(args, "--debug")
@@ -226,6 +228,12 @@ func (e *Env) startDockerd() error {
 		cmd = exec.Command(e.engine.Dockerd, e.dockerdArgs()...)
 	}
 	cmd.Env = e.engine.dockerdEnv()
+	if e.opts.NoLiveRestore {
+		// Swarm: never ask a registry for a service's image (moby's
+		// executor pulls before every task otherwise, and the CLI's digest
+		// lookup is skipped with --no-resolve-image): the images are local.
+		cmd.Env = append(cmd.Env, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1")
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Put dockerd in its own process group so a terminal's Ctrl-C goes to
 	// the test only; end it if the test process dies without Close.

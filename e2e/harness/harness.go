@@ -134,6 +134,10 @@ type Options struct {
 	// DaemonConfig is written as daemon.json (--config-file). It must not
 	// repeat a flag the harness passes (dockerd refuses duplicates).
 	DaemonConfig map[string]any
+	// NoLiveRestore runs dockerd without --live-restore, which Swarm
+	// refuses ("incompatible with swarm mode"): for SwarmInit. A dockerd
+	// restart then stops the containers.
+	NoLiveRestore bool
 	// DockerdArgs are extra dockerd flags.
 	DockerdArgs []string
 	// NoDebug runs dockerd without --debug, as in production (benchmarks:
@@ -174,6 +178,7 @@ type Env struct {
 	hostState *hostState
 	images    map[string]bool
 	pluginRef string // the plugin's reference (InstallPluginAs); "" = PluginName
+	swarm     bool   // SwarmInit ran and SwarmLeave did not
 
 	lock      *os.File // machine-wide lock held while the Env exists
 	closeOnce sync.Once
@@ -441,6 +446,7 @@ func (e *Env) Close() error {
 		if e.relay != nil {
 			e.relay.Close()
 		}
+		errs = append(errs, e.SwarmLeave())
 		errs = append(errs, e.stopDockerEnv())
 		if err := errors.Join(errs...); err != nil {
 			e.closeErr = err
