@@ -24,8 +24,10 @@ import (
 //     authz's durable records, before the client can start the container
 //     (Config.GivenLabels reads them). Only those labels carry rules.
 //  2. Without a record (authz off, a container created before the plugin
-//     recorded, a Swarm task): a clawker.* label whose key and value equal
-//     the image's label is the image's. This fails closed: a label the user
+//     recorded, a Swarm task: the swarm agent creates task containers past
+//     the API, from the service spec's --container-labels, which authz
+//     checked at service create and update on a manager): a clawker.* label
+//     whose key and value equal the image's label is the image's. This fails closed: a label the user
 //     really passed with the image's exact value is ignored too (pass
 //     another spelling of the same rule, or turn authz on).
 //  3. The image's labels cannot be read (Docker failing): the container
@@ -51,7 +53,11 @@ const (
 	whyFromImage = "from the image, not given for the container: image labels never carry rules"
 	whyEqual     = "equal to the image's label, and no record of the create says it was given (authz was off): counted as the image's; to give it, turn authz on or spell the rule differently"
 	whyNotGiven  = "not among the labels given at create: counted as the image's"
+	whyTaskEqual = "equal to the image's label, and a Swarm task has no record of its create (the swarm agent creates it): counted as the image's; to give it, spell the rule differently in --container-label"
 )
+
+// swarmTaskLabel is the label Swarm puts on every task container.
+const swarmTaskLabel = "com.docker.swarm.task.id"
 
 // clawkerOnly returns the clawker.* labels (any case) of in.
 func clawkerOnly(in map[string]string) map[string]string {
@@ -143,5 +149,12 @@ func (p *Plugin) givenLabels(ctx context.Context, c Container) (map[string]strin
 		image = nil // the record decides; ignored labels are only named less precisely
 	}
 	given, ignored := splitGiven(merged, rec, recorded, image)
+	if _, task := c.Labels[swarmTaskLabel]; task && !recorded {
+		for i := range ignored {
+			if ignored[i].Why == whyEqual {
+				ignored[i].Why = whyTaskEqual
+			}
+		}
+	}
 	return given, ignored, nil
 }

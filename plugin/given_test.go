@@ -136,6 +136,18 @@ func TestImageLabelsNeverGrant(t *testing.T) {
 		nets, _, _ := r.p.Networks()
 		require.Equal(t, []string{"clawker.rules=" + `[{"dst":"rules.example.test"}]` + " (" + whyFromImage + ")"}, nets[0].Endpoints[0].IgnoredLabels)
 	})
+	t.Run("a Swarm task: its --container-label rules apply, the image's do not", func(t *testing.T) {
+		r := imageRig(t)
+		r.endpoint(t, "ep1", "10.230.0.2")
+		r.container(t, "ep1", 405, Container{ID: cid(45), Name: "agent.1.x", ImageID: "sha256:img",
+			Labels: map[string]string{"clawker.allow": "task.example.test", "clawker.rules": `[{"dst":"rules.example.test"}]`,
+				swarmTaskLabel: "x", "com.docker.swarm.service.name": "agent"}})
+		identified(t, r, "10.230.0.2")
+		require.True(t, allowedFor(t, r, "10.230.0.2", "task.example.test"), "the service's container label")
+		require.False(t, allowedFor(t, r, "10.230.0.2", "rules.example.test"), "the image's label")
+		nets, _, _ := r.p.Networks()
+		require.Equal(t, []string{"clawker.rules=" + `[{"dst":"rules.example.test"}]` + " (" + whyTaskEqual + ")"}, nets[0].Endpoints[0].IgnoredLabels)
+	})
 	t.Run("image labels unreadable and no record: no egress", func(t *testing.T) {
 		r := imageRig(t)
 		r.imageFails(errors.New("dockerd timed out"))
