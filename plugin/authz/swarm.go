@@ -189,7 +189,7 @@ func (a *Authz) checkService(c apiCall) authorization.Response {
 			// Swarm reads the mode upper-cased, and an unknown or empty
 			// one is ingress (swarmkit's PortConfig_PublishMode_value).
 			if strings.ToUpper(p.PublishMode) != "HOST" {
-				return deny("a container on the clawker-fw network %s cannot join other networks (ingress, for the published port %d): that would bypass the firewall; publish with mode=host or use only the firewalled network", fw[0], p.TargetPort)
+				return deny("a container on the clawker-fw network %s cannot join other networks (ingress, for the published port %d): that would bypass the firewall; drop the published port (a clawker-fw network publishes none)", fw[0], p.TargetPort)
 			}
 		}
 	}
