@@ -86,7 +86,7 @@ var (
 	kSplice  = flag.Bool("kernel-splice", true, "bulk: also run an engine with the kernel splice (bpf/splice.c; needs root)")
 	childK   = flag.Bool("child-kernel-splice", false, "internal: the engine child opens the kernel splicer")
 	bulkVars = flag.String("bulk-variants", "", "bulk: run only these variants (comma-separated: direct, builtin, squid, kernel; profiling)")
-	holdMB   = flag.Int("kernel-hold-mb", 0, "kernel splice: MiB queued in front of a slow receiver before the flow leaves the kernel (0: the default)")
+	holdMB   = flag.Int("kernel-hold-mb", 0, "kernel splice: MiB queued in front of a slow receiver before its sender is paused (0: the default)")
 )
 
 func main() {
@@ -407,7 +407,7 @@ func (e *env) benchBulk(rep *report) {
 				}
 				cpu[v.name] += procCPU(pid) - c0
 				host[v.name] += hostCPU() - h0
-				flow[v.name] += e.flowCPU(pid) - f0
+				flow[v.name] += e.flowSince(pid, f0)
 				moved[v.name] += float64(n) / (1 << 30)
 				res[v.name] = append(res[v.name], mbps)
 			}
@@ -442,7 +442,7 @@ func (e *env) benchBulk(rep *report) {
 			if *holdMB != 0 {
 				hold = strconv.Itoa(*holdMB) + " MiB"
 			}
-			rep.note("kernel splice: a flow leaves the kernel when %s wait in front of a receiver that fell behind", hold)
+			rep.note("kernel splice: a sender is paused (TCP flow control) when %s wait in the kernel in front of a receiver that fell behind", hold)
 		}
 	}
 }
@@ -467,13 +467,20 @@ func hostCPU() float64 {
 	return busy / 100 // USER_HZ
 }
 
-// flowCPU returns the CPU seconds so far of what a bulk flow runs on: this
-// process (the client), the upstream's, the proxy's (pid, 0 for none), and
-// the kernel's worker and softirq threads (kworker/*, ksoftirqd/*; the
-// kernel splice moves bytes there). Unlike hostCPU it leaves out the other
-// processes of a shared machine.
-func (e *env) flowCPU(pid int) float64 {
-	t := procCPU(os.Getpid()) + procCPU(e.upPID) + procCPU(pid)
+// flowCPU returns the CPU seconds so far, by pid, of what a bulk flow runs
+// on: this process (the client), the upstream's, the proxy's (pid, 0 for
+// none), and the kernel's worker and softirq threads (kworker/*,
+// ksoftirqd/*; the kernel splice moves bytes there). Unlike hostCPU it
+// leaves out the other processes of a shared machine. flowSince sums the
+// growth since such a snapshot (a kworker that exits in between loses its
+// share; a new one counts from zero).
+func (e *env) flowCPU(pid int) map[int]float64 {
+	m := map[int]float64{}
+	for _, p := range []int{os.Getpid(), e.upPID, pid} {
+		if p != 0 {
+			m[p] = procCPU(p)
+		}
+	}
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
 		n, err := strconv.Atoi(d.Name())
@@ -485,8 +492,16 @@ func (e *env) flowCPU(pid int) float64 {
 			continue
 		}
 		if c := string(comm); strings.HasPrefix(c, "kworker/") || strings.HasPrefix(c, "ksoftirqd/") {
-			t += procCPU(n)
+			m[n] = procCPU(n)
 		}
+	}
+	return m
+}
+
+func (e *env) flowSince(pid int, before map[int]float64) float64 {
+	var t float64
+	for p, v := range e.flowCPU(pid) {
+		t += v - before[p]
 	}
 	return t
 }
