@@ -52,8 +52,9 @@ type networkCreateBody struct {
 //     without tag, id prefix); not a plugin, or another plugin: allowed;
 //     this plugin's id unknown, or the driver not resolvable: counted as
 //     this plugin (fail closed);
-//  4. attachable: refused;
-//  5. a local-scope install: options refused;
+//  4. a local-scope install: clawker.* options refused (the message names
+//     the setting that carries them);
+//  5. attachable: refused;
 //  6. a global-scope install: the options are validated (refused with the
 //     option named, as the driver's AllocateNetwork and CreateNetwork
 //     would), then allowed.
@@ -94,13 +95,13 @@ func (a *Authz) checkNetworkCreate(c apiCall) authorization.Response {
 	if local {
 		scope = "swarm" // a global-scope driver's network on a manager
 	}
+	if !a.cfg.GlobalScope && len(keys) > 0 {
+		return deny("a %s-scope clawker-fw network (%s) cannot carry network rules (%s) while the plugin reports local scope: Swarm passes a local-scope driver no network options, so the network's containers would run without its rules. Install the plugin on every node with CLAWKER_SCOPE=global (docker plugin set clawker-fw:latest CLAWKER_SCOPE=global while it is disabled) so Swarm carries them, or give the rules to the service (docker service create --container-label clawker.allow=...), or create a local network (without --scope)",
+			scope, body.Name, strings.Join(keys, ", "))
+	}
 	if body.Attachable {
 		return deny("a %s-scope clawker-fw network (%s) cannot be --attachable: a standalone container could join it on a node before the firewall there knows the network, past the container checks. Create it without --attachable and run services on it (they are checked), or create a local network on a node without the swarm setting",
 			scope, body.Name)
-	}
-	if !a.cfg.GlobalScope {
-		return deny("a %s-scope clawker-fw network (%s) cannot carry network rules (%s) while the plugin reports local scope: Swarm passes a local-scope driver no network options, so the network's containers would run without its rules. Install the plugin on every node with CLAWKER_SCOPE=global (docker plugin set clawker-fw:latest CLAWKER_SCOPE=global while it is disabled) so Swarm carries them, or give the rules to the service (docker service create --container-label clawker.allow=...), or create a local network (without --scope)",
-			scope, body.Name, strings.Join(keys, ", "))
 	}
 	cfg, err := policy.ParseNetworkOptions(body.Options, body.Name)
 	if err != nil {

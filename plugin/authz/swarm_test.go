@@ -45,7 +45,7 @@ func TestNetworkCreateSwarmScope(t *testing.T) {
 			m := netCreate("clawker-fw", "swarm", rules)
 			m["Attachable"] = true
 			return m
-		}(), false, "cannot be --attachable"},
+		}(), false, "cannot carry network rules (clawker.allow)"},
 		{"local attachable", func() map[string]any {
 			m := netCreate("clawker-fw:latest", "local", nil)
 			m["Attachable"] = true
