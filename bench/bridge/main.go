@@ -102,6 +102,7 @@ type bench struct {
 	dir    string // e.Dir()/bridge, bind-mounted read-only at /b
 	img    string
 	splice bool
+	srvPID int // the server process (in its netns)
 	// samples[workload][arm] (arm: bridge, or cfw/cfw-insp + "/on" or "/off")
 	samples map[string]map[string][]sample
 	relayed map[string]int // message of a relayed plugin line (cfw arms) -> count
@@ -111,6 +112,8 @@ type bench struct {
 type sample struct {
 	MBps, P50, P99, RPS float64
 	HostCPUPerGB        float64 // host-wide busy CPU seconds per GB (bulk)
+	HostBusy            float64 // host-wide busy fraction during the transfer (bulk)
+	PathCPUPerGB        float64 // client cgroup + server + plugin CPU seconds per GB (bulk)
 	PluginCPU           float64 // plugin + sidecar CPU seconds during the exec
 	Secs                float64 // the client's own measured duration
 	Lines               int     // plugin lines dockerd relayed during the exec
@@ -296,6 +299,7 @@ func (b *bench) startServer() (func(), error) {
 	if err := srv.Start(); err != nil {
 		return stop, err
 	}
+	b.srvPID = srv.Process.Pid // ip netns exec execs the server in place
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		c, err := net.DialTimeout("tcp4", srvIP+":443", time.Second)
 		if err == nil {
@@ -431,7 +435,7 @@ func (b *bench) block(round int) error {
 func (b *bench) exec(network string, w workload) (sample, error) {
 	args := append([]string{"exec", network, "/b/load"}, w.args...)
 	args = append(args, "-ca", "/b/ca/"+fakenet.CACertFile+",/b/ca/plugin-ca.crt")
-	cpu0 := b.pluginCPU()
+	cpu0, srv0 := b.pluginCPU(), procCPU(b.srvPID)
 	lines0 := len(b.pluginLines())
 	stdout, stderr, err := b.e.Docker(args...)
 	if err != nil {
@@ -441,6 +445,8 @@ func (b *bench) exec(network string, w workload) (sample, error) {
 		MBps      float64 `json:"mbps"`
 		Secs      float64 `json:"secs"`
 		HostBusyS float64 `json:"host_busy_s"`
+		HostAllS  float64 `json:"host_all_s"`
+		ClientS   float64 `json:"client_cpu_s"`
 		Bytes     int64   `json:"bytes"`
 		P50       float64 `json:"p50_ms"`
 		P99       float64 `json:"p99_ms"`
@@ -460,7 +466,10 @@ func (b *bench) exec(network string, w workload) (sample, error) {
 		}
 	}
 	if r.Bytes > 0 {
-		s.HostCPUPerGB = r.HostBusyS / (float64(r.Bytes) / 1e9)
+		gb := float64(r.Bytes) / 1e9
+		s.HostCPUPerGB = r.HostBusyS / gb
+		s.HostBusy = ratio(r.HostBusyS, r.HostAllS)
+		s.PathCPUPerGB = (r.ClientS + procCPU(b.srvPID) - srv0 + s.PluginCPU) / gb
 	}
 	return s, nil
 }
@@ -469,7 +478,7 @@ func (b *bench) exec(network string, w workload) (sample, error) {
 // sidecar processes so far.
 func (b *bench) pluginCPU() float64 {
 	ents, _ := os.ReadDir("/proc")
-	var ticks int64
+	var cpu float64
 	for _, d := range ents {
 		pid, err := strconv.Atoi(d.Name())
 		if err != nil {
@@ -480,18 +489,26 @@ func (b *bench) pluginCPU() float64 {
 		if argv0 != "/bin/clawker-fw-plugin" && argv0 != "/bin/clawker-coredns" || !b.e.Owns(pid) {
 			continue
 		}
-		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-		if len(f) > 12 {
-			u, _ := strconv.ParseInt(f[11], 10, 64) // utime (field 14)
-			s, _ := strconv.ParseInt(f[12], 10, 64) // stime (field 15)
-			ticks += u + s
-		}
+		cpu += procCPU(pid)
 	}
-	return float64(ticks) / 100
+	return cpu
+}
+
+// procCPU is a process's user+system CPU seconds so far (threads
+// included; softirq work done in its context counts: this kernel has no
+// IRQ time accounting), 0 if it is gone.
+func procCPU(pid int) float64 {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+	if len(f) <= 12 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64) // utime (field 14)
+	s, _ := strconv.ParseInt(f[12], 10, 64) // stime (field 15)
+	return float64(u+s) / 100
 }
 
 // pluginLines returns the lines of dockerd's log that a plugin wrote
@@ -595,15 +612,22 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 	fmt.Fprintf(&sb, "  bulk: one connection, h1, %d MB each way; new connection: %d sequential (TCP + TLS handshake + GET /, close);\n", o.bulkBytes>>20, o.newconnN)
 	fmt.Fprintf(&sb, "  keep-alive: %d connections each doing GET / (~55 byte body) back to back, %s counted after 0.5 s warm-up.\n", o.kaConns, o.kaDur)
 	fmt.Fprintf(&sb, "  host CPU per GB: busy jiffies of /proc/stat (user+nice+system+irq+softirq+steal, whole host, so softirq and kworkers\n")
-	fmt.Fprintf(&sb, "  count, and so does every other agent's work at the time) during the transfer / GB moved.\n\n")
+	fmt.Fprintf(&sb, "  count, and so does every other agent's work at the time) during the transfer / GB moved. When the host busy\n")
+	fmt.Fprintf(&sb, "  fraction is near 1.00 the CPUs were saturated (by this run and by others): host CPU per GB then follows the transfer's\n")
+	fmt.Fprintf(&sb, "  duration, not its cost. client+server+plugin CPU = the client container's cgroup (cpu.stat) + the server process +\n")
+	fmt.Fprintf(&sb, "  the plugin and DNS sidecar processes (softirq work run in their context counts; ksoftirqd and kworkers do not).\n\n")
 
 	rows := []row{
 		{"TLS passthrough bulk download (MB/s)", "bulk-down", false, func(s sample) float64 { return s.MBps }, true, 0.95, ""},
 		{"  download: host CPU seconds per GB", "bulk-down", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
 		{"  download: plugin CPU seconds per GB", "bulk-down", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
+		{"  download: client+server+plugin CPU s/GB", "bulk-down", false, func(s sample) float64 { return s.PathCPUPerGB }, false, 0, ""},
+		{"  download: host busy fraction", "bulk-down", false, func(s sample) float64 { return s.HostBusy }, false, 0, ""},
 		{"TLS passthrough bulk upload (MB/s)", "bulk-up", false, func(s sample) float64 { return s.MBps }, true, 0.95, ""},
 		{"  upload: host CPU seconds per GB", "bulk-up", false, func(s sample) float64 { return s.HostCPUPerGB }, false, 1.2, ""},
 		{"  upload: plugin CPU seconds per GB", "bulk-up", false, func(s sample) float64 { return s.PluginCPU / (float64(o.bulkBytes) / 1e9) }, false, 0, ""},
+		{"  upload: client+server+plugin CPU s/GB", "bulk-up", false, func(s sample) float64 { return s.PathCPUPerGB }, false, 0, ""},
+		{"  upload: host busy fraction", "bulk-up", false, func(s sample) float64 { return s.HostBusy }, false, 0, ""},
 		{"HTTPS new connection + GET p50 (ms)", "https-newconn", false, func(s sample) float64 { return s.P50 }, false, 1.1, ""},
 		{"HTTPS new connection + GET p99 (ms)", "https-newconn", false, func(s sample) float64 { return s.P99 }, false, 1.3, ""},
 		{"plain HTTP new connection + GET p50 (ms)", "http-newconn", false, func(s sample) float64 { return s.P50 }, false, 1.2, ""},

@@ -219,12 +219,34 @@ func cpuJiffies() (busy, total int64) {
 	return busy, total
 }
 
+// cgroupCPU is the CPU seconds of this container's cgroup, 0 if
+// unreadable: cgroup v2 (cpu.stat usage_usec) or v1 (cpuacct.usage, ns);
+// Docker mounts the container's own cgroup at /sys/fs/cgroup.
+func cgroupCPU() float64 {
+	if b, err := os.ReadFile("/sys/fs/cgroup/cpu.stat"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "usage_usec "); ok {
+				x, _ := strconv.ParseFloat(v, 64)
+				return x / 1e6
+			}
+		}
+	}
+	for _, p := range []string{"/sys/fs/cgroup/cpuacct/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage"} {
+		if b, err := os.ReadFile(p); err == nil {
+			x, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+			return x / 1e9
+		}
+	}
+	return 0
+}
+
 type bulkResult struct {
 	Bytes     int64   `json:"bytes"`
 	Secs      float64 `json:"secs"`
 	MBps      float64 `json:"mbps"`
 	HostBusyS float64 `json:"host_busy_s"` // host-wide CPU seconds (USER_HZ 100) during the transfer
 	HostAllS  float64 `json:"host_all_s"`
+	ClientS   float64 `json:"client_cpu_s"` // CPU of the client's cgroup (the container) during the transfer
 }
 
 type repeatReader struct{ left int64 }
@@ -252,6 +274,7 @@ func (c *client) bulk(dir string, size int64) (*bulkResult, error) {
 		return nil, err
 	}
 	b0, a0 := cpuJiffies()
+	c0 := cgroupCPU()
 	start := time.Now()
 	var got int64
 	switch dir {
@@ -280,11 +303,12 @@ func (c *client) bulk(dir string, size int64) (*bulkResult, error) {
 	}
 	secs := time.Since(start).Seconds()
 	b1, a1 := cpuJiffies()
+	c1 := cgroupCPU()
 	if got != size {
 		return nil, fmt.Errorf("%s: %d of %d bytes", dir, got, size)
 	}
 	return &bulkResult{Bytes: got, Secs: secs, MBps: float64(got) / 1e6 / secs,
-		HostBusyS: float64(b1-b0) / 100, HostAllS: float64(a1-a0) / 100}, nil
+		HostBusyS: float64(b1-b0) / 100, HostAllS: float64(a1-a0) / 100, ClientS: c1 - c0}, nil
 }
 
 func get(hc *http.Client, url string) error {
