@@ -58,9 +58,28 @@ func TestFormat(t *testing.T) {
 		"| TLS passthrough bulk download (MB/s) | 100.00 | 90.00 (0.90x) | 50.00 (0.50x) | ≥ 0.95x: **not met** / **not met** |",
 		"| download: host CPU seconds per GB | 5.00 | 6.00 (1.20x) | 5.00 (1.00x) | ≤ 1.20x: met / met |",
 		"| log lines dockerd relayed from the plugin, lines / allowed flows | — | 1 / 15 allowed HTTPS connections;",
+		"| download: client+server+plugin CPU s/GB | 0.00 | 0.00 (0.00x) |",
+		"| download: plugin CPU seconds per GB | — | 0.00 |",
+		"| none per flow: met |\n",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestPairedRatio: each clawker-fw sample is compared with the bridge
+// sample of its own block, not with the median of all bridge samples.
+func TestPairedRatio(t *testing.T) {
+	b := &bench{samples: map[string]map[string][]sample{"w": {
+		"bridge": {{MBps: 100, Block: 0}, {MBps: 200, Block: 1}, {MBps: 400, Block: 2}},
+		"cfw/on": {{MBps: 90, Block: 0}, {MBps: 180, Block: 1}, {MBps: 400, Block: 2}},
+	}}}
+	mbps := func(s sample) float64 { return s.MBps }
+	if r := b.pairedRatio("w", "cfw/on", mbps); r != 0.9 {
+		t.Errorf("paired ratio %v, want 0.9", r)
+	}
+	if r := b.pairedRatio("w", "cfw/off", mbps); r != 0 {
+		t.Errorf("no samples: %v, want 0", r)
 	}
 }
