@@ -585,6 +585,11 @@ func (b *bench) med(w, arm string, f func(sample) float64) float64 {
 // same block (next to each other in time, so that the machine's drifting
 // load cancels out as far as it can).
 func (b *bench) pairedRatio(w, arm string, f func(sample) float64) float64 {
+	return median(b.pairedRatios(w, arm, f))
+}
+
+// pairedRatios are the per-block ratios of pairedRatio, in block order.
+func (b *bench) pairedRatios(w, arm string, f func(sample) float64) []float64 {
 	var rs []float64
 	for _, s := range b.samples[w][arm] {
 		for _, br := range b.samples[w]["bridge"] {
@@ -593,7 +598,16 @@ func (b *bench) pairedRatio(w, arm string, f func(sample) float64) float64 {
 			}
 		}
 	}
-	return median(rs)
+	return rs
+}
+
+// spread prints per-round ratios: "0.81 0.92 0.77".
+func spread(rs []float64) string {
+	var parts []string
+	for _, r := range rs {
+		parts = append(parts, fmt.Sprintf("%.2f", r))
+	}
+	return strings.Join(parts, " ")
 }
 
 type row struct {
@@ -661,7 +675,7 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 		{"  inspecting h2: plugin CPU s per s", "ka-h2", true, func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }, false, 0, ""},
 		{"DNS allowed query p50 (ms, A record)", "dns", false, func(s sample) float64 { return s.P50 }, false, 0, ""},
 	}
-	fmt.Fprintf(&sb, "%-44s %9s %10s %7s %10s %7s %8s  %s\n", "workload", "bridge", "splice on", "ratio", "splice off", "ratio", "target", "verdict (on / off)")
+	fmt.Fprintf(&sb, "%-44s %9s %10s %7s %10s %7s %8s  %s\n", "workload", "bridge", "splice on", "ratio", "splice off", "ratio", "target", "verdict (on / off); per-round ratios on | off")
 	fmt.Fprintf(&md, "| workload | plain bridge | clawker-fw, kernel splice on | kernel splice off | target |\n| --- | --- | --- | --- | --- |\n")
 	for _, r := range rows {
 		arm := "cfw/"
@@ -680,7 +694,14 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 			tgt = fmt.Sprintf("%s%.2fx", cmp, r.target)
 			verdict = meets(ron, r) + " / " + meets(roff, r)
 		}
-		fmt.Fprintf(&sb, "%-44s %9.2f %10.2f %6.2fx %10.2f %6.2fx %8s  %s\n", r.label, br, on, ron, off, roff, tgt, verdict)
+		fmt.Fprintf(&sb, "%-44s %9.2f %10.2f %6.2fx %10.2f %6.2fx %8s  %s", r.label, br, on, ron, off, roff, tgt, verdict)
+		if !strings.Contains(r.label, ": plugin CPU") {
+			if verdict != "" {
+				sb.WriteString("; ")
+			}
+			fmt.Fprintf(&sb, "[%s | %s]", spread(b.pairedRatios(r.w, arm+"on", r.f)), spread(b.pairedRatios(r.w, arm+"off", r.f)))
+		}
+		sb.WriteString("\n")
 		mdTarget := "—"
 		if r.target > 0 {
 			mdTarget = strings.ReplaceAll(tgt, ">=", "≥ ")

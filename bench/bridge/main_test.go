@@ -45,7 +45,7 @@ func TestFormat(t *testing.T) {
 	}
 	report, md := b.format("1 1 1", "2 2 2", 0)
 	for _, want := range []string{
-		"TLS passthrough bulk download (MB/s)            100.00      90.00   0.90x      50.00   0.50x  >=0.95x  NOT met / NOT met",
+		"TLS passthrough bulk download (MB/s)            100.00      90.00   0.90x      50.00   0.50x  >=0.95x  NOT met / NOT met; [0.90 | 0.50]",
 		"HTTPS keep-alive INSPECTING h1 (req/s)         1000.00     600.00   0.60x     500.00   0.50x  >=0.60x  met / NOT met",
 		"splice on       1 lines for     15 allowed HTTPS connections",
 		"load average at start: 1 1 1; at end: 2 2 2",
