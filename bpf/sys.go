@@ -19,6 +19,37 @@ const (
 	soNetnsCookie = 71 // SO_NETNS_COOKIE
 )
 
+// ErrPinDirInUse is returned by LockPinDir when another process holds the
+// pin directory.
+var ErrPinDirInUse = errors.New("pin directory in use")
+
+// LockPinDir takes an exclusive, non-blocking flock on the pin directory
+// dir (created if missing) and holds it until release is called or the
+// process exits. Two plugins on one kernel (a second dockerd in its own
+// network namespace, e.g. a swarm worker next to a manager) each attach
+// their own programs at the cgroup root, which is safe (a program passes
+// every socket whose namespace its maps do not enroll), but two plugins on
+// one pin directory would rebuild and rewrite each other's maps: the
+// second one must not start. The lock is on the bpffs inode, so it holds
+// across mount namespaces.
+func LockPinDir(dir string) (release func(), err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin dir %s: %w", dir, err)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open pin dir %s: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("lock %s: %w by another clawker-fw on this kernel (give each plugin its own CLAWKER_BPF_PIN_DIR)", dir, ErrPinDirInUse)
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
 // CheckHostBPFFS checks that path is on a mounted bpffs. Pins made anywhere
 // else (a tmpfs, a bpffs that dies with a mount namespace) do not keep the
 // programs attached. Whether that bpffs is the host's instance is for the

@@ -49,6 +49,11 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	if err := bpf.CheckHostBPFFS(filepath.Dir(s.PinDir)); err != nil {
 		return err
 	}
+	unlock, err := bpf.LockPinDir(s.PinDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	mgr, err := bpf.Open(bpf.Config{PinDir: s.PinDir, CgroupPath: s.Cgroup})
 	if err != nil {
 		return err

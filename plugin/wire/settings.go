@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -70,6 +71,9 @@ func ReadSettings() (Settings, error) {
 		ExtraCA:       env("CLAWKER_EXTRA_CA", ""),
 		CoreDNSBinary: env("CLAWKER_COREDNS", "/bin/clawker-coredns"),
 		AuthzOverride: env("CLAWKER_AUTHZ_OVERRIDE", "false") == "true",
+	}
+	if !filepath.IsAbs(s.PinDir) || filepath.Clean(s.PinDir) != s.PinDir || s.PinDir == "/" {
+		return s, fmt.Errorf("setting CLAWKER_BPF_PIN_DIR: %q is not a clean absolute path on the host's bpffs (e.g. %s)", s.PinDir, bpf.DefaultPinDir)
 	}
 	var err error
 	if s.LogLevel, err = logrus.ParseLevel(env("CLAWKER_LOG_LEVEL", "info")); err != nil {
