@@ -257,8 +257,10 @@ func (e *Env) startDockerd() error {
 // reach the plugin's rslave mount of that directory. These machines' / is
 // private, where the plugin would see only empty files. The mount is under
 // the Env directory (Close unmounts it).
-func (e *Env) shareNetnsDir() error {
-	dir := e.NetnsDir()
+func (e *Env) shareNetnsDir() error { return shareDir(e.NetnsDir()) }
+
+// shareDir bind-mounts dir on itself (once) and makes it a shared mount.
+func shareDir(dir string) error {
 	if slices.Contains(mountsUnder(dir), dir) {
 		return nil
 	}
@@ -274,21 +276,28 @@ func (e *Env) shareNetnsDir() error {
 	return nil
 }
 
-// apiClient talks HTTP to the test dockerd's socket.
-func (e *Env) apiClient() *http.Client {
+// unixClient talks HTTP to a dockerd's API socket.
+func unixClient(socket string) *http.Client {
 	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", e.Socket())
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 		},
 	}}
 }
 
 func (e *Env) waitDockerd(timeout time.Duration) error {
-	client := e.apiClient()
-	deadline := time.Now().Add(timeout)
 	e.mu.Lock()
 	done := e.dockerdCh
 	e.mu.Unlock()
+	return waitPing(e.Socket(), done, e.DockerdLog(), timeout)
+}
+
+// waitPing waits until the dockerd on socket answers /_ping, or done is
+// closed (it exited), or timeout; errors carry the tail of its log.
+func waitPing(socket string, done <-chan struct{}, log string, timeout time.Duration) error {
+	client := unixClient(socket)
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(timeout)
 	for {
 		resp, err := client.Get("http://docker/_ping")
 		if err == nil {
@@ -299,11 +308,11 @@ func (e *Env) waitDockerd(timeout time.Duration) error {
 		}
 		select {
 		case <-done:
-			return fmt.Errorf("dockerd exited; log %s:\n%s", e.DockerdLog(), tail(e.DockerdLog(), 20))
+			return fmt.Errorf("dockerd exited; log %s:\n%s", log, tail(log, 20))
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("dockerd not answering after %v; log %s:\n%s", timeout, e.DockerdLog(), tail(e.DockerdLog(), 20))
+			return fmt.Errorf("dockerd not answering after %v; log %s:\n%s", timeout, log, tail(log, 20))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -232,7 +232,7 @@ func Start(opts Options) (_ *Env, err error) {
 	}
 	cleanStaleEnvs(opts.Logf)
 	// What a dead Env left goes before the snapshot: it is not the host's.
-	if err := errors.Join(removeStaleNetns(), removeStaleBridge()); err != nil {
+	if err := errors.Join(removeStaleNetns(), removeStaleBridge(), removeStaleNodes()); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -326,8 +326,13 @@ func (e *Env) DockerStdin(stdin io.Reader, args ...string) (stdout, stderr strin
 
 // DockerContext is Docker with a context and stdin (nil for none).
 func (e *Env) DockerContext(ctx context.Context, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
+	return runDocker(ctx, e.DockerHost(), filepath.Join(e.dir, "cli"), stdin, args...)
+}
+
+// runDocker runs the docker CLI against host with its own config directory.
+func runDocker(ctx context.Context, host, configDir string, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
 	cmd := exec.CommandContext(ctx, dockerCLI(), args...)
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.DockerHost(), "DOCKER_CONFIG="+filepath.Join(e.dir, "cli"))
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+host, "DOCKER_CONFIG="+configDir)
 	cmd.Stdin = stdin
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
