@@ -60,9 +60,11 @@ func setupSwarmNode(t *testing.T) *swarmNode {
 	require.NoError(t, err, "copy plugin build: %s", out)
 	require.NoError(t, s.node.InstallPlugin(driver, copyDir, append(s.node.PluginSettings(), scope...)...))
 
-	// The manager advertises its address on the worker's link; Swarm's
-	// overlay pool stays off the host's and the tests' ranges.
-	e.MustDocker(t, "swarm", "init", "--advertise-addr", harness.NodeHostIP(1), "--default-addr-pool", "10.233.0.0/16")
+	// The manager listens and advertises on its address on the worker's
+	// link, off the default port (a developer's own swarm); Swarm's overlay
+	// pool stays off the host's and the tests' ranges.
+	mgr := harness.NodeHostIP(1) + ":2477"
+	e.MustDocker(t, "swarm", "init", "--listen-addr", mgr, "--advertise-addr", mgr, "--default-addr-pool", "10.233.0.0/16")
 	require.NoError(t, s.node.JoinSwarm())
 	// Each plugin pins in its own directory (two on one kernel must not
 	// share maps).

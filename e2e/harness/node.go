@@ -343,9 +343,11 @@ func (n *Node) InstallPlugin(ref, buildDir string, settings ...string) error {
 	return nil
 }
 
-// JoinSwarm joins the node to the Env dockerd's swarm as a worker. The
-// manager must advertise an address the node reaches (NodeHostIP, or any
-// host address: the node's default route is the host).
+// JoinSwarm joins the node to the Env dockerd's swarm as a worker, at the
+// manager's address and port (the node listens on its own address and the
+// same port). The manager must advertise an address the node reaches
+// (NodeHostIP, or any host address but loopback: the node's default route
+// is the host).
 func (n *Node) JoinSwarm() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -353,13 +355,21 @@ func (n *Node) JoinSwarm() error {
 	if err != nil {
 		return err
 	}
-	addr, _, err := n.env.DockerContext(ctx, nil, "info", "-f", "{{.Swarm.NodeAddr}}")
+	managers, _, err := n.env.DockerContext(ctx, nil, "info", "-f", "{{range .Swarm.RemoteManagers}}{{.Addr}} {{end}}")
 	if err != nil {
 		return err
 	}
+	addr := strings.Fields(managers)
+	if len(addr) == 0 {
+		return fmt.Errorf("node %d: the Env's dockerd is no swarm manager", n.index)
+	}
+	_, port, err := net.SplitHostPort(addr[0])
+	if err != nil {
+		return fmt.Errorf("node %d: manager address %q: %w", n.index, addr[0], err)
+	}
 	start := time.Now()
 	if _, _, err := n.Docker("swarm", "join", "--token", strings.TrimSpace(token),
-		"--advertise-addr", n.IP(), "--listen-addr", n.IP()+":2377", net.JoinHostPort(strings.TrimSpace(addr), "2377")); err != nil {
+		"--advertise-addr", net.JoinHostPort(n.IP(), port), "--listen-addr", net.JoinHostPort(n.IP(), port), addr[0]); err != nil {
 		return fmt.Errorf("node %d: %w", n.index, err)
 	}
 	id, _, err := n.Docker("info", "-f", "{{.Swarm.NodeID}}")
