@@ -223,11 +223,13 @@ type Engine struct {
 
 	caps *caps
 
-	transports sync.Map // uint32 endpoint index -> *http.Transport
-	dnsCache   sync.Map // resolver key + name -> *dnsEntry
-	dnsCacheN  atomic.Int64
-	resolvers  sync.Map // resolver key -> Resolver (networks' own upstreams)
-	resolversN atomic.Int64
+	transports  sync.Map // uint32 endpoint index -> *http.Transport
+	tlsConfigs  sync.Map // *tls.Certificate (a leaf) -> *tls.Config (inspectConfig)
+	tlsConfigsN atomic.Int64
+	dnsCache    sync.Map // resolver key + name -> *dnsEntry
+	dnsCacheN   atomic.Int64
+	resolvers   sync.Map // resolver key -> Resolver (networks' own upstreams)
+	resolversN  atomic.Int64
 }
 
 type current struct {

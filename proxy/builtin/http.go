@@ -50,11 +50,7 @@ func (f *flow) inspect(ctx context.Context, fl verdict.Flow, v verdict.Verdict) 
 	defer untrack()
 	f.allow(v)
 	cc := &countConn{Conn: f.conn, f: f}
-	tc := tls.Server(cc, &tls.Config{
-		Certificates: []tls.Certificate{*leaf},
-		NextProtos:   []string{"h2", "http/1.1"},
-		MinVersion:   tls.VersionTLS12,
-	})
+	tc := tls.Server(cc, f.e.inspectConfig(leaf))
 	hctx, cancel := context.WithTimeout(ctx, f.e.cfg.SniffTimeout)
 	err = tc.HandshakeContext(hctx)
 	cancel()
@@ -119,6 +115,33 @@ func (f *flow) serveHTTP(ctx context.Context, who policy.Who, c net.Conn, tlsNam
 		f.reason, _ = f.lastDeny.Load().(policy.Reason)
 	}
 }
+
+// inspectConfig returns the server config that terminates inspected TLS
+// with leaf: one per leaf, because a config holds the keys of the session
+// tickets it issues, so a client that reconnects to the same name resumes
+// its session instead of a full handshake (with a config per connection no
+// ticket could ever be used). Tickets of one name's config are useless to
+// another's, and resuming decides nothing: the SNI was decided before the
+// handshake, and every request's Host is decided after it.
+func (e *Engine) inspectConfig(leaf *tls.Certificate) *tls.Config {
+	if v, ok := e.tlsConfigs.Load(leaf); ok {
+		return v.(*tls.Config)
+	}
+	if e.tlsConfigsN.Add(1) > maxTLSConfigs {
+		// Leaves are renewed and the CA rotates: start over rather than
+		// keep old leaves alive.
+		e.tlsConfigs.Clear()
+		e.tlsConfigsN.Store(0)
+	}
+	v, _ := e.tlsConfigs.LoadOrStore(leaf, &tls.Config{
+		Certificates: []tls.Certificate{*leaf},
+		NextProtos:   []string{"h2", "http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+	})
+	return v.(*tls.Config)
+}
+
+const maxTLSConfigs = 1024
 
 // copyBuffers lends the reverse proxy its body copy buffers: without a
 // pool it allocates 32 KiB for every response, which under inspection
