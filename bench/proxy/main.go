@@ -242,9 +242,9 @@ func (e *env) startEngine() error {
 		AllowPrivateUpstreams: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		// The bench's "internet" is the host's loopback, which the proxy
 		// otherwise refuses as host-local.
-		HostLocal:    func(netip.Addr) (bool, error) { return false, nil },
-		BindAddr:     "127.0.0.1",
-		ListenPort:   func(uint16) uint16 { return 0 },
+		HostLocal:  func(netip.Addr) (bool, error) { return false, nil },
+		BindAddr:   "127.0.0.1",
+		ListenPort: func(uint16) uint16 { return 0 },
 		UpstreamPort: func(p uint16) uint16 {
 			if p == 80 {
 				return e.plainPort
@@ -559,12 +559,17 @@ func (e *env) bulkOnce(v variant, dir string, n int64) (float64, error) {
 }
 
 // newConnLatencies times n rounds of one new-connection GET of host per
-// variant (interleaved), by variant name.
-func (e *env) newConnLatencies(rep *report, vs []variant, host string, n int) map[string][]time.Duration {
+// variant (interleaved), by variant name. With resume, each client keeps
+// TLS sessions and offers them again (as browsers and most HTTP libraries
+// do within a process).
+func (e *env) newConnLatencies(rep *report, vs []variant, host string, n int, resume bool) map[string][]time.Duration {
 	lat := map[string][]time.Duration{}
 	clients := map[string]*http.Client{}
 	for _, v := range vs {
 		clients[v.name] = e.httpClient(v, false, false)
+		if resume {
+			clients[v.name].Transport.(*http.Transport).TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(16)
+		}
 	}
 	for i := 0; i < n; i++ {
 		for _, v := range vs {
@@ -583,7 +588,7 @@ func (e *env) newConnLatencies(rep *report, vs []variant, host string, n int) ma
 }
 
 func (e *env) benchNewConn(rep *report) {
-	lat := e.newConnLatencies(rep, e.withKernel(e.variants()), benchName, *connN)
+	lat := e.newConnLatencies(rep, e.withKernel(e.variants()), benchName, *connN, false)
 	for _, p := range []float64{0.5, 0.99} {
 		q := func(n string) float64 { return float64(pct(lat[n], p).Microseconds()) / 1000 }
 		rep.row(fmt.Sprintf("HTTPS new connection + GET, p%d latency (ms, %d conns)", int(p*100), *connN), q("direct"), q("builtin"), q("squid"), false)
@@ -689,8 +694,10 @@ func (e *env) benchInspect(rep *report) {
 		rep.loadRows(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), res)
 	}
 	// New connections under inspection (direct and builtin only).
-	lat := e.newConnLatencies(rep, vs[:2], inspectName, *connN/2)
+	lat := e.newConnLatencies(rep, vs[:2], inspectName, *connN/2, false)
 	rep.row("HTTPS new connection + GET, builtin INSPECTING, p50 latency (ms)", ms(pct(lat["direct"], .5)), ms(pct(lat["builtin"], .5)), 0, false)
+	lat = e.newConnLatencies(rep, vs[:2], inspectName, *connN/2, true)
+	rep.row("  the same, clients resuming TLS sessions, p50 latency (ms)", ms(pct(lat["direct"], .5)), ms(pct(lat["builtin"], .5)), 0, false)
 }
 
 // load is what one requests/s run cost: requests per second, and CPU
