@@ -22,7 +22,9 @@ import (
 //   - the decision and the close: one goroutine per direction waits on its
 //     source socket (it wakes for a FIN or a reset), forwards the FIN only
 //     once every byte before it has entered the peer's send buffer, and
-//     propagates resets (SO_LINGER 0, then close);
+//     only if the kernel's count of bytes received matches what reached
+//     the peer (kdir.intact; else it resets), and propagates resets
+//     (SO_LINGER 0, then close);
 //   - backpressure: when the program reports that a peer fell behind (the
 //     kernel's queue in front of it has no bound of its own), the source is
 //     paused — taken out of the program's map, so its bytes wait in its
@@ -53,7 +55,11 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 	// socket yet, and the program may write to them as soon as Add returns.
 	dBase, err1 := streamBytes(down)
 	uBase, err2 := streamBytes(upTCP)
-	if err := errors.Join(err1, err2); err != nil {
+	// And each receive queue's: what was read before (nothing: the proxy
+	// only peeks). Not in a socket map yet, SIOCINQ is TCP's own.
+	dIn, err3 := consumedBytes(down)
+	uIn, err4 := consumedBytes(upTCP)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		f.e.log.WithError(err).Debug("kernel splice: cannot read the sockets' counters; copying in userspace")
 		return false
 	}
@@ -102,8 +108,8 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 	onReset := func() { abort() }
 	f.onReset.Store(&onReset)
 	defer f.onReset.Store(nil)
-	upDir := &kdir{s: s, src: down, dst: upTCP, cookie: pair.A, dstBase: uBase, failed: &failed, wake: wake}
-	downDir := &kdir{s: s, src: upTCP, dst: down, cookie: pair.B, dstBase: dBase, failed: &failed, wake: wake}
+	upDir := &kdir{s: s, src: down, dst: upTCP, cookie: pair.A, srcBase: dIn, dstBase: uBase, failed: &failed, wake: wake}
+	downDir := &kdir{s: s, src: upTCP, dst: down, cookie: pair.B, srcBase: uIn, dstBase: dBase, failed: &failed, wake: wake}
 	pumped := make(chan struct{})
 	for _, d := range []*kdir{upDir, downDir} {
 		go func() {
@@ -166,6 +172,7 @@ type kdir struct {
 	src     *net.TCPConn
 	dst     *net.TCPConn
 	cookie  uint64 // src's
+	srcBase uint64 // src's consumedBytes when the pair entered the kernel path
 	dstBase uint64 // dst's streamBytes when the pair entered the kernel path
 	failed  *atomic.Bool
 	wake    <-chan struct{}
@@ -239,6 +246,45 @@ func (d *kdir) pauseOnce() error {
 	return kick(d.src) // SO_RCVLOWAT back to 1, and the queue to the program
 }
 
+// errSpliceLost: bytes of a spliced flow left its source's receive queue
+// without reaching the peer.
+var errSpliceLost = errors.New("kernel splice lost bytes")
+
+// spliceTestLost (tests) adds to what intact counts as having arrived: a
+// lost skb, made on demand.
+var spliceTestLost atomic.Uint64
+
+// intact runs when src's FIN has come and every byte before it has left
+// src's receive queue (the program took them, or copyRest read them): it
+// checks that all of them reached the peer, by the kernel's count of bytes
+// received (TCP_INFO bytes_received, the FIN counting one), against what was
+// read before the pair entered the kernel path, what the program
+// redirected, and what copyRest copied. A byte can leave the queue unseen
+// when a run of the program races its socket's removal from the program's
+// map (pauseOnce narrows that window but cannot close it): such a flow ends
+// with a reset (the caller's abort), never a FIN after a hole.
+func (d *kdir) intact() error {
+	st, err := d.s.Stats(d.cookie)
+	if err != nil {
+		return err
+	}
+	got, err := countFD(d.src, func(fd int) (uint64, error) {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return 0, err
+		}
+		return info.Bytes_received - 1, nil // the FIN
+	})
+	if err != nil {
+		return err
+	}
+	got += spliceTestLost.Load()
+	if want := d.srcBase + st.Redirected + uint64(d.copied.Load()); got != want {
+		return fmt.Errorf("%w: %d bytes arrived, %d reached the peer", errSpliceLost, got, want)
+	}
+	return nil
+}
+
 // drained waits until dst's send buffer has taken every byte the program
 // redirected from src so far.
 func (d *kdir) drained() error {
@@ -259,6 +305,9 @@ func (d *kdir) copyRest() error {
 	n, err := io.Copy(onlyWriter{d.dst}, onlyReader{d.src})
 	d.copied.Add(n)
 	if err != nil {
+		return err
+	}
+	if err := d.intact(); err != nil {
 		return err
 	}
 	d.finished = true
@@ -330,6 +379,9 @@ func (d *kdir) pump() error {
 		return nil
 	}
 	if err := kick(d.src); err != nil {
+		return err
+	}
+	if err := d.intact(); err != nil {
 		return err
 	}
 	if err := d.drained(); err != nil {
@@ -469,29 +521,64 @@ const (
 // (SIOCOUTQ). Read in that order it never overstates: what is acked between
 // the two reads leaves the queue after it was counted as unacked, or not at
 // all.
-func streamBytes(c *net.TCPConn) (uint64, error) {
+func streamBytes(c *net.TCPConn) (uint64, error) { return countFD(c, streamBytesFD) }
+
+// countFD runs fn with c's file descriptor.
+func countFD(c *net.TCPConn, fn func(fd int) (uint64, error)) (uint64, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
 	var n uint64
 	var serr error
-	if err := rc.Control(func(fd uintptr) { n, serr = streamBytesFD(int(fd)) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { n, serr = fn(int(fd)) }); err != nil {
 		return 0, err
 	}
 	return n, serr
 }
 
 func streamBytesFD(fd int) (uint64, error) {
-	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	if err != nil {
-		return 0, err
-	}
-	q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	info, q, err := infoThenQueue(fd, unix.SIOCOUTQ)
 	if err != nil {
 		return 0, err
 	}
 	return info.Bytes_acked + uint64(q), nil
+}
+
+// infoThenQueue reads fd's TCP_INFO, then the queue ioctl req (SIOCOUTQ,
+// SIOCINQ) answers.
+func infoThenQueue(fd int, req uint) (*unix.TCPInfo, int, error) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return nil, 0, err
+	}
+	q, err := unix.IoctlGetInt(fd, req)
+	if err != nil {
+		return nil, 0, err
+	}
+	return info, q, nil
+}
+
+// consumedBytes is how many bytes of c's incoming stream have left its
+// receive queue, for a socket in no socket map (whose SIOCINQ is TCP's):
+// bytes_received (TCP_INFO) less what is queued (SIOCINQ), read until
+// bytes_received holds still across the reads.
+func consumedBytes(c *net.TCPConn) (uint64, error) {
+	return countFD(c, func(fd int) (uint64, error) {
+		for {
+			a, inq, err := infoThenQueue(fd, unix.SIOCINQ)
+			if err != nil {
+				return 0, err
+			}
+			b, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err != nil {
+				return 0, err
+			}
+			if a.Bytes_received == b.Bytes_received {
+				return b.Bytes_received - uint64(inq), nil
+			}
+		}
+	})
 }
 
 // withFDs runs fn with the file descriptors of a and b.

@@ -801,3 +801,51 @@ func TestKernelSpliceBackpressure(t *testing.T) {
 		require.GreaterOrEqual(t, kernelPauses(t, h, dir), int64(2), dir)
 	}
 }
+
+// TestKernelSpliceLostEndsWithReset: when the kernel's count of bytes that
+// arrived on a socket exceeds what reached its peer (an skb lost between a
+// run of the program and the socket's removal from the program's map, made
+// here on demand by spliceTestLost), the flow ends with a reset on both
+// sides, never with a FIN after the hole; with the counts equal (the
+// control, same flow) the FIN goes through.
+func TestKernelSpliceLostEndsWithReset(t *testing.T) {
+	s := openSplicer(t)
+	_, srv, addr := tcpSpliceSetup(t, s)
+	flow := func(t *testing.T) (client, server error) {
+		res := make(chan error, 1)
+		srv.set(func(c *net.TCPConn) {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(c)
+			if err == nil && string(got) != "payload" {
+				err = fmt.Errorf("server got %q", got)
+			}
+			res <- err
+		})
+		c := dialFrom(t, "127.0.0.2", addr)
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		time.Sleep(100 * time.Millisecond) // in the kernel path
+		_, err := io.WriteString(c, "payload")
+		require.NoError(t, err)
+		require.NoError(t, c.CloseWrite())
+		select {
+		case server = <-res:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the server saw neither a FIN nor a reset")
+		}
+		_, client = io.ReadAll(c)
+		return client, server
+	}
+	t.Run("counts equal", func(t *testing.T) {
+		client, server := flow(t)
+		require.NoError(t, server)
+		require.NoError(t, client) // the server's close, as a FIN
+	})
+	t.Run("one byte lost", func(t *testing.T) {
+		spliceTestLost.Store(1)
+		t.Cleanup(func() { spliceTestLost.Store(0) })
+		client, server := flow(t)
+		require.ErrorIs(t, server, syscall.ECONNRESET, "the server took a stream with a hole for a complete one")
+		require.ErrorIs(t, client, syscall.ECONNRESET)
+	})
+}
