@@ -21,7 +21,7 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-#define LAYOUT_VERSION 2
+#define LAYOUT_VERSION 3
 
 #define EP_FLAG_ICC 1
 
@@ -82,11 +82,11 @@ struct cidr_val {
 };
 
 struct route_key {
-	__u32 index;
+	__u32 index; /* endpoint index; in base_routes the network's gateway */
 	__u32 identity;
 	__u16 port; /* host byte order */
 	__u8 l4;
-	__u8 pad;
+	__u8 pad; /* 1 with identity, port and l4 0: the endpoint is layered */
 };
 
 struct route_val {
@@ -172,6 +172,30 @@ struct {
 	__type(value, struct route_val);
 } routes SEC(".maps");
 
+/*
+ * A network's base policy (its option and runtime rules) routed once for
+ * every endpoint layered on it, keyed by the network's gateway (route_key
+ * and cidr_key with index = gateway, network byte order): an endpoint's own
+ * routes and CIDRs hold only what its labels change (see policy.Layer), and
+ * a lookup that misses them falls back to its network's base when the
+ * endpoint carries the layered mark in routes (never for an endpoint
+ * pending or with bad labels).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct route_key);
+	__type(value, struct route_val);
+} base_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cidr_key);
+	__type(value, struct cidr_val);
+} base_cidrs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -249,6 +273,13 @@ struct decision {
 	__u32 identity; /* for V_DENY, when known */
 };
 
+/* layered reports whether ep's routes fall back to its network's base. */
+static __always_inline int layered(struct endpoint *ep)
+{
+	struct route_key mark = { .index = ep->index, .pad = 1 };
+	return bpf_map_lookup_elem(&routes, &mark) != NULL;
+}
+
 static __always_inline int route(struct endpoint *ep, __u32 identity, __u16 dport, __u8 l4,
 				 struct decision *d)
 {
@@ -259,6 +290,10 @@ static __always_inline int route(struct endpoint *ep, __u32 identity, __u16 dpor
 		.l4 = l4,
 	};
 	struct route_val *rv = bpf_map_lookup_elem(&routes, &rk);
+	if (!rv && layered(ep)) {
+		rk.index = ep->gateway;
+		rv = bpf_map_lookup_elem(&base_routes, &rk);
+	}
 	if (!rv)
 		return -1;
 	if (rv->listener_port == 0)
@@ -357,6 +392,10 @@ static __always_inline int decide4(struct endpoint *ep, __u32 dst, __u16 dport, 
 
 	struct cidr_key ck = { .prefixlen = 64, .index = bpf_htonl(ep->index), .addr = dst };
 	struct cidr_val *cv = bpf_map_lookup_elem(&cidrs, &ck);
+	if (!cv && layered(ep)) {
+		ck.index = ep->gateway;
+		cv = bpf_map_lookup_elem(&base_cidrs, &ck);
+	}
 	if (cv) {
 		if (reason != REASON_NO_ROUTE)
 			d->identity = cv->identity;

@@ -95,6 +95,8 @@ type clawkerRouteVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	clawkerMapBaseCidrs            = "base_cidrs"
+	clawkerMapBaseRoutes           = "base_routes"
 	clawkerMapCidrs                = "cidrs"
 	clawkerMapCounters             = "counters"
 	clawkerMapEndpoints            = "endpoints"
@@ -173,14 +175,16 @@ type clawkerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type clawkerMapSpecs struct {
-	Cidrs     *ebpf.MapSpec `ebpf:"cidrs"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Learned   *ebpf.MapSpec `ebpf:"learned"`
-	Meta      *ebpf.MapSpec `ebpf:"meta"`
-	Origdst   *ebpf.MapSpec `ebpf:"origdst"`
-	Routes    *ebpf.MapSpec `ebpf:"routes"`
+	BaseCidrs  *ebpf.MapSpec `ebpf:"base_cidrs"`
+	BaseRoutes *ebpf.MapSpec `ebpf:"base_routes"`
+	Cidrs      *ebpf.MapSpec `ebpf:"cidrs"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	Learned    *ebpf.MapSpec `ebpf:"learned"`
+	Meta       *ebpf.MapSpec `ebpf:"meta"`
+	Origdst    *ebpf.MapSpec `ebpf:"origdst"`
+	Routes     *ebpf.MapSpec `ebpf:"routes"`
 }
 
 // clawkerVariableSpecs contains global variables before they are loaded into the kernel.
@@ -211,18 +215,22 @@ func (o *clawkerObjects) Close() error {
 //
 // It can be passed to loadClawkerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type clawkerMaps struct {
-	Cidrs     *ebpf.Map `ebpf:"cidrs"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Learned   *ebpf.Map `ebpf:"learned"`
-	Meta      *ebpf.Map `ebpf:"meta"`
-	Origdst   *ebpf.Map `ebpf:"origdst"`
-	Routes    *ebpf.Map `ebpf:"routes"`
+	BaseCidrs  *ebpf.Map `ebpf:"base_cidrs"`
+	BaseRoutes *ebpf.Map `ebpf:"base_routes"`
+	Cidrs      *ebpf.Map `ebpf:"cidrs"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Events     *ebpf.Map `ebpf:"events"`
+	Learned    *ebpf.Map `ebpf:"learned"`
+	Meta       *ebpf.Map `ebpf:"meta"`
+	Origdst    *ebpf.Map `ebpf:"origdst"`
+	Routes     *ebpf.Map `ebpf:"routes"`
 }
 
 func (m *clawkerMaps) Close() error {
 	return _ClawkerClose(
+		m.BaseCidrs,
+		m.BaseRoutes,
 		m.Cidrs,
 		m.Counters,
 		m.Endpoints,

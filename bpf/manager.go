@@ -29,7 +29,7 @@ var ErrClosed = errors.New("bpf manager is closed")
 // LayoutVersion is the version of the map layouts compiled into this binary
 // (LAYOUT_VERSION in clawker.c). It is stored in the pinned `meta` map; every
 // consumer compares it when it opens the pins.
-const LayoutVersion = 2
+const LayoutVersion = 3
 
 // DefaultPinDir is where production pins live (on the host's bpffs).
 const DefaultPinDir = "/sys/fs/bpf/clawker-fw"
@@ -41,12 +41,16 @@ const (
 	MapLearned   = "learned"
 	MapCIDRs     = "cidrs"
 	MapRoutes    = "routes"
-	MapOrigDst   = "origdst"
-	MapEvents    = "events"
-	MapCounters  = "counters"
+	// MapBaseRoutes and MapBaseCIDRs hold each network's base policy once,
+	// keyed by its gateway (see SyncBase).
+	MapBaseRoutes = "base_routes"
+	MapBaseCIDRs  = "base_cidrs"
+	MapOrigDst    = "origdst"
+	MapEvents     = "events"
+	MapCounters   = "counters"
 )
 
-var mapNames = []string{MapMeta, MapEndpoints, MapLearned, MapCIDRs, MapRoutes, MapOrigDst, MapEvents, MapCounters}
+var mapNames = []string{MapMeta, MapEndpoints, MapLearned, MapCIDRs, MapRoutes, MapBaseRoutes, MapBaseCIDRs, MapOrigDst, MapEvents, MapCounters}
 
 // hook is one program and where it attaches; the link is pinned as
 // link_<name>.

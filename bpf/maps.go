@@ -423,27 +423,46 @@ func syncMap[K comparable, V comparable](mp *ebpf.Map, want map[K]V) error {
 // before stale ones are deleted, so a connect that is allowed before and
 // after the change never fails during it.
 func (m *Manager) SyncRoutes(routes map[uint32][]Route) error {
+	return m.SyncRoutesLayered(routes, nil)
+}
+
+// SyncRoutesLayered is SyncRoutes where the endpoints listed in layered
+// also get the layered mark: the hooks then fall back, for what an
+// endpoint's own routes and CIDRs miss, to its network's base (SyncBase,
+// keyed by the gateway the endpoint is enrolled with). An endpoint without
+// the mark (pending, bad labels, or not layered) never reaches a base.
+func (m *Manager) SyncRoutesLayered(routes map[uint32][]Route, layered []uint32) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
 	want := map[clawkerRouteKey]clawkerRouteVal{}
 	for index, rs := range routes {
-		for _, r := range rs {
-			if r.L4 != 6 && r.L4 != 17 {
-				return fmt.Errorf("sync routes: endpoint %d identity %d port %d: l4 %d is neither tcp (6) nor udp (17)", index, r.Identity, r.Port, r.L4)
-			}
-			k := clawkerRouteKey{Index: index, Identity: r.Identity, Port: r.Port, L4: r.L4}
-			v := clawkerRouteVal{ListenerPort: r.ListenerPort}
-			if old, ok := want[k]; ok && old != v {
-				return fmt.Errorf("sync routes: endpoint %d identity %d port %d/%d has listeners %d and %d", index, r.Identity, r.Port, r.L4, old.ListenerPort, r.ListenerPort)
-			}
-			want[k] = v
+		if err := addRoutes(want, index, rs, fmt.Sprintf("endpoint %d", index)); err != nil {
+			return fmt.Errorf("sync routes: %w", err)
 		}
+	}
+	for _, index := range layered {
+		want[clawkerRouteKey{Index: index, Pad: 1}] = clawkerRouteVal{}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := syncMap(m.maps[MapRoutes], want); err != nil {
 		return fmt.Errorf("sync routes: %w", err)
+	}
+	return nil
+}
+
+func addRoutes(want map[clawkerRouteKey]clawkerRouteVal, index uint32, rs []Route, whose string) error {
+	for _, r := range rs {
+		if r.L4 != 6 && r.L4 != 17 {
+			return fmt.Errorf("%s identity %d port %d: l4 %d is neither tcp (6) nor udp (17)", whose, r.Identity, r.Port, r.L4)
+		}
+		k := clawkerRouteKey{Index: index, Identity: r.Identity, Port: r.Port, L4: r.L4}
+		v := clawkerRouteVal{ListenerPort: r.ListenerPort}
+		if old, ok := want[k]; ok && old != v {
+			return fmt.Errorf("%s identity %d port %d/%d has listeners %d and %d", whose, r.Identity, r.Port, r.L4, old.ListenerPort, r.ListenerPort)
+		}
+		want[k] = v
 	}
 	return nil
 }
@@ -456,24 +475,71 @@ func (m *Manager) SyncCIDRs(cidrs map[uint32][]CIDR) error {
 	}
 	want := map[clawkerCidrKey]clawkerCidrVal{}
 	for index, cs := range cidrs {
-		for _, c := range cs {
-			p := c.Prefix.Masked()
-			a, err := ip4(p.Addr())
-			if err != nil || !p.IsValid() {
-				return fmt.Errorf("sync cidrs: endpoint %d: prefix %s is not IPv4", index, c.Prefix)
-			}
-			k := clawkerCidrKey{Prefixlen: 32 + uint32(p.Bits()), Index: be32(index), Addr: a}
-			v := clawkerCidrVal{Identity: c.Identity}
-			if old, ok := want[k]; ok && old != v {
-				return fmt.Errorf("sync cidrs: endpoint %d prefix %s has identities %d and %d", index, p, old.Identity, c.Identity)
-			}
-			want[k] = v
+		if err := addCIDRs(want, be32(index), cs, fmt.Sprintf("endpoint %d", index)); err != nil {
+			return fmt.Errorf("sync cidrs: %w", err)
 		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := syncMap(m.maps[MapCIDRs], want); err != nil {
 		return fmt.Errorf("sync cidrs: %w", err)
+	}
+	return nil
+}
+
+func addCIDRs(want map[clawkerCidrKey]clawkerCidrVal, index uint32, cs []CIDR, whose string) error {
+	for _, c := range cs {
+		p := c.Prefix.Masked()
+		a, err := ip4(p.Addr())
+		if err != nil || !p.IsValid() {
+			return fmt.Errorf("%s: prefix %s is not IPv4", whose, c.Prefix)
+		}
+		k := clawkerCidrKey{Prefixlen: 32 + uint32(p.Bits()), Index: index, Addr: a}
+		v := clawkerCidrVal{Identity: c.Identity}
+		if old, ok := want[k]; ok && old != v {
+			return fmt.Errorf("%s prefix %s has identities %d and %d", whose, p, old.Identity, c.Identity)
+		}
+		want[k] = v
+	}
+	return nil
+}
+
+// SyncBase makes base_routes and base_cidrs hold exactly each network's
+// base routes and CIDRs, keyed by the network's gateway (the endpoints'
+// enrolled gateway), with the same add-first discipline as SyncRoutes.
+// Call it before SyncRoutesLayered so a newly layered endpoint finds its
+// base in place.
+func (m *Manager) SyncBase(routes map[netip.Addr][]Route, cidrs map[netip.Addr][]CIDR) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	wantR := map[clawkerRouteKey]clawkerRouteVal{}
+	for gw, rs := range routes {
+		g, err := ip4(gw)
+		if err != nil {
+			return fmt.Errorf("sync base routes: gateway %s: %w", gw, err)
+		}
+		if err := addRoutes(wantR, g, rs, "network "+gw.String()); err != nil {
+			return fmt.Errorf("sync base routes: %w", err)
+		}
+	}
+	wantC := map[clawkerCidrKey]clawkerCidrVal{}
+	for gw, cs := range cidrs {
+		g, err := ip4(gw)
+		if err != nil {
+			return fmt.Errorf("sync base cidrs: gateway %s: %w", gw, err)
+		}
+		if err := addCIDRs(wantC, g, cs, "network "+gw.String()); err != nil {
+			return fmt.Errorf("sync base cidrs: %w", err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := syncMap(m.maps[MapBaseRoutes], wantR); err != nil {
+		return fmt.Errorf("sync base routes: %w", err)
+	}
+	if err := syncMap(m.maps[MapBaseCIDRs], wantC); err != nil {
+		return fmt.Errorf("sync base cidrs: %w", err)
 	}
 	return nil
 }

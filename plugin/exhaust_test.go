@@ -31,7 +31,7 @@ func (r *rig) identified(t *testing.T, ep string, pid int, c Container) uint32 {
 }
 
 func routed(m *model.Model, idx uint32, port uint16) bool {
-	for _, rt := range m.Routes[idx] {
+	for _, rt := range m.RoutesOf(idx) {
 		if rt.Port == port && rt.ListenerPort != 0 {
 			return true
 		}

@@ -428,6 +428,8 @@ func TestDeleteCleansUp(t *testing.T) {
 	require.Empty(t, r.h.networks)
 	require.Empty(t, r.p.Snapshot().Endpoints)
 	require.Empty(t, r.k.model.Routes)
+	require.Empty(t, r.k.model.BaseRoutes, "a network that goes takes its base routes")
+	require.Empty(t, r.k.model.Layered)
 }
 
 func TestStaleContainerCleanedOnRestart(t *testing.T) {

@@ -19,15 +19,32 @@ type BaseIndex struct {
 	// denies) by dedup key, so a label rule that repeats one is dropped as
 	// Compile's Dedup drops it.
 	rules map[RuleKey][]EgressRule
+	// under lists, per domain d, the name entries a wildcard ".d" may
+	// enclose (d itself, and every name or wildcard below d); cidrs lists
+	// the CIDR entries.
+	under map[string][]int
+	cidrs []int
 }
 
 // NewBaseIndex indexes base for Layer.
 func NewBaseIndex(base *Policy) *BaseIndex {
-	b := &BaseIndex{pol: base, byPattern: make(map[string]int, len(base.Allows)), rules: map[RuleKey][]EgressRule{}}
+	b := &BaseIndex{pol: base, byPattern: make(map[string]int, len(base.Allows)), rules: map[RuleKey][]EgressRule{}, under: map[string][]int{}}
 	add := func(r EgressRule) { b.rules[r.Key()] = append(b.rules[r.Key()], r) }
 	for i := range base.Allows {
 		a := &base.Allows[i]
 		b.byPattern[a.Pattern] = i
+		if a.Prefix.IsValid() {
+			b.cidrs = append(b.cidrs, i)
+		} else {
+			if !strings.HasPrefix(a.Pattern, ".") {
+				b.under[a.Pattern] = append(b.under[a.Pattern], i)
+			}
+			for j := 1; j < len(a.Pattern); j++ {
+				if a.Pattern[j-1] == '.' {
+					b.under[a.Pattern[j:]] = append(b.under[a.Pattern[j:]], i)
+				}
+			}
+		}
 		for _, r := range ownRules(a) {
 			add(r)
 		}
@@ -136,7 +153,7 @@ func Layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*P
 		seen[pat] = true
 	}
 	for _, outer := range slices.Clone(patterns) {
-		for i := range bp.Allows {
+		for _, i := range base.enclosed(outer, own[outer][0]) {
 			a := &bp.Allows[i]
 			if seen[a.Pattern] || !encloses(outer, own[outer][0], a) {
 				continue
@@ -163,6 +180,18 @@ func Layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*P
 		p.Allows = append(p.Allows, a)
 	}
 	return p, nil
+}
+
+// enclosed returns the base entries that allow pattern outer (whose
+// first rule is r) may enclose: a superset of those encloses accepts.
+func (b *BaseIndex) enclosed(outer string, r EgressRule) []int {
+	if rulePrefix(r).IsValid() {
+		return b.cidrs
+	}
+	if apex, ok := strings.CutPrefix(outer, "."); ok {
+		return b.under[apex]
+	}
+	return nil
 }
 
 // encloses reports whether allow pattern outer (whose first rule is r)

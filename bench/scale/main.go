@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,7 +54,10 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds (each runs every endpoint count once)")
 	reps := flag.Int("reps", 5, "commits timed per child (after the first)")
 	queries := flag.Int("queries", 20000, "DNS queries timed per child")
+	cpuprofile := flag.String("cpuprofile", "", "with -child: write a CPU profile of the commits to this file")
+	memprofile := flag.String("memprofile", "", "with -child: write a heap profile after the commits to this file")
 	flag.Parse()
+	profCPU, profMem = *cpuprofile, *memprofile
 	var err error
 	if *child > 0 {
 		err = runChild(*child, *reps, *queries)
@@ -67,6 +71,9 @@ func main() {
 }
 
 var counts = []int{1, 50, 500}
+
+// profCPU and profMem are the -cpuprofile and -memprofile files of a child.
+var profCPU, profMem string
 
 // result is one child's measurement.
 type result struct {
@@ -328,6 +335,16 @@ func runChild(n, reps, queries int) error {
 	r.FirstMS = ms(first.compile + first.build + first.encode)
 	var total, comp, build, enc, wr []float64
 	var last commit
+	if profCPU != "" {
+		f, err := os.Create(profCPU)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer f.Close()
+	}
 	for i := range reps {
 		runtime.GC()
 		c, err := commitOnce(st, uint64(i+2), path)
@@ -337,6 +354,19 @@ func runChild(n, reps, queries int) error {
 		total = append(total, ms(c.compile+c.build+c.encode))
 		comp, build, enc, wr = append(comp, ms(c.compile)), append(build, ms(c.build)), append(enc, ms(c.encode)), append(wr, ms(c.written))
 		last = c
+	}
+	pprof.StopCPUProfile()
+	if profMem != "" {
+		f, err := os.Create(profMem)
+		if err != nil {
+			return err
+		}
+		runtime.GC()
+		err = pprof.WriteHeapProfile(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
 	}
 	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
 	r.CommitMS, r.CompileMS, r.ModelMS, r.EncodeMS, r.WriteMS = med(total), med(comp), med(build), med(enc), med(wr)

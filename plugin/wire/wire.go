@@ -53,26 +53,51 @@ func (k Kernel) Unenroll(cookie uint64) error { return k.M.Unenroll(cookie) }
 // ForgetEndpoint implements plugin.Kernel.
 func (k Kernel) ForgetEndpoint(index uint32) error { return k.M.ForgetEndpoint(index) }
 
-// SyncRoutes implements plugin.Kernel: routes first, then CIDRs.
+// SyncRoutes implements plugin.Kernel: the networks' bases first (keyed
+// by gateway), then every endpoint's own routes with the layered marks,
+// then CIDRs.
 func (k Kernel) SyncRoutes(m *model.Model) error {
 	routes := make(map[uint32][]bpf.Route, len(m.Routes))
 	for idx, rs := range m.Routes {
-		out := make([]bpf.Route, 0, len(rs))
-		for _, r := range rs {
-			out = append(out, bpf.Route{Identity: uint32(r.Identity), Port: r.Port, L4: uint8(r.L4), ListenerPort: r.ListenerPort})
-		}
-		routes[idx] = out
+		routes[idx] = bpfRoutes(rs)
 	}
 	cidrs := make(map[uint32][]bpf.CIDR, len(m.CIDRs))
 	for idx, cs := range m.CIDRs {
-		for _, c := range cs {
-			cidrs[idx] = append(cidrs[idx], bpf.CIDR{Prefix: c.Prefix, Identity: uint32(c.Identity)})
-		}
+		cidrs[idx] = bpfCIDRs(cs)
 	}
-	if err := k.M.SyncRoutes(routes); err != nil {
+	baseRoutes := make(map[netip.Addr][]bpf.Route, len(m.BaseRoutes))
+	baseCIDRs := make(map[netip.Addr][]bpf.CIDR, len(m.BaseCIDRs))
+	for id, gw := range m.BaseGateway {
+		baseRoutes[gw] = bpfRoutes(m.BaseRoutes[id])
+		baseCIDRs[gw] = bpfCIDRs(m.BaseCIDRs[id])
+	}
+	layered := make([]uint32, 0, len(m.Layered))
+	for idx := range m.Layered {
+		layered = append(layered, idx)
+	}
+	if err := k.M.SyncBase(baseRoutes, baseCIDRs); err != nil {
+		return err
+	}
+	if err := k.M.SyncRoutesLayered(routes, layered); err != nil {
 		return err
 	}
 	return k.M.SyncCIDRs(cidrs)
+}
+
+func bpfRoutes(rs []model.Route) []bpf.Route {
+	out := make([]bpf.Route, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, bpf.Route{Identity: uint32(r.Identity), Port: r.Port, L4: uint8(r.L4), ListenerPort: r.ListenerPort})
+	}
+	return out
+}
+
+func bpfCIDRs(cs []model.CIDR) []bpf.CIDR {
+	out := make([]bpf.CIDR, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, bpf.CIDR{Prefix: c.Prefix, Identity: uint32(c.Identity)})
+	}
+	return out
 }
 
 // HostNet adapts *netguard.Handle and finds container network namespaces.

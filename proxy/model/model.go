@@ -14,6 +14,8 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"iter"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -183,9 +185,20 @@ type Model struct {
 	Generation uint64 `json:"generation"`
 	// Listeners is sorted by port.
 	Listeners []Listener `json:"listeners"`
-	// Routes and CIDRs are keyed by endpoint index.
-	Routes map[uint32][]Route `json:"routes"`
-	CIDRs  map[uint32][]CIDR  `json:"cidrs"`
+	// Routes and CIDRs are keyed by endpoint index. An endpoint in Layered
+	// has here only what its labels change (policy.Layer's own layer); the
+	// rest of its routes and CIDRs are its network's, built once, in
+	// BaseRoutes and BaseCIDRs (keyed by network ID), which the hooks fall
+	// back to for it.
+	Routes     map[uint32][]Route `json:"routes"`
+	CIDRs      map[uint32][]CIDR  `json:"cidrs"`
+	BaseRoutes map[string][]Route `json:"base_routes,omitempty"`
+	BaseCIDRs  map[string][]CIDR  `json:"base_cidrs,omitempty"`
+	// Layered maps an endpoint index to the network whose base its routes
+	// fall back to; BaseGateway gives each such network's gateway, which
+	// keys its base in the hooks' maps.
+	Layered     map[uint32]string     `json:"layered,omitempty"`
+	BaseGateway map[string]netip.Addr `json:"base_gateway,omitempty"`
 	// Failures lists, per endpoint index, the port ranges that got no
 	// listener (their routes are absent; everything else is built).
 	Failures map[uint32][]Failure `json:"failures,omitempty"`
@@ -246,11 +259,16 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 		return nil, fmt.Errorf("build listener model: nil snapshot or allocator")
 	}
 	m := &Model{
-		Generation: snap.Generation,
-		Routes:     map[uint32][]Route{},
-		CIDRs:      map[uint32][]CIDR{},
-		Failures:   map[uint32][]Failure{},
+		Generation:  snap.Generation,
+		Routes:      map[uint32][]Route{},
+		CIDRs:       map[uint32][]CIDR{},
+		BaseRoutes:  map[string][]Route{},
+		BaseCIDRs:   map[string][]CIDR{},
+		Layered:     map[uint32]string{},
+		Failures:    map[uint32][]Failure{},
+		BaseGateway: map[string]netip.Addr{},
 	}
+	baseFail := map[string][]Failure{}
 	listeners := map[string]Listener{
 		"transparent": {Key: "transparent", Kind: KindTransparent, Port: TransparentPort, L4: policy.L4TCP},
 		"ca":          {Key: "ca", Kind: KindCA, Port: CAPort, L4: policy.L4TCP},
@@ -261,24 +279,30 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 	}
 	slices.Sort(indexes)
 
-	// Steps 1 and 2.
+	// Steps 1 and 2. A network's base is expanded once, ahead of its
+	// endpoints (its ranges are charged to the network's budget), for
+	// every endpoint layered on it: one that shares it (no label rules)
+	// or whose policy is layered over it.
 	var cands []*candidate
 	netBudget := map[string]map[string]bool{}
-	for _, idx := range indexes {
-		ep := snap.Endpoints[idx]
-		if ep.Own().State != "" {
-			continue // pending or bad labels: no routes (a bypass keeps them for when it ends)
+	budgetOf := func(net string) map[string]bool {
+		if netBudget[net] == nil {
+			netBudget[net] = map[string]bool{}
 		}
-		if netBudget[ep.NetworkID] == nil {
-			netBudget[ep.NetworkID] = map[string]bool{}
-		}
+		return netBudget[net]
+	}
+	expand := func(entries iter.Seq[*policy.Allowed], idx uint32, base, net string) {
 		epBudget := map[string]bool{}
-		for a := range ep.Policy.Entries() {
+		for a := range entries {
 			if a.Prefix.IsValid() {
-				m.CIDRs[idx] = append(m.CIDRs[idx], CIDR{Prefix: a.Prefix, Identity: a.Identity})
+				if base != "" {
+					m.BaseCIDRs[base] = append(m.BaseCIDRs[base], CIDR{Prefix: a.Prefix, Identity: a.Identity})
+				} else {
+					m.CIDRs[idx] = append(m.CIDRs[idx], CIDR{Prefix: a.Prefix, Identity: a.Identity})
+				}
 			}
 			for _, r := range a.Ports {
-				c := &candidate{index: idx, allow: a, r: r}
+				c := &candidate{index: idx, base: base, allow: a, r: r}
 				owner, label := rangeOwner(a, r)
 				c.rule = owner
 				if a.Prefix.IsValid() {
@@ -287,16 +311,16 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 				}
 				keys, err := rangeKeys(a.Pattern, r)
 				if err != nil {
-					m.fail(idx, c.failure(FailInvalid, err.Error()))
+					m.failC(c, baseFail, c.failure(FailInvalid, err.Error()))
 					continue
 				}
 				c.keys = keys
-				budget, limit, code, whose := netBudget[ep.NetworkID], lim.PerNetwork, FailNetworkLimit, "network's rules"
+				budget, limit, code, whose := budgetOf(net), lim.PerNetwork, FailNetworkLimit, "network's rules"
 				if label {
 					budget, limit, code, whose = epBudget, lim.PerContainer, FailContainerLimit, "container's labels"
 				}
 				if n := len(budget) + countNew(budget, keys); n > limit {
-					m.fail(idx, c.failure(code, fmt.Sprintf("it needs %d listener ports; with it this %s would use %d, more than the %d allowed", len(keys), whose, n, limit)))
+					m.failC(c, baseFail, c.failure(code, fmt.Sprintf("it needs %d listener ports; with it this %s would use %d, more than the %d allowed", len(keys), whose, n, limit)))
 					continue
 				}
 				for _, k := range keys {
@@ -305,6 +329,61 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 				cands = append(cands, c)
 			}
 		}
+	}
+	// A base is keyed by its network's gateway in the hooks' maps: a
+	// gateway two networks claim (which Docker's IPAM never hands out)
+	// gets no base, and its endpoints their whole policies.
+	var bases []string
+	byGateway := map[netip.Addr]string{}
+	for _, id := range slices.Sorted(maps.Keys(snap.Networks)) {
+		n := snap.Networks[id]
+		if n == nil || n.Base == nil || !n.Gateway.Is4() {
+			continue
+		}
+		if other, ok := byGateway[n.Gateway]; ok {
+			delete(m.BaseGateway, other)
+			continue
+		}
+		byGateway[n.Gateway] = id
+		m.BaseGateway[id] = n.Gateway
+	}
+	for _, idx := range indexes {
+		ep := snap.Endpoints[idx]
+		if ep.Own().State != "" {
+			continue // pending or bad labels: no routes (a bypass keeps them for when it ends)
+		}
+		n := snap.Networks[ep.NetworkID]
+		if n == nil || !m.BaseGateway[n.ID].IsValid() || (ep.Policy != n.Base && ep.Policy.Base != n.Base) {
+			continue
+		}
+		if _, ok := m.BaseRoutes[n.ID]; !ok {
+			m.BaseRoutes[n.ID] = nil
+			bases = append(bases, n.ID)
+		}
+		m.Layered[idx] = n.ID
+	}
+	for id := range m.BaseGateway {
+		if _, ok := m.BaseRoutes[id]; !ok {
+			delete(m.BaseGateway, id)
+		}
+	}
+	slices.Sort(bases)
+	for _, id := range bases {
+		expand(snap.Networks[id].Base.Entries(), 0, id, id)
+	}
+	for _, idx := range indexes {
+		ep := snap.Endpoints[idx]
+		if ep.Own().State != "" {
+			continue
+		}
+		entries := ep.Policy.Entries()
+		if _, ok := m.Layered[idx]; ok {
+			if ep.Policy.Base == nil {
+				continue // the base's own endpoint: nothing of its own
+			}
+			entries = ownEntries(ep.Policy)
+		}
+		expand(entries, idx, "", ep.NetworkID)
 	}
 
 	// Step 3.
@@ -328,7 +407,7 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 			c.done = true
 			ports, fresh, err := alloc.portsAll(c.keys)
 			if err != nil {
-				m.fail(c.index, c.failure(FailExhausted, err.Error()))
+				m.failC(c, baseFail, c.failure(FailExhausted, err.Error()))
 				continue
 			}
 			m.NewPorts += fresh
@@ -350,11 +429,25 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 			if len(c.keys) > 0 {
 				route.ListenerPort = c.ports[i]
 			}
-			m.Routes[c.index] = append(m.Routes[c.index], route)
+			if c.base != "" {
+				m.BaseRoutes[c.base] = append(m.BaseRoutes[c.base], route)
+			} else {
+				m.Routes[c.index] = append(m.Routes[c.index], route)
+			}
 		}
 	}
 	for idx, rs := range m.Routes {
 		m.Routes[idx] = dedupRoutes(rs)
+	}
+	for id, rs := range m.BaseRoutes {
+		m.BaseRoutes[id] = dedupRoutes(rs)
+	}
+	// A base's failures are every endpoint's on it (status and denials
+	// read them per endpoint).
+	for _, idx := range indexes {
+		if id, ok := m.Layered[idx]; ok && len(baseFail[id]) > 0 {
+			m.Failures[idx] = append(slices.Clone(baseFail[id]), m.Failures[idx]...)
+		}
 	}
 	for _, l := range listeners {
 		m.Listeners = append(m.Listeners, l)
@@ -363,9 +456,22 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 	return m, nil
 }
 
-// candidate is one (endpoint, allow, port range) of Build.
+// ownEntries yields a layered policy's own entries (those its labels
+// change), most specific first.
+func ownEntries(p *policy.Policy) iter.Seq[*policy.Allowed] {
+	return func(yield func(*policy.Allowed) bool) {
+		for i := range p.Allows {
+			if !yield(&p.Allows[i]) {
+				return
+			}
+		}
+	}
+}
+
+// candidate is one (endpoint or network base, allow, port range) of Build.
 type candidate struct {
 	index uint32
+	base  string // network ID when the range is its base's (index unused)
 	allow *policy.Allowed
 	r     policy.PortRange
 	keys  []string // one per port of r; none for IP/CIDR allows
@@ -381,6 +487,16 @@ func (c *candidate) failure(code FailReason, detail string) Failure {
 }
 
 func (m *Model) fail(idx uint32, f Failure) { m.Failures[idx] = append(m.Failures[idx], f) }
+
+// failC records a failure of c: its endpoint's, or its base's (then every
+// endpoint's layered on it, see Build).
+func (m *Model) failC(c *candidate, baseFail map[string][]Failure, f Failure) {
+	if c.base != "" {
+		baseFail[c.base] = append(baseFail[c.base], f)
+		return
+	}
+	m.fail(c.index, f)
+}
 
 // rangeOwner returns the provenance of the first rule of a that asks for
 // range r ("label clawker.allow=tcp://db:5432"), and whether only label
@@ -724,8 +840,10 @@ func (m *Model) WithoutListeners(snap *policy.Snapshot, failed []BindFailure) *M
 	for idx, fs := range m.Failures {
 		out.Failures[idx] = slices.Clone(fs)
 	}
-	for idx, rs := range m.Routes {
-		kept := make([]Route, 0, len(rs))
+	// withoutGone drops the routes to a gone listener and names them as
+	// failures after pol's entries.
+	withoutGone := func(rs []Route, pol *policy.Policy) (kept []Route, fails []Failure) {
+		kept = make([]Route, 0, len(rs))
 		for _, r := range rs {
 			f, ok := gone[r.ListenerPort]
 			if r.ListenerPort == 0 || !ok {
@@ -737,22 +855,59 @@ func (m *Model) WithoutListeners(snap *policy.Snapshot, failed []BindFailure) *M
 			if fl.Proto == "" {
 				fl.Proto = policy.ProtoHTTPS
 			}
-			if ep := snap.Endpoints[idx]; ep != nil && ep.Policy != nil {
-				for a := range ep.Policy.Entries() {
-					if a.Identity == r.Identity {
-						fl.Pattern = a.Pattern
-						if len(a.Rules) > 0 {
-							fl.Rule = Provenance(a.Rules[0].Source)
-						}
-						break
+			for a := range pol.Entries() {
+				if a.Identity == r.Identity {
+					fl.Pattern = a.Pattern
+					if len(a.Rules) > 0 {
+						fl.Rule = Provenance(a.Rules[0].Source)
 					}
+					break
 				}
 			}
-			out.Failures[idx] = append(out.Failures[idx], fl)
+			fails = append(fails, fl)
 		}
+		return kept, fails
+	}
+	for idx, rs := range m.Routes {
+		var pol *policy.Policy
+		if ep := snap.Endpoints[idx]; ep != nil {
+			pol = ep.Policy
+		}
+		kept, fails := withoutGone(rs, pol)
+		out.Failures[idx] = append(out.Failures[idx], fails...)
 		out.Routes[idx] = kept
 	}
+	if len(m.BaseRoutes) > 0 {
+		out.BaseRoutes = make(map[string][]Route, len(m.BaseRoutes))
+		for id, rs := range m.BaseRoutes {
+			var pol *policy.Policy
+			if n := snap.Networks[id]; n != nil {
+				pol = n.Base
+			}
+			kept, fails := withoutGone(rs, pol)
+			out.BaseRoutes[id] = kept
+			if len(fails) == 0 {
+				continue
+			}
+			for idx, net := range m.Layered {
+				if net == id {
+					out.Failures[idx] = append(out.Failures[idx], fails...)
+				}
+			}
+		}
+	}
 	return &out
+}
+
+// RoutesOf returns what the hooks route for endpoint idx: its own routes,
+// then its network's base routes when it is layered (a lookup takes the
+// first route of a key).
+func (m *Model) RoutesOf(idx uint32) []Route {
+	rs := m.Routes[idx]
+	if id, ok := m.Layered[idx]; ok {
+		rs = append(slices.Clip(rs), m.BaseRoutes[id]...)
+	}
+	return rs
 }
 
 // ListenerPorts returns the ports of m's listeners by transport.
@@ -770,8 +925,17 @@ func (m *Model) ListenerPorts() (tcp, udp []uint16) {
 // RoutePorts returns the listener ports the routes of the given endpoints
 // steer to, by transport, sorted and without duplicates.
 func (m *Model) RoutePorts(indexes []uint32) (tcp, udp []uint16) {
+	var sets [][]Route
+	seen := map[string]bool{}
 	for _, idx := range indexes {
-		for _, r := range m.Routes[idx] {
+		sets = append(sets, m.Routes[idx])
+		if id, ok := m.Layered[idx]; ok && !seen[id] {
+			seen[id] = true
+			sets = append(sets, m.BaseRoutes[id])
+		}
+	}
+	for _, rs := range sets {
+		for _, r := range rs {
 			if r.ListenerPort == 0 {
 				continue
 			}
