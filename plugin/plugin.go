@@ -95,8 +95,10 @@ type Plugin struct {
 	// saves counts state writes and builds compilations of the snapshot
 	// (tests: one of each per mutation).
 	saves, builds atomic.Int64
-	snap          atomic.Pointer[policy.Snapshot]
-	model         atomic.Pointer[model.Model]
+	// compiler keeps the last commit's compiled policies for the next.
+	compiler *Compiler
+	snap     atomic.Pointer[policy.Snapshot]
+	model    atomic.Pointer[model.Model]
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -141,8 +143,8 @@ func New(cfg Config, k Kernel, hn HostNet, dp DataPlane, dk Docker, sinks ...Sna
 		cfg: cfg, log: cfg.Log.WithField(FieldComponent, "plugin"),
 		k: k, hn: hn, dp: dp, dk: dk, sinks: sinks,
 		q: queue.New(), st: st, ctx: ctx, cancel: cancel,
-		bypassTimers: map[string]*time.Timer{},
-		Denials:      NewDenialLog(500),
+		bypassTimers: map[string]*time.Timer{}, compiler: NewCompiler(),
+		Denials: NewDenialLog(500),
 	}
 	p.Denials.Enrich = p.EnrichDenial
 	p.snap.Store((&policy.Snapshot{Networks: map[string]*policy.Network{}, Endpoints: map[uint32]*policy.Endpoint{}}).Index())
@@ -279,7 +281,7 @@ func (p *Plugin) save() error {
 // buildSnapshot compiles every endpoint's policy from the current state.
 func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 	p.builds.Add(1)
-	snap := p.st.Snapshot(gen)
+	snap := p.st.SnapshotWith(p.compiler, gen)
 	// Docker's names (known once a container on the network was listed):
 	// the fix texts and DNS's PTR answers name the network with them.
 	for id, n := range snap.Networks {
@@ -288,10 +290,15 @@ func (p *Plugin) buildSnapshot(gen uint64) *policy.Snapshot {
 	return snap
 }
 
-// Snapshot compiles every endpoint's policy of st into generation gen (the
-// plugin's commit path; bench/scale calls it on a generated state). It
-// allocates identities in st.Identities.
-func (st *State) Snapshot(gen uint64) *policy.Snapshot {
+// Snapshot compiles every endpoint's policy of st into generation gen,
+// from nothing. It allocates identities in st.Identities.
+func (st *State) Snapshot(gen uint64) *policy.Snapshot { return st.SnapshotWith(nil, gen) }
+
+// SnapshotWith is Snapshot taking from c what an earlier commit compiled
+// and is still current (the plugin's commit path; bench/scale calls it on
+// a generated state).
+func (st *State) SnapshotWith(c *Compiler, gen uint64) *policy.Snapshot {
+	defer c.forget(st)
 	snap := &policy.Snapshot{Generation: gen, Networks: map[string]*policy.Network{}, Endpoints: map[uint32]*policy.Endpoint{}}
 	for id, n := range st.Networks {
 		snap.Networks[id] = &policy.Network{ID: id, Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, Settings: n.Config.Settings}
@@ -310,13 +317,9 @@ func (st *State) Snapshot(gen uint64) *policy.Snapshot {
 	base := func(n *Network) (*policy.BaseIndex, error) {
 		b, ok := bases[n.ID]
 		if !ok {
-			var pol *policy.Policy
-			pol, b.err = policy.Compile(policy.CompileInput{Network: n.Config.Rules, Runtime: n.Runtime,
-				Settings: n.Config.Settings, Generation: gen}, st.Identities)
+			b.idx, b.err = c.base(st, n, gen)
 			if b.err == nil {
-				pol.InspectAll = n.Config.Settings.InspectAll
-				b.idx = policy.NewBaseIndex(pol)
-				snap.Networks[n.ID].Base = pol
+				snap.Networks[n.ID].Base = b.idx.Policy()
 			}
 			bases[n.ID] = b
 		}
@@ -343,7 +346,7 @@ func (st *State) Snapshot(gen uint64) *policy.Snapshot {
 			if err == nil {
 				pol = b.Policy()
 				if len(ep.LabelRules) > 0 {
-					if pol, err = policy.Layer(b, ep.LabelRules, gen, st.Identities); err == nil {
+					if pol, err = c.layer(st, ep, b, gen); err == nil {
 						_, sep.Labels = pol.Layers()
 					}
 				}

@@ -22,7 +22,10 @@ func Covers(pattern, name string) bool {
 // below it.
 func subtree(pattern, name string) bool {
 	root := strings.TrimPrefix(pattern, ".")
-	return name == root || strings.HasSuffix(name, "."+root)
+	if len(name) <= len(root) {
+		return name == root
+	}
+	return name[len(name)-len(root)-1] == '.' && strings.HasSuffix(name, root)
 }
 
 // trimName lower-cases name and drops one trailing dot; it is the cheap part

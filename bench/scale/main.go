@@ -77,24 +77,28 @@ var profCPU, profMem string
 
 // result is one child's measurement.
 type result struct {
-	Endpoints   int     `json:"endpoints"`
-	FirstMS     float64 `json:"first_ms"`   // first commit (identities and ports allocated)
-	CommitMS    float64 `json:"commit_ms"`  // median later commit: compile+model+encode
-	CompileMS   float64 `json:"compile_ms"` // of which: every endpoint's policy.Compile
-	ModelMS     float64 `json:"model_ms"`   // model.Build
-	EncodeMS    float64 `json:"encode_ms"`  // the sidecar file's encode
-	WriteMS     float64 `json:"write_ms"`   // atomic write (temp, fsync, rename)
-	SnapBytes   int     `json:"snap_bytes"` // the file the sidecar reads
-	HeapMB      float64 `json:"heap_mb"`    // live heap after GC: state + snapshot + model
-	RSSMB       float64 `json:"rss_mb"`     // process RSS at that point
-	LoadMS      float64 `json:"load_ms"`    // sidecar: read + decode + index the file
-	SideHeapMB  float64 `json:"side_heap_mb"`
-	DNSP50US    float64 `json:"dns_p50_us"`
-	DNSP99US    float64 `json:"dns_p99_us"`
-	Allowed     int     `json:"allowed"`
-	Listeners   int     `json:"listeners"`
-	Failures    int     `json:"failures"`
-	PolicyAllow int     `json:"policy_allows"`
+	Endpoints     int     `json:"endpoints"`
+	FirstMS       float64 `json:"first_ms"`        // first commit, cold (identities and ports allocated)
+	ColdCompileMS float64 `json:"cold_compile_ms"` // of which: every network and label compiled
+	CommitMS      float64 `json:"commit_ms"`       // median commit after a network rule is added: compile+model+encode
+	CompileMS     float64 `json:"compile_ms"`      // of which: the base and every layer compiled again
+	JoinMS        float64 `json:"join_ms"`         // median commit after an endpoint joins
+	JoinCompileMS float64 `json:"join_compile_ms"` // of which: compile (its labels)
+	CloneMS       float64 `json:"clone_ms"`        // the plugin's state clone + encode per mutation
+	ModelMS       float64 `json:"model_ms"`        // model.Build
+	EncodeMS      float64 `json:"encode_ms"`       // the sidecar file's encode
+	WriteMS       float64 `json:"write_ms"`        // atomic write (temp, fsync, rename)
+	SnapBytes     int     `json:"snap_bytes"`      // the file the sidecar reads
+	HeapMB        float64 `json:"heap_mb"`         // live heap after GC: state + snapshot + model
+	RSSMB         float64 `json:"rss_mb"`          // process RSS at that point
+	LoadMS        float64 `json:"load_ms"`         // sidecar: read + decode + index the file
+	SideHeapMB    float64 `json:"side_heap_mb"`
+	DNSP50US      float64 `json:"dns_p50_us"`
+	DNSP99US      float64 `json:"dns_p99_us"`
+	Allowed       int     `json:"allowed"`
+	Listeners     int     `json:"listeners"`
+	Failures      int     `json:"failures"`
+	PolicyAllow   int     `json:"policy_allows"`
 }
 
 func run(out string, rounds, reps, queries int) error {
@@ -291,10 +295,10 @@ type commit struct {
 }
 
 // commitOnce is the plugin's publish path minus the kernel and proxy.
-func commitOnce(st *fwplugin.State, gen uint64, path string) (commit, error) {
+func commitOnce(st *fwplugin.State, cc *fwplugin.Compiler, gen uint64, path string) (commit, error) {
 	var c commit
 	t0 := time.Now()
-	c.snap = st.Snapshot(gen)
+	c.snap = st.SnapshotWith(cc, gen)
 	t1 := time.Now()
 	m, err := model.Build(c.snap, st.Ports)
 	if err != nil {
@@ -328,12 +332,19 @@ func runChild(n, reps, queries int) error {
 	}
 	r := result{Endpoints: n}
 
-	first, err := commitOnce(st, 1, path)
+	// Cold: every network and label compiled from nothing (the plugin's
+	// first commit after a start).
+	first, err := commitOnce(st, fwplugin.NewCompiler(), 1, path)
 	if err != nil {
 		return err
 	}
-	r.FirstMS = ms(first.compile + first.build + first.encode)
-	var total, comp, build, enc, wr []float64
+	r.FirstMS, r.ColdCompileMS = ms(first.compile+first.build+first.encode), ms(first.compile)
+	// Warm: the plugin's Compiler keeps the last commit's policies.
+	cc := fwplugin.NewCompiler()
+	if _, err := commitOnce(st, cc, 2, path); err != nil {
+		return err
+	}
+	var total, comp, build, enc, wr, join, joinComp, clone []float64
 	var last commit
 	if profCPU != "" {
 		f, err := os.Create(profCPU)
@@ -345,15 +356,63 @@ func runChild(n, reps, queries int) error {
 		}
 		defer f.Close()
 	}
+	gen := uint64(3)
 	for i := range reps {
 		runtime.GC()
-		c, err := commitOnce(st, uint64(i+2), path)
+		// A network rule added (clawker-fw rules add): the base and every
+		// layer on it are compiled again.
+		nw := st.Networks[netID]
+		rule, err := policy.ParseCompact(fmt.Sprintf("rt%d.example.net", i), policy.Allow)
+		if err != nil {
+			return err
+		}
+		rule.Source = policy.Provenance{Kind: policy.SourceRuntime, Key: "runtime", Item: rule.Dst, Network: netID}
+		nw.Runtime = append(slices.Clone(nw.Runtime), rule)
+		c, err := commitOnce(st, cc, gen, path)
+		gen++
 		if err != nil {
 			return err
 		}
 		total = append(total, ms(c.compile+c.build+c.encode))
 		comp, build, enc, wr = append(comp, ms(c.compile)), append(build, ms(c.build)), append(enc, ms(c.encode)), append(wr, ms(c.written))
 		last = c
+
+		// An endpoint joins (its container identified): its labels alone.
+		runtime.GC()
+		id := fmt.Sprintf("join%d", i)
+		j := n + 1 + i
+		rules, err := policy.ParseLabels(labels(j), id)
+		if err != nil {
+			return err
+		}
+		st.Endpoints[id] = &fwplugin.Endpoint{ID: id, NetworkID: netID, Index: uint32(j), IP: netip.MustParseAddr(fmt.Sprintf("10.200.3.%d", 200+i)),
+			Joined: true, ContainerID: id, ContainerName: id, LabelRules: rules}
+		c, err = commitOnce(st, cc, gen, path)
+		gen++
+		if err != nil {
+			return err
+		}
+		join, joinComp = append(join, ms(c.compile+c.build+c.encode)), append(joinComp, ms(c.compile))
+		delete(st.Endpoints, id)
+		if _, err := commitOnce(st, cc, gen, path); err != nil {
+			return err
+		}
+		gen++
+
+		// What a mutation also costs the plugin: the state cloned (JSON
+		// round trip) and encoded for its durable write.
+		t0 := time.Now()
+		raw, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(raw, fwplugin.NewState()); err != nil {
+			return err
+		}
+		if _, err := json.MarshalIndent(st, "", "  "); err != nil {
+			return err
+		}
+		clone = append(clone, ms(time.Since(t0)))
 	}
 	pprof.StopCPUProfile()
 	if profMem != "" {
@@ -370,6 +429,7 @@ func runChild(n, reps, queries int) error {
 	}
 	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
 	r.CommitMS, r.CompileMS, r.ModelMS, r.EncodeMS, r.WriteMS = med(total), med(comp), med(build), med(enc), med(wr)
+	r.JoinMS, r.JoinCompileMS, r.CloneMS = med(join), med(joinComp), med(clone)
 	r.SnapBytes = len(last.raw)
 	r.Listeners = len(last.m.Listeners)
 	for _, fs := range last.m.Failures {

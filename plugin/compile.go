@@ -1,0 +1,122 @@
+package plugin
+
+import (
+	"reflect"
+	"sync"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// Compiler keeps what one commit compiled for the next, so that a mutation
+// compiles only what it changed: a network's base is compiled again only
+// when its option or runtime rules or settings changed, and an endpoint's
+// label layer only when its labels or its network's base did. An endpoint
+// that joins compiles its labels, not the world.
+//
+// A cached policy is used only when every identity it carries is the one
+// st.Identities holds for its pattern (a commit whose write failed may
+// have allocated identities that the state kept does not have); otherwise
+// it is compiled again. Safe for concurrent use.
+type Compiler struct {
+	mu     sync.Mutex
+	bases  map[string]*cachedBase  // by network ID
+	layers map[string]*cachedLayer // by endpoint ID
+}
+
+type cachedBase struct {
+	rules, runtime []policy.EgressRule
+	settings       policy.NetworkSettings
+	idx            *policy.BaseIndex
+}
+
+type cachedLayer struct {
+	base   *policy.BaseIndex
+	labels []policy.EgressRule
+	pol    *policy.Policy
+}
+
+// NewCompiler returns an empty Compiler.
+func NewCompiler() *Compiler {
+	return &Compiler{bases: map[string]*cachedBase{}, layers: map[string]*cachedLayer{}}
+}
+
+// base returns network n's compiled base, from the cache when n's rules
+// are those it was compiled from.
+func (c *Compiler) base(st *State, n *Network, gen uint64) (*policy.BaseIndex, error) {
+	if c != nil {
+		c.mu.Lock()
+		b := c.bases[n.ID]
+		c.mu.Unlock()
+		if b != nil && reflect.DeepEqual(b.settings, n.Config.Settings) &&
+			reflect.DeepEqual(b.rules, n.Config.Rules) && reflect.DeepEqual(b.runtime, n.Runtime) && holds(st.Identities, b.idx.Policy()) {
+			return b.idx, nil
+		}
+	}
+	pol, err := policy.Compile(policy.CompileInput{Network: n.Config.Rules, Runtime: n.Runtime,
+		Settings: n.Config.Settings, Generation: gen}, st.Identities)
+	if err != nil {
+		return nil, err
+	}
+	pol.InspectAll = n.Config.Settings.InspectAll
+	idx := policy.NewBaseIndex(pol)
+	if c != nil {
+		c.mu.Lock()
+		c.bases[n.ID] = &cachedBase{rules: n.Config.Rules, runtime: n.Runtime, settings: n.Config.Settings, idx: idx}
+		c.mu.Unlock()
+	}
+	return idx, nil
+}
+
+// layer returns endpoint ep's label rules layered over base, from the
+// cache when neither changed.
+func (c *Compiler) layer(st *State, ep *Endpoint, base *policy.BaseIndex, gen uint64) (*policy.Policy, error) {
+	if c != nil {
+		c.mu.Lock()
+		l := c.layers[ep.ID]
+		c.mu.Unlock()
+		if l != nil && l.base == base && reflect.DeepEqual(l.labels, ep.LabelRules) && holds(st.Identities, l.pol) {
+			return l.pol, nil
+		}
+	}
+	pol, err := policy.Layer(base, ep.LabelRules, gen, st.Identities)
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		c.mu.Lock()
+		c.layers[ep.ID] = &cachedLayer{base: base, labels: ep.LabelRules, pol: pol}
+		c.mu.Unlock()
+	}
+	return pol, nil
+}
+
+// forget drops what st no longer has (networks and endpoints gone).
+func (c *Compiler) forget(st *State) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.bases {
+		if st.Networks[id] == nil {
+			delete(c.bases, id)
+		}
+	}
+	for id := range c.layers {
+		if st.Endpoints[id] == nil {
+			delete(c.layers, id)
+		}
+	}
+}
+
+// holds reports whether every identity of pol's own entries is the one
+// ids has for its pattern.
+func holds(ids *policy.IdentityTable, pol *policy.Policy) bool {
+	for i := range pol.Allows {
+		a := &pol.Allows[i]
+		if id, ok := ids.Lookup(a.Pattern); !ok || id != a.Identity {
+			return false
+		}
+	}
+	return true
+}
