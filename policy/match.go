@@ -61,8 +61,13 @@ func (p *Policy) MatchName(name string, port uint16, l4 L4) Match {
 	}
 	name = trimName(name)
 	if p.Base != nil {
-		return p.layered(p.Base.MatchName(name, port, l4), p.own().MatchName(name, port, l4))
+		return p.layered(p.Base.MatchName(name, port, l4), p.matchName(name, port, l4))
 	}
+	return p.matchName(name, port, l4)
+}
+
+// matchName is MatchName on p's own allows and denies (steps 3-5).
+func (p *Policy) matchName(name string, port uint16, l4 L4) Match {
 	for i := range p.Denies {
 		d := &p.Denies[i]
 		if d.Prefix.IsValid() {
@@ -93,8 +98,13 @@ func (p *Policy) MatchIP(addr netip.Addr, port uint16, l4 L4) Match {
 	}
 	addr = addr.Unmap()
 	if p.Base != nil {
-		return p.layered(p.Base.MatchIP(addr, port, l4), p.own().MatchIP(addr, port, l4))
+		return p.layered(p.Base.MatchIP(addr, port, l4), p.matchIP(addr, port, l4))
 	}
+	return p.matchIP(addr, port, l4)
+}
+
+// matchIP is MatchIP on p's own allows and denies.
+func (p *Policy) matchIP(addr netip.Addr, port uint16, l4 L4) Match {
 	for i := range p.Denies {
 		d := &p.Denies[i]
 		if d.Prefix.IsValid() && d.Prefix.Contains(addr) {

@@ -42,11 +42,68 @@ func main() {
 	out := flag.String("out", envOr("BENCH_BPF_OUT", "bench/results/bpf.txt"), "report file")
 	rounds := flag.Int("rounds", 41, "interleaved rounds (batches) per side")
 	ops := flag.Int("ops", 400, "connects per batch")
+	flag.BoolVar(&scaleOnly, "scale", false, "only the scale cases: the maps as the plugin fills them for 1 endpoint vs 500 endpoints on a network of 10,000 rules (issue 13 §4)")
 	flag.Parse()
 	if err := run(*out, *rounds, *ops); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/bpf:", err)
 		os.Exit(1)
 	}
+}
+
+var scaleOnly bool
+
+// scaleMaps fills the maps as the plugin does for n endpoints of one
+// network of 10,000 rules: the network's base routed once under its
+// gateway (9,800 names on 443, 40 dedicated ports, 500 CIDRs), every
+// endpoint layered on it with its labels' own routes (5 each; learned
+// addresses: scaleLearned). Endpoint 1 (the measured one) learned dst as
+// identity 100, a base name.
+func scaleMaps(m *bpf.Manager, n int, gw netip.Addr, dst netip.Addr) error {
+	var base []bpf.Route
+	for id := uint32(100); id < 100+9800; id++ {
+		base = append(base, bpf.Route{Identity: id, Port: 443, L4: 6, ListenerPort: 15100}, bpf.Route{Identity: id, Port: 443, L4: 17, ListenerPort: 15100})
+	}
+	for i := uint32(0); i < 40; i++ {
+		base = append(base, bpf.Route{Identity: 20000 + i, Port: uint16(5000 + i), L4: 6, ListenerPort: uint16(15200 + i)})
+	}
+	var cidrs []bpf.CIDR
+	for i := range 500 {
+		cidrs = append(cidrs, bpf.CIDR{Prefix: netip.MustParsePrefix(fmt.Sprintf("100.%d.%d.0/24", 64+i/256, i%256)), Identity: uint32(30000 + i)})
+	}
+	if err := m.SyncBase(map[netip.Addr][]bpf.Route{gw: base}, map[netip.Addr][]bpf.CIDR{gw: cidrs}); err != nil {
+		return err
+	}
+	routes := map[uint32][]bpf.Route{}
+	var layered []uint32
+	for idx := uint32(1); idx <= uint32(n); idx++ {
+		layered = append(layered, idx)
+		for j := range uint32(5) {
+			routes[idx] = append(routes[idx], bpf.Route{Identity: 40000 + idx*8 + j, Port: 443, L4: 6, ListenerPort: 15100})
+		}
+	}
+	if err := m.Learn(1, dst, 100, time.Hour); err != nil {
+		return err
+	}
+	if err := m.SyncRoutesLayered(routes, layered); err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Millisecond) // let the map churn's deferred frees settle
+	return nil
+}
+
+// scaleLearned gives endpoints 2..500 64 learned addresses each, once:
+// every endpoint's learned map is its own, so endpoint 1's lookups do not
+// depend on them; they are there as the plugin's maps would hold them.
+func scaleLearned(m *bpf.Manager) error {
+	for idx := uint32(2); idx <= 500; idx++ {
+		for j := range 64 {
+			a := netip.AddrFrom4([4]byte{198, 18, byte(idx >> 2), byte(int(idx&3)<<6 | j)})
+			if err := m.Learn(idx, a, 100+uint32(j), time.Hour); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func envOr(k, def string) string {
@@ -246,6 +303,28 @@ func run(out string, rounds, ops int) (err error) {
 			}, aPath, dst, unix.SOCK_STREAM, false},
 		{"netns, udp connect() to an allowed destination", "enrolled (steered)", "not enrolled (direct)",
 			enroll, unenroll, aPath, dst, unix.SOCK_DGRAM, false},
+	}
+
+	if scaleOnly {
+		if err := scaleLearned(m); err != nil {
+			return err
+		}
+		gw := ep.Gateway
+		scale := func(n int) func() error {
+			return func() error {
+				if err := inOn(); err != nil {
+					return err
+				}
+				if err := scaleMaps(m, n, gw, dst.Addr()); err != nil {
+					return err
+				}
+				return enroll()
+			}
+		}
+		cases = []cas{
+			{"enrolled, tcp connect (steered), 10k rules", "500 endpoints", "1 endpoint", scale(500), scale(1), aPath, dst, unix.SOCK_STREAM, false},
+			{"enrolled, udp connect() (steered), 10k rules", "500 endpoints", "1 endpoint", scale(500), scale(1), aPath, dst, unix.SOCK_DGRAM, false},
+		}
 	}
 
 	var report strings.Builder
