@@ -154,8 +154,8 @@ func readSnapshot(path string) (*policy.Snapshot, error) {
 
 // snapshotFile is the form of a policy.Snapshot that the sidecar reads.
 // A network carries its Base policy once; an endpoint carries no policy
-// when its policy is its network's base (base_policy), only its label
-// rules compiled alone (labels) when it has label rules, and its full
+// when its policy is its network's base (base_policy), only its own
+// layer (labels: policy.Layer's) when it has label rules, and its full
 // policy only when it came without layers. A file without bases and
 // layers (the older form, snapshots built by hand) reads as before.
 //

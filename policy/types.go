@@ -200,14 +200,13 @@ type Policy struct {
 	// report it instead of splicing by address unseen.
 	Learn bool `json:"learn,omitempty"`
 	// Base, when set, makes this a layered policy: Allows and Denies hold
-	// only the endpoint's own (label) rules compiled alone, and Base is its
-	// network's policy compiled without them, shared by every endpoint of
-	// the network. Only the DNS sidecar builds layered policies (from the
-	// snapshot file, see dns.DecodeSnapshot): MatchName, MatchIP and
-	// DeniedAddr answer on them exactly as on the merged policy whether a
-	// destination is allowed, under which identity and why, but a matched
-	// entry's Ports, Paths and Rules are its own layer's, so routes and
-	// listeners are always built from merged policies.
+	// only the endpoint's own layer and Base is its network's policy
+	// compiled without its labels, shared by every endpoint of the
+	// network. Layer builds the own layer complete (every entry whose
+	// merged form differs from the base's is restated), so MatchName,
+	// MatchIP, DeniedAddr and Entries answer exactly as the merged
+	// Compile would, entries included. Consumers that build from every
+	// allow iterate Entries and DenyEntries, never Allows and Denies.
 	Base *Policy `json:"-"`
 }
 
@@ -295,8 +294,8 @@ type Endpoint struct {
 	Learn bool `json:"learn,omitempty"`
 	// Policy is the endpoint's compiled policy (nil while pending).
 	Policy *Policy `json:"policy,omitempty"`
-	// Labels is the endpoint's label rules compiled alone (nil without
-	// label rules): with its network's Base, what the DNS sidecar's file
+	// Labels is the own layer of Policy (policy.Layer; nil without label
+	// rules): with its network's Base, what the DNS sidecar's file
 	// carries instead of Policy (see Policy.Base).
 	Labels *Policy `json:"-"`
 }
