@@ -380,7 +380,11 @@ func (p *poller) wait(t *testing.T, timeout time.Duration) pollResult {
 // and that descend from a process of this environment (the containerd shim
 // whose command line names the Env directory), so nothing outside this
 // environment ever matches.
-func (f *opsFixture) pluginPIDs(suffix string) []int {
+func (f *opsFixture) pluginPIDs(suffix string) []int { return processesOf(suffix, f.e.Owns) }
+
+// processesOf lists the processes whose executable ends in suffix and that
+// owns reports as its own (Env.Owns, Node.Owns).
+func processesOf(suffix string, owns func(int) bool) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, d := range ents {
@@ -392,7 +396,7 @@ func (f *opsFixture) pluginPIDs(suffix string) []int {
 		if err != nil {
 			continue
 		}
-		if strings.HasSuffix(exe, suffix) && f.e.Owns(pid) {
+		if strings.HasSuffix(exe, suffix) && owns(pid) {
 			pids = append(pids, pid)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,7 +69,7 @@ func setupSwarmNode(t *testing.T) *swarmNode {
 	require.NoError(t, s.node.JoinSwarm())
 	// Each plugin pins in its own directory (two on one kernel must not
 	// share maps).
-	for _, dir := range []string{"/sys/fs/bpf/clawker-fw", s.node.PinDir()} {
+	for _, dir := range []string{harness.DefaultPinDir, s.node.PinDir()} {
 		_, err := os.Stat(filepath.Join(dir, "meta"))
 		require.NoError(t, err, "pins of a plugin")
 	}
@@ -198,16 +199,90 @@ func TestSwarmNodeWorker(t *testing.T) {
 		require.Contains(t, label, harness.SharedHost)
 		s.requireEnforced(t, id, "/sn-updated", append(allow, harness.SharedHost)...)
 	}
+
+	// A second plugin on this kernel with the manager plugin's pin
+	// directory refuses to start (it would rebuild and rewrite the other's
+	// maps), and takes nothing down with it.
+	s.requirePinClashRefused(t)
+
+	// The worker's plugin restarted (killed; its dockerd starts it again)
+	// keeps enforcing the updated tasks' rules: they come from Swarm's
+	// spec, not from the plugin's store.
+	s.restartNodePlugin(t)
+	for _, id := range updated {
+		s.requireEnforced(t, id, "/sn-after-restart", append(allow, harness.SharedHost)...)
+	}
 	recordTiming(t, "swarm_node_worker", time.Since(start))
 
 	log, err := s.e.FakenetLog()
 	require.NoError(t, err)
 	seen := 0
 	for _, en := range log {
-		if en.Path == "/sn-worker" || en.Path == "/sn-updated" {
+		if en.Path == "/sn-worker" || en.Path == "/sn-updated" || en.Path == "/sn-after-restart" {
 			seen++
 		}
 	}
 	require.NotZero(t, seen, "no request of the worker's tasks reached the fake internet")
 	s.requireNoLeaks(t)
+}
+
+// requirePinClashRefused creates a second plugin on the worker (a rootfs
+// differing by one file: Docker refuses two plugins of identical content)
+// with its own state directory but the manager plugin's pin directory, and
+// requires that enabling it fails with the pin lock's message while the
+// manager's pins stay.
+func (s *swarmNode) requirePinClashRefused(t *testing.T) {
+	t.Helper()
+	const ref = "cfw-pin-clash:latest"
+	dir := t.TempDir()
+	out, err := exec.Command("cp", "-a", filepath.Join(repoRoot(t), "build", "plugin")+"/.", dir).CombinedOutput()
+	require.NoError(t, err, "copy plugin build: %s", out)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "rootfs", "pin-clash"), []byte("pin clash\n"), 0o644))
+	state := filepath.Join(s.node.Dir(), "state-clash")
+	require.NoError(t, os.MkdirAll(state, 0o755))
+	var settings []string
+	for _, kv := range s.node.PluginSettings() {
+		switch k, _, _ := strings.Cut(kv, "="); k {
+		case "state.source":
+			kv = k + "=" + state
+		case "CLAWKER_BPF_PIN_DIR":
+			kv = k + "=" + harness.DefaultPinDir
+		}
+		settings = append(settings, kv)
+	}
+	s.node.MustDocker(t, "plugin", "create", ref, dir)
+	defer func() {
+		_, _, _ = s.node.Docker("plugin", "disable", "-f", ref)
+		_, _, _ = s.node.Docker("plugin", "rm", "-f", ref)
+	}()
+	s.node.MustDocker(t, append([]string{"plugin", "set", ref}, settings...)...)
+	stdout, stderr, err := s.node.Docker("plugin", "enable", "--timeout", "15", ref)
+	require.Error(t, err, "a second plugin on the manager plugin's pins was enabled: %s%s", stdout, stderr)
+	require.Eventually(t, func() bool {
+		b, _ := os.ReadFile(s.node.DockerdLog())
+		return strings.Contains(string(b), "by another clawker-fw on this kernel")
+	}, 15*time.Second, 200*time.Millisecond, "the refused plugin never said why (node dockerd log %s)", s.node.DockerdLog())
+	_, err = os.Stat(filepath.Join(harness.DefaultPinDir, "meta"))
+	require.NoError(t, err, "the manager's pins")
+}
+
+// restartNodePlugin kills the worker's plugin (SIGKILL) and waits until the
+// worker's dockerd started it again and its admin API answers.
+func (s *swarmNode) restartNodePlugin(t *testing.T) {
+	t.Helper()
+	const exe = "/bin/clawker-fw-plugin"
+	pids := processesOf(exe, s.node.Owns)
+	require.Len(t, pids, 1, "one plugin process on the worker")
+	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		now := processesOf(exe, s.node.Owns)
+		if len(now) != 1 || now[0] == pids[0] {
+			return false
+		}
+		return exec.Command(s.cli, "--socket", filepath.Join(s.node.StateDir(), "admin.sock"), "status").Run() == nil
+	}, 90*time.Second, 200*time.Millisecond, "the worker's plugin was not restarted by its dockerd")
+	t.Logf("worker plugin pid %d killed; restarted, admin API up after %v", pids[0], time.Since(start).Round(time.Millisecond))
+	// As killPlugin: let Docker 20.10's post-start window pass.
+	time.Sleep(2 * time.Second)
 }

@@ -588,8 +588,15 @@ func (e *Env) SetAuthzPlugins(names ...string) error {
 // ancestors within six generations (a plugin under its containerd shim, a
 // container's process under runc), has the Env directory in its command
 // line. Nothing outside this environment ever matches.
-func (e *Env) Owns(pid int) bool {
-	dir := e.dir + "/"
+//
+// A Node's processes (its directory is under the Env's) belong to the Env
+// too; Node.Owns tells them apart.
+func (e *Env) Owns(pid int) bool { return ownedBy(e.dir, pid) }
+
+// ownedBy reports whether pid or one of its six nearest ancestors has dir
+// in its command line.
+func ownedBy(dir string, pid int) bool {
+	dir += "/"
 	for range 6 {
 		if pid <= 1 {
 			return false

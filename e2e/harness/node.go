@@ -381,6 +381,10 @@ func (n *Node) JoinSwarm() error {
 	return nil
 }
 
+// Owns reports whether process pid belongs to the node (its dockerd,
+// containerd, shims, plugin, containers), as Env.Owns does for the Env.
+func (n *Node) Owns(pid int) bool { return ownedBy(n.dir, pid) }
+
 // NodeID is the node's swarm node id ("" before JoinSwarm).
 func (n *Node) NodeID() string { return n.nodeID }
 

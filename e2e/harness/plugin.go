@@ -15,6 +15,10 @@ import (
 // 20.10, `docker network create -d` needs the ":latest" tag.
 const PluginName = "clawker-fw:latest"
 
+// DefaultPinDir is the plugin's BPF pin directory by default
+// (CLAWKER_BPF_PIN_DIR): the Env's plugin pins there.
+const DefaultPinDir = "/sys/fs/bpf/clawker-fw"
+
 // PluginTestCAName is the file name of the test CA in the plugin's state
 // directory (state.source); the plugin sees it as
 // /var/lib/clawker-fw/test-ca.crt.
@@ -156,7 +160,7 @@ func (e *Env) UninstallPlugin() error {
 // its nft tables. Only call it with no plugin running.
 func CleanPluginHostState() error {
 	var errs []error
-	if err := os.RemoveAll("/sys/fs/bpf/clawker-fw"); err != nil {
+	if err := os.RemoveAll(DefaultPinDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove pins: %w", err))
 	}
 	for _, fam := range []string{"inet", "bridge"} {
