@@ -53,7 +53,11 @@ func setupSwarmNode(t *testing.T) *swarmNode {
 		t.Log("this plugin has no CLAWKER_SCOPE setting: swarm network options do not reach the nodes; testing task labels only")
 	}
 
-	t.Cleanup(func() { _, _, _ = e.Docker("swarm", "leave", "--force") })
+	t.Cleanup(func() {
+		if err := e.SwarmLeave(); err != nil {
+			t.Errorf("manager leaves the swarm: %v", err)
+		}
+	})
 	s.node = e.SetupNode(t, 1)
 	require.NoError(t, s.node.CopyImage(f.busybox))
 	copyDir := t.TempDir()
@@ -62,10 +66,8 @@ func setupSwarmNode(t *testing.T) *swarmNode {
 	require.NoError(t, s.node.InstallPlugin(driver, copyDir, append(s.node.PluginSettings(), scope...)...))
 
 	// The manager listens and advertises on its address on the worker's
-	// link, off the default port (a developer's own swarm); Swarm's overlay
-	// pool stays off the host's and the tests' ranges.
-	mgr := harness.NodeHostIP(1) + ":2477"
-	e.MustDocker(t, "swarm", "init", "--listen-addr", mgr, "--advertise-addr", mgr, "--default-addr-pool", "10.233.0.0/16")
+	// link (harness.SwarmPort, Swarm's own address pool).
+	require.NoError(t, e.SwarmInit(harness.NodeHostIP(1)))
 	require.NoError(t, s.node.JoinSwarm())
 	// Each plugin pins in its own directory (two on one kernel must not
 	// share maps).
