@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"time"
 )
 
 // Swarm on the test dockerd.
@@ -70,6 +71,35 @@ func (e *Env) SwarmLeave() error {
 		return nil
 	}
 	var errs []error
+	// Swarm networks first, while this node still manages them: a node that
+	// left keeps a swarm network whose tasks were still detaching (measured
+	// on the current engine), and then cannot remove it ("not a swarm
+	// manager"), nor its driver's bridge.
+	if out, _, err := e.Docker("service", "ls", "-q"); err == nil && strings.TrimSpace(out) != "" {
+		_, _, _ = e.Docker(append([]string{"service", "rm"}, strings.Fields(out)...)...)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		out, _, err := e.Docker("ps", "-q", "--filter", "label=com.docker.swarm.task.id")
+		if err != nil || strings.TrimSpace(out) == "" {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for time.Now().Before(deadline) {
+		out, _, err := e.Docker("network", "ls", "--filter", "scope=swarm", "--format", "{{.ID}} {{.Name}}")
+		var left []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[1] != "ingress" {
+				left = append(left, f[0])
+			}
+		}
+		if err != nil || len(left) == 0 {
+			break
+		}
+		_, _, _ = e.Docker(append([]string{"network", "rm"}, left...)...)
+		time.Sleep(500 * time.Millisecond)
+	}
 	if _, stderr, err := e.Docker("swarm", "leave", "--force"); err != nil && !strings.Contains(stderr, "not part of a swarm") {
 		errs = append(errs, err)
 	}
