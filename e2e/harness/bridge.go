@@ -123,26 +123,33 @@ func (e *Env) removeDockerBridge() error {
 // removeBridgeRules deletes every iptables/ip6tables rule, in the tables
 // dockerd writes, that names DockerBridge or DockerBridgeSubnet.
 func removeBridgeRules() error {
+	return deleteRules([]string{"iptables", "ip6tables"}, []string{"filter", "nat", "raw", "mangle"}, namesOwnBridge)
+}
+
+// deleteRules deletes every rule (an `-S` line starting "-A ") of the
+// given tables for which match is true, with each of bins (iptables,
+// ip6tables). A table a binary does not have is skipped; every failed
+// delete is returned, the others still run.
+func deleteRules(bins, tables []string, match func(rule string) bool) error {
 	var errs []error
-	for _, bin := range []string{"iptables", "ip6tables"} {
-		for _, table := range []string{"filter", "nat", "raw", "mangle"} {
+	for _, bin := range bins {
+		for _, table := range tables {
 			out, err := exec.Command(bin, "-w", "-t", table, "-S").Output()
 			if err != nil {
 				continue // table not available
 			}
 			for _, line := range strings.Split(string(out), "\n") {
-				if !strings.HasPrefix(line, "-A ") || !namesOwnBridge(line) {
+				if !strings.HasPrefix(line, "-A ") || !match(line) {
 					continue
 				}
+				// -S prints the rule as it was added; -D takes the same words.
 				args, err := splitRule(line)
 				if err != nil {
 					errs = append(errs, err)
 					continue
 				}
 				args[0] = "-D"
-				if err := run(bin, append([]string{"-w", "-t", table}, args...)...); err != nil {
-					errs = append(errs, err)
-				}
+				errs = append(errs, run(bin, append([]string{"-w", "-t", table}, args...)...))
 			}
 		}
 	}

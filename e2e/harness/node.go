@@ -474,21 +474,9 @@ func removeStaleNode(index int) error {
 		}
 	}
 	var errs []error
-	for _, table := range []string{"filter", "nat"} {
-		out, err := exec.Command("iptables", "-w", "-t", table, "-S").Output()
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 || f[0] != "-A" || !strings.Contains(line, "--comment "+NodeRuleComment(index)) {
-				continue
-			}
-			// -S prints the rule as it was added; -D takes the same words.
-			f[0] = "-D"
-			errs = append(errs, run("iptables", append([]string{"-w", "-t", table}, f...)...))
-		}
-	}
+	errs = append(errs, deleteRules([]string{"iptables"}, []string{"filter", "nat"}, func(rule string) bool {
+		return strings.Contains(rule, "--comment "+NodeRuleComment(index))
+	}))
 	errs = append(errs, removeNodeLink(index))
 	if err := os.RemoveAll(NodePinDir(index)); err != nil {
 		errs = append(errs, err)

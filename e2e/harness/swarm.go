@@ -118,24 +118,10 @@ func (e *Env) SwarmLeave() error {
 // removeIngressChains deletes every jump to DOCKER-INGRESS, then the chain,
 // in the filter and nat tables.
 func removeIngressChains() error {
-	var errs []error
+	errs := []error{deleteRules([]string{"iptables"}, []string{"filter", "nat"}, func(rule string) bool {
+		return strings.Contains(rule, "-j "+SwarmIngressChain) && !strings.HasPrefix(rule, "-A "+SwarmIngressChain+" ")
+	})}
 	for _, table := range []string{"filter", "nat"} {
-		out, err := exec.Command("iptables", "-w", "-t", table, "-S").Output()
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			if !strings.HasPrefix(line, "-A ") || !strings.Contains(line, "-j "+SwarmIngressChain) || strings.HasPrefix(line, "-A "+SwarmIngressChain+" ") {
-				continue
-			}
-			args, err := splitRule(line)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			args[0] = "-D"
-			errs = append(errs, run("iptables", append([]string{"-w", "-t", table}, args...)...))
-		}
 		if exec.Command("iptables", "-w", "-t", table, "-S", SwarmIngressChain).Run() == nil {
 			errs = append(errs, run("iptables", "-w", "-t", table, "-F", SwarmIngressChain))
 			errs = append(errs, run("iptables", "-w", "-t", table, "-X", SwarmIngressChain))
