@@ -19,6 +19,9 @@
 //	          passthrough) and http://bench.example.test
 //	cfw-insp  a clawker-fw network with -o clawker.tls.inspect=all (the
 //	          client trusts the plugin's CA as well)
+//	floor     the bridge container's client through the inspection floor
+//	          (bench/internal/floor: a minimal Go TLS-terminating relay, no
+//	          policy) run on the host at the bridge's gateway (load relay)
 //
 // The builtin engine runs with CLAWKER_PROXY_KERNEL_SPLICE=true and =false
 // (plugin disabled, set, enabled between blocks; the cfw containers are
@@ -65,6 +68,11 @@ const (
 	subCFW     = "10.231.251.0/24"
 	subInspect = "10.231.252.0/24"
 	subBridge  = "10.231.253.0/24"
+	// floorAddr: the inspection floor relay (load relay) on the host, at
+	// the plain bridge network's gateway; arm "floor" is the bridge
+	// container's client going through it.
+	floorAddr = "10.231.253.1:8443"
+	netFloor  = "floor"
 )
 
 type opts struct {
@@ -103,7 +111,9 @@ type bench struct {
 	img    string
 	splice bool
 	srvPID int // the server process (in its netns)
-	blocks int // blocks run so far
+	// floorPID: the floor relay on the host (0: not running)
+	floorPID int
+	blocks   int // blocks run so far
 	// samples[workload][arm] (arm: bridge, or cfw/cfw-insp + "/on" or "/off")
 	samples map[string]map[string][]sample
 	relayed map[string]int // message of a relayed plugin line (cfw arms) -> count
@@ -170,6 +180,11 @@ func run(o opts) (err error) {
 	}
 	b.splice = true
 	if _, _, err := e.Docker("network", "create", "--subnet", subBridge, netBridge); err != nil {
+		return err
+	}
+	stopFloor, err := b.startFloor()
+	defer stopFloor()
+	if err != nil {
 		return err
 	}
 	if err := b.cfwNetworks(); err != nil {
@@ -314,6 +329,38 @@ func (b *bench) startServer() (func(), error) {
 	}
 }
 
+// startFloor runs the floor relay (load relay) on the host in front of the
+// server, with the server's own leaf: the bridge container's client trusts
+// it already.
+func (b *bench) startFloor() (func(), error) {
+	ca := filepath.Join(b.dir, "ca")
+	cmd := exec.Command(filepath.Join(b.dir, "load"), "relay", "-host", benchHost,
+		"-cert", filepath.Join(ca, fakenet.LeafCertFile), "-key", filepath.Join(ca, fakenet.LeafKeyFile),
+		"-ca", filepath.Join(ca, fakenet.CACertFile), "-listen", floorAddr, "-upstream", srvIP+":443")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stop := func() {
+		if cmd.Process != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		return stop, err
+	}
+	b.floorPID = cmd.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp4", floorAddr, time.Second)
+		if err == nil {
+			c.Close()
+			return stop, nil
+		}
+		if time.Now().After(deadline) {
+			return stop, fmt.Errorf("floor relay at %s not reachable: %v", floorAddr, err)
+		}
+	}
+}
+
 func (b *bench) cfwNetworks() error {
 	if _, _, err := b.e.Docker("network", "create", "-d", harness.PluginName, "--subnet", subCFW,
 		"-o", "clawker.allow="+benchHost+",http://"+benchHost, netCFW); err != nil {
@@ -388,8 +435,8 @@ func (b *bench) workloads() []workload {
 		{"bulk-up", []string{"bulk", "-dir", "up", "-bytes", bulk}, both, 1},
 		{"https-newconn", []string{"newconn", "-scheme", "https", "-n", nc}, both, o.newconnN + 5},
 		{"http-newconn", []string{"newconn", "-scheme", "http", "-n", nc}, both, o.newconnN + 5},
-		{"ka-h1", ka, []string{netBridge, netCFW, netInspect}, o.kaConns},
-		{"ka-h2", append(slices.Clone(ka), "-h2"), []string{netBridge, netInspect}, o.kaConns},
+		{"ka-h1", ka, []string{netBridge, netCFW, netInspect, netFloor}, o.kaConns},
+		{"ka-h2", append(slices.Clone(ka), "-h2"), []string{netBridge, netInspect, netFloor}, o.kaConns},
 		{"dns", []string{"dns", "-n", strconv.Itoa(o.dnsQueries)}, both, o.dnsQueries},
 	}
 }
@@ -400,6 +447,8 @@ func (b *bench) armName(network string) string {
 		return "bridge"
 	case netCFW:
 		return "cfw/" + onOff(b.splice)
+	case netFloor:
+		return "floor"
 	}
 	return "cfw-insp/" + onOff(b.splice)
 }
@@ -437,9 +486,16 @@ func (b *bench) block(round int) error {
 // exec runs the client in the network's container and collects the host
 // side: the plugin's CPU and the lines dockerd relayed meanwhile.
 func (b *bench) exec(network string, w workload) (sample, error) {
-	args := append([]string{"exec", network, "/b/load"}, w.args...)
+	container, cpu := network, b.pluginCPU
+	var extra []string
+	if network == netFloor {
+		// The bridge container through the floor relay; "plugin CPU" is the relay's.
+		container, cpu, extra = netBridge, func() float64 { return procCPU(b.floorPID) }, []string{"-connect", floorAddr}
+	}
+	args := append([]string{"exec", container, "/b/load"}, w.args...)
 	args = append(args, "-ca", "/b/ca/"+fakenet.CACertFile+",/b/ca/plugin-ca.crt")
-	cpu0, srv0 := b.pluginCPU(), procCPU(b.srvPID)
+	args = append(args, extra...)
+	cpu0, srv0 := cpu(), procCPU(b.srvPID)
 	lines0 := len(b.pluginLines())
 	stdout, stderr, err := b.e.Docker(args...)
 	if err != nil {
@@ -461,10 +517,10 @@ func (b *bench) exec(network string, w workload) (sample, error) {
 		return sample{}, fmt.Errorf("client output %q: %w", stdout, err)
 	}
 	s := sample{MBps: r.MBps, P50: r.P50, P99: r.P99, RPS: r.RPS, Secs: r.Secs, Proto: r.Proto, Flows: w.flows,
-		PluginCPU: b.pluginCPU() - cpu0}
+		PluginCPU: cpu() - cpu0}
 	lines := b.pluginLines()
 	s.Lines = len(lines) - lines0
-	if network != netBridge {
+	if network != netBridge && network != netFloor {
 		for _, l := range lines[min(lines0, len(lines)):] {
 			b.relayed[w.name+": "+lineMsg(l)]++
 		}
@@ -713,6 +769,14 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 		} else {
 			fmt.Fprintf(&md, "| %s | %.2f | %.2f (%.2fx) | %.2f (%.2fx) | %s |\n", strings.TrimSpace(r.label), br, on, ron, off, roff, mdTarget)
 		}
+	}
+	fmt.Fprintf(&sb, "inspection floor: the bridge container's client through a minimal TLS-terminating relay on the host (load relay: net/http\n")
+	fmt.Fprintf(&sb, "  server + httputil.ReverseProxy, no policy, the same Go TLS stack, the server's own leaf), paired with the bridge arm as above:\n")
+	for _, f := range []struct{ label, w string }{{"floor relay keep-alive h1 (req/s)", "ka-h1"}, {"floor relay keep-alive h2 (req/s)", "ka-h2"}} {
+		rps := func(s sample) float64 { return s.RPS }
+		relayCPU := func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }
+		fmt.Fprintf(&sb, "  %-42s %9.2f %10.2f %6.2fx  relay CPU s per s %.2f; [%s]\n", f.label, b.med(f.w, "bridge", rps), b.med(f.w, "floor", rps),
+			b.pairedRatio(f.w, "floor", rps), b.med(f.w, "floor", relayCPU), spread(b.pairedRatios(f.w, "floor", rps)))
 	}
 	logLines := map[string]string{}
 	var totalLines, totalFlows int

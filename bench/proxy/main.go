@@ -4,6 +4,9 @@
 //
 //	client (127.0.0.2) -> [builtin web listener | squid http_port | nothing] -> TLS upstream (127.0.0.1)
 //
+// The inspection workloads also run two floors (floor.go): a minimal Go
+// TLS-terminating relay with no policy, and a TLS-terminating byte copy.
+//
 // Every workload runs the variants interleaved in one run, so the ratios
 // compare like with like. Loops are bounded in count and time; everything
 // stays on loopback.
@@ -98,6 +101,13 @@ func main() {
 		}
 		return
 	}
+	if *floorChild {
+		if err := runFloorChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench floor:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *child {
 		if err := runChild(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench engine:", err)
@@ -128,6 +138,9 @@ type env struct {
 	kernelAddr string
 	kernelPID  int
 	reg        *prometheus.Registry
+	// floorAddr and floorPID: the inspection floor relay (floor.go).
+	floorAddr, floorCopyAddr string
+	floorPID                 int
 }
 
 func run() error {
@@ -187,6 +200,14 @@ func run() error {
 		} else {
 			defer stop()
 			e.kernelAddr, e.kernelPID = strings.Fields(addr)[0], pid
+		}
+	}
+	if !*noFloor && (*only == "" || *only == "inspect") {
+		stop, err := e.startFloor(caFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "floor relay unavailable:", err)
+		} else {
+			defer stop()
 		}
 	}
 	if !*noSquid {
@@ -366,7 +387,7 @@ func (e *env) httpClient(v variant, keepAlive, h2 bool) *http.Client {
 }
 
 func (e *env) url(v variant, name, path string) string {
-	if v.name == "builtin" || v.name == "kernel" {
+	if v.name == "builtin" || v.name == "kernel" || strings.HasPrefix(v.name, "floor") {
 		return "https://" + name + path
 	}
 	return "https://" + net.JoinHostPort(name, strconv.Itoa(int(e.upPort))) + path
@@ -680,6 +701,14 @@ func (e *env) benchKeepAlive(rep *report) {
 
 func (e *env) benchInspect(rep *report) {
 	vs := e.variants()
+	arms := vs[:2:2]
+	if e.floorAddr != "" {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
+		arms = append(arms, variant{name: "floor", dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", e.floorAddr) }},
+			variant{name: "floor-copy", dial: func(ctx context.Context, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "tcp4", e.floorCopyAddr)
+			}})
+	}
 	for _, h2 := range []bool{false, true} {
 		name := "HTTP/1.1"
 		if h2 {
@@ -687,11 +716,17 @@ func (e *env) benchInspect(rep *report) {
 		}
 		res := map[string][]load{}
 		for r := 0; r < rounds; r++ {
-			for _, v := range vs[:2] {
+			for i := range arms {
+				v := arms[(i+r)%len(arms)] // arm order rotates by round
 				res[v.name] = append(res[v.name], e.measure(v, e.httpClient(v, true, h2), e.url(v, inspectName, "/small")))
 			}
 		}
 		rep.loadRows(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), res)
+		if f, ok := res["floor"]; ok {
+			rep.loadRows("  the same through the floor relay: net/http + ReverseProxy, no policy (builtin column)", map[string][]load{"direct": res["direct"], "builtin": f})
+			rep.loadRows("  the same through the copy floor: TLS terminated, bytes copied to upstream TLS, no HTTP (builtin column)", map[string][]load{"direct": res["direct"], "builtin": res["floor-copy"]})
+			rep.row("  builtin INSPECTING vs the floor relay (direct column: floor req/s)", medianRPS(f), medianRPS(res["builtin"]), 0, false)
+		}
 	}
 	// New connections under inspection (direct and builtin only).
 	lat := e.newConnLatencies(rep, vs[:2], inspectName, *connN/2, false)
@@ -720,7 +755,7 @@ func (e *env) measure(v variant, cl *http.Client, url string) load {
 }
 
 func (e *env) pidOf(variant string) int {
-	return map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID}[variant]
+	return map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID, "floor": e.floorPID, "floor-copy": e.floorPID}[variant]
 }
 
 // loadRows reports the median requests/s of each variant, and the CPU per
@@ -739,6 +774,14 @@ func (r *report) loadRows(title string, res map[string][]load) {
 	r.row(title, med("direct", rps), med("builtin", rps), med("squid", rps), true)
 	r.row("  CPU us per request, client + upstream + proxy processes", med("direct", all), med("builtin", all), med("squid", all), false)
 	r.row("  CPU us per request, proxy process", 0, med("builtin", proxy), med("squid", proxy), false)
+}
+
+func medianRPS(ls []load) float64 {
+	var v []float64
+	for _, l := range ls {
+		v = append(v, l.rps)
+	}
+	return median(v)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -1237,17 +1280,11 @@ func runChild() error {
 		return err
 	}
 	defer e.eng.Close()
-	if *cpuProf != "" {
-		f, err := os.Create(*cpuProf)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopCPU, err := startCPUProfile(*cpuProf)
+	if err != nil {
+		return err
 	}
+	defer stopCPU()
 	stopProfiles, err := startProfiles()
 	if err != nil {
 		return err
@@ -1272,6 +1309,23 @@ func runChild() error {
 		}
 	}
 	return nil
+}
+
+// startCPUProfile writes a CPU profile to path ("": none) until the
+// returned func is called.
+func startCPUProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // startProfiles starts the engine child's execution trace and block and

@@ -15,6 +15,9 @@
 //	load keepalive -conns 64 [-h2]   GETs on kept-alive connections, req/s
 //	load dns -n N                    lookups of the name, latencies
 //
+// -connect ADDR:PORT dials that address instead of the name's (the floor
+// relay of relay.go, which bench/bridge runs on the host: load relay).
+//
 // The client resolves the name once per run and dials that address, so that
 // DNS is measured only by the dns mode; TLS sessions are never resumed.
 package main
@@ -58,6 +61,9 @@ func main() {
 	key := fs.String("key", "", "serve: leaf key")
 	httpsAddr := fs.String("https", ":443", "serve: HTTPS address")
 	httpAddr := fs.String("http", ":80", "serve: HTTP address")
+	fs.StringVar(&c.connect, "connect", "", "client: dial this address:port instead of the name's")
+	listen := fs.String("listen", "", "relay: listen address")
+	upstream := fs.String("upstream", "", "relay: upstream address:port")
 	_ = fs.Parse(os.Args[2:])
 	var out any
 	var err error
@@ -68,6 +74,8 @@ func main() {
 		out, err = c.bulk(*dir, *size)
 	case "newconn":
 		out, err = c.newconn(*scheme, *n)
+	case "relay":
+		err = c.relay(*cert, *key, *listen, *upstream)
 	case "keepalive":
 		out, err = c.keepalive(*conns, *dur, *h2)
 	case "dns":
@@ -141,6 +149,7 @@ func serve(certFile, keyFile, httpsAddr, httpAddr string) error {
 type client struct {
 	host, caFiles string
 	addr          string // resolved once
+	connect       string // -connect: dial this instead
 	roots         *x509.CertPool
 }
 
@@ -148,11 +157,19 @@ func (c *client) setup() error {
 	if c.addr != "" {
 		return nil
 	}
+	if c.connect != "" {
+		c.addr = c.connect
+		return c.setupRoots()
+	}
 	ips, err := net.DefaultResolver.LookupHost(context.Background(), c.host)
 	if err != nil || len(ips) == 0 {
 		return fmt.Errorf("resolve %s: %v", c.host, err)
 	}
 	c.addr = ips[0]
+	return c.setupRoots()
+}
+
+func (c *client) setupRoots() error {
 	c.roots = x509.NewCertPool()
 	for _, f := range strings.Split(c.caFiles, ",") {
 		if f == "" {
@@ -176,6 +193,9 @@ func (c *client) transport(h2, keepAlive bool) *http.Transport {
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			_, port, _ := net.SplitHostPort(addr)
 			var d net.Dialer
+			if c.connect != "" {
+				return d.DialContext(ctx, "tcp4", c.connect)
+			}
 			return d.DialContext(ctx, "tcp4", net.JoinHostPort(c.addr, port))
 		},
 		TLSClientConfig:     &tls.Config{ServerName: c.host, RootCAs: c.roots},
