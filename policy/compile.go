@@ -59,8 +59,72 @@ type CompileInput struct {
 // Compile allocates identities for new patterns; the caller persists alloc
 // when it grew (see IdentityTable).
 func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
-	var all []EgressRule
-	for _, src := range [][]EgressRule{in.Network, in.Runtime, in.Label} {
+	all, err := normalizeAll(in.Network, in.Runtime, in.Label)
+	if err != nil {
+		return nil, err
+	}
+	all = Dedup(all)
+
+	p := &Policy{
+		Generation: in.Generation,
+		Denies:     []Denied{},
+		InspectAll: in.Settings.InspectAll,
+	}
+	for _, r := range all {
+		if r.Action == Deny {
+			p.Denies = append(p.Denies, Denied{Pattern: r.Dst, Prefix: rulePrefix(r), Rule: r})
+		}
+	}
+	denies := newDenyIndex(p.Denies)
+
+	// Step 3: drop allows inside a deny; group the rest by pattern.
+	g := newGroups(len(all))
+	for _, r := range all {
+		if r.Action != Allow {
+			continue
+		}
+		if d, ok := denies.covering(r); ok {
+			p.Overridden = append(p.Overridden, Override{Allow: r, Deny: d.Rule})
+			continue
+		}
+		g.add(r)
+	}
+	g.pack()
+
+	// Steps 4-6. Every entry's Rules are its own rules, then those of its
+	// enclosing allows, nearest first; they share one array (clipped, so
+	// that an append copies).
+	order := g.sorted()
+	n := 0
+	for _, i := range order {
+		n += len(g.own(i))
+		g.enclosing(i, func(j int) { n += len(g.own(j)) })
+	}
+	arena := make([]EgressRule, 0, n)
+	p.Allows = make([]Allowed, 0, len(order))
+	for _, i := range order {
+		start := len(arena)
+		arena = append(arena, g.own(i)...)
+		g.enclosing(i, func(j int) { arena = append(arena, g.own(j)...) })
+		rules := arena[start:len(arena):len(arena)]
+		a := Allowed{Pattern: g.patterns[i], Prefix: g.prefixes[i], Rules: rules, Ports: mergePorts(rules)}
+		a.Paths, a.PathDefault, a.Inspect = mergeHTTP(rules)
+		a.Identity = alloc.Identity(a.Pattern)
+		p.Allows = append(p.Allows, a)
+	}
+	return p, nil
+}
+
+// normalizeAll normalizes the rules of srcs in order (step 1 of Compile),
+// keeping each rule's provenance; a rule that does not validate fails the
+// whole.
+func normalizeAll(srcs ...[]EgressRule) ([]EgressRule, error) {
+	n := 0
+	for _, src := range srcs {
+		n += len(src)
+	}
+	all := make([]EgressRule, 0, n)
+	for _, src := range srcs {
 		for _, r := range src {
 			n, err := Normalize(r)
 			if err != nil {
@@ -70,60 +134,190 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 			all = append(all, n)
 		}
 	}
-	all = Dedup(all)
+	return all, nil
+}
 
-	p := &Policy{
-		Generation: in.Generation,
-		Allows:     []Allowed{},
-		Denies:     []Denied{},
-		InspectAll: in.Settings.InspectAll,
-	}
-	for _, r := range all {
-		if r.Action == Deny {
-			p.Denies = append(p.Denies, Denied{Pattern: r.Dst, Prefix: rulePrefix(r), Rule: r})
+// groups collects allow rules by pattern (Compile's steps 3-4), in the
+// order their patterns first appear, and finds a pattern's enclosing
+// patterns by lookups: a wildcard by its apex, a CIDR by its prefix.
+type groups struct {
+	patterns []string
+	prefixes []netip.Prefix
+	byDst    map[string]int
+	wild     map[string]int       // wildcard ".d" by d
+	cidr     map[netip.Prefix]int // CIDR by prefix (its pattern is the prefix's canonical form)
+	rules    []EgressRule         // before pack: in rule order; after: grouped
+	of       []int                // before pack: each rule's group
+	bounds   []int                // after pack: group i's rules are rules[bounds[i]:bounds[i+1]]
+}
+
+func newGroups(n int) *groups {
+	return &groups{byDst: make(map[string]int, n), wild: map[string]int{}, cidr: map[netip.Prefix]int{},
+		rules: make([]EgressRule, 0, n), of: make([]int, 0, n)}
+}
+
+func (g *groups) add(r EgressRule) {
+	i, ok := g.byDst[r.Dst]
+	if !ok {
+		i = len(g.patterns)
+		pre := rulePrefix(r)
+		g.byDst[r.Dst] = i
+		g.patterns = append(g.patterns, r.Dst)
+		g.prefixes = append(g.prefixes, pre)
+		if pre.IsValid() {
+			g.cidr[pre] = i
+		} else if apex, wildcard := strings.CutPrefix(r.Dst, "."); wildcard {
+			g.wild[apex] = i
 		}
 	}
+	g.rules = append(g.rules, r)
+	g.of = append(g.of, i)
+}
 
-	// Step 3: drop allows inside a deny; group the rest by pattern.
-	var patterns []string
-	own := make(map[string][]EgressRule)
-	for _, r := range all {
-		if r.Action != Allow {
+// pack orders the rules by group, keeping rule order within each.
+func (g *groups) pack() {
+	g.bounds = make([]int, len(g.patterns)+1)
+	for _, i := range g.of {
+		g.bounds[i+1]++
+	}
+	for i := range g.patterns {
+		g.bounds[i+1] += g.bounds[i]
+	}
+	next := slices.Clone(g.bounds[:len(g.patterns)])
+	packed := make([]EgressRule, len(g.rules))
+	for k, i := range g.of {
+		packed[next[i]] = g.rules[k]
+		next[i]++
+	}
+	g.rules, g.of = packed, nil
+}
+
+// own returns group i's rules (clipped: an append copies).
+func (g *groups) own(i int) []EgressRule {
+	return g.rules[g.bounds[i]:g.bounds[i+1]:g.bounds[i+1]]
+}
+
+// enclosing calls f with every group whose pattern encloses group i's
+// pattern, nearest first: the patterns enclosing lists, among those that
+// exist.
+func (g *groups) enclosing(i int, f func(int)) {
+	pat, prefix := g.patterns[i], g.prefixes[i]
+	if prefix.IsValid() {
+		for bits := prefix.Bits() - 1; bits >= 0; bits-- {
+			if j, ok := g.cidr[netip.PrefixFrom(prefix.Addr(), bits).Masked()]; ok {
+				f(j)
+			}
+		}
+		return
+	}
+	base, wildcard := strings.CutPrefix(pat, ".")
+	if !wildcard {
+		if j, ok := g.wild[base]; ok {
+			f(j)
+		}
+	}
+	for k := 0; k < len(base); k++ {
+		if base[k] == '.' {
+			if j, ok := g.wild[base[k+1:]]; ok {
+				f(j)
+			}
+		}
+	}
+}
+
+// sorted returns the groups most specific first (step 6 of Compile, the
+// order of compareSpecificity).
+func (g *groups) sorted() []int {
+	type key struct {
+		class, rank int
+		pat         string
+		i           int
+	}
+	keys := make([]key, len(g.patterns))
+	for i, pat := range g.patterns {
+		k := key{class: patternClass(pat), pat: pat, i: i}
+		switch k.class {
+		case 1:
+			k.rank = -strings.Count(pat, ".")
+		case 2:
+			pre, _ := netip.ParsePrefix(pat)
+			k.rank = -pre.Bits()
+		}
+		keys[i] = k
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		return cmp.Or(cmp.Compare(a.class, b.class), cmp.Compare(a.rank, b.rank), strings.Compare(a.pat, b.pat))
+	})
+	out := make([]int, len(keys))
+	for i, k := range keys {
+		out[i] = k.i
+	}
+	return out
+}
+
+// denyIndex finds the first deny covering an allow (coveringDeny) by
+// lookups: a name's denies by the name and each of its parent domains, a
+// CIDR's among the CIDR denies only.
+type denyIndex struct {
+	denies []Denied
+	names  map[string]int // a name deny's root (pattern without its dot) -> first such deny
+	cidrs  []int
+}
+
+func newDenyIndex(denies []Denied) *denyIndex {
+	x := &denyIndex{denies: denies, names: make(map[string]int, len(denies))}
+	for i, d := range denies {
+		if d.Prefix.IsValid() {
+			x.cidrs = append(x.cidrs, i)
 			continue
 		}
-		if d, ok := coveringDeny(p.Denies, r); ok {
-			p.Overridden = append(p.Overridden, Override{Allow: r, Deny: d.Rule})
+		root := strings.TrimPrefix(d.Pattern, ".")
+		if _, ok := x.names[root]; !ok {
+			x.names[root] = i
+		}
+	}
+	return x
+}
+
+// covering returns what coveringDeny(x.denies, r) returns. A name deny
+// covers name n (subtree) when its root is n, or n ends in "." and the
+// root: the root is n or a suffix of n after one of its dots.
+func (x *denyIndex) covering(r EgressRule) (Denied, bool) {
+	if ap := rulePrefix(r); ap.IsValid() {
+		for _, i := range x.cidrs {
+			if d := x.denies[i]; d.Prefix.Bits() <= ap.Bits() && d.Prefix.Contains(ap.Addr()) {
+				return d, true
+			}
+		}
+		return Denied{}, false
+	}
+	if len(x.names) == 0 {
+		return Denied{}, false
+	}
+	name := strings.TrimPrefix(r.Dst, ".")
+	first, ok := x.names[name]
+	if !ok {
+		first = -1
+	}
+	for k := 0; k < len(name); k++ {
+		if name[k] != '.' {
 			continue
 		}
-		if _, ok := own[r.Dst]; !ok {
-			patterns = append(patterns, r.Dst)
+		if i, ok := x.names[name[k+1:]]; ok && (first < 0 || i < first) {
+			first = i
 		}
-		own[r.Dst] = append(own[r.Dst], r)
 	}
-
-	slices.SortFunc(patterns, compareSpecificity)
-	prefixes := make(map[string]netip.Prefix, len(patterns))
-	for _, pat := range patterns {
-		prefixes[pat] = rulePrefix(own[pat][0])
+	if first < 0 {
+		return Denied{}, false
 	}
-	for _, pat := range patterns {
-		a := Allowed{Pattern: pat, Prefix: prefixes[pat]}
-		rules := slices.Clone(own[pat])
-		for _, outer := range enclosing(pat, prefixes[pat]) {
-			rules = append(rules, own[outer]...)
-		}
-		a.Rules = rules
-		a.Ports = mergePorts(rules)
-		a.Paths, a.PathDefault, a.Inspect = mergeHTTP(rules)
-		a.Identity = alloc.Identity(pat)
-		p.Allows = append(p.Allows, a)
-	}
-	return p, nil
+	return x.denies[first], true
 }
 
 // rulePrefix returns the prefix of an IP/CIDR rule (invalid for names).
 func rulePrefix(r EgressRule) netip.Prefix {
-	if strings.HasPrefix(r.Dst, ".") {
+	// Without a "/" ParsePrefix fails (and allocates its error): every
+	// normalized IP or CIDR destination has one.
+	if strings.HasPrefix(r.Dst, ".") || !strings.Contains(r.Dst, "/") {
 		return netip.Prefix{}
 	}
 	p, err := netip.ParsePrefix(r.Dst)

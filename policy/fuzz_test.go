@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -71,6 +72,10 @@ func FuzzParseRules(f *testing.F) {
 		p, err := Compile(CompileInput{Network: rules}, NewIdentityTable())
 		if err != nil {
 			t.Fatalf("compile accepted rules: %v", err)
+		}
+		// The indexed compile equals the plain reading of its steps.
+		if want, err := referenceCompile(CompileInput{Network: rules}, NewIdentityTable()); err != nil || !reflect.DeepEqual(want, p) {
+			t.Fatalf("compile differs from referenceCompile (%v):\n%+v\n%+v", err, want, p)
 		}
 		for _, r := range rules {
 			if r.Action != Allow {

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"fmt"
 	"iter"
 	"net/netip"
 	"slices"
@@ -16,9 +15,11 @@ type BaseIndex struct {
 	// byPattern maps an allow pattern to its entry in pol.Allows.
 	byPattern map[string]int
 	// rules holds every rule of the base (allows kept, overridden and
-	// denies) by dedup key, so a label rule that repeats one is dropped as
-	// Compile's Dedup drops it.
-	rules map[RuleKey][]EgressRule
+	// denies) by destination, so a label rule that repeats one is dropped
+	// as Compile's Dedup drops it.
+	rules map[string][]*EgressRule
+	// denies finds the base's first deny covering a label allow.
+	denies *denyIndex
 	// under lists, per domain d, the name entries a wildcard ".d" may
 	// enclose (d itself, and every name or wildcard below d); cidrs lists
 	// the CIDR entries.
@@ -28,8 +29,9 @@ type BaseIndex struct {
 
 // NewBaseIndex indexes base for Layer.
 func NewBaseIndex(base *Policy) *BaseIndex {
-	b := &BaseIndex{pol: base, byPattern: make(map[string]int, len(base.Allows)), rules: map[RuleKey][]EgressRule{}, under: map[string][]int{}}
-	add := func(r EgressRule) { b.rules[r.Key()] = append(b.rules[r.Key()], r) }
+	b := &BaseIndex{pol: base, byPattern: make(map[string]int, len(base.Allows)), rules: make(map[string][]*EgressRule, len(base.Allows)),
+		under: make(map[string][]int, len(base.Allows)), denies: newDenyIndex(base.Denies)}
+	add := func(r *EgressRule) { b.rules[r.Dst] = append(b.rules[r.Dst], r) }
 	for i := range base.Allows {
 		a := &base.Allows[i]
 		b.byPattern[a.Pattern] = i
@@ -45,15 +47,16 @@ func NewBaseIndex(base *Policy) *BaseIndex {
 				}
 			}
 		}
-		for _, r := range ownRules(a) {
-			add(r)
+		own := ownRules(a)
+		for j := range own {
+			add(&own[j])
 		}
 	}
-	for _, d := range base.Denies {
-		add(d.Rule)
+	for i := range base.Denies {
+		add(&base.Denies[i].Rule)
 	}
-	for _, o := range base.Overridden {
-		add(o.Allow)
+	for i := range base.Overridden {
+		add(&base.Overridden[i].Allow)
 	}
 	return b
 }
@@ -79,8 +82,9 @@ func (b *BaseIndex) own(pattern string) []EgressRule {
 }
 
 func (b *BaseIndex) repeats(r EgressRule) bool {
-	for _, x := range b.rules[r.Key()] {
-		if sameBody(x, r) {
+	k := r.Key()
+	for _, x := range b.rules[r.Dst] {
+		if x.Key() == k && sameBody(*x, r) {
 			return true
 		}
 	}
@@ -106,17 +110,11 @@ func (b *BaseIndex) repeats(r EgressRule) bool {
 // layered match (see layered) takes it from there, and otherwise from the
 // base.
 func Layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*Policy, error) {
-	var rules []EgressRule
-	for _, r := range label {
-		n, err := Normalize(r)
-		if err != nil {
-			return nil, fmt.Errorf("compile rule %s %q: %w", r.Source.Key, r.Source.Item, err)
-		}
-		n.Source = r.Source
-		if !base.repeats(n) {
-			rules = append(rules, n)
-		}
+	rules, err := normalizeAll(label)
+	if err != nil {
+		return nil, err
 	}
+	rules = slices.DeleteFunc(rules, base.repeats)
 	rules = Dedup(rules)
 
 	bp := base.pol
@@ -134,7 +132,7 @@ func Layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*P
 		if r.Action != Allow {
 			continue
 		}
-		d, ok := coveringDeny(bp.Denies, r)
+		d, ok := base.denies.covering(r)
 		if !ok {
 			d, ok = coveringDeny(p.Denies, r)
 		}

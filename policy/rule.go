@@ -321,20 +321,34 @@ func sameBody(a, b EgressRule) bool {
 // The rules must be normalized.
 func Dedup(rules []EgressRule) []EgressRule {
 	out := make([]EgressRule, 0, len(rules))
-	seen := make(map[RuleKey][]int, len(rules))
+	// Rules with the same destination are chained (by Dst alone: a string
+	// key hashes faster than a RuleKey), and compared by key and body.
+	first := make(map[string]int, len(rules))
+	next := make([]int, 0, len(rules))
 	for _, r := range rules {
 		k := r.Key()
-		dup := false
-		for _, i := range seen[k] {
-			if sameBody(out[i], r) {
+		j, ok := first[r.Dst]
+		if !ok {
+			j = -1
+		}
+		last, dup := -1, false
+		for ; j >= 0; j = next[j] {
+			if out[j].Key() == k && sameBody(out[j], r) {
 				dup = true
 				break
 			}
+			last = j
 		}
-		if !dup {
-			seen[k] = append(seen[k], len(out))
-			out = append(out, r)
+		if dup {
+			continue
 		}
+		if last < 0 {
+			first[r.Dst] = len(out)
+		} else {
+			next[last] = len(out)
+		}
+		out = append(out, r)
+		next = append(next, -1)
 	}
 	return out
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	mdns "github.com/miekg/dns"
 
+	"github.com/clawker-fw/clawker-fw/bench/scalegen"
 	clawkerdns "github.com/clawker-fw/clawker-fw/dns"
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
 	fwplugin "github.com/clawker-fw/clawker-fw/plugin"
@@ -216,55 +217,10 @@ func median(rs []result) result {
 
 const netID = "scalenet"
 
-// networkOptions returns the 10,000 rules as docker network create -o
-// options, and the names a query may ask (allowed by the network).
-func networkOptions() (map[string]string, []string) {
-	var allow, deny, full, names []string
-	for i := range 6000 {
-		n := fmt.Sprintf("h%d.svc%d.example.com", i, i%97)
-		allow, names = append(allow, n), append(names, n)
-	}
-	for i := range 3000 {
-		allow = append(allow, fmt.Sprintf(".z%d.example.io", i))
-		names = append(names, fmt.Sprintf("api.z%d.example.io", i))
-	}
-	for i := range 500 {
-		allow = append(allow, fmt.Sprintf("100.%d.%d.0/24", 64+i/256, i%256))
-	}
-	for i := range 100 {
-		allow = append(allow, fmt.Sprintf("http://plain%d.example.net", i))
-		names = append(names, fmt.Sprintf("plain%d.example.net", i))
-	}
-	for i := range 20 {
-		allow = append(allow, fmt.Sprintf("tcp://db%d.example.net:%d", i, 5000+i))
-		allow = append(allow, fmt.Sprintf("udp://u%d.example.net:%d", i, 6000+i))
-	}
-	for i := range 160 {
-		deny = append(deny, fmt.Sprintf("bad%d.z%d.example.io", i, i))
-	}
-	for i := range 200 {
-		full = append(full, fmt.Sprintf(`{"dst":"api%d.paths.test","paths":[{"path":"/v1/","methods":["GET"]}]}`, i))
-		names = append(names, fmt.Sprintf("api%d.paths.test", i))
-	}
-	return map[string]string{
-		"clawker.allow": strings.Join(allow, ","),
-		"clawker.deny":  strings.Join(deny, ","),
-		"clawker.rules": "[" + strings.Join(full, ",") + "]",
-	}, names
-}
-
-func labels(i int) map[string]string {
-	return map[string]string{
-		"clawker.allow": fmt.Sprintf("e%d.agent.test,pkg%d.agent.test,.team%d.example.org", i, i, i),
-		"clawker.deny":  fmt.Sprintf("secret.team%d.example.org", i),
-		"clawker.rules": fmt.Sprintf(`[{"dst":"api.e%d.test","paths":[{"path":"/v2/"}]}]`, i),
-	}
-}
-
 // buildState is the plugin's persisted state with one network and n
 // identified endpoints.
 func buildState(n int) (*fwplugin.State, []string, error) {
-	opts, names := networkOptions()
+	opts, names := scalegen.NetworkOptions()
 	cfg, err := policy.ParseNetworkOptions(opts, netID)
 	if err != nil {
 		return nil, nil, fmt.Errorf("network options: %w", err)
@@ -278,7 +234,7 @@ func buildState(n int) (*fwplugin.State, []string, error) {
 	base := netip.MustParseAddr("10.200.0.1")
 	for i := 1; i <= n; i++ {
 		cid := fmt.Sprintf("c%06d", i)
-		rules, err := policy.ParseLabels(labels(i), cid)
+		rules, err := policy.ParseLabels(scalegen.Labels(i), cid)
 		if err != nil {
 			return nil, nil, fmt.Errorf("labels: %w", err)
 		}
@@ -388,7 +344,7 @@ func runChild(n, reps, queries int) error {
 		runtime.GC()
 		id := fmt.Sprintf("join%d", i)
 		j := n + 1 + i
-		rules, err := policy.ParseLabels(labels(j), id)
+		rules, err := policy.ParseLabels(scalegen.Labels(j), id)
 		if err != nil {
 			return err
 		}
