@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -117,9 +119,10 @@ func loadState(path string) (*State, error) {
 	return st, nil
 }
 
-// encode is the state as state.json holds it.
+// encode is the state as state.json holds it: compact JSON (it is written
+// on every mutation and read only by loadState; `jq .` shows it indented).
 func (st *State) encode() ([]byte, error) {
-	raw, err := json.MarshalIndent(st, "", "  ")
+	raw, err := json.Marshal(st)
 	if err != nil {
 		return nil, fmt.Errorf("encode state: %w", err)
 	}
@@ -134,18 +137,63 @@ func writeState(path string, raw []byte) error {
 	return store.WriteFileAtomic(path, raw, 0o600)
 }
 
-// clone deep-copies the state through JSON, so an action can mutate a copy
-// and commit it only when the store write succeeded.
+// clone deep-copies the state, so an action can mutate a copy and commit
+// it only when the store write succeeded. Nothing mutable is shared
+// between the copy and st (maps, slices, the identity table, the port
+// allocator, the rules and their path rules): a mutation of either never
+// shows in the other. Each type copies itself by value first and then
+// replaces each of its reference fields, so a value field added later is
+// copied without a change here, and a reference field added later is
+// caught by TestStateCloneShares (it fills every field and checks that the
+// copy shares no memory with the original).
 func (st *State) clone() *State {
-	raw, err := json.Marshal(st)
-	if err != nil {
-		panic(fmt.Sprintf("clone state: %v", err))
+	c := *st
+	if st.Networks != nil {
+		c.Networks = make(map[string]*Network, len(st.Networks))
+		for id, n := range st.Networks {
+			c.Networks[id] = n.clone()
+		}
 	}
-	c := NewState()
-	if err := json.Unmarshal(raw, c); err != nil {
-		panic(fmt.Sprintf("clone state: %v", err))
+	if st.Endpoints != nil {
+		c.Endpoints = make(map[string]*Endpoint, len(st.Endpoints))
+		for id, ep := range st.Endpoints {
+			c.Endpoints[id] = ep.clone()
+		}
 	}
-	return c
+	c.Identities = st.Identities.Clone()
+	c.Ports = st.Ports.Clone()
+	if st.Extra != nil {
+		c.Extra = make(map[string]json.RawMessage, len(st.Extra))
+		for k, v := range st.Extra {
+			c.Extra[k] = slices.Clone(v)
+		}
+	}
+	return &c
+}
+
+// clone deep-copies n (nil stays nil).
+func (n *Network) clone() *Network {
+	if n == nil {
+		return nil
+	}
+	c := *n
+	c.Options = maps.Clone(n.Options)
+	c.Config = n.Config.Clone()
+	c.Runtime = policy.CloneRules(n.Runtime)
+	return &c
+}
+
+// clone deep-copies ep (nil stays nil).
+func (ep *Endpoint) clone() *Endpoint {
+	if ep == nil {
+		return nil
+	}
+	c := *ep
+	c.Aliases = slices.Clone(ep.Aliases)
+	c.Labels = maps.Clone(ep.Labels)
+	c.LabelRules = policy.CloneRules(ep.LabelRules)
+	c.IgnoredLabels = slices.Clone(ep.IgnoredLabels)
+	return &c
 }
 
 // endpointsOf returns the endpoints of network id, sorted by index.
@@ -174,3 +222,9 @@ func (st *State) endpointByContainer(ref string) *Endpoint {
 	}
 	return nil
 }
+
+// Clone is clone, for bench/scale (what a mutation costs the plugin).
+func (st *State) Clone() *State { return st.clone() }
+
+// Encode is the state as state.json holds it (bench/scale).
+func (st *State) Encode() ([]byte, error) { return st.encode() }
