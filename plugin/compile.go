@@ -1,8 +1,8 @@
 package plugin
 
 import (
-	"reflect"
 	"sync"
+	"sync/atomic"
 
 	"github.com/clawker-fw/clawker-fw/policy"
 )
@@ -21,6 +21,8 @@ type Compiler struct {
 	mu     sync.Mutex
 	bases  map[string]*cachedBase  // by network ID
 	layers map[string]*cachedLayer // by endpoint ID
+	// baseCompiles counts the bases compiled (tests).
+	baseCompiles atomic.Int64
 }
 
 type cachedBase struct {
@@ -47,10 +49,13 @@ func (c *Compiler) base(st *State, n *Network, gen uint64) (*policy.BaseIndex, e
 		c.mu.Lock()
 		b := c.bases[n.ID]
 		c.mu.Unlock()
-		if b != nil && reflect.DeepEqual(b.settings, n.Config.Settings) &&
-			reflect.DeepEqual(b.rules, n.Config.Rules) && reflect.DeepEqual(b.runtime, n.Runtime) && holds(st.Identities, b.idx.Policy()) {
+		if b != nil && b.settings.Equal(n.Config.Settings) &&
+			policy.EqualRules(b.rules, n.Config.Rules) && policy.EqualRules(b.runtime, n.Runtime) && holds(st.Identities, b.idx.Policy()) {
 			return b.idx, nil
 		}
+	}
+	if c != nil {
+		c.baseCompiles.Add(1)
 	}
 	pol, err := policy.Compile(policy.CompileInput{Network: n.Config.Rules, Runtime: n.Runtime,
 		Settings: n.Config.Settings, Generation: gen}, st.Identities)
@@ -74,7 +79,7 @@ func (c *Compiler) layer(st *State, ep *Endpoint, base *policy.BaseIndex, gen ui
 		c.mu.Lock()
 		l := c.layers[ep.ID]
 		c.mu.Unlock()
-		if l != nil && l.base == base && reflect.DeepEqual(l.labels, ep.LabelRules) && holds(st.Identities, l.pol) {
+		if l != nil && l.base == base && policy.EqualRules(l.labels, ep.LabelRules) && holds(st.Identities, l.pol) {
 			return l.pol, nil
 		}
 	}

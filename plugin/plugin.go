@@ -9,7 +9,6 @@
 package plugin
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -85,13 +84,11 @@ type Plugin struct {
 	st *State // owned by queue actions
 	// scopes caches Docker's scope of each network asked (refuseSwarmRules).
 	scopes sync.Map
-	// saved is the state as last written (owned by queue actions), and
 	// pre, when set, is the generation the next publish serves, compiled by
 	// commit from the current state and already held (identities, listener
 	// ports, generation) in the state it wrote: publish neither writes nor
 	// compiles again.
-	saved []byte
-	pre   *prebuilt
+	pre *prebuilt
 	// saves counts state writes and builds compilations of the snapshot
 	// (tests: one of each per mutation).
 	saves, builds atomic.Int64
@@ -261,19 +258,18 @@ func (p *Plugin) lastGeneration() uint64 {
 	return p.st.Generation
 }
 
-// save writes the current state unless it is what was last written.
+// save writes the current state durably. Every caller has changed it
+// since the last write (commit writes a new state, publish a new
+// generation), so it is encoded and written without comparing it with
+// the file first.
 func (p *Plugin) save() error {
 	raw, err := p.st.encode()
 	if err != nil {
 		return err
 	}
-	if bytes.Equal(raw, p.saved) {
-		return nil
-	}
 	if err := writeState(p.statePath(), raw); err != nil {
 		return err
 	}
-	p.saved = raw
 	p.saves.Add(1)
 	return nil
 }
@@ -382,8 +378,13 @@ func (p *Plugin) publish() error {
 	ids := p.st.Identities.Len()
 	var snap *policy.Snapshot
 	var m *model.Model
+	// written: commit wrote this very state, with generation gen and what
+	// it allocates (states are never changed in place: a mutation commits
+	// a clone), so there is nothing more to persist.
+	written := false
 	if pre := p.pre; pre != nil && pre.st == p.st && pre.snap.Generation == gen {
 		snap, m = pre.snap, pre.m
+		written = p.st.Generation == gen
 	} else {
 		snap = p.buildSnapshot(gen)
 		var err error
@@ -394,12 +395,14 @@ func (p *Plugin) publish() error {
 	p.st.Generation, p.pre = gen, nil
 	var errs []error
 	// Identities and ports may have grown: persist them before anyone uses them.
-	if err := p.save(); err != nil {
-		err = partial(ReasonStoreWriteFailed, fmt.Errorf("persist identities and listener ports: %w", err))
-		if m.NewPorts > 0 || p.st.Identities.Len() != ids {
-			return err
+	if !written {
+		if err := p.save(); err != nil {
+			err = partial(ReasonStoreWriteFailed, fmt.Errorf("persist identities and listener ports: %w", err))
+			if m.NewPorts > 0 || p.st.Identities.Len() != ids {
+				return err
+			}
+			errs = append(errs, err)
 		}
-		errs = append(errs, err)
 	}
 	// Listeners first, so that routes only ever steer to open ones.
 	if err := p.dp.Apply(snap, m); err != nil {

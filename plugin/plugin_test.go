@@ -588,7 +588,9 @@ func postJSON(t *testing.T, url string, body []byte) map[string]any {
 
 // TestStateWrittenOncePerMutation: a mutation writes state.json once and
 // compiles the policy once (commit writes and compiles the generation
-// publish then serves), and what is on disk is the generation that was
+// publish then serves; a rule added is validated by compiling the
+// network's rules through the Compiler, and commit takes that compile
+// from it), and what is on disk is the generation that was
 // published.
 func TestStateWrittenOncePerMutation(t *testing.T) {
 	r := newRig(t)
@@ -618,7 +620,9 @@ func TestStateWrittenOncePerMutation(t *testing.T) {
 		}},
 	} {
 		before, builds, gen := r.p.saves.Load(), r.p.builds.Load(), r.p.Snapshot().Generation
+		bases := r.p.compiler.baseCompiles.Load()
 		require.NoError(t, step.do(), step.name)
+		require.Equal(t, int64(1), r.p.compiler.baseCompiles.Load()-bases, "%s: the network's rules compiled once (validation and commit)", step.name)
 		writes := int64(1)
 		if strings.HasPrefix(step.name, "a commit with no publish") {
 			writes = 2

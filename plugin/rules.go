@@ -66,8 +66,11 @@ func (p *Plugin) AddRules(netRef string, items []string) ([]policy.EgressRule, e
 		next := p.st.clone()
 		nn := next.Networks[n.ID]
 		nn.Runtime = policy.Dedup(append(nn.Runtime, added...))
-		// Validate the whole resulting policy before committing.
-		if _, err := policy.Compile(policy.CompileInput{Network: nn.Config.Rules, Runtime: nn.Runtime, Settings: nn.Config.Settings}, policy.NewIdentityTable()); err != nil {
+		// Validate the whole resulting policy before committing: compiled
+		// once, through the Compiler against next (its identities go into
+		// next, dropped with it when this fails), so that commit takes
+		// this base from the cache instead of compiling it again.
+		if _, err := p.compiler.base(next, nn, p.lastGeneration()+1); err != nil {
 			return rejected(ReasonInvalidRule, "%w", err)
 		}
 		if err := p.checkPorts(append(slices.Clone(nn.Config.Rules), nn.Runtime...)); err != nil {
