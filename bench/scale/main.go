@@ -86,6 +86,8 @@ type result struct {
 	JoinMS        float64 `json:"join_ms"`         // median commit after an endpoint joins
 	JoinCompileMS float64 `json:"join_compile_ms"` // of which: compile (its labels)
 	CloneMS       float64 `json:"clone_ms"`        // the plugin's state clone + encode per mutation
+	CloneJSONMS   float64 `json:"clone_json_ms"`   // the same as it was done before: JSON round trip + indented encode
+	AddMS         float64 `json:"add_ms"`          // plugin.AddRules end to end (consumers no-ops)
 	ModelMS       float64 `json:"model_ms"`        // model.Build
 	EncodeMS      float64 `json:"encode_ms"`       // the sidecar file's encode
 	WriteMS       float64 `json:"write_ms"`        // atomic write (temp, fsync, rename)
@@ -142,8 +144,12 @@ func run(out string, rounds, reps, queries int) error {
 	fmt.Fprintf(&b, "(the network's base compiled once, each labelled endpoint's labels layered on it, policy.Layer; the plugin's\n")
 	fmt.Fprintf(&b, "Compiler keeps what is unchanged) + model.Build (the base's routes once) + dns.EncodeSnapshot. cold = the first\n")
 	fmt.Fprintf(&b, "commit, nothing cached; rule added = a network runtime rule added (the base and every layer compiled again), and\n")
-	fmt.Fprintf(&b, "endpoint joins = one more labelled endpoint (its labels compiled), medians of %d each; state clone+encode = the\n", reps)
-	fmt.Fprintf(&b, "JSON round trip and encode the plugin does per mutation. DNS = the clawker plugin's ServeDNS in-process on the\n")
+	fmt.Fprintf(&b, "endpoint joins = one more labelled endpoint (its labels compiled), medians of %d each. plugin AddRules = a real\n", reps)
+	fmt.Fprintf(&b, "plugin.Plugin started on that state, a runtime rule added through AddRules as the admin API calls it (parse, state\n")
+	fmt.Fprintf(&b, "clone, validation, commit: compile + model.Build + state.json written with fsync, publish) with the consumers\n")
+	fmt.Fprintf(&b, "(proxy, BPF, host guard, DNS file) as no-ops. state clone+encode = what the plugin does per mutation (a deep\n")
+	fmt.Fprintf(&b, "copy, a compact encode), and beside it the same done as before (a JSON round trip and an indented encode).\n")
+	fmt.Fprintf(&b, "DNS = the clawker plugin's ServeDNS in-process on the\n")
 	fmt.Fprintf(&b, "store its Watcher loaded from the file (upstream: the next plugin, an in-process answer), %d allowed queries\n", queries)
 	fmt.Fprintf(&b, "from endpoints round-robin, one at a time. Memory: live heap after GC of the state+snapshot+model (what the\n")
 	fmt.Fprintf(&b, "plugin holds for policy), the bench process's RSS, and the heap the sidecar's decoded snapshot holds.\n\n")
@@ -165,7 +171,9 @@ func run(out string, rounds, reps, queries int) error {
 	row("  model.Build", "ms", func(r result) float64 { return r.ModelMS }, "")
 	row("  snapshot encode", "ms", func(r result) float64 { return r.EncodeMS }, "")
 	row("  snapshot write", "ms", func(r result) float64 { return r.WriteMS }, "")
+	row("plugin AddRules", "ms", func(r result) float64 { return r.AddMS }, "")
 	row("state clone+encode", "ms", func(r result) float64 { return r.CloneMS }, "")
+	row("  as before (JSON)", "ms", func(r result) float64 { return r.CloneJSONMS }, "")
 	row("snapshot file", "KB", func(r result) float64 { return float64(r.SnapBytes) / 1024 }, "")
 	row("sidecar load", "ms", func(r result) float64 { return r.LoadMS }, "")
 	row("sidecar heap", "MB", func(r result) float64 { return r.SideHeapMB }, "")
@@ -307,7 +315,7 @@ func runChild(n, reps, queries int) error {
 	if _, err := commitOnce(st, cc, 2, path); err != nil {
 		return err
 	}
-	var total, comp, build, enc, wr, join, joinComp, clone []float64
+	var total, comp, build, enc, wr, join, joinComp, clone, cloneJSON []float64
 	var last commit
 	if profCPU != "" {
 		f, err := os.Create(profCPU)
@@ -362,9 +370,15 @@ func runChild(n, reps, queries int) error {
 		}
 		gen++
 
-		// What a mutation also costs the plugin: the state cloned (JSON
-		// round trip) and encoded for its durable write.
+		// What a mutation also costs the plugin: the state cloned and
+		// encoded for its durable write; and side by side, the same as it
+		// was done before (a JSON round trip, and an indented encode).
 		t0 := time.Now()
+		if _, err := st.Clone().Encode(); err != nil {
+			return err
+		}
+		clone = append(clone, ms(time.Since(t0)))
+		t0 = time.Now()
 		raw, err := json.Marshal(st)
 		if err != nil {
 			return err
@@ -375,7 +389,12 @@ func runChild(n, reps, queries int) error {
 		if _, err := json.MarshalIndent(st, "", "  "); err != nil {
 			return err
 		}
-		clone = append(clone, ms(time.Since(t0)))
+		cloneJSON = append(cloneJSON, ms(time.Since(t0)))
+	}
+	// The plugin's whole path for a rule added through the admin API.
+	adds, err := pluginRuleAdds(st, reps)
+	if err != nil {
+		return err
 	}
 	pprof.StopCPUProfile()
 	if profMem != "" {
@@ -392,7 +411,7 @@ func runChild(n, reps, queries int) error {
 	}
 	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
 	r.CommitMS, r.CompileMS, r.ModelMS, r.EncodeMS, r.WriteMS = med(total), med(comp), med(build), med(enc), med(wr)
-	r.JoinMS, r.JoinCompileMS, r.CloneMS = med(join), med(joinComp), med(clone)
+	r.JoinMS, r.JoinCompileMS, r.CloneMS, r.CloneJSONMS, r.AddMS = med(join), med(joinComp), med(clone), med(cloneJSON), med(adds)
 	r.SnapBytes = len(last.raw)
 	r.Listeners = len(last.m.Listeners)
 	for _, fs := range last.m.Failures {
