@@ -772,11 +772,21 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 	}
 	fmt.Fprintf(&sb, "inspection floor: the bridge container's client through a minimal TLS-terminating relay on the host (load relay: net/http\n")
 	fmt.Fprintf(&sb, "  server + httputil.ReverseProxy, no policy, the same Go TLS stack, the server's own leaf), paired with the bridge arm as above:\n")
+	fmt.Fprintf(&sb, "  CPU us per request = the relay's (or the plugin's) CPU seconds / (req/s x (measured s + 0.5 s warm-up)): it moves\n")
+	fmt.Fprintf(&sb, "  less with the machine's load than req/s does, and compares clawker-fw's inspection with the floor's directly.\n")
 	for _, f := range []struct{ label, w string }{{"floor relay keep-alive h1 (req/s)", "ka-h1"}, {"floor relay keep-alive h2 (req/s)", "ka-h2"}} {
 		rps := func(s sample) float64 { return s.RPS }
-		relayCPU := func(s sample) float64 { return s.PluginCPU / (s.Secs + 0.5) }
-		fmt.Fprintf(&sb, "  %-42s %9.2f %10.2f %6.2fx  relay CPU s per s %.2f; [%s]\n", f.label, b.med(f.w, "bridge", rps), b.med(f.w, "floor", rps),
-			b.pairedRatio(f.w, "floor", rps), b.med(f.w, "floor", relayCPU), spread(b.pairedRatios(f.w, "floor", rps)))
+		perReq := func(s sample) float64 { return s.PluginCPU / (s.RPS*(s.Secs+0.5) + 1e-9) * 1e6 }
+		var insp []float64
+		for _, arm := range []string{"cfw-insp/on", "cfw-insp/off"} {
+			for _, s := range b.samples[f.w][arm] {
+				insp = append(insp, perReq(s))
+			}
+		}
+		floorUS, inspUS := b.med(f.w, "floor", perReq), median(insp)
+		fmt.Fprintf(&sb, "  %-42s %9.2f %10.2f %6.2fx  [%s]; CPU us per request: relay %.0f, clawker-fw inspecting %.0f (%.2fx)\n",
+			f.label, b.med(f.w, "bridge", rps), b.med(f.w, "floor", rps), b.pairedRatio(f.w, "floor", rps),
+			spread(b.pairedRatios(f.w, "floor", rps)), floorUS, inspUS, ratio(inspUS, floorUS))
 	}
 	logLines := map[string]string{}
 	var totalLines, totalFlows int

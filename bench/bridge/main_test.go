@@ -40,8 +40,8 @@ func TestFormat(t *testing.T) {
 			"bridge":      {{MBps: 100, P50: 2, P99: 4, RPS: 1000, HostCPUPerGB: 5}},
 			"cfw/on":      {{MBps: 90, P50: 3, P99: 4, RPS: 950, HostCPUPerGB: 6, Lines: 1, Flows: w.flows}},
 			"cfw/off":     {{MBps: 50, P50: 4, P99: 4, RPS: 500, HostCPUPerGB: 5, Flows: w.flows}},
-			"cfw-insp/on": {{RPS: 600}}, "cfw-insp/off": {{RPS: 500}},
-			"floor": {{RPS: 450, PluginCPU: 3.5, Secs: 3}},
+			"cfw-insp/on": {{RPS: 600, PluginCPU: 2.1, Secs: 3}}, "cfw-insp/off": {{RPS: 500, PluginCPU: 2.1, Secs: 3}},
+			"floor": {{RPS: 500, PluginCPU: 1.4, Secs: 3}},
 		}
 	}
 	report, md := b.format("1 1 1", "2 2 2", 0)
@@ -50,7 +50,7 @@ func TestFormat(t *testing.T) {
 		"HTTPS keep-alive INSPECTING h1 (req/s)         1000.00     600.00   0.60x     500.00   0.50x  >=0.60x  met / NOT met",
 		"splice on       1 lines for     15 allowed HTTPS connections",
 		"load average at start: 1 1 1; at end: 2 2 2",
-		"floor relay keep-alive h2 (req/s)            1000.00     450.00   0.45x  relay CPU s per s 1.00; [0.45]",
+		"floor relay keep-alive h2 (req/s)            1000.00     500.00   0.50x  [0.50]; CPU us per request: relay 800, clawker-fw inspecting 1100 (1.38x)",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)

@@ -18,6 +18,10 @@ import (
 // builtin engine:
 //   - floor: bench/internal/floor, a net/http server + ReverseProxy with no
 //     policy: what any Go proxy built on net/http pays per request;
+//   - floor-lean (HTTP/1.1 only): bench/internal/floor.ServeLean, one
+//     goroutine and one dedicated upstream connection per client connection,
+//     requests read with http.ReadRequest and written upstream, none of
+//     net/http's server or transport: what a leaner relay design could save;
 //   - floor-copy: TLS terminated and the decrypted bytes copied to a TLS
 //     connection to the upstream, no HTTP parsed at all: what no proxy that
 //     reads requests on this TLS stack can undercut.
@@ -35,11 +39,11 @@ func (e *env) startFloor(caFile string) (func(), error) {
 		return nil, err
 	}
 	f := strings.Fields(addr)
-	if len(f) != 2 {
+	if len(f) != 3 {
 		stop()
 		return nil, fmt.Errorf("floor child: %q", addr)
 	}
-	e.floorAddr, e.floorCopyAddr, e.floorPID = f[0], f[1], pid
+	e.floorAddr, e.floorCopyAddr, e.floorLeanAddr, e.floorPID = f[0], f[1], f[2], pid
 	return stop, nil
 }
 
@@ -72,7 +76,13 @@ func runFloorChild() error {
 	}
 	defer cln.Close()
 	go copyRelay(cln, srv.TLSConfig, &tls.Config{ServerName: inspectName, RootCAs: ca.pool(), MinVersion: tls.VersionTLS12}, up)
-	fmt.Printf("ADDR %s %s\n", ln.Addr(), cln.Addr())
+	lln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer lln.Close()
+	go func() { _ = floor.ServeLean(lln, *leaf, up, inspectName, ca.pool()) }()
+	fmt.Printf("ADDR %s %s %s\n", ln.Addr(), cln.Addr(), lln.Addr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
 }

@@ -4,8 +4,9 @@
 //
 //	client (127.0.0.2) -> [builtin web listener | squid http_port | nothing] -> TLS upstream (127.0.0.1)
 //
-// The inspection workloads also run two floors (floor.go): a minimal Go
-// TLS-terminating relay with no policy, and a TLS-terminating byte copy.
+// The inspection workloads also run floors (floor.go): a minimal Go
+// TLS-terminating relay with no policy on net/http, a lean one without
+// net/http's server and transport, and a TLS-terminating byte copy.
 //
 // Every workload runs the variants interleaved in one run, so the ratios
 // compare like with like. Loops are bounded in count and time; everything
@@ -139,8 +140,8 @@ type env struct {
 	kernelPID  int
 	reg        *prometheus.Registry
 	// floorAddr and floorPID: the inspection floor relay (floor.go).
-	floorAddr, floorCopyAddr string
-	floorPID                 int
+	floorAddr, floorCopyAddr, floorLeanAddr string
+	floorPID                                int
 }
 
 func run() error {
@@ -704,10 +705,10 @@ func (e *env) benchInspect(rep *report) {
 	arms := vs[:2:2]
 	if e.floorAddr != "" {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
-		arms = append(arms, variant{name: "floor", dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", e.floorAddr) }},
-			variant{name: "floor-copy", dial: func(ctx context.Context, _ string) (net.Conn, error) {
-				return d.DialContext(ctx, "tcp4", e.floorCopyAddr)
-			}})
+		for name, addr := range map[string]string{"floor": e.floorAddr, "floor-copy": e.floorCopyAddr, "floor-lean": e.floorLeanAddr} {
+			arms = append(arms, variant{name: name, dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", addr) }})
+		}
+		slices.SortFunc(arms[2:], func(a, b variant) int { return strings.Compare(a.name, b.name) })
 	}
 	for _, h2 := range []bool{false, true} {
 		name := "HTTP/1.1"
@@ -718,12 +719,18 @@ func (e *env) benchInspect(rep *report) {
 		for r := 0; r < rounds; r++ {
 			for i := range arms {
 				v := arms[(i+r)%len(arms)] // arm order rotates by round
+				if h2 && v.name == "floor-lean" {
+					continue // HTTP/1.1 only
+				}
 				res[v.name] = append(res[v.name], e.measure(v, e.httpClient(v, true, h2), e.url(v, inspectName, "/small")))
 			}
 		}
 		rep.loadRows(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), res)
 		if f, ok := res["floor"]; ok {
 			rep.loadRows("  the same through the floor relay: net/http + ReverseProxy, no policy (builtin column)", map[string][]load{"direct": res["direct"], "builtin": f})
+			if l, ok := res["floor-lean"]; ok {
+				rep.loadRows("  the same through the lean floor: a goroutine + an upstream conn per client, no net/http server (builtin column)", map[string][]load{"direct": res["direct"], "builtin": l})
+			}
 			rep.loadRows("  the same through the copy floor: TLS terminated, bytes copied to upstream TLS, no HTTP (builtin column)", map[string][]load{"direct": res["direct"], "builtin": res["floor-copy"]})
 			rep.row("  builtin INSPECTING vs the floor relay (direct column: floor req/s)", medianRPS(f), medianRPS(res["builtin"]), 0, false)
 		}
@@ -755,7 +762,7 @@ func (e *env) measure(v variant, cl *http.Client, url string) load {
 }
 
 func (e *env) pidOf(variant string) int {
-	return map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID, "floor": e.floorPID, "floor-copy": e.floorPID}[variant]
+	return map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID, "floor": e.floorPID, "floor-copy": e.floorPID, "floor-lean": e.floorPID}[variant]
 }
 
 // loadRows reports the median requests/s of each variant, and the CPU per

@@ -9,6 +9,7 @@
 package floor
 
 import (
+	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
@@ -51,3 +52,54 @@ func (b *buffers) Get() []byte {
 }
 
 func (b *buffers) Put(buf []byte) { b.p.Put(&buf) }
+
+// ServeLean serves the lean floor on ln: HTTP/1.1 only, one goroutine per
+// client connection and a dedicated upstream connection of its own, each
+// request read once (http.ReadRequest), written upstream and its response
+// streamed back, with none of net/http's server or transport machinery
+// (no background read, no request clone, no goroutine hand-off per
+// request). It checks nothing a proxy must check (invariant 9 of
+// docs/DESIGN.md): it measures what such a relay design could save, no more.
+func ServeLean(ln net.Listener, leaf tls.Certificate, upstream, serverName string, roots *x509.CertPool) error {
+	srvCfg := &tls.Config{Certificates: []tls.Certificate{leaf}, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12}
+	upCfg := &tls.Config{ServerName: serverName, RootCAs: roots, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go leanConn(tls.Server(c, srvCfg), upstream, upCfg)
+	}
+}
+
+func leanConn(tc *tls.Conn, upstream string, upCfg *tls.Config) {
+	defer tc.Close()
+	if err := tc.Handshake(); err != nil {
+		return
+	}
+	uc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp4", upstream, upCfg)
+	if err != nil {
+		return
+	}
+	defer uc.Close()
+	cr, cw := bufio.NewReader(tc), bufio.NewWriter(tc)
+	ur, uw := bufio.NewReader(uc), bufio.NewWriter(uc)
+	for {
+		req, err := http.ReadRequest(cr)
+		if err != nil {
+			return
+		}
+		if err := req.Write(uw); err != nil || uw.Flush() != nil {
+			return
+		}
+		resp, err := http.ReadResponse(ur, req)
+		if err != nil {
+			return
+		}
+		err = resp.Write(cw)
+		resp.Body.Close()
+		if err != nil || cw.Flush() != nil || resp.Close {
+			return
+		}
+	}
+}

@@ -52,3 +52,32 @@ func TestServer(t *testing.T) {
 		tr.CloseIdleConnections()
 	}
 }
+
+// TestServeLean: two requests on one kept-alive HTTP/1.1 connection through
+// the lean floor reach the upstream and come back in order.
+func TestServeLean(t *testing.T) {
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.Host+" "+r.URL.RequestURI()+" "+r.Proto)
+	}))
+	defer up.Close()
+	roots := up.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { _ = ServeLean(ln, up.TLS.Certificates[0], up.Listener.Addr().String(), "example.com", roots) }()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "example.com"}, MaxConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	for _, path := range []string{"/one", "/two?x=1"} {
+		resp, err := (&http.Client{Transport: tr}).Get("https://" + ln.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := ln.Addr().String() + " " + path + " HTTP/1.1"; string(body) != want || resp.Proto != "HTTP/1.1" {
+			t.Errorf("%s %q, want HTTP/1.1 %q", resp.Proto, body, want)
+		}
+	}
+}
