@@ -22,6 +22,9 @@ import (
 //     goroutine and one dedicated upstream connection per client connection,
 //     requests read with http.ReadRequest and written upstream, none of
 //     net/http's server or transport: what a leaner relay design could save;
+//   - floor-direct (HTTP/1.1 only): bench/internal/floor.ServerDirect,
+//     net/http's server but each client connection's requests written to a
+//     dedicated upstream connection, no ReverseProxy and no http.Transport;
 //   - floor-copy: TLS terminated and the decrypted bytes copied to a TLS
 //     connection to the upstream, no HTTP parsed at all: what no proxy that
 //     reads requests on this TLS stack can undercut.
@@ -39,11 +42,11 @@ func (e *env) startFloor(caFile string) (func(), error) {
 		return nil, err
 	}
 	f := strings.Fields(addr)
-	if len(f) != 3 {
+	if len(f) != 4 {
 		stop()
 		return nil, fmt.Errorf("floor child: %q", addr)
 	}
-	e.floorAddr, e.floorCopyAddr, e.floorLeanAddr, e.floorPID = f[0], f[1], f[2], pid
+	e.floorAddr, e.floorCopyAddr, e.floorLeanAddr, e.floorDirectAddr, e.floorPID = f[0], f[1], f[2], f[3], pid
 	return stop, nil
 }
 
@@ -82,7 +85,14 @@ func runFloorChild() error {
 	}
 	defer lln.Close()
 	go func() { _ = floor.ServeLean(lln, *leaf, up, inspectName, ca.pool()) }()
-	fmt.Printf("ADDR %s %s %s\n", ln.Addr(), cln.Addr(), lln.Addr())
+	dln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	dsrv := floor.ServerDirect(*leaf, up, inspectName, ca.pool())
+	go func() { _ = dsrv.ServeTLS(dln, "", "") }()
+	defer dsrv.Close()
+	fmt.Printf("ADDR %s %s %s %s\n", ln.Addr(), cln.Addr(), lln.Addr(), dln.Addr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
 }

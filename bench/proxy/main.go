@@ -140,8 +140,8 @@ type env struct {
 	kernelPID  int
 	reg        *prometheus.Registry
 	// floorAddr and floorPID: the inspection floor relay (floor.go).
-	floorAddr, floorCopyAddr, floorLeanAddr string
-	floorPID                                int
+	floorAddr, floorCopyAddr, floorLeanAddr, floorDirectAddr string
+	floorPID                                                 int
 }
 
 func run() error {
@@ -705,7 +705,7 @@ func (e *env) benchInspect(rep *report) {
 	arms := vs[:2:2]
 	if e.floorAddr != "" {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
-		for name, addr := range map[string]string{"floor": e.floorAddr, "floor-copy": e.floorCopyAddr, "floor-lean": e.floorLeanAddr} {
+		for name, addr := range map[string]string{"floor": e.floorAddr, "floor-copy": e.floorCopyAddr, "floor-lean": e.floorLeanAddr, "floor-direct": e.floorDirectAddr} {
 			arms = append(arms, variant{name: name, dial: func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp4", addr) }})
 		}
 		slices.SortFunc(arms[2:], func(a, b variant) int { return strings.Compare(a.name, b.name) })
@@ -719,7 +719,7 @@ func (e *env) benchInspect(rep *report) {
 		for r := 0; r < rounds; r++ {
 			for i := range arms {
 				v := arms[(i+r)%len(arms)] // arm order rotates by round
-				if h2 && v.name == "floor-lean" {
+				if h2 && (v.name == "floor-lean" || v.name == "floor-direct") {
 					continue // HTTP/1.1 only
 				}
 				res[v.name] = append(res[v.name], e.measure(v, e.httpClient(v, true, h2), e.url(v, inspectName, "/small")))
@@ -728,6 +728,9 @@ func (e *env) benchInspect(rep *report) {
 		rep.loadRows(fmt.Sprintf("HTTPS keep-alive GET, builtin INSPECTING, %s (req/s, %d clients, median of %d)", name, *conc, rounds), res)
 		if f, ok := res["floor"]; ok {
 			rep.loadRows("  the same through the floor relay: net/http + ReverseProxy, no policy (builtin column)", map[string][]load{"direct": res["direct"], "builtin": f})
+			if l, ok := res["floor-direct"]; ok {
+				rep.loadRows("  the same through the middle floor: net/http server, a dedicated upstream conn per client, no ReverseProxy/Transport", map[string][]load{"direct": res["direct"], "builtin": l})
+			}
 			if l, ok := res["floor-lean"]; ok {
 				rep.loadRows("  the same through the lean floor: a goroutine + an upstream conn per client, no net/http server (builtin column)", map[string][]load{"direct": res["direct"], "builtin": l})
 			}
@@ -762,7 +765,7 @@ func (e *env) measure(v variant, cl *http.Client, url string) load {
 }
 
 func (e *env) pidOf(variant string) int {
-	return map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID, "floor": e.floorPID, "floor-copy": e.floorPID, "floor-lean": e.floorPID}[variant]
+	return map[string]int{"builtin": e.enginePID, "squid": e.squidPID, "kernel": e.kernelPID, "floor": e.floorPID, "floor-copy": e.floorPID, "floor-lean": e.floorPID, "floor-direct": e.floorPID}[variant]
 }
 
 // loadRows reports the median requests/s of each variant, and the CPU per

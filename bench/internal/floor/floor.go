@@ -10,8 +10,10 @@ package floor
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -101,5 +103,79 @@ func leanConn(tc *tls.Conn, upstream string, upCfg *tls.Config) {
 		if err != nil || cw.Flush() != nil || resp.Close {
 			return
 		}
+	}
+}
+
+// ServerDirect returns the middle floor's server: net/http's server as in
+// Server (its request parsing, checks and response writing), but each
+// client connection's requests written synchronously to a dedicated
+// upstream HTTP/1.1 connection of its own instead of going through
+// httputil.ReverseProxy and http.Transport. HTTP/1.1 clients only (an h2
+// client's concurrent streams would need a pool).
+func ServerDirect(leaf tls.Certificate, upstream, serverName string, roots *x509.CertPool) *http.Server {
+	upCfg := &tls.Config{ServerName: serverName, RootCAs: roots, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12}
+	var ups sync.Map // client net.Conn -> *upConn
+	return &http.Server{IdleTimeout: 2 * time.Minute,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{leaf}, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			u := &upConn{}
+			ups.Store(c, u)
+			return context.WithValue(ctx, upKey{}, u)
+		},
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				if u, ok := ups.LoadAndDelete(c); ok {
+					u.(*upConn).close()
+				}
+			}
+		},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u := r.Context().Value(upKey{}).(*upConn)
+			if u.c == nil {
+				c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp4", upstream, upCfg)
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusBadGateway)
+					return
+				}
+				u.c, u.r, u.w = c, bufio.NewReader(c), bufio.NewWriter(c)
+			}
+			if err := r.Write(u.w); err != nil || u.w.Flush() != nil {
+				u.close()
+				http.Error(w, "upstream write", http.StatusBadGateway)
+				return
+			}
+			resp, err := http.ReadResponse(u.r, r)
+			if err != nil {
+				u.close()
+				http.Error(w, "upstream read", http.StatusBadGateway)
+				return
+			}
+			defer resp.Body.Close()
+			for k, vv := range resp.Header {
+				w.Header()[k] = vv
+			}
+			w.WriteHeader(resp.StatusCode)
+			_, _ = io.Copy(w, resp.Body)
+			if resp.Close {
+				u.close()
+			}
+		}),
+	}
+}
+
+type upKey struct{}
+
+// upConn is one client connection's upstream connection (its requests are
+// sequential: HTTP/1.1 without pipelining in the handler).
+type upConn struct {
+	c *tls.Conn
+	r *bufio.Reader
+	w *bufio.Writer
+}
+
+func (u *upConn) close() {
+	if u.c != nil {
+		u.c.Close()
+		u.c = nil
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 )
 
@@ -50,6 +51,44 @@ func TestServer(t *testing.T) {
 			t.Errorf("h2=%v: %s %q, want %s %q", h2, resp.Proto, body, wantProto, want)
 		}
 		tr.CloseIdleConnections()
+	}
+}
+
+// TestServerDirect: the middle floor relays two requests of one HTTP/1.1
+// connection on its dedicated upstream connection.
+func TestServerDirect(t *testing.T) {
+	var conns sync.Map
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conns.Store(r.RemoteAddr, true)
+		_, _ = io.WriteString(w, r.Host+" "+r.URL.RequestURI()+" "+r.Proto)
+	}))
+	up.StartTLS()
+	defer up.Close()
+	roots := up.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	srv := ServerDirect(up.TLS.Certificates[0], up.Listener.Addr().String(), "example.com", roots)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	defer srv.Close()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "example.com"}, MaxConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	for _, path := range []string{"/one", "/two?x=1"} {
+		resp, err := (&http.Client{Transport: tr}).Get("https://" + ln.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := ln.Addr().String() + " " + path + " HTTP/1.1"; string(body) != want {
+			t.Errorf("%q, want %q", body, want)
+		}
+	}
+	n := 0
+	conns.Range(func(any, any) bool { n++; return true })
+	if n != 1 {
+		t.Errorf("%d upstream connections, want 1", n)
 	}
 }
 
