@@ -28,7 +28,7 @@ type CorefileConfig struct {
 	Bind []string
 	// Port is the DNS port (UDP and TCP), default 15053.
 	Port int
-	// SnapshotPath is the policy.Snapshot JSON file the plugin watches.
+	// SnapshotPath is the snapshot head the plugin watches (SnapshotWriter).
 	SnapshotPath string
 	// PinDir holds the pinned `meta` and `learned` maps; empty disables
 	// learned-map writes.

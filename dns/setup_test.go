@@ -73,7 +73,7 @@ func TestCorefileGolden(t *testing.T) {
 		name string
 		cfg  CorefileConfig
 	}{
-		{name: "defaults", cfg: CorefileConfig{SnapshotPath: "/run/clawker-fw/snapshot.json", PinDir: "/sys/fs/bpf/clawker-fw",
+		{name: "defaults", cfg: CorefileConfig{SnapshotPath: "/run/clawker-fw/dns/snapshot", PinDir: "/sys/fs/bpf/clawker-fw",
 			EventsPath: "/run/clawker-fw/dns-events.sock"}},
 		{name: "custom", cfg: CorefileConfig{
 			Bind: []string{"127.0.0.1"}, Port: 5353, SnapshotPath: "/tmp/s.json",

@@ -1,8 +1,12 @@
 package dns
 
 import (
+	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"strings"
@@ -132,27 +136,48 @@ func statFile(path string) (fileID, error) {
 	if err != nil {
 		return fileID{}, err
 	}
+	return idOf(fi), nil
+}
+
+func idOf(fi os.FileInfo) fileID {
 	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		id.ino = st.Ino
 	}
-	return id, nil
+	return id
 }
 
-// readSnapshot decodes the snapshot file at path.
-func readSnapshot(path string) (*policy.Snapshot, error) {
-	b, err := os.ReadFile(path)
+// readHead reads the file at path and the identity of the version it
+// read (one open file: the content is that version's).
+func readHead(path string) ([]byte, fileID, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("read snapshot: %w", err)
+		return nil, fileID{}, err
 	}
-	snap, err := DecodeSnapshot(b)
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("decode snapshot %s: %w", path, err)
+		return nil, fileID{}, err
 	}
-	return snap, nil
+	b := make([]byte, 0, fi.Size()+1)
+	for {
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, idOf(fi), nil
+		}
+		if err != nil {
+			return nil, fileID{}, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
-// snapshotFile is the form of a policy.Snapshot that the sidecar reads.
+// snapshotFile is the JSON form of a policy.Snapshot, the one the sidecar
+// read before the binary files of SnapshotWriter (snapfile.go); it still
+// reads it (a file an older plugin left, or one written by hand).
 // A network carries its Base policy once; an endpoint carries no policy
 // when its policy is its network's base (base_policy), only its own
 // layer (labels: policy.Layer's) when it has label rules, and its full
@@ -181,8 +206,8 @@ type snapshotEndpoint struct {
 	Labels *policy.Policy `json:"labels,omitempty"`
 }
 
-// EncodeSnapshot is the form of snap the sidecar reads (the plugin's
-// SnapshotFile writes it).
+// EncodeSnapshot is the JSON form of snap (the plugin writes the binary
+// files of SnapshotWriter; bench/scale compares the two).
 func EncodeSnapshot(snap *policy.Snapshot) ([]byte, error) {
 	f := snapshotFile{Generation: snap.Generation,
 		Networks:  make(map[string]*snapshotNetwork, len(snap.Networks)),
@@ -257,8 +282,10 @@ func DecodeSnapshot(b []byte) (*policy.Snapshot, error) {
 }
 
 // Watcher polls the snapshot file and publishes every new version into a
-// Store. Answering never waits on it: a decode runs on the watcher's own
-// goroutine and only the finished snapshot is swapped in.
+// Store. Answering never waits on it: a load runs on the watcher's own
+// goroutine and only the finished snapshot is swapped in. Besides polling
+// every interval it wakes on inotify events of the file's directory, so a
+// new head is loaded as soon as it is renamed into place.
 type Watcher struct {
 	path     string
 	interval time.Duration
@@ -270,10 +297,13 @@ type Watcher struct {
 	last    fileID
 	seen    bool
 	missing bool
+	// bases are the base policies of the snapshot served, by content
+	// hash: a head that names them again reuses them.
+	bases map[[sha256.Size]byte]*policy.Policy
 }
 
 // NewWatcher returns a watcher of path that publishes into store every
-// interval (100 ms when zero).
+// interval (100 ms when zero) and whenever the file is replaced.
 func NewWatcher(path string, interval time.Duration, store *Store, log Logger) *Watcher {
 	if interval <= 0 {
 		interval = 100 * time.Millisecond
@@ -282,22 +312,36 @@ func NewWatcher(path string, interval time.Duration, store *Store, log Logger) *
 }
 
 // Start loads the file once synchronously (so the first queries find it)
-// and then polls in the background until Stop.
+// and then watches it in the background until Stop.
 func (w *Watcher) Start() {
-	w.poll()
+	// The watch is set before the first load, so no rename after it is
+	// missed.
+	n := newNotifier(w.path)
+	w.Poll()
 	w.stop = make(chan struct{})
 	w.done = make(chan struct{})
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(w.interval)
 		defer t.Stop()
+		defer func() { n.close() }()
 		for {
 			select {
 			case <-w.stop:
 				return
 			case <-t.C:
-				w.poll()
+			case ok := <-n.events():
+				if !ok {
+					n.close()
+					n = nil
+				}
 			}
+			if n == nil {
+				// Retried every interval: the directory may not exist
+				// yet, or was replaced.
+				n = newNotifier(w.path)
+			}
+			w.Poll()
 		}
 	}()
 }
@@ -312,28 +356,43 @@ func (w *Watcher) Stop() {
 	w.stop = nil
 }
 
-func (w *Watcher) poll() {
-	id, err := statFile(w.path)
-	if err != nil {
-		if !w.missing {
-			w.log.Warningf("stat snapshot: %v (serving generation kept)", err)
-			w.missing = true
+// Poll loads the file now if it changed since the last load (what the
+// background loop does on every tick and event). Not safe for concurrent
+// use: call it before Start or after Stop (bench/scale times it).
+func (w *Watcher) Poll() {
+	for attempt := 0; ; attempt++ {
+		b, id, err := readHead(w.path)
+		if err != nil {
+			if !w.missing {
+				w.log.Warningf("read snapshot: %v (serving generation kept)", err)
+				w.missing = true
+			}
+			w.seen = false
+			return
 		}
-		w.seen = false
+		w.missing = false
+		if w.seen && id == w.last {
+			return
+		}
+		snap, bases, err := loadSnapshot(w.path, b, w.bases)
+		if err != nil && errors.Is(err, fs.ErrNotExist) && attempt < 3 {
+			// A base the head names is gone: the writer has moved on
+			// (it keeps the bases of its last two heads). Read the head
+			// again, unless it is still the one just read.
+			if now, serr := statFile(w.path); serr == nil && now != id {
+				continue
+			}
+		}
+		w.last, w.seen = id, true
+		if err != nil {
+			// Logged once per file version; the next rewrite is retried.
+			w.log.Errorf("decode snapshot %s: %v (serving generation kept)", w.path, err)
+			snapshotErrors.Inc()
+			return
+		}
+		w.bases = bases
+		w.store.Publish(snap)
+		w.log.Infof("snapshot generation=%d endpoints=%d networks=%d loaded from %s", snap.Generation, len(snap.Endpoints), len(snap.Networks), w.path)
 		return
 	}
-	w.missing = false
-	if w.seen && id == w.last {
-		return
-	}
-	w.last, w.seen = id, true
-	snap, err := readSnapshot(w.path)
-	if err != nil {
-		// Logged once per file version; the next rewrite is retried.
-		w.log.Errorf("%v (serving generation kept)", err)
-		snapshotErrors.Inc()
-		return
-	}
-	w.store.Publish(snap)
-	w.log.Infof("snapshot generation=%d endpoints=%d networks=%d loaded from %s", snap.Generation, len(snap.Endpoints), len(snap.Networks), w.path)
 }

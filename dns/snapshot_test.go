@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,9 +15,19 @@ import (
 	"github.com/clawker-fw/clawker-fw/policy"
 )
 
-// writeSnapshot writes snap the way the plugin process does: temp file,
-// fsync, rename.
+// writers holds one SnapshotWriter per path, as the plugin process has.
+var writers sync.Map
+
+// writeSnapshot writes snap the way the plugin process does
+// (SnapshotWriter: the head and the bases it names).
 func writeSnapshot(t testing.TB, path string, snap *policy.Snapshot) {
+	t.Helper()
+	w, _ := writers.LoadOrStore(path, &SnapshotWriter{Path: path})
+	require.NoError(t, w.(*SnapshotWriter).Publish(snap))
+}
+
+// writeJSONSnapshot writes snap in the older JSON form (temp, rename).
+func writeJSONSnapshot(t testing.TB, path string, snap *policy.Snapshot) {
 	t.Helper()
 	b, err := EncodeSnapshot(snap)
 	require.NoError(t, err)
@@ -24,7 +35,6 @@ func writeSnapshot(t testing.TB, path string, snap *policy.Snapshot) {
 	require.NoError(t, err)
 	_, err = tmp.Write(b)
 	require.NoError(t, err)
-	require.NoError(t, tmp.Sync())
 	require.NoError(t, tmp.Close())
 	require.NoError(t, os.Rename(tmp.Name(), path))
 }
@@ -67,6 +77,13 @@ func TestWatcher(t *testing.T) {
 	}
 	g, _ = store.Generation()
 	require.Equal(t, uint64(8), g)
+
+	// The older JSON form at the path (a file a plugin before the binary
+	// form left) is read as before.
+	writeJSONSnapshot(t, path, testSnapshot(9, "127.0.0.1:1"))
+	require.Eventually(t, func() bool { g, _ := store.Generation(); return g == 9 }, 5*time.Second, 5*time.Millisecond)
+	snap, _ = store.Load()
+	require.True(t, snap.Endpoints[1].Policy.MatchName("api.example.test", 0, 0).Allowed)
 }
 
 func TestStoreIndexesNames(t *testing.T) {

@@ -89,9 +89,19 @@ type result struct {
 	CloneJSONMS   float64 `json:"clone_json_ms"`   // the same as it was done before: JSON round trip + indented encode
 	AddMS         float64 `json:"add_ms"`          // plugin.AddRules end to end (consumers no-ops)
 	ModelMS       float64 `json:"model_ms"`        // model.Build
-	EncodeMS      float64 `json:"encode_ms"`       // the sidecar file's encode
-	WriteMS       float64 `json:"write_ms"`        // atomic write (temp, fsync, rename)
-	SnapBytes     int     `json:"snap_bytes"`      // the file the sidecar reads
+	EncodeMS      float64 `json:"encode_ms"`       // before: the JSON file's encode (dns.EncodeSnapshot)
+	WriteMS       float64 `json:"write_ms"`        // before: its atomic write (temp, fsync, rename)
+	SnapBytes     int     `json:"snap_bytes"`      // before: the JSON file
+	FilesEncMS    float64 `json:"files_enc_ms"`    // now (dns.SnapshotWriter), rule added: head + new base encoded
+	FilesWriteMS  float64 `json:"files_write_ms"`  // now, rule added: written (rename)
+	FilesJoinMS   float64 `json:"files_join_ms"`   // now, endpoint joins: encode + write (the head alone)
+	HeadBytes     int     `json:"head_bytes"`      // now: the head
+	BaseBytes     int     `json:"base_bytes"`      // now: the network's base file
+	JoinWritten   int     `json:"join_written"`    // now: bytes written when an endpoint joins
+	NewLoadMS     float64 `json:"new_load_ms"`     // now: the Watcher's cold load (head + base)
+	RuleLoadMS    float64 `json:"rule_load_ms"`    // now: its load after a rule added (head + new base)
+	JoinLoadMS    float64 `json:"join_load_ms"`    // now: its load after an endpoint joins (head; base kept)
+	JSONHeapMB    float64 `json:"json_heap_mb"`    // before: the decoded JSON snapshot's heap
 	HeapMB        float64 `json:"heap_mb"`         // live heap after GC: state + snapshot + model
 	RSSMB         float64 `json:"rss_mb"`          // process RSS at that point
 	LoadMS        float64 `json:"load_ms"`         // sidecar: read + decode + index the file
@@ -142,15 +152,20 @@ func run(out string, rounds, reps, queries int) error {
 	fmt.Fprintf(&b, "40 tcp/udp with a listener port each) + 5 label rules per endpoint; each endpoint count in its own process,\n")
 	fmt.Fprintf(&b, "%d rounds interleaved (1,50,500,1,...), median of the rounds. The plugin's commit path: plugin.State.SnapshotWith\n", rounds)
 	fmt.Fprintf(&b, "(the network's base compiled once, each labelled endpoint's labels layered on it, policy.Layer; the plugin's\n")
-	fmt.Fprintf(&b, "Compiler keeps what is unchanged) + model.Build (the base's routes once) + dns.EncodeSnapshot. cold = the first\n")
-	fmt.Fprintf(&b, "commit, nothing cached; rule added = a network runtime rule added (the base and every layer compiled again), and\n")
-	fmt.Fprintf(&b, "endpoint joins = one more labelled endpoint (its labels compiled), medians of %d each. plugin AddRules = a real\n", reps)
+	fmt.Fprintf(&b, "Compiler keeps what is unchanged) + model.Build (the base's routes once) + the DNS sidecar's files encoded\n")
+	fmt.Fprintf(&b, "(dns.SnapshotWriter: a head with the endpoints and their label layers, one file per network base, written only\n")
+	fmt.Fprintf(&b, "when the base changed). cold = the first commit, nothing cached; rule added = a network runtime rule added (the\n")
+	fmt.Fprintf(&b, "base and every layer compiled again), and endpoint joins = one more labelled endpoint (its labels compiled),\n")
+	fmt.Fprintf(&b, "medians of %d each; sidecar load = the clawker plugin's Watcher.Poll after that commit's files were written (read,\n", reps)
+	fmt.Fprintf(&b, "check, decode, index, swap; a base it holds is kept), start = a new Watcher loading the last commit. \"before\" rows\n")
+	fmt.Fprintf(&b, "measure, in the same commits, the form the sidecar read before: every endpoint in one JSON file\n")
+	fmt.Fprintf(&b, "(dns.EncodeSnapshot, written with store.WriteFileAtomic), loaded by the same Watcher. plugin AddRules = a real\n")
 	fmt.Fprintf(&b, "plugin.Plugin started on that state, a runtime rule added through AddRules as the admin API calls it (parse, state\n")
 	fmt.Fprintf(&b, "clone, validation, commit: compile + model.Build + state.json written with fsync, publish) with the consumers\n")
 	fmt.Fprintf(&b, "(proxy, BPF, host guard, DNS file) as no-ops. state clone+encode = what the plugin does per mutation (a deep\n")
 	fmt.Fprintf(&b, "copy, a compact encode), and beside it the same done as before (a JSON round trip and an indented encode).\n")
 	fmt.Fprintf(&b, "DNS = the clawker plugin's ServeDNS in-process on the\n")
-	fmt.Fprintf(&b, "store its Watcher loaded from the file (upstream: the next plugin, an in-process answer), %d allowed queries\n", queries)
+	fmt.Fprintf(&b, "store its Watcher loaded from the files (upstream: the next plugin, an in-process answer), %d allowed queries\n", queries)
 	fmt.Fprintf(&b, "from endpoints round-robin, one at a time. Memory: live heap after GC of the state+snapshot+model (what the\n")
 	fmt.Fprintf(&b, "plugin holds for policy), the bench process's RSS, and the heap the sidecar's decoded snapshot holds.\n\n")
 	row := func(name, unit string, f func(result) float64, target string) {
@@ -166,17 +181,27 @@ func run(out string, rounds, reps, queries int) error {
 	row("  compile", "ms", func(r result) float64 { return r.ColdCompileMS }, check(med[500].ColdCompileMS <= 200, "<= 200 ms"))
 	row("commit: endpoint joins", "ms", func(r result) float64 { return r.JoinMS }, "")
 	row("  compile", "ms", func(r result) float64 { return r.JoinCompileMS }, check(med[500].JoinCompileMS <= 200, "<= 200 ms"))
+	row("  DNS files encode+write", "ms", func(r result) float64 { return r.FilesJoinMS }, "")
+	row("  sidecar load", "ms", func(r result) float64 { return r.JoinLoadMS }, "")
 	row("commit: rule added", "ms", func(r result) float64 { return r.CommitMS }, "")
 	row("  compile", "ms", func(r result) float64 { return r.CompileMS }, check(med[500].CompileMS <= 200, "<= 200 ms"))
 	row("  model.Build", "ms", func(r result) float64 { return r.ModelMS }, "")
-	row("  snapshot encode", "ms", func(r result) float64 { return r.EncodeMS }, "")
-	row("  snapshot write", "ms", func(r result) float64 { return r.WriteMS }, "")
+	row("  DNS files encode", "ms", func(r result) float64 { return r.FilesEncMS }, "")
+	row("  DNS files write", "ms", func(r result) float64 { return r.FilesWriteMS }, "")
+	row("  sidecar load", "ms", func(r result) float64 { return r.RuleLoadMS }, "")
+	row("  before: JSON encode", "ms", func(r result) float64 { return r.EncodeMS }, "")
+	row("  before: JSON write", "ms", func(r result) float64 { return r.WriteMS }, "")
 	row("plugin AddRules", "ms", func(r result) float64 { return r.AddMS }, "")
 	row("state clone+encode", "ms", func(r result) float64 { return r.CloneMS }, "")
 	row("  as before (JSON)", "ms", func(r result) float64 { return r.CloneJSONMS }, "")
-	row("snapshot file", "KB", func(r result) float64 { return float64(r.SnapBytes) / 1024 }, "")
-	row("sidecar load", "ms", func(r result) float64 { return r.LoadMS }, "")
+	row("DNS files: head", "KB", func(r result) float64 { return float64(r.HeadBytes) / 1024 }, "")
+	row("DNS files: base", "KB", func(r result) float64 { return float64(r.BaseBytes) / 1024 }, "")
+	row("  written: endpoint joins", "KB", func(r result) float64 { return float64(r.JoinWritten) / 1024 }, "")
+	row("  before: JSON file", "KB", func(r result) float64 { return float64(r.SnapBytes) / 1024 }, "")
+	row("sidecar load: start", "ms", func(r result) float64 { return r.NewLoadMS }, "")
+	row("  before: JSON", "ms", func(r result) float64 { return r.LoadMS }, "")
 	row("sidecar heap", "MB", func(r result) float64 { return r.SideHeapMB }, "")
+	row("  before: JSON", "MB", func(r result) float64 { return r.JSONHeapMB }, "")
 	row("plugin policy heap", "MB", func(r result) float64 { return r.HeapMB }, "")
 	row("process RSS", "MB", func(r result) float64 { return r.RSSMB }, check(med[500].RSSMB <= 150, "<= 150 MB"))
 	row("DNS allowed p50", "µs", func(r result) float64 { return r.DNSP50US }, check(med[500].DNSP50US <= 1.1*med[1].DNSP50US, "<= 1.1x of 1"))
@@ -263,10 +288,13 @@ type commit struct {
 	m                               *model.Model
 	raw                             []byte
 	compile, build, encode, written time.Duration
+	files                           clawkerdns.PublishStats
 }
 
-// commitOnce is the plugin's publish path minus the kernel and proxy.
-func commitOnce(st *fwplugin.State, cc *fwplugin.Compiler, gen uint64, path string) (commit, error) {
+// commitOnce is the plugin's publish path minus the kernel and proxy: the
+// DNS sidecar's files in the form the plugin writes (sw), and, for the
+// comparison, the JSON file of the form before it (path).
+func commitOnce(st *fwplugin.State, cc *fwplugin.Compiler, gen uint64, path string, sw *clawkerdns.SnapshotWriter) (commit, error) {
 	var c commit
 	t0 := time.Now()
 	c.snap = st.SnapshotWith(cc, gen)
@@ -285,6 +313,10 @@ func commitOnce(st *fwplugin.State, cc *fwplugin.Compiler, gen uint64, path stri
 		return c, err
 	}
 	c.compile, c.build, c.encode, c.written = t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), time.Since(t3)
+	if err := sw.Publish(c.snap); err != nil {
+		return c, err
+	}
+	c.files = sw.Last()
 	return c, nil
 }
 
@@ -297,6 +329,7 @@ func runChild(n, reps, queries int) error {
 	}
 	defer os.RemoveAll(tmp)
 	path := filepath.Join(tmp, "snapshot.json")
+	sw := &clawkerdns.SnapshotWriter{Path: filepath.Join(tmp, "dns", "snapshot")}
 	st, names, err := buildState(n)
 	if err != nil {
 		return err
@@ -305,17 +338,36 @@ func runChild(n, reps, queries int) error {
 
 	// Cold: every network and label compiled from nothing (the plugin's
 	// first commit after a start).
-	first, err := commitOnce(st, fwplugin.NewCompiler(), 1, path)
+	first, err := commitOnce(st, fwplugin.NewCompiler(), 1, path, &clawkerdns.SnapshotWriter{Path: filepath.Join(tmp, "cold", "snapshot")})
 	if err != nil {
 		return err
 	}
-	r.FirstMS, r.ColdCompileMS = ms(first.compile+first.build+first.encode), ms(first.compile)
+	r.FirstMS, r.ColdCompileMS = ms(first.compile+first.build+first.files.Encode), ms(first.compile)
 	// Warm: the plugin's Compiler keeps the last commit's policies.
 	cc := fwplugin.NewCompiler()
-	if _, err := commitOnce(st, cc, 2, path); err != nil {
+	if _, err := commitOnce(st, cc, 2, path, sw); err != nil {
 		return err
 	}
+	// The sidecar's Watcher follows the files; each commit below is
+	// loaded by one Poll (what an inotify wake-up or a tick runs).
+	side := clawkerdns.NewStore()
+	sideW := clawkerdns.NewWatcher(sw.Path, time.Hour, side, quiet{})
+	sideW.Poll()
 	var total, comp, build, enc, wr, join, joinComp, clone, cloneJSON []float64
+	var fEnc, fWrite, fJoin, ruleLoad, joinLoad []float64
+	poll := func(gen uint64) (float64, error) {
+		// The sidecar is its own process with a heap of a few MB: the
+		// bench's garbage (the plugin side's compile) is collected first
+		// so the load is not charged for marking it.
+		runtime.GC()
+		t0 := time.Now()
+		sideW.Poll()
+		d := ms(time.Since(t0))
+		if g, _ := side.Generation(); g != gen {
+			return 0, fmt.Errorf("sidecar serves generation %d after a poll, want %d", g, gen)
+		}
+		return d, nil
+	}
 	var last commit
 	if profCPU != "" {
 		f, err := os.Create(profCPU)
@@ -339,13 +391,22 @@ func runChild(n, reps, queries int) error {
 		}
 		rule.Source = policy.Provenance{Kind: policy.SourceRuntime, Key: "runtime", Item: rule.Dst, Network: netID}
 		nw.Runtime = append(slices.Clone(nw.Runtime), rule)
-		c, err := commitOnce(st, cc, gen, path)
-		gen++
+		c, err := commitOnce(st, cc, gen, path, sw)
 		if err != nil {
 			return err
 		}
-		total = append(total, ms(c.compile+c.build+c.encode))
+		total = append(total, ms(c.compile+c.build+c.files.Encode))
 		comp, build, enc, wr = append(comp, ms(c.compile)), append(build, ms(c.build)), append(enc, ms(c.encode)), append(wr, ms(c.written))
+		fEnc, fWrite = append(fEnc, ms(c.files.Encode)), append(fWrite, ms(c.files.Write))
+		if c.files.NewBases != 1 {
+			return fmt.Errorf("a rule added wrote %d base files, want 1", c.files.NewBases)
+		}
+		d, err := poll(gen)
+		if err != nil {
+			return err
+		}
+		ruleLoad = append(ruleLoad, d)
+		gen++
 		last = c
 
 		// An endpoint joins (its container identified): its labels alone.
@@ -358,14 +419,26 @@ func runChild(n, reps, queries int) error {
 		}
 		st.Endpoints[id] = &fwplugin.Endpoint{ID: id, NetworkID: netID, Index: uint32(j), IP: netip.MustParseAddr(fmt.Sprintf("10.200.3.%d", 200+i)),
 			Joined: true, ContainerID: id, ContainerName: id, LabelRules: rules}
-		c, err = commitOnce(st, cc, gen, path)
-		gen++
+		c, err = commitOnce(st, cc, gen, path, sw)
 		if err != nil {
 			return err
 		}
-		join, joinComp = append(join, ms(c.compile+c.build+c.encode)), append(joinComp, ms(c.compile))
+		join, joinComp = append(join, ms(c.compile+c.build+c.files.Encode)), append(joinComp, ms(c.compile))
+		fJoin = append(fJoin, ms(c.files.Encode+c.files.Write))
+		if c.files.NewBases != 0 {
+			return fmt.Errorf("an endpoint joining wrote %d base files, want 0", c.files.NewBases)
+		}
+		r.JoinWritten = c.files.Written
+		if d, err = poll(gen); err != nil {
+			return err
+		}
+		joinLoad = append(joinLoad, d)
+		gen++
 		delete(st.Endpoints, id)
-		if _, err := commitOnce(st, cc, gen, path); err != nil {
+		if _, err := commitOnce(st, cc, gen, path, sw); err != nil {
+			return err
+		}
+		if _, err := poll(gen); err != nil {
 			return err
 		}
 		gen++
@@ -412,7 +485,10 @@ func runChild(n, reps, queries int) error {
 	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
 	r.CommitMS, r.CompileMS, r.ModelMS, r.EncodeMS, r.WriteMS = med(total), med(comp), med(build), med(enc), med(wr)
 	r.JoinMS, r.JoinCompileMS, r.CloneMS, r.CloneJSONMS, r.AddMS = med(join), med(joinComp), med(clone), med(cloneJSON), med(adds)
+	r.FilesEncMS, r.FilesWriteMS, r.FilesJoinMS = med(fEnc), med(fWrite), med(fJoin)
+	r.RuleLoadMS, r.JoinLoadMS = med(ruleLoad), med(joinLoad)
 	r.SnapBytes = len(last.raw)
+	r.HeadBytes, r.BaseBytes = last.files.HeadBytes, last.files.BaseBytes
 	r.Listeners = len(last.m.Listeners)
 	for _, fs := range last.m.Failures {
 		r.Failures += len(fs)
@@ -429,16 +505,29 @@ func runChild(n, reps, queries int) error {
 	runtime.KeepAlive(last.snap)
 	runtime.KeepAlive(last.m)
 
-	// The sidecar: its Watcher loads the file into a Store.
+	// Before: the sidecar's Watcher loading the JSON file.
+	side, sideW = nil, nil
 	before := heapMB()
-	store := clawkerdns.NewStore()
+	jsonStore := clawkerdns.NewStore()
+	runtime.GC()
 	t0 := time.Now()
-	w := clawkerdns.NewWatcher(path, time.Hour, store, quiet{})
-	w.Start()
+	clawkerdns.NewWatcher(path, time.Hour, jsonStore, quiet{}).Poll()
 	r.LoadMS = ms(time.Since(t0))
-	defer w.Stop()
-	if _, ok := store.Generation(); !ok {
+	if _, ok := jsonStore.Generation(); !ok {
 		return fmt.Errorf("sidecar loaded no snapshot from %s", path)
+	}
+	r.JSONHeapMB = heapMB() - before
+	runtime.KeepAlive(jsonStore)
+
+	// Now: a sidecar starting on the files (head and base).
+	before = heapMB()
+	store := clawkerdns.NewStore()
+	runtime.GC()
+	t0 = time.Now()
+	clawkerdns.NewWatcher(sw.Path, time.Hour, store, quiet{}).Poll()
+	r.NewLoadMS = ms(time.Since(t0))
+	if _, ok := store.Generation(); !ok {
+		return fmt.Errorf("sidecar loaded no snapshot from %s", sw.Path)
 	}
 	r.SideHeapMB = heapMB() - before
 

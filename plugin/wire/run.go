@@ -2,7 +2,9 @@ package wire
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -120,7 +122,13 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	if err != nil {
 		return err
 	}
-	snapPath := filepath.Join(s.StateDir, "snapshot.json")
+	// The DNS sidecar's snapshot (dns.SnapshotWriter: a head and a file per
+	// network base, in their own directory). A plugin before that form
+	// wrote one JSON file, snapshot.json, which nothing reads any more.
+	snapPath := filepath.Join(s.StateDir, "dns", "snapshot")
+	if err := os.Remove(filepath.Join(s.StateDir, "snapshot.json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.WithError(err).Warn("remove the older form's DNS snapshot file")
+	}
 	azLog := root.WithField(plugin.FieldComponent, "authz")
 	records, err := authz.OpenRecords(filepath.Join(s.StateDir, "authz-records.jsonl"))
 	if err != nil {
@@ -133,7 +141,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	}
 	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, Decisions: decs.Add,
 		GivenLabels: records.GivenLabels, Names: Names{D: docker}, Scope: s.Scope},
-		Kernel{M: mgr}, HostNet{H: guard}, plane, docker, SnapshotFile{Path: snapPath})
+		Kernel{M: mgr}, HostNet{H: guard}, plane, docker, &SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err
 	}

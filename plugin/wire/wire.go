@@ -31,9 +31,7 @@ import (
 	"github.com/clawker-fw/clawker-fw/netguard"
 	"github.com/clawker-fw/clawker-fw/plugin"
 	"github.com/clawker-fw/clawker-fw/plugin/authz"
-	"github.com/clawker-fw/clawker-fw/policy"
 	"github.com/clawker-fw/clawker-fw/proxy/model"
-	"github.com/clawker-fw/clawker-fw/store"
 )
 
 // Kernel adapts *bpf.Manager.
@@ -345,18 +343,10 @@ func (d *Docker) ids(ctx context.Context, opts container.ListOptions) (map[strin
 	return out, nil
 }
 
-// SnapshotFile publishes snapshots to the DNS sidecar as an atomically
-// written JSON file it watches.
-type SnapshotFile struct{ Path string }
-
-// Publish implements plugin.SnapshotSink.
-func (s SnapshotFile) Publish(snap *policy.Snapshot) error {
-	raw, err := dns.EncodeSnapshot(snap)
-	if err != nil {
-		return fmt.Errorf("encode snapshot: %w", err)
-	}
-	return store.WriteFileAtomic(s.Path, raw, 0o644)
-}
+// SnapshotFile publishes snapshots to the DNS sidecar: the head file it
+// watches and one file per network base policy, written only when that
+// base changed (dns.SnapshotWriter). Use it as a pointer, one per path.
+type SnapshotFile = dns.SnapshotWriter
 
 // Networks lists Docker's networks (every driver) as name -> id. Which of
 // them are clawker-fw networks is decided by the plugin's own store (their
