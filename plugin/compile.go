@@ -10,8 +10,10 @@ import (
 // Compiler keeps what one commit compiled for the next, so that a mutation
 // compiles only what it changed: a network's base is compiled again only
 // when its option or runtime rules or settings changed, and an endpoint's
-// label layer only when its labels or its network's base did. An endpoint
-// that joins compiles its labels, not the world.
+// label layer only when its labels changed or its network's new base
+// differs in a part the layer was compiled from (policy.Layered.Rebase: a
+// runtime rule that no label touches carries every layer over). An
+// endpoint that joins compiles its labels, not the world.
 //
 // A cached policy is used only when every identity it carries is the one
 // st.Identities holds for its pattern (a commit whose write failed may
@@ -32,9 +34,8 @@ type cachedBase struct {
 }
 
 type cachedLayer struct {
-	base   *policy.BaseIndex
 	labels []policy.EgressRule
-	pol    *policy.Policy
+	lay    *policy.Layered
 }
 
 // NewCompiler returns an empty Compiler.
@@ -73,26 +74,34 @@ func (c *Compiler) base(st *State, n *Network, gen uint64) (*policy.BaseIndex, e
 }
 
 // layer returns endpoint ep's label rules layered over base, from the
-// cache when neither changed.
+// cache when its labels did not change and the layer is the one Layer
+// would compile on base (the same base, or one Rebase carries it to).
 func (c *Compiler) layer(st *State, ep *Endpoint, base *policy.BaseIndex, gen uint64) (*policy.Policy, error) {
 	if c != nil {
 		c.mu.Lock()
 		l := c.layers[ep.ID]
 		c.mu.Unlock()
-		if l != nil && l.base == base && policy.EqualRules(l.labels, ep.LabelRules) && holds(st.Identities, l.pol) {
-			return l.pol, nil
+		if l != nil && policy.EqualRules(l.labels, ep.LabelRules) && holds(st.Identities, l.lay.Policy) {
+			if lay, ok := l.lay.Rebase(base, gen); ok {
+				if lay != l.lay {
+					c.mu.Lock()
+					c.layers[ep.ID] = &cachedLayer{labels: ep.LabelRules, lay: lay}
+					c.mu.Unlock()
+				}
+				return lay.Policy, nil
+			}
 		}
 	}
-	pol, err := policy.Layer(base, ep.LabelRules, gen, st.Identities)
+	lay, err := policy.LayerTracked(base, ep.LabelRules, gen, st.Identities)
 	if err != nil {
 		return nil, err
 	}
 	if c != nil {
 		c.mu.Lock()
-		c.layers[ep.ID] = &cachedLayer{base: base, labels: ep.LabelRules, pol: pol}
+		c.layers[ep.ID] = &cachedLayer{labels: ep.LabelRules, lay: lay}
 		c.mu.Unlock()
 	}
-	return pol, nil
+	return lay.Policy, nil
 }
 
 // forget drops what st no longer has (networks and endpoints gone).

@@ -65,19 +65,9 @@ func TestSnapshotLayersLabelledEndpoints(t *testing.T) {
 // base (and so every layer on it), and a cached policy whose identities
 // the state does not hold is compiled again.
 func TestCompilerCompilesWhatChanged(t *testing.T) {
-	opts := map[string]string{"clawker.allow": "a.example.com,.example.com"}
-	cfg, err := policy.ParseNetworkOptions(opts, "n1")
-	require.NoError(t, err)
-	st := NewState()
-	st.Networks["n1"] = &Network{ID: "n1", Options: opts, Config: cfg, Bridge: "clawker-t",
-		Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: netip.MustParseAddr("10.9.0.1")}
-	for i := 1; i <= 3; i++ {
-		cid := fmt.Sprintf("c%d", i)
-		rules, err := policy.ParseLabels(map[string]string{"clawker.allow": fmt.Sprintf("only%d.test", i)}, cid)
-		require.NoError(t, err)
-		st.Endpoints[cid] = &Endpoint{ID: cid, NetworkID: "n1", Index: uint32(i), IP: netip.AddrFrom4([4]byte{10, 9, 0, byte(i + 1)}),
-			Joined: true, ContainerID: cid, LabelRules: rules}
-	}
+	st := labelledState(t, map[string]string{"clawker.allow": "a.example.com,.example.com"}, 3, func(i int) map[string]string {
+		return map[string]string{"clawker.allow": fmt.Sprintf("only%d.test", i)}
+	})
 	c := NewCompiler()
 	s1 := st.SnapshotWith(c, 1)
 	next := st.clone()
@@ -116,4 +106,23 @@ func TestCompilerCompilesWhatChanged(t *testing.T) {
 	id, ok := lost.Identities.Lookup("new.test")
 	require.True(t, ok)
 	require.Equal(t, id, s5.Networks["n1"].Base.MatchName("new.test", 0, policy.L4TCP).Entry.Identity)
+}
+
+// labelledState is a state with network n1 of options opts and n
+// identified endpoints c1...cn (index i) on it, endpoint i with labels(i).
+func labelledState(t *testing.T, opts map[string]string, n int, labels func(i int) map[string]string) *State {
+	t.Helper()
+	cfg, err := policy.ParseNetworkOptions(opts, "n1")
+	require.NoError(t, err)
+	st := NewState()
+	st.Networks["n1"] = &Network{ID: "n1", Options: opts, Config: cfg, Bridge: "clawker-t",
+		Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: netip.MustParseAddr("10.9.0.1")}
+	for i := 1; i <= n; i++ {
+		cid := fmt.Sprintf("c%d", i)
+		rules, err := policy.ParseLabels(labels(i), cid)
+		require.NoError(t, err)
+		st.Endpoints[cid] = &Endpoint{ID: cid, NetworkID: "n1", Index: uint32(i), IP: netip.AddrFrom4([4]byte{10, 9, 0, byte(i + 1)}),
+			Joined: true, ContainerID: cid, LabelRules: rules}
+	}
+	return st
 }

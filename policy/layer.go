@@ -20,6 +20,9 @@ type BaseIndex struct {
 	rules map[string][]*EgressRule
 	// denies finds the base's first deny covering a label allow.
 	denies *denyIndex
+	// serial and memo serve Layered.Rebase.
+	serial uint64
+	memo   deniesMemo
 	// under lists, per domain d, the name entries a wildcard ".d" may
 	// enclose (d itself, and every name or wildcard below d); cidrs lists
 	// the CIDR entries.
@@ -30,7 +33,7 @@ type BaseIndex struct {
 // NewBaseIndex indexes base for Layer.
 func NewBaseIndex(base *Policy) *BaseIndex {
 	b := &BaseIndex{pol: base, byPattern: make(map[string]int, len(base.Allows)), rules: make(map[string][]*EgressRule, len(base.Allows)),
-		under: make(map[string][]int, len(base.Allows)), denies: newDenyIndex(base.Denies)}
+		under: make(map[string][]int, len(base.Allows)), denies: newDenyIndex(base.Denies), serial: baseSerial.Add(1)}
 	add := func(r *EgressRule) { b.rules[r.Dst] = append(b.rules[r.Dst], r) }
 	for i := range base.Allows {
 		a := &base.Allows[i]
@@ -110,9 +113,20 @@ func (b *BaseIndex) repeats(r EgressRule) bool {
 // layered match (see layered) takes it from there, and otherwise from the
 // base.
 func Layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*Policy, error) {
+	return layer(base, label, gen, alloc, nil)
+}
+
+// layer is Layer, noting in reads (when not nil) every part of base it
+// reads.
+func layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator, reads *baseReads) (*Policy, error) {
 	rules, err := normalizeAll(label)
 	if err != nil {
 		return nil, err
+	}
+	if reads != nil {
+		for _, r := range rules {
+			reads.dst(r.Dst)
+		}
 	}
 	rules = slices.DeleteFunc(rules, base.repeats)
 	rules = Dedup(rules)
@@ -151,8 +165,15 @@ func Layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*P
 		seen[pat] = true
 	}
 	for _, outer := range slices.Clone(patterns) {
-		for _, i := range base.enclosed(outer, own[outer][0]) {
+		enclosed := base.enclosed(outer, own[outer][0])
+		if reads != nil {
+			reads.list(outer, own[outer][0])
+		}
+		for _, i := range enclosed {
 			a := &bp.Allows[i]
+			if reads != nil {
+				reads.dst(a.Pattern)
+			}
 			if seen[a.Pattern] || !encloses(outer, own[outer][0], a) {
 				continue
 			}
@@ -169,7 +190,13 @@ func Layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*P
 		mine := slices.Clone(base.own(pat))
 		mine = append(mine, own[pat]...)
 		pre = rulePrefix(mine[0])
+		if reads != nil {
+			reads.dst(pat)
+		}
 		for _, outer := range enclosing(pat, pre) {
+			if reads != nil {
+				reads.dst(outer)
+			}
 			mine = append(mine, base.own(outer)...)
 			mine = append(mine, own[outer]...)
 		}
