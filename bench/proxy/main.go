@@ -86,6 +86,7 @@ var (
 	trcFile  = flag.String("engine-trace", "", "write an execution trace of the engine process here")
 	blkProf  = flag.String("engine-blockprofile", "", "write a block profile of the engine process here")
 	mtxProf  = flag.String("engine-mutexprofile", "", "write a mutex profile of the engine process here")
+	memProf  = flag.String("engine-allocprofile", "", "write an allocation profile (allocs) of the engine process here")
 	only     = flag.String("only", "", "run only workloads whose group is this (bulk, newconn, keepalive, inspect)")
 	kSplice  = flag.Bool("kernel-splice", true, "bulk: also run an engine with the kernel splice (bpf/splice.c; needs root)")
 	childK   = flag.Bool("child-kernel-splice", false, "internal: the engine child opens the kernel splicer")
@@ -1265,7 +1266,7 @@ func startChildPID(args ...string) (stop func(), addr string, pid int, err error
 // scheduler.
 func (e *env) startEngineChild(caFile string) (func(), error) {
 	stop, addr, pid, err := startChildPID("-engine-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-up-plain-port", strconv.Itoa(int(e.plainPort)), "-child-dns", e.dnsAddr, "-child-ca", caFile,
-		"-engine-cpuprofile", *cpuProf, "-engine-trace", *trcFile, "-engine-blockprofile", *blkProf, "-engine-mutexprofile", *mtxProf)
+		"-engine-cpuprofile", *cpuProf, "-engine-trace", *trcFile, "-engine-blockprofile", *blkProf, "-engine-mutexprofile", *mtxProf, "-engine-allocprofile", *memProf)
 	if err != nil {
 		return nil, err
 	}
@@ -1360,6 +1361,7 @@ func startProfiles() (func(), error) {
 	}{
 		{blkProf, "block", runtime.SetBlockProfileRate},
 		{mtxProf, "mutex", func(r int) { runtime.SetMutexProfileFraction(r) }},
+		{memProf, "allocs", func(int) {}},
 	} {
 		if *p.file == "" {
 			continue
