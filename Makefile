@@ -28,7 +28,7 @@ ENGINES ?= debian current
 # Go packages whose tests need no root (race detector on).
 UNIT_PKGS = $$($(GO) list ./... | grep -v -e /e2e -e /bench)
 
-.PHONY: all deps generate build plugin install upgrade uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench bench-bridge clean
+.PHONY: all deps generate build plugin install upgrade uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench bench-bridge bench-effective clean
 
 all: build
 
@@ -125,6 +125,11 @@ bench:
 ## network vs on a plain bridge, server in its own netns (root; under the e2e lock)
 bench-bridge: plugin
 	flock -o /tmp/clawker-e2e.lock $(GO) run ./bench/bridge -out bench/results/bridge.txt
+
+## bench-effective: rule change -> effective (proxy, DNS sidecar, BPF routes) at 1, 50
+## and 500 endpoints x 10,000 rules, with established streams through the proxy (root)
+bench-effective:
+	$(GO) run ./bench/effective -out bench/results/effective.txt
 
 clean:
 	rm -rf $(BUILD)

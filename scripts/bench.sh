@@ -11,6 +11,8 @@ run() { echo "== bench/$1"; shift; "$@"; }
 run bpf   go run ./bench/bpf -out bench/results/bpf.txt
 run dns   go run ./bench/dns -out bench/results/dns.txt
 run proxy go run ./bench/proxy -out bench/results/proxy.txt
+run scale go run ./bench/scale -out bench/results/scale.txt
+run effective go run ./bench/effective -out bench/results/effective.txt
 if [ -d bench/authz ]; then
   # Starts its own dockerd and the plugin: serialize with the e2e suite.
   run authz flock -o /tmp/clawker-e2e.lock go run ./bench/authz -out bench/results/authz.txt
