@@ -26,7 +26,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -40,6 +39,7 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	mdns "github.com/miekg/dns"
 
+	"github.com/clawker-fw/clawker-fw/bench/internal/scaleenv"
 	"github.com/clawker-fw/clawker-fw/bench/scalegen"
 	clawkerdns "github.com/clawker-fw/clawker-fw/dns"
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
@@ -115,23 +115,13 @@ type result struct {
 }
 
 func run(out string, rounds, reps, queries int) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	load, _ := os.ReadFile("/proc/loadavg")
 	start := time.Now().UTC()
 	res := map[int][]result{}
 	for r := 0; r < rounds; r++ {
 		for _, n := range counts {
-			cmd := exec.Command(self, "-child", strconv.Itoa(n), "-reps", strconv.Itoa(reps), "-queries", strconv.Itoa(queries))
-			cmd.Stderr = os.Stderr
-			b, err := cmd.Output()
-			if err != nil {
-				return fmt.Errorf("child %d endpoints: %w", n, err)
-			}
 			var x result
-			if err := json.Unmarshal(b, &x); err != nil {
+			if err := scaleenv.Child(&x, "-child", strconv.Itoa(n), "-reps", strconv.Itoa(reps), "-queries", strconv.Itoa(queries)); err != nil {
 				return fmt.Errorf("child %d endpoints: %w", n, err)
 			}
 			fmt.Fprintf(os.Stderr, "round %d: %d endpoints: commit %.1f ms, snapshot %d B, rss %.1f MB, dns p50 %.1f µs\n",
@@ -173,18 +163,18 @@ func run(out string, rounds, reps, queries int) error {
 		for _, n := range counts {
 			fmt.Fprintf(&b, "%12.2f", f(med[n]))
 		}
-		r500, r50 := ratio(f(med[500]), f(med[1])), ratio(f(med[50]), f(med[1]))
+		r500, r50 := scaleenv.Ratio(f(med[500]), f(med[1])), scaleenv.Ratio(f(med[50]), f(med[1]))
 		fmt.Fprintf(&b, "%10.2f%10.2f  %s\n", r50, r500, target)
 	}
 	fmt.Fprintf(&b, "%-28s%12s%12s%12s%10s%10s  %s\n", "endpoints", "1", "50", "500", "50/1", "500/1", "target at 500")
 	row("cold commit", "ms", func(r result) float64 { return r.FirstMS }, "")
-	row("  compile", "ms", func(r result) float64 { return r.ColdCompileMS }, check(med[500].ColdCompileMS <= 200, "<= 200 ms"))
+	row("  compile", "ms", func(r result) float64 { return r.ColdCompileMS }, scaleenv.Check(med[500].ColdCompileMS <= 200, "<= 200 ms"))
 	row("commit: endpoint joins", "ms", func(r result) float64 { return r.JoinMS }, "")
-	row("  compile", "ms", func(r result) float64 { return r.JoinCompileMS }, check(med[500].JoinCompileMS <= 200, "<= 200 ms"))
+	row("  compile", "ms", func(r result) float64 { return r.JoinCompileMS }, scaleenv.Check(med[500].JoinCompileMS <= 200, "<= 200 ms"))
 	row("  DNS files encode+write", "ms", func(r result) float64 { return r.FilesJoinMS }, "")
 	row("  sidecar load", "ms", func(r result) float64 { return r.JoinLoadMS }, "")
 	row("commit: rule added", "ms", func(r result) float64 { return r.CommitMS }, "")
-	row("  compile", "ms", func(r result) float64 { return r.CompileMS }, check(med[500].CompileMS <= 200, "<= 200 ms"))
+	row("  compile", "ms", func(r result) float64 { return r.CompileMS }, scaleenv.Check(med[500].CompileMS <= 200, "<= 200 ms"))
 	row("  model.Build", "ms", func(r result) float64 { return r.ModelMS }, "")
 	row("  DNS files encode", "ms", func(r result) float64 { return r.FilesEncMS }, "")
 	row("  DNS files write", "ms", func(r result) float64 { return r.FilesWriteMS }, "")
@@ -203,8 +193,8 @@ func run(out string, rounds, reps, queries int) error {
 	row("sidecar heap", "MB", func(r result) float64 { return r.SideHeapMB }, "")
 	row("  before: JSON", "MB", func(r result) float64 { return r.JSONHeapMB }, "")
 	row("plugin policy heap", "MB", func(r result) float64 { return r.HeapMB }, "")
-	row("process RSS", "MB", func(r result) float64 { return r.RSSMB }, check(med[500].RSSMB <= 150, "<= 150 MB"))
-	row("DNS allowed p50", "µs", func(r result) float64 { return r.DNSP50US }, check(med[500].DNSP50US <= 1.1*med[1].DNSP50US, "<= 1.1x of 1"))
+	row("process RSS", "MB", func(r result) float64 { return r.RSSMB }, scaleenv.Check(med[500].RSSMB <= 150, "<= 150 MB"))
+	row("DNS allowed p50", "µs", func(r result) float64 { return r.DNSP50US }, scaleenv.Check(med[500].DNSP50US <= 1.1*med[1].DNSP50US, "<= 1.1x of 1"))
 	row("DNS allowed p99", "µs", func(r result) float64 { return r.DNSP99US }, "")
 	fmt.Fprintf(&b, "\nchecks: allows per policy %d, listeners %d, rules without a listener %d, DNS answers allowed %d/%d (500 endpoints)\n",
 		med[500].PolicyAllow, med[500].Listeners, med[500].Failures, med[500].Allowed, queries)
@@ -214,20 +204,6 @@ func run(out string, rounds, reps, queries int) error {
 		return err
 	}
 	return os.WriteFile(out, []byte(b.String()), 0o644)
-}
-
-func check(ok bool, target string) string {
-	if ok {
-		return target + ": met"
-	}
-	return target + ": NOT met"
-}
-
-func ratio(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
 }
 
 // median takes each measured (float) field's median over the rounds.
@@ -251,36 +227,10 @@ func median(rs []result) result {
 const netID = "scalenet"
 
 // buildState is the plugin's persisted state with one network and n
-// identified endpoints.
+// identified endpoints (addresses never used on the wire).
 func buildState(n int) (*fwplugin.State, []string, error) {
-	opts, names := scalegen.NetworkOptions()
-	cfg, err := policy.ParseNetworkOptions(opts, netID)
-	if err != nil {
-		return nil, nil, fmt.Errorf("network options: %w", err)
-	}
-	if len(cfg.Rules) != 10000 {
-		return nil, nil, fmt.Errorf("generated %d network rules, want 10000", len(cfg.Rules))
-	}
-	st := fwplugin.NewState()
-	st.Networks[netID] = &fwplugin.Network{ID: netID, Options: opts, Config: cfg, Bridge: "clawker-scale",
-		Subnet: netip.MustParsePrefix("10.200.0.0/22"), Gateway: netip.MustParseAddr("10.200.0.1")}
-	base := netip.MustParseAddr("10.200.0.1")
-	for i := 1; i <= n; i++ {
-		cid := fmt.Sprintf("c%06d", i)
-		rules, err := policy.ParseLabels(scalegen.Labels(i), cid)
-		if err != nil {
-			return nil, nil, fmt.Errorf("labels: %w", err)
-		}
-		ip := base
-		for range i {
-			ip = ip.Next()
-		}
-		id := fmt.Sprintf("ep%06d", i)
-		st.Endpoints[id] = &fwplugin.Endpoint{ID: id, NetworkID: netID, Index: uint32(i), IP: ip,
-			Joined: true, ContainerID: cid, ContainerName: fmt.Sprintf("agent%d", i), LabelRules: rules}
-		st.NextIndex = uint32(i + 1)
-	}
-	return st, names, nil
+	return scaleenv.State(scaleenv.Net{ID: netID, Bridge: "clawker-scale",
+		Subnet: netip.MustParsePrefix("10.200.0.0/22"), Gateway: netip.MustParseAddr("10.200.0.1")}, scalegen.Rules, n)
 }
 
 type commit struct {
@@ -351,7 +301,7 @@ func runChild(n, reps, queries int) error {
 	// The sidecar's Watcher follows the files; each commit below is
 	// loaded by one Poll (what an inotify wake-up or a tick runs).
 	side := clawkerdns.NewStore()
-	sideW := clawkerdns.NewWatcher(sw.Path, time.Hour, side, quiet{})
+	sideW := clawkerdns.NewWatcher(sw.Path, time.Hour, side, scaleenv.Quiet{})
 	sideW.Poll()
 	var total, comp, build, enc, wr, join, joinComp, clone, cloneJSON []float64
 	var fEnc, fWrite, fJoin, ruleLoad, joinLoad []float64
@@ -511,7 +461,7 @@ func runChild(n, reps, queries int) error {
 	jsonStore := clawkerdns.NewStore()
 	runtime.GC()
 	t0 := time.Now()
-	clawkerdns.NewWatcher(path, time.Hour, jsonStore, quiet{}).Poll()
+	clawkerdns.NewWatcher(path, time.Hour, jsonStore, scaleenv.Quiet{}).Poll()
 	r.LoadMS = ms(time.Since(t0))
 	if _, ok := jsonStore.Generation(); !ok {
 		return fmt.Errorf("sidecar loaded no snapshot from %s", path)
@@ -524,16 +474,16 @@ func runChild(n, reps, queries int) error {
 	store := clawkerdns.NewStore()
 	runtime.GC()
 	t0 = time.Now()
-	clawkerdns.NewWatcher(sw.Path, time.Hour, store, quiet{}).Poll()
+	clawkerdns.NewWatcher(sw.Path, time.Hour, store, scaleenv.Quiet{}).Poll()
 	r.NewLoadMS = ms(time.Since(t0))
 	if _, ok := store.Generation(); !ok {
 		return fmt.Errorf("sidecar loaded no snapshot from %s", sw.Path)
 	}
 	r.SideHeapMB = heapMB() - before
 
-	c := clawkerdns.New(store, nopLearner{})
+	c := clawkerdns.New(store, scaleenv.NopLearner{})
 	c.UseNext = true
-	c.Next = plugin.HandlerFunc(answer)
+	c.Next = plugin.HandlerFunc(scaleenv.Answer)
 	c.Decisions = func(decisionlog.Record) {}
 	rng := rand.New(rand.NewPCG(1, 2))
 	ips := make([]string, n)
@@ -568,31 +518,6 @@ func runChild(n, reps, queries int) error {
 	r.DNSP50US, r.DNSP99US = lat[len(lat)/2], lat[len(lat)*99/100]
 	return json.NewEncoder(os.Stdout).Encode(r)
 }
-
-// answer is the upstream: one A record for any name.
-func answer(_ context.Context, w mdns.ResponseWriter, r *mdns.Msg) (int, error) {
-	m := new(mdns.Msg)
-	m.SetReply(r)
-	m.Answer = []mdns.RR{&mdns.A{Hdr: mdns.RR_Header{Name: r.Question[0].Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 300},
-		A: netip.MustParseAddr("192.0.2.10").AsSlice()}}
-	return mdns.RcodeSuccess, w.WriteMsg(m)
-}
-
-type nopLearner struct{}
-
-func (nopLearner) Learn(uint32, netip.Addr, policy.Identity, time.Duration) (int, error) {
-	return 0, nil
-}
-
-type quiet struct{}
-
-func (quiet) Info(...any)             {}
-func (quiet) Warning(...any)          {}
-func (quiet) Error(...any)            {}
-func (quiet) Debugf(string, ...any)   {}
-func (quiet) Infof(string, ...any)    {}
-func (quiet) Warningf(string, ...any) {}
-func (quiet) Errorf(string, ...any)   {}
 
 func heapMB() float64 {
 	runtime.GC()
