@@ -26,7 +26,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/clawker-fw/clawker-fw/bench/internal/scalegen"
+	"github.com/clawker-fw/clawker-fw/bench/internal/scaleenv"
+	"github.com/clawker-fw/clawker-fw/bench/scalegen"
 	"github.com/clawker-fw/clawker-fw/bpf"
 	clawkerdns "github.com/clawker-fw/clawker-fw/dns"
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
@@ -41,7 +42,7 @@ import (
 // the DNS plugin identify endpoints by source address), and every upstream
 // name resolves to upstreamIP, where the bench's TLS and HTTP servers listen.
 var (
-	benchNet = scalegen.Net{ID: "effectivenet0000000000000000000000000000000000000000000000000000", Bridge: "cfw-effective",
+	benchNet = scaleenv.Net{ID: "effectivenet0000000000000000000000000000000000000000000000000000", Bridge: "cfw-effective",
 		Subnet: netip.MustParsePrefix("127.200.0.0/22"), Gateway: netip.MustParseAddr("127.200.0.1")}
 	upstreamIP = netip.MustParseAddr("127.0.0.1")
 )
@@ -104,7 +105,7 @@ func newEnv(n, rules int, kernelSplice bool) (e *env, err error) {
 	e.cleanup = append(e.cleanup, func() { os.RemoveAll(e.tmp) })
 
 	// The plugin's persisted state: the network and n identified endpoints.
-	st, names, err := scalegen.State(benchNet, rules, n)
+	st, names, err := scaleenv.State(benchNet, rules, n)
 	if err != nil {
 		return e, err
 	}
@@ -165,9 +166,9 @@ func newEnv(n, rules int, kernelSplice bool) (e *env, err error) {
 	plog := logrus.New()
 	plog.SetOutput(os.Stderr)
 	plog.SetLevel(logrus.ErrorLevel)
-	snapPath := filepath.Join(stateDir, "snapshot.json")
+	snapPath := filepath.Join(stateDir, "dns", "snapshot")
 	e.p, err = fwplugin.New(fwplugin.Config{StateDir: stateDir, Log: logrus.NewEntry(plog), IdentifyTimeout: time.Millisecond},
-		wire.Kernel{M: e.mgr}, fakeHostNet{}, e.engine, newFakeDocker(n), wire.SnapshotFile{Path: snapPath})
+		wire.Kernel{M: e.mgr}, fakeHostNet{}, e.engine, newFakeDocker(n), &wire.SnapshotFile{Path: snapPath})
 	if err != nil {
 		return e, err
 	}
@@ -176,19 +177,20 @@ func newEnv(n, rules int, kernelSplice bool) (e *env, err error) {
 		return e, fmt.Errorf("plugin start: %w", err)
 	}
 
-	// The DNS sidecar's half, in-process: the Watcher loads the file the
-	// plugin's sink writes (polling as the Corefile's default does) into
-	// the store the clawker plugin answers from.
+	// The DNS sidecar's half, in-process: the Watcher loads the files the
+	// plugin's sink writes (woken as the sidecar is, polling at the
+	// Corefile's default as a fallback) into the store the clawker plugin
+	// answers from.
 	store := clawkerdns.NewStore()
-	e.watcher = clawkerdns.NewWatcher(snapPath, 0, store, scalegen.Quiet{})
+	e.watcher = clawkerdns.NewWatcher(snapPath, 0, store, scaleenv.Quiet{})
 	e.watcher.Start()
 	e.cleanup = append(e.cleanup, e.watcher.Stop)
 	if _, ok := store.Generation(); !ok {
 		return e, fmt.Errorf("the DNS watcher loaded no snapshot from %s", snapPath)
 	}
-	e.dns = clawkerdns.New(store, scalegen.NopLearner{})
+	e.dns = clawkerdns.New(store, scaleenv.NopLearner{})
 	e.dns.UseNext = true
-	e.dns.Next = plugin.HandlerFunc(scalegen.Answer)
+	e.dns.Next = plugin.HandlerFunc(scaleenv.Answer)
 	e.dns.Decisions = func(decisionlog.Record) {}
 
 	// The admin API on a unix socket, as `clawker-fw rules add` reaches it.
@@ -424,7 +426,7 @@ type fakeDocker struct{ byID map[string]fwplugin.Container }
 func newFakeDocker(n int) *fakeDocker {
 	d := &fakeDocker{byID: map[string]fwplugin.Container{}}
 	for i := 1; i <= n; i++ {
-		id := scalegen.ContainerID(i)
+		id := scaleenv.ContainerID(i)
 		d.byID[id] = fwplugin.Container{ID: id, Name: fmt.Sprintf("agent%d", i), Labels: scalegen.Labels(i),
 			ImageID: "sha256:bench", Networks: map[string]string{"effective": benchNet.ID}}
 	}

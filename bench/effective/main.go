@@ -37,7 +37,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/clawker-fw/clawker-fw/bench/internal/scalegen"
+	"github.com/clawker-fw/clawker-fw/bench/internal/scaleenv"
+	"github.com/clawker-fw/clawker-fw/bench/scalegen"
 )
 
 func main() {
@@ -87,7 +88,7 @@ func parent(out, countsFlag string, rounds int, pr params) error {
 	for r := range rounds {
 		for _, n := range counts {
 			var x result
-			if err := scalegen.Child(&x, "-child", strconv.Itoa(n), "-rules", strconv.Itoa(pr.Rules),
+			if err := scaleenv.Child(&x, "-child", strconv.Itoa(n), "-rules", strconv.Itoa(pr.Rules),
 				"-changes", strconv.Itoa(pr.Changes), "-streams", strconv.Itoa(pr.Streams),
 				"-kernel-splice="+strconv.FormatBool(pr.KernelSplice), "-timeout", pr.Timeout.String(), "-probe", pr.Probe.String()); err != nil {
 				return fmt.Errorf("child %d endpoints: %w", n, err)
@@ -156,7 +157,7 @@ func render(res map[int][]result, counts []int, rounds int, pr params, start tim
 	fmt.Fprintf(&b, "date %s, %d CPUs, %s; shared machine: other agents' work ran meanwhile\n", start.Format(time.RFC3339), runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(&b, "load average at start: %s", load)
 	fmt.Fprintf(&b, "load average at end:   %s", loadEnd)
-	fmt.Fprintf(&b, "method: one network of %d rules (bench/internal/scalegen, as bench/scale) + 5 label rules per endpoint; each endpoint\n", merged[last].Rules)
+	fmt.Fprintf(&b, "method: one network of %d rules (bench/scalegen, as bench/scale) + 5 label rules per endpoint; each endpoint\n", merged[last].Rules)
 	fmt.Fprintf(&b, "count in its own process (%d round(s), counts in order %v). The real plugin core (plugin.New) restored from a\n", rounds, counts)
 	fmt.Fprintf(&b, "state.json of N identified endpoints, with the real builtin proxy on loopback (flows: %s), the real BPF\n", merged[last].Splice)
 	fmt.Fprintf(&b, "programs and maps (own pin dir, empty cgroup of its own), the real DNS snapshot sink and the clawker CoreDNS\n")
@@ -182,12 +183,12 @@ func render(res map[int][]result, counts []int, rounds int, pr params, start tim
 		for _, n := range counts {
 			fmt.Fprintf(&b, "%10.1f", f(merged[n]))
 		}
-		fmt.Fprintf(&b, "%10.2f  %s\n", scalegen.Ratio(f(merged[last]), f(merged[first])), target)
+		fmt.Fprintf(&b, "%10.2f  %s\n", scaleenv.Ratio(f(merged[last]), f(merged[first])), target)
 	}
 	for _, c := range consumers {
 		target := ""
 		if c == cOverall {
-			target = scalegen.Check(pct(pool(merged[last].Add, merged[last].Remove)[c], 99) <= 100 && merged[last].Timeouts[c] == 0, "p99 <= 100 ms")
+			target = scaleenv.Check(pct(pool(merged[last].Add, merged[last].Remove)[c], 99) <= 100 && merged[last].Timeouts[c] == 0, "p99 <= 100 ms")
 		}
 		row(c+" p50 (ms)", func(r result) float64 { return pct(pool(r.Add, r.Remove)[c], 50) }, "")
 		row(c+" p99 (ms)", func(r result) float64 { return pct(pool(r.Add, r.Remove)[c], 99) }, target)
@@ -202,7 +203,7 @@ func render(res map[int][]result, counts []int, rounds int, pr params, start tim
 		return float64(t)
 	}, fmt.Sprintf("(limit %s per consumer)", pr.Timeout))
 	row("established streams", func(r result) float64 { return float64(r.Streams) }, "")
-	row("dropped established streams", func(r result) float64 { return float64(r.Dropped) }, scalegen.Check(merged[last].Dropped == 0 && merged[last].Streams > 0, "0"))
+	row("dropped established streams", func(r result) float64 { return float64(r.Dropped) }, scaleenv.Check(merged[last].Dropped == 0 && merged[last].Streams > 0, "0"))
 	row("stream exchanges during changes", func(r result) float64 { return float64(r.Exchanges) }, "")
 	row("longest stream exchange (ms)", func(r result) float64 { return r.MaxPauseMS }, "")
 	row("setup: BPF load + plugin start (ms)", func(r result) float64 { return r.StartMS }, "")

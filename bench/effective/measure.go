@@ -21,7 +21,7 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	mdns "github.com/miekg/dns"
 
-	"github.com/clawker-fw/clawker-fw/bench/internal/scalegen"
+	"github.com/clawker-fw/clawker-fw/bench/scalegen"
 	"github.com/clawker-fw/clawker-fw/plugin/api"
 	"github.com/clawker-fw/clawker-fw/policy"
 )
