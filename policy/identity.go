@@ -75,11 +75,12 @@ type identityJSON struct {
 func (t *IdentityTable) MarshalJSON() ([]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := identityJSON{Next: max(t.next, 1), Identities: make(map[string]Identity, len(t.ids))}
-	for p, id := range t.ids {
-		out.Identities[p] = id
+	ids := t.ids
+	if ids == nil {
+		ids = map[string]Identity{}
 	}
-	return json.Marshal(out)
+	// Encoded under the lock, so the table itself, not a copy of it.
+	return json.Marshal(identityJSON{Next: max(t.next, 1), Identities: ids})
 }
 
 // UnmarshalJSON replaces the table with a persisted one. It rejects a table

@@ -569,19 +569,27 @@ func listenerOf(key string, port uint16, pattern string, proto policy.Proto, ori
 // create, container create and rules add.
 func RuleKeys(rules []policy.EgressRule) (map[string]bool, error) {
 	out := map[string]bool{}
-	for _, r := range rules {
-		if r.Action != policy.Allow || isIPRule(r.Dst) {
-			continue
-		}
-		keys, err := rangeKeys(r.Dst, policy.PortRange{Proto: r.Proto, Lo: r.Port, Hi: max(r.PortEnd, r.Port)})
-		if err != nil {
-			return nil, fmt.Errorf("%s=%s: %w", r.Source.Key, r.Source.Item, err)
-		}
-		for _, k := range keys {
-			out[k] = true
+	for i := range rules {
+		if err := addRuleKeys(out, &rules[i]); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// addRuleKeys adds the listener keys rule r needs to into.
+func addRuleKeys(into map[string]bool, r *policy.EgressRule) error {
+	if r.Action != policy.Allow || isIPRule(r.Dst) {
+		return nil
+	}
+	keys, err := rangeKeys(r.Dst, policy.PortRange{Proto: r.Proto, Lo: r.Port, Hi: max(r.PortEnd, r.Port)})
+	if err != nil {
+		return fmt.Errorf("%s=%s: %w", r.Source.Key, r.Source.Item, err)
+	}
+	for _, k := range keys {
+		into[k] = true
+	}
+	return nil
 }
 
 func isIPRule(dst string) bool {
@@ -614,12 +622,8 @@ func CheckLimit(rules []policy.EgressRule, limit int, whose string) error {
 	seen := map[string]bool{}
 	var first *policy.EgressRule
 	for i := range rules {
-		keys, err := RuleKeys(rules[i : i+1])
-		if err != nil {
+		if err := addRuleKeys(seen, &rules[i]); err != nil {
 			return err
-		}
-		for k := range keys {
-			seen[k] = true
 		}
 		if len(seen) > limit && first == nil {
 			first = &rules[i]
