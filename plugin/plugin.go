@@ -89,6 +89,8 @@ type Plugin struct {
 	// ports, generation) in the state it wrote: publish neither writes nor
 	// compiles again.
 	pre *prebuilt
+	// enc encodes the state for save (owned by queue actions).
+	enc *StateEncoder
 	// saves counts state writes and builds compilations of the snapshot
 	// (tests: one of each per mutation).
 	saves, builds atomic.Int64
@@ -140,7 +142,7 @@ func New(cfg Config, k Kernel, hn HostNet, dp DataPlane, dk Docker, sinks ...Sna
 		cfg: cfg, log: cfg.Log.WithField(FieldComponent, "plugin"),
 		k: k, hn: hn, dp: dp, dk: dk, sinks: sinks,
 		q: queue.New(), st: st, ctx: ctx, cancel: cancel,
-		bypassTimers: map[string]*time.Timer{}, compiler: NewCompiler(),
+		bypassTimers: map[string]*time.Timer{}, compiler: NewCompiler(), enc: NewStateEncoder(),
 		Denials: NewDenialLog(500),
 	}
 	p.Denials.Enrich = p.EnrichDenial
@@ -263,7 +265,7 @@ func (p *Plugin) lastGeneration() uint64 {
 // generation), so it is encoded and written without comparing it with
 // the file first.
 func (p *Plugin) save() error {
-	raw, err := p.st.encode()
+	raw, err := p.enc.Encode(p.st)
 	if err != nil {
 		return err
 	}

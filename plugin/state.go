@@ -119,16 +119,6 @@ func loadState(path string) (*State, error) {
 	return st, nil
 }
 
-// encode is the state as state.json holds it: compact JSON (it is written
-// on every mutation and read only by loadState; `jq .` shows it indented).
-func (st *State) encode() ([]byte, error) {
-	raw, err := json.Marshal(st)
-	if err != nil {
-		return nil, fmt.Errorf("encode state: %w", err)
-	}
-	return raw, nil
-}
-
 // writeState writes raw durably (temp file, fsync, rename, fsync dir).
 func writeState(path string, raw []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -225,6 +215,3 @@ func (st *State) endpointByContainer(ref string) *Endpoint {
 
 // Clone is clone, for bench/scale (what a mutation costs the plugin).
 func (st *State) Clone() *State { return st.clone() }
-
-// Encode is the state as state.json holds it (bench/scale).
-func (st *State) Encode() ([]byte, error) { return st.encode() }

@@ -330,6 +330,12 @@ func runChild(n, reps, queries int) error {
 		defer f.Close()
 	}
 	gen := uint64(3)
+	// The plugin's state encoder keeps the network's configuration encoded
+	// (the first mutation after a start encodes it).
+	stEnc := fwplugin.NewStateEncoder()
+	if _, err := stEnc.Encode(st); err != nil {
+		return err
+	}
 	for i := range reps {
 		runtime.GC()
 		// A network rule added (clawker-fw rules add): the base and every
@@ -397,7 +403,7 @@ func runChild(n, reps, queries int) error {
 		// encoded for its durable write; and side by side, the same as it
 		// was done before (a JSON round trip, and an indented encode).
 		t0 := time.Now()
-		if _, err := st.Clone().Encode(); err != nil {
+		if _, err := stEnc.Encode(st.Clone()); err != nil {
 			return err
 		}
 		clone = append(clone, ms(time.Since(t0)))

@@ -34,7 +34,7 @@ func pluginRuleAdds(st *fwplugin.State, reps int) ([]float64, error) {
 	for _, ep := range st.Endpoints {
 		ep.Joined = false
 	}
-	raw, err := st.Encode()
+	raw, err := fwplugin.NewStateEncoder().Encode(st)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,123 @@
+package plugin
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/clawker-fw/clawker-fw/policy"
+)
+
+// StateEncoder encodes states as state.json holds them: compact JSON (it
+// is written on every mutation and read only by loadState). It keeps the
+// JSON of each network's configuration (its option rules: most of the file
+// at thousands of rules), which no mutation changes, and encodes the rest
+// of the state each time.
+//
+// A kept encoding is used only for a configuration equal to the encoder's
+// own copy of the one it encoded (policy.NetworkConfig.Equal, with a nil
+// and an empty rule list told apart: they encode differently), so no change
+// made anywhere, in place or not, can make it stale. Everything else is
+// encoded by encoding/json from the state's own types, embedded, so a field
+// added to State or Network later is encoded with no change here.
+// TestStateEncoderMatchesMarshal checks the output against json.Marshal of
+// the state. Not safe for concurrent use: the plugin's queue actions use it
+// one at a time.
+type StateEncoder struct {
+	configs map[string]*encodedConfig // by network ID
+	// encodes counts the configurations encoded (tests).
+	encodes int
+}
+
+type encodedConfig struct {
+	config policy.NetworkConfig
+	raw    []byte
+}
+
+// NewStateEncoder returns an encoder that keeps nothing yet.
+func NewStateEncoder() *StateEncoder { return &StateEncoder{configs: map[string]*encodedConfig{}} }
+
+// stateSansNetworks and networkSansConfig encode a State without its
+// networks and a Network without its configuration: the outer field, nil
+// and omitted, takes the JSON name from the embedded one (a shallower field
+// of the same name wins in encoding/json).
+type stateSansNetworks struct {
+	*State
+	Networks *struct{} `json:"networks,omitempty"`
+}
+
+type networkSansConfig struct {
+	*Network
+	Config *struct{} `json:"config,omitempty"`
+}
+
+// Encode returns st as state.json holds it.
+func (e *StateEncoder) Encode(st *State) ([]byte, error) {
+	head, err := json.Marshal(stateSansNetworks{State: st})
+	if err != nil {
+		return nil, fmt.Errorf("encode state: %w", err)
+	}
+	var b bytes.Buffer
+	b.Grow(len(head) + 64*1024)
+	b.Write(head[:len(head)-1]) // {"version":...  (never empty: version)
+	b.WriteString(`,"networks":`)
+	if st.Networks == nil {
+		b.WriteString("null")
+	} else {
+		b.WriteByte('{')
+		for i, id := range slices.Sorted(maps.Keys(st.Networks)) {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			key, err := json.Marshal(id)
+			if err != nil {
+				return nil, fmt.Errorf("encode state: %w", err)
+			}
+			b.Write(key)
+			b.WriteByte(':')
+			n := st.Networks[id]
+			if n == nil {
+				b.WriteString("null")
+				continue
+			}
+			body, err := json.Marshal(networkSansConfig{Network: n})
+			if err != nil {
+				return nil, fmt.Errorf("encode state: network %s: %w", short(id), err)
+			}
+			cfg, err := e.config(id, n.Config)
+			if err != nil {
+				return nil, err
+			}
+			b.Write(body[:len(body)-1]) // {"id":...  (never empty: id)
+			b.WriteString(`,"config":`)
+			b.Write(cfg)
+			b.WriteByte('}')
+		}
+		b.WriteByte('}')
+	}
+	b.WriteByte('}')
+	for id := range e.configs {
+		if st.Networks[id] == nil {
+			delete(e.configs, id)
+		}
+	}
+	return b.Bytes(), nil
+}
+
+// config returns network id's configuration encoded, encoding it again
+// when it is not the one kept.
+func (e *StateEncoder) config(id string, cfg policy.NetworkConfig) ([]byte, error) {
+	if c := e.configs[id]; c != nil && (c.config.Rules == nil) == (cfg.Rules == nil) && c.config.Equal(cfg) {
+		return c.raw, nil
+	}
+	c := &encodedConfig{config: cfg.Clone()}
+	var err error
+	if c.raw, err = json.Marshal(c.config); err != nil {
+		return nil, fmt.Errorf("encode state: network %s config: %w", short(id), err)
+	}
+	e.configs[id] = c
+	e.encodes++
+	return c.raw, nil
+}
