@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -59,51 +58,59 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode state: %w", err)
 	}
-	var b bytes.Buffer
-	b.Grow(len(head) + 64*1024)
-	b.Write(head[:len(head)-1]) // {"version":...  (never empty: version)
-	b.WriteString(`,"networks":`)
-	if st.Networks == nil {
-		b.WriteString("null")
-	} else {
-		b.WriteByte('{')
-		for i, id := range slices.Sorted(maps.Keys(st.Networks)) {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			key, err := json.Marshal(id)
-			if err != nil {
-				return nil, fmt.Errorf("encode state: %w", err)
-			}
-			b.Write(key)
-			b.WriteByte(':')
-			n := st.Networks[id]
-			if n == nil {
-				b.WriteString("null")
-				continue
-			}
-			body, err := json.Marshal(networkSansConfig{Network: n})
-			if err != nil {
+	// The pieces first, then one buffer of their size: the file is
+	// megabytes, and growing a buffer copies and clears it again and again.
+	type piece struct{ key, body, cfg []byte }
+	var pieces []piece
+	size := len(head) + len(`,"networks":null}`)
+	ids := slices.Sorted(maps.Keys(st.Networks))
+	for _, id := range ids {
+		var pc piece
+		if pc.key, err = json.Marshal(id); err != nil {
+			return nil, fmt.Errorf("encode state: %w", err)
+		}
+		if n := st.Networks[id]; n != nil {
+			if pc.body, err = json.Marshal(networkSansConfig{Network: n}); err != nil {
 				return nil, fmt.Errorf("encode state: network %s: %w", short(id), err)
 			}
-			cfg, err := e.config(id, n.Config)
-			if err != nil {
+			if pc.cfg, err = e.config(id, n.Config); err != nil {
 				return nil, err
 			}
-			b.Write(body[:len(body)-1]) // {"id":...  (never empty: id)
-			b.WriteString(`,"config":`)
-			b.Write(cfg)
-			b.WriteByte('}')
 		}
-		b.WriteByte('}')
+		size += len(pc.key) + len(pc.body) + len(pc.cfg) + len(`,:,"config":`)
+		pieces = append(pieces, pc)
 	}
-	b.WriteByte('}')
+	b := make([]byte, 0, size)
+	b = append(b, head[:len(head)-1]...) // {"version":...  (never empty: version)
+	b = append(b, `,"networks":`...)
+	if st.Networks == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '{')
+		for i, pc := range pieces {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, pc.key...)
+			b = append(b, ':')
+			if pc.body == nil {
+				b = append(b, "null"...)
+				continue
+			}
+			b = append(b, pc.body[:len(pc.body)-1]...) // {"id":...  (never empty: id)
+			b = append(b, `,"config":`...)
+			b = append(b, pc.cfg...)
+			b = append(b, '}')
+		}
+		b = append(b, '}')
+	}
+	b = append(b, '}')
 	for id := range e.configs {
 		if st.Networks[id] == nil {
 			delete(e.configs, id)
 		}
 	}
-	return b.Bytes(), nil
+	return b, nil
 }
 
 // config returns network id's configuration encoded, encoding it again
