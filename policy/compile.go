@@ -63,7 +63,7 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 	if err != nil {
 		return nil, err
 	}
-	all = Dedup(all)
+	all = dedupInto(all[:0], all)
 
 	p := &Policy{
 		Generation: in.Generation,
@@ -78,8 +78,8 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 	denies := newDenyIndex(p.Denies)
 
 	// Step 3: drop allows inside a deny; group the rest by pattern.
-	g := newGroups(len(all))
-	for _, r := range all {
+	g := newGroups(all)
+	for k, r := range all {
 		if r.Action != Allow {
 			continue
 		}
@@ -87,7 +87,7 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 			p.Overridden = append(p.Overridden, Override{Allow: r, Deny: d.Rule})
 			continue
 		}
-		g.add(r)
+		g.add(k)
 	}
 	g.pack()
 
@@ -101,13 +101,16 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 		g.enclosing(i, func(j int) { n += len(g.own(j)) })
 	}
 	arena := make([]EgressRule, 0, n)
+	ports := make([]PortRange, 0, n) // an entry has at most a port range per rule
 	p.Allows = make([]Allowed, 0, len(order))
 	for _, i := range order {
 		start := len(arena)
 		arena = append(arena, g.own(i)...)
 		g.enclosing(i, func(j int) { arena = append(arena, g.own(j)...) })
 		rules := arena[start:len(arena):len(arena)]
-		a := Allowed{Pattern: g.patterns[i], Prefix: g.prefixes[i], Rules: rules, Ports: mergePorts(rules)}
+		pstart := len(ports)
+		ports = appendPorts(ports, rules)
+		a := Allowed{Pattern: g.patterns[i], Prefix: g.prefixes[i], Rules: rules, Ports: ports[pstart:len(ports):len(ports)]}
 		a.Paths, a.PathDefault, a.Inspect = mergeHTTP(rules)
 		a.Identity = alloc.Identity(a.Pattern)
 		p.Allows = append(p.Allows, a)
@@ -146,21 +149,26 @@ type groups struct {
 	byDst    map[string]int
 	wild     map[string]int       // wildcard ".d" by d
 	cidr     map[netip.Prefix]int // CIDR by prefix (its pattern is the prefix's canonical form)
-	rules    []EgressRule         // before pack: in rule order; after: grouped
-	of       []int                // before pack: each rule's group
-	bounds   []int                // after pack: group i's rules are rules[bounds[i]:bounds[i+1]]
+	src      []EgressRule         // the rules added are src[k] for k in added
+	added    []int
+	of       []int        // each added rule's group
+	rules    []EgressRule // after pack: the rules, grouped
+	bounds   []int        // after pack: group i's rules are rules[bounds[i]:bounds[i+1]]
 }
 
-func newGroups(n int) *groups {
-	return &groups{byDst: make(map[string]int, n), wild: map[string]int{}, cidr: map[netip.Prefix]int{},
-		rules: make([]EgressRule, 0, n), of: make([]int, 0, n)}
+func newGroups(src []EgressRule) *groups {
+	return &groups{byDst: make(map[string]int, len(src)), wild: map[string]int{}, cidr: map[netip.Prefix]int{},
+		patterns: make([]string, 0, len(src)), prefixes: make([]netip.Prefix, 0, len(src)),
+		src: src, added: make([]int, 0, len(src)), of: make([]int, 0, len(src))}
 }
 
-func (g *groups) add(r EgressRule) {
+// add adds rule src[k].
+func (g *groups) add(k int) {
+	r := &g.src[k]
 	i, ok := g.byDst[r.Dst]
 	if !ok {
 		i = len(g.patterns)
-		pre := rulePrefix(r)
+		pre := rulePrefix(*r)
 		g.byDst[r.Dst] = i
 		g.patterns = append(g.patterns, r.Dst)
 		g.prefixes = append(g.prefixes, pre)
@@ -170,7 +178,7 @@ func (g *groups) add(r EgressRule) {
 			g.wild[apex] = i
 		}
 	}
-	g.rules = append(g.rules, r)
+	g.added = append(g.added, k)
 	g.of = append(g.of, i)
 }
 
@@ -184,12 +192,12 @@ func (g *groups) pack() {
 		g.bounds[i+1] += g.bounds[i]
 	}
 	next := slices.Clone(g.bounds[:len(g.patterns)])
-	packed := make([]EgressRule, len(g.rules))
-	for k, i := range g.of {
-		packed[next[i]] = g.rules[k]
+	g.rules = make([]EgressRule, len(g.added))
+	for n, i := range g.of {
+		g.rules[next[i]] = g.src[g.added[n]]
 		next[i]++
 	}
-	g.rules, g.of = packed, nil
+	g.src, g.added, g.of = nil, nil, nil
 }
 
 // own returns group i's rules (clipped: an append copies).
@@ -409,18 +417,21 @@ var protoRank = map[Proto]int{ProtoHTTPS: 0, ProtoHTTP: 1, ProtoSSH: 2, ProtoTCP
 
 // mergePorts collects the distinct port ranges of rules, sorted by port, then
 // protocol.
-func mergePorts(rules []EgressRule) []PortRange {
-	var out []PortRange
+func mergePorts(rules []EgressRule) []PortRange { return appendPorts(nil, rules) }
+
+// appendPorts appends to dst what mergePorts returns for rules.
+func appendPorts(dst []PortRange, rules []EgressRule) []PortRange {
+	start := len(dst)
 	for _, r := range rules {
 		pr := PortRange{Proto: r.Proto, Lo: r.Port, Hi: max(r.PortEnd, r.Port)}
-		if !slices.Contains(out, pr) {
-			out = append(out, pr)
+		if !slices.Contains(dst[start:], pr) {
+			dst = append(dst, pr)
 		}
 	}
-	slices.SortFunc(out, func(a, b PortRange) int {
+	slices.SortFunc(dst[start:], func(a, b PortRange) int {
 		return cmp.Or(cmp.Compare(a.Lo, b.Lo), cmp.Compare(a.Hi, b.Hi), cmp.Compare(protoRank[a.Proto], protoRank[b.Proto]))
 	})
-	return out
+	return dst
 }
 
 // mergeHTTP merges the HTTP rules of rules (step 5 of Compile). It returns

@@ -80,8 +80,9 @@ func checkASCIIName(name string) error {
 	if len(name) > maxNameLen {
 		return fmt.Errorf("host name longer than %d characters (%d)", maxNameLen, len(name))
 	}
-	labels := strings.Split(name, ".")
-	for _, l := range labels {
+	last := ""
+	for l := range strings.SplitSeq(name, ".") {
+		last = l
 		if l == "" {
 			return errors.New("empty label in host name")
 		}
@@ -105,7 +106,7 @@ func checkASCIIName(name string) error {
 			return fmt.Errorf("label %q starts or ends with '-'", l)
 		}
 	}
-	if numericLabel(labels[len(labels)-1]) {
+	if numericLabel(last) {
 		return errors.New("numeric-only host name (its last label is a number; write IP addresses in dotted form)")
 	}
 	return nil
@@ -178,8 +179,12 @@ func NormalizeDst(dst string) (string, netip.Prefix, error) {
 		}
 		return addrPrefix(a)
 	}
-	if a, err := netip.ParseAddr(dst); err == nil {
-		return addrPrefix(a)
+	// Without a ':' only digits and dots can parse as an address (a name
+	// would only cost ParseAddr an error allocated).
+	if strings.Trim(dst, "0123456789.") == "" {
+		if a, err := netip.ParseAddr(dst); err == nil {
+			return addrPrefix(a)
+		}
 	}
 	name, err := NormalizeHost(dst)
 	if err != nil {

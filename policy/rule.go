@@ -320,7 +320,13 @@ func sameBody(a, b EgressRule) bool {
 // with the same key but different path rules are kept: Compile merges them.
 // The rules must be normalized.
 func Dedup(rules []EgressRule) []EgressRule {
-	out := make([]EgressRule, 0, len(rules))
+	return dedupInto(make([]EgressRule, 0, len(rules)), rules)
+}
+
+// dedupInto appends to out the rules Dedup keeps. out may be rules[:0]
+// (in place): a rule is written only at or before its own position, and
+// only kept rules, already final, are read back.
+func dedupInto(out, rules []EgressRule) []EgressRule {
 	// Rules with the same destination are chained (by Dst alone: a string
 	// key hashes faster than a RuleKey), and compared by key and body.
 	first := make(map[string]int, len(rules))
