@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,13 +146,13 @@ func (e *env) controlDenied() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	proxyOK := e.proxyAllows(src, addr, name)
-	dnsOK := e.dnsAllows(src, name)
+	_, proxyDenied := e.proxyDecides(src, addr, name)
+	dnsRefused := e.dnsRcode(src, name) == mdns.RcodeNameError
 	_, routed, err := e.mgr.BaseRoute(benchNet.Gateway, 0xfffffff0, 443, uint8(policy.L4TCP))
 	if err != nil {
 		return false, err
 	}
-	return !proxyOK && !dnsOK && !routed, nil
+	return proxyDenied && dnsRefused && !routed, nil
 }
 
 // nextIdentity is the identity the next new pattern gets: the plugin's
@@ -219,8 +220,14 @@ func (e *env) change(pr params, i int, name string, add bool) (map[string]float6
 		}
 	}
 	wg.Add(3)
-	go probe(cProxy, func() bool { return e.proxyAllows(src, web, name) == add })
-	go probe(cDNS, func() bool { return e.dnsAllows(src, name) == add })
+	go probe(cProxy, func() bool {
+		allowed, denied := e.proxyDecides(src, web, name)
+		return (add && allowed) || (!add && denied)
+	})
+	go probe(cDNS, func() bool {
+		rc := e.dnsRcode(src, name)
+		return (add && rc == mdns.RcodeSuccess) || (!add && rc == mdns.RcodeNameError)
+	})
 	go probe(cBPF, func() bool {
 		_, ok, err := e.mgr.BaseRoute(benchNet.Gateway, ident, 443, uint8(policy.L4TCP))
 		return err == nil && ok == add
@@ -282,27 +289,34 @@ func dialFrom(src netip.Addr, addr string, timeout time.Duration) (net.Conn, err
 	return d.Dial("tcp4", addr)
 }
 
-// proxyAllows opens a new connection from src through the proxy's 443
-// listener to name: true when the TLS handshake with the upstream
-// completes (the proxy decided to allow and connected).
-func (e *env) proxyAllows(src netip.Addr, addr, name string) bool {
+// proxyDecides opens a new connection from src through the proxy's 443
+// listener to name and says what the proxy decided: allowed when the TLS
+// handshake with the upstream completes, denied when the proxy refused it
+// with its access_denied alert. Anything else (a timeout under load, a
+// reset) is neither: the probe asks again.
+func (e *env) proxyDecides(src netip.Addr, addr, name string) (allowed, denied bool) {
 	c, err := dialFrom(src, addr, 2*time.Second)
 	if err != nil {
-		return false
+		return false, false
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 	tc := tls.Client(c, &tls.Config{ServerName: name, RootCAs: e.up.pool})
-	return tc.Handshake() == nil
+	err = tc.Handshake()
+	return err == nil, err != nil && strings.Contains(err.Error(), "access denied")
 }
 
-// dnsAllows asks the clawker CoreDNS plugin for name's A record as src.
-func (e *env) dnsAllows(src netip.Addr, name string) bool {
+// dnsRcode asks the clawker CoreDNS plugin for name's A record as src:
+// NOERROR when it answers the name, NXDOMAIN when the policy refuses it.
+func (e *env) dnsRcode(src netip.Addr, name string) int {
 	req := new(mdns.Msg)
 	req.SetQuestion(mdns.Fqdn(name), mdns.TypeA)
 	rw := &test.ResponseWriter{RemoteIP: src.String()}
 	rc, err := e.dns.ServeDNS(context.Background(), rw, req)
-	return err == nil && rc == mdns.RcodeSuccess
+	if err != nil {
+		return -1
+	}
+	return rc
 }
 
 // streams are the established flows that keep moving bytes through the
