@@ -161,7 +161,16 @@ func SocketCookie(fd int) (uint64, error) {
 // then read each socket once (tcp_bpf's recvmsg runs the program over a
 // non-empty receive queue), which its relay loop does anyway. On error
 // nothing of the pair is left in the maps.
-func (s *Splicer) Add(a, b int) (SplicePair, error) {
+func (s *Splicer) Add(a, b int) (SplicePair, error) { return s.AddDirected(a, b, true, true) }
+
+// AddDirected is Add for a flow of which only some directions take the
+// kernel path: a socket enters splice_socks (the program runs over its
+// incoming bytes) only when its flag is set; both stay redirect targets
+// (splice_peers). A socket left out is read by its owner as usual: with no
+// program of its own its receive queue is TCP's (recv, splice(2)), and the
+// kernel only writes to it, so it must not be written by its owner while
+// its peer is in the kernel path.
+func (s *Splicer) AddDirected(a, b int, fromA, fromB bool) (SplicePair, error) {
 	var p SplicePair
 	var err error
 	if p.A, err = SocketCookie(a); err != nil {
@@ -189,9 +198,13 @@ func (s *Splicer) Add(a, b int) (SplicePair, error) {
 	}
 	for _, m := range []*ebpf.Map{s.objs.SplicePeers, s.objs.SpliceSocks} {
 		for _, e := range []struct {
-			c  uint64
-			fd int
-		}{{p.A, a}, {p.B, b}} {
+			c    uint64
+			fd   int
+			from bool
+		}{{p.A, a, fromA}, {p.B, b, fromB}} {
+			if m == s.objs.SpliceSocks && !e.from {
+				continue
+			}
 			if err := m.Update(e.c, uint64(e.fd), ebpf.UpdateNoExist); err != nil {
 				return fail(fmt.Errorf("add socket to %s: %w", m, err))
 			}

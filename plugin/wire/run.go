@@ -91,6 +91,8 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	var learnTo learnSink // learn mode's recorder, fed by the proxy and DNS
 	engine, err := builtin.New(builtin.Config{
 		Splicer:               splicer,
+		SpliceDownloadOnly:    !s.KernelSpliceUpload,
+		SpliceAfter:           s.KernelSpliceAfter,
 		MaxConns:              s.MaxConns,
 		MaxUDPSessions:        s.MaxUDPSessions,
 		Record:                decs.Add,

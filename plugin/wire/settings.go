@@ -45,13 +45,26 @@ type Settings struct {
 	MetricsAddr string
 	// KernelSplice carries allowed passthrough and tcp flows in the kernel
 	// (sockmap) once decided; off, the proxy copies them (splice(2)).
-	KernelSplice bool
+	// KernelSpliceUpload (CLAWKER_PROXY_KERNEL_SPLICE=true, not
+	// "download") carries the client-to-upstream direction there too.
+	// KernelSpliceAfter is how many bytes a flow first moves through
+	// splice(2) before the hand-over (CLAWKER_PROXY_KERNEL_SPLICE_AFTER).
+	KernelSplice       bool
+	KernelSpliceUpload bool
+	KernelSpliceAfter  int64
 	// Scope is the data scope the driver reports (CLAWKER_SCOPE): "local"
 	// (the default) or "global", for Swarm nodes: Swarm then allocates
 	// each network on a manager through the driver (AllocateNetwork) and
 	// hands every node the options the driver echoed.
 	Scope string
 }
+
+// The kernel splice's defaults (CLAWKER_PROXY_KERNEL_SPLICE and
+// CLAWKER_PROXY_KERNEL_SPLICE_AFTER; README says why).
+const (
+	DefaultKernelSplice            = "true"
+	DefaultKernelSpliceAfter int64 = 0
+)
 
 func env(k, def string) string {
 	if v := strings.TrimSpace(os.Getenv(k)); v != "" {
@@ -122,11 +135,16 @@ func ReadSettings() (Settings, error) {
 	if s.MetricsAddr, err = metrics.ParseAddr(env("CLAWKER_METRICS_ADDR", "")); err != nil {
 		return s, err
 	}
-	switch v := env("CLAWKER_PROXY_KERNEL_SPLICE", "true"); v {
-	case "true", "false":
-		s.KernelSplice = v == "true"
+	switch v := env("CLAWKER_PROXY_KERNEL_SPLICE", DefaultKernelSplice); v {
+	case "true", "download", "false":
+		s.KernelSplice = v != "false"
+		s.KernelSpliceUpload = v == "true"
 	default:
-		return s, fmt.Errorf("setting CLAWKER_PROXY_KERNEL_SPLICE: %q is not true or false", v)
+		return s, fmt.Errorf("setting CLAWKER_PROXY_KERNEL_SPLICE: %q is not true, download or false", v)
+	}
+	after := env("CLAWKER_PROXY_KERNEL_SPLICE_AFTER", strconv.FormatInt(DefaultKernelSpliceAfter, 10))
+	if s.KernelSpliceAfter, err = strconv.ParseInt(after, 10, 64); err != nil || s.KernelSpliceAfter < 0 {
+		return s, fmt.Errorf("setting CLAWKER_PROXY_KERNEL_SPLICE_AFTER: %q is not a number of bytes (0: at once)", after)
 	}
 	switch s.Scope = env("CLAWKER_SCOPE", "local"); s.Scope {
 	case "local", "global":

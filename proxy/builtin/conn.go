@@ -229,6 +229,13 @@ func (f *flow) decideAndSplice(ctx context.Context, fl verdict.Flow, v verdict.V
 		return
 	}
 	f.allow(v)
+	if upTCP, ok := up.(*net.TCPConn); ok && f.e.cfg.Splicer != nil && f.e.cfg.SpliceAfter > 0 && f.tcp != nil {
+		// Short flows stay on splice(2): the kernel path's setup pays
+		// only for flows that move more (Config.SpliceAfter).
+		if !f.spliceFirst(upTCP, f.e.cfg.SpliceAfter) {
+			return
+		}
+	}
 	if !f.kernelSplice(up) {
 		f.splice(up)
 	}

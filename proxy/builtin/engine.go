@@ -154,6 +154,17 @@ type Config struct {
 	// are copied in userspace as without it. Plain HTTP and inspected TLS
 	// never take it: they are decided request by request.
 	Splicer *bpf.Splicer
+	// SpliceDownloadOnly, with Splicer, keeps the client-to-upstream
+	// direction on the proxy's splice(2) relay while upstream-to-client
+	// bytes take the kernel path (the direction split: on the headline
+	// topology the kernel path paid for downloads, not uploads;
+	// bpf/README.md).
+	SpliceDownloadOnly bool
+	// SpliceAfter, with Splicer, is how many bytes (in either direction) a
+	// flow first moves through the proxy's splice(2) relay before it is
+	// handed to the kernel; 0 hands it over at once. Short flows then never
+	// pay for the kernel path's setup.
+	SpliceAfter int64
 	// LogLimit, when set, rate-limits the decision lines per endpoint
 	// (dropped lines are counted by the limiter) when Record is nil.
 	LogLimit *ratelimit.Limiter

@@ -51,18 +51,23 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 		return false
 	}
 	down := f.tcp
-	// Where each send buffer's count starts: nothing was written to either
-	// socket yet, and the program may write to them as soon as Add returns.
+	// Where each send buffer's count starts: what was written to either
+	// socket so far (nothing, or what spliceFirst relayed), as the program
+	// may write to them as soon as Add returns.
 	dBase, err1 := streamBytes(down)
 	uBase, err2 := streamBytes(upTCP)
 	// And each receive queue's: what was read before (nothing: the proxy
-	// only peeks). Not in a socket map yet, SIOCINQ is TCP's own.
+	// only peeks; or what spliceFirst relayed). Not in a socket map yet,
+	// SIOCINQ is TCP's own.
 	dIn, err3 := consumedBytes(down)
 	uIn, err4 := consumedBytes(upTCP)
 	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		f.e.log.WithError(err).Debug("kernel splice: cannot read the sockets' counters; copying in userspace")
 		return false
 	}
+	// The client's socket enters the program's map only when uploads take
+	// the kernel path too; else its bytes are relayed by splice(2) below.
+	upKernel := !f.e.cfg.SpliceDownloadOnly
 	var pair bpf.SplicePair
 	err := withFDs(down, upTCP, func(dfd, ufd int) error {
 		for _, fd := range []int{dfd, ufd} {
@@ -71,7 +76,7 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 			}
 		}
 		var err error
-		pair, err = s.Add(dfd, ufd)
+		pair, err = s.AddDirected(dfd, ufd, upKernel, true)
 		return err
 	})
 	if err != nil {
@@ -111,7 +116,11 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 	upDir := &kdir{s: s, src: down, dst: upTCP, cookie: pair.A, srcBase: dIn, dstBase: uBase, failed: &failed, wake: wake}
 	downDir := &kdir{s: s, src: upTCP, dst: down, cookie: pair.B, srcBase: uIn, dstBase: dBase, failed: &failed, wake: wake}
 	pumped := make(chan struct{})
-	for _, d := range []*kdir{upDir, downDir} {
+	kdirs := []*kdir{downDir}
+	if upKernel {
+		kdirs = append(kdirs, upDir)
+	}
+	for _, d := range kdirs {
 		go func() {
 			if err := d.throttle(pumped); err != nil {
 				f.e.log.WithError(err).Warn("kernel splice: cannot pause or resume a flow whose receiver fell behind; resetting it")
@@ -121,14 +130,33 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 	}
 	// Bytes queued before the pair entered the maps (the peeked
 	// ClientHello, a server's greeting) go through the program now.
-	if err := errors.Join(kick(down), kick(upTCP)); err != nil {
-		f.e.log.WithError(err).Debug("kernel splice: resetting a flow whose queued bytes cannot be handed to the program")
+	var kerr error
+	for _, d := range kdirs {
+		kerr = errors.Join(kerr, kick(d.src))
+	}
+	if kerr != nil {
+		f.e.log.WithError(kerr).Debug("kernel splice: resetting a flow whose queued bytes cannot be handed to the program")
 		abort()
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		if !upKernel {
+			// The direction split: the client's bytes go up by splice(2)
+			// (the upstream's socket is written only here; the kernel
+			// writes only to the client's), then its FIN.
+			n, err := io.Copy(upTCP, down)
+			upDir.copied.Add(n)
+			if err == nil {
+				err = upTCP.CloseWrite()
+			}
+			if err != nil {
+				f.e.log.WithError(err).Debug("kernel splice: client side relay ended with an error; resetting both")
+				abort()
+			}
+			return
+		}
 		if err := upDir.pump(); err != nil {
 			f.e.log.WithError(err).Debug("kernel splice: client side ended with an error; resetting both")
 			abort()
@@ -687,5 +715,182 @@ func hupLoop() {
 			}
 		}
 		hups.mu.Unlock()
+	}
+}
+
+// spliceHandoverHook, when set (by tests), is told how many bytes each
+// direction had moved by splice(2) when a flow was handed to the kernel.
+var spliceHandoverHook func(up, down int64)
+
+// spliceFirst relays the flow in userspace until one direction has moved
+// after bytes (Config.SpliceAfter), then stops both directions and returns
+// true: the flow goes to the kernel path, every byte read so far written
+// to the peer's send buffer and every other byte still in its receive
+// queue. It returns false when the flow ended here (a FIN each way, a
+// reset, a close); a flow half-closed before the hand-over stays here too
+// (a socket map takes established sockets only).
+//
+// The kernel path takes a receive queue skb by skb from its head and
+// ignores how much of the head skb was read already (tcp_read_skb): a
+// hand-over in the middle of an skb would send its read part twice
+// (measured: "oone" for "one"). So a direction stops only at an skb
+// boundary: after a read(2) that returned less than its buffer (tcp_recvmsg
+// stops short only when no queued skb has unread bytes; what arrives later
+// forms new skbs, the queue being empty) or found nothing, or while it
+// waits for bytes. The direction that reached after bytes stops there and
+// stops the other with a read deadline in the past, which ends only a
+// wait (nothing is read); a direction in the middle of a chunk reads on to
+// a boundary first. Neither waits for the other while stopping, so a peer
+// that needs one direction to move for the other to drain cannot wedge the
+// hand-over. Relayed with read/write (not splice(2), which stops
+// mid-skb at its pipe's size).
+func (f *flow) spliceFirst(up *net.TCPConn, after int64) bool {
+	down := f.tcp
+	var stopping atomic.Bool
+	stop := func() {
+		if stopping.CompareAndSwap(false, true) {
+			past := time.Unix(1, 0)
+			_ = down.SetReadDeadline(past)
+			_ = up.SetReadDeadline(past)
+		}
+	}
+	type result struct {
+		n   int64
+		fin bool // src's FIN was forwarded (dst's CloseWrite)
+		err error
+	}
+	relay := func(dst, src *net.TCPConn) (r result) {
+		defer func() {
+			if r.err != nil {
+				// A reset, a policy change (f.reset closed the
+				// client's socket): the other direction must not
+				// wait on.
+				up.Close()
+				down.Close()
+			}
+		}()
+		bp := relayBufs.Get().(*[]byte)
+		defer relayBufs.Put(bp)
+		buf := *bp
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return result{n: r.n, err: werr}
+				}
+				r.n += int64(n)
+				if n == len(buf) {
+					// maybe mid-skb: on to a boundary, never waiting
+					m, eof, err := readToBoundary(dst, src, buf)
+					r.n += m
+					if err != nil {
+						return result{n: r.n, err: err}
+					}
+					if eof {
+						return result{n: r.n, fin: true, err: dst.CloseWrite()}
+					}
+				}
+				// at a boundary
+				if r.n >= after {
+					stop()
+				}
+				if stopping.Load() {
+					return r
+				}
+				continue
+			}
+			switch {
+			case err == io.EOF:
+				return result{n: r.n, fin: true, err: dst.CloseWrite()}
+			case errors.Is(err, os.ErrDeadlineExceeded) && stopping.Load():
+				return r // stopped while waiting: nothing was read
+			case err != nil:
+				return result{n: r.n, err: err}
+			}
+		}
+	}
+	upc := make(chan result, 1)
+	go func() { upc <- relay(up, down) }()
+	dr := relay(down, up)
+	ur := <-upc
+	f.up.Add(ur.n)
+	f.down.Add(dr.n)
+	_ = down.SetReadDeadline(time.Time{})
+	_ = up.SetReadDeadline(time.Time{})
+	switch {
+	case ur.err != nil || dr.err != nil:
+		return false
+	case ur.fin && dr.fin:
+		up.Close()
+		down.Close()
+		return false
+	case ur.fin || dr.fin:
+		// Half-closed: the other direction runs to its end here.
+		dst, src, count := down, up, &f.down
+		if dr.fin {
+			dst, src, count = up, down, &f.up
+		}
+		n, err := io.Copy(dst, src)
+		count.Add(n)
+		if err == nil {
+			_ = dst.CloseWrite()
+		}
+		up.Close()
+		down.Close()
+		return false
+	}
+	if spliceHandoverHook != nil {
+		spliceHandoverHook(ur.n, dr.n)
+	}
+	return true
+}
+
+// relayBufs are spliceFirst's buffers.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// readToBoundary relays what src has queued now with read(2), without
+// waiting, until a read leaves no partly read skb at the head of src's
+// receive queue: one that returns less than buf, or finds nothing. eof:
+// src's FIN. It ignores src's read deadline (spliceFirst's stop).
+func readToBoundary(dst, src *net.TCPConn, buf []byte) (int64, bool, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, false, err
+	}
+	var total int64
+	for {
+		var n int
+		var rerr error
+		if err := rc.Control(func(fd uintptr) {
+			// A buffer larger than what is queued: the read takes it
+			// all and stops short (a sender faster than the relay
+			// keeps more than any fixed buffer queued).
+			if q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && q >= len(buf) {
+				buf = make([]byte, q+64<<10)
+			}
+			for {
+				// the socket is non-blocking (Go's): EAGAIN, never a wait
+				if n, rerr = unix.Read(int(fd), buf); rerr != unix.EINTR {
+					return
+				}
+			}
+		}); err != nil {
+			return total, false, err
+		}
+		switch {
+		case errors.Is(rerr, unix.EAGAIN):
+			return total, false, nil
+		case rerr != nil:
+			return total, false, rerr
+		case n == 0:
+			return total, true, nil
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return total, false, err
+		}
+		total += int64(n)
+		if n < len(buf) {
+			return total, false, nil
+		}
 	}
 }

@@ -102,8 +102,8 @@ func (s *scriptServer) set(fn func(c *net.TCPConn)) {
 
 // tcpSpliceSetup returns a harness with a tcp://db.example.test:5432 rule
 // for 127.0.0.2 whose upstream is srv, and the dedicated listener address.
-func tcpSpliceSetup(t *testing.T, s *bpf.Splicer) (*harness, *scriptServer, string) {
-	h := newHarness(t, withSplicer(s))
+func tcpSpliceSetup(t *testing.T, s *bpf.Splicer, opts ...harnessOpt) (*harness, *scriptServer, string) {
+	h := newHarness(t, append([]harnessOpt{withSplicer(s)}, opts...)...)
 	srv := newScriptServer(t)
 	h.mapPort(5432, srv.port)
 	h.dns.set("db.example.test", "127.0.0.1")
@@ -270,12 +270,20 @@ func flowCounter(t *testing.T, h *harness, v *prometheus.CounterVec, dir string)
 // aesStream(sink), and answers "<bytes> <first difference or -1>") and
 // "SEND\n" (n bytes of aesStream(send), then FIN).
 func sinkSend(n int64, sink, send byte, delay time.Duration) func(c *net.TCPConn) {
+	serve := sinkSendLine(n, sink, send, delay)
 	return func(c *net.TCPConn) {
 		br := bufio.NewReader(c)
 		line, err := br.ReadString('\n')
 		if err != nil {
 			return
 		}
+		serve(c, br, line)
+	}
+}
+
+// sinkSendLine is sinkSend for a connection whose first line was read.
+func sinkSendLine(n int64, sink, send byte, delay time.Duration) func(c *net.TCPConn, br *bufio.Reader, line string) {
+	return func(c *net.TCPConn, br *bufio.Reader, line string) {
 		switch line {
 		case "SINK\n":
 			time.Sleep(delay) // a receiver that falls behind
@@ -296,7 +304,14 @@ func sinkSend(n int64, sink, send byte, delay time.Duration) func(c *net.TCPConn
 func TestKernelSpliceHalfClose(t *testing.T) {
 	s := openSplicer(t)
 	kernel, _ := countKernel(t)
-	h, srv, addr := tcpSpliceSetup(t, s)
+	halfClose(t, s)
+	require.Equal(t, int64(200), kernel.Load())
+}
+
+// halfClose runs TestKernelSpliceHalfClose's flows through a harness with
+// opts.
+func halfClose(t *testing.T, s *bpf.Splicer, opts ...harnessOpt) {
+	h, srv, addr := tcpSpliceSetup(t, s, opts...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, e := range h.hook.AllEntries() {
@@ -370,7 +385,6 @@ func TestKernelSpliceHalfClose(t *testing.T) {
 		c.Close()
 	}
 	require.Eventually(t, func() bool { return next.Load() == 100 }, 10*time.Second, 10*time.Millisecond)
-	require.Equal(t, int64(200), kernel.Load())
 }
 
 func ready(t *testing.T, c net.Conn) {
@@ -585,9 +599,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 
 // TestKernelSpliceRevoked: a rule removed while its flow runs in the kernel
 // closes the flow (both peers see it) at the next snapshot.
-func TestKernelSpliceRevoked(t *testing.T) {
-	s := openSplicer(t)
-	h, srv, addr := tcpSpliceSetup(t, s)
+func TestKernelSpliceRevoked(t *testing.T) { revoked(t, openSplicer(t)) }
+
+// revoked runs TestKernelSpliceRevoked's flow through a harness with opts.
+func revoked(t *testing.T, s *bpf.Splicer, opts ...harnessOpt) {
+	h, srv, addr := tcpSpliceSetup(t, s, opts...)
 	closed := make(chan error, 1)
 	srv.set(func(c *net.TCPConn) {
 		_, err := io.Copy(c, c)
@@ -612,16 +628,7 @@ func TestKernelSpliceRevoked(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the upstream never saw the close")
 	}
-	require.Eventually(t, func() bool {
-		entries, err := s.Entries()
-		require.NoError(t, err)
-		for _, n := range entries {
-			if n != 0 {
-				return false
-			}
-		}
-		return true
-	}, 5*time.Second, 10*time.Millisecond, "the maps keep entries of a closed flow")
+	requireNoEntries(t, s)
 }
 
 // TestKernelSpliceFallback: where the kernel refuses the pair (here: a
