@@ -73,10 +73,17 @@ const (
 	// container's client going through it.
 	floorAddr = "10.231.253.1:8443"
 	netFloor  = "floor"
+	// passFloorAddr: the passthrough floor relay (load passrelay) on the
+	// host, same place; arm "floor-pass" goes through it.
+	passFloorAddr = "10.231.253.1:9443"
+	netPassFloor  = "floor-pass"
 )
 
 type opts struct {
 	out, md, pluginDir  string
+	modes               []string        // kernel-splice settings, one block each per round
+	only                map[string]bool // workloads to run (empty: all)
+	passFloor           bool            // the passthrough floor arm
 	rounds, newconnN    int
 	bulkBytes           int64
 	kaDur               time.Duration
@@ -94,7 +101,23 @@ func main() {
 	flag.DurationVar(&o.kaDur, "ka", 3*time.Second, "measured duration of a keep-alive run")
 	flag.IntVar(&o.kaConns, "conns", 64, "keep-alive connections")
 	flag.IntVar(&o.dnsQueries, "dns", 200, "DNS queries per run (log-line count)")
+	modes := flag.String("modes", "true,false", "kernel-splice settings, comma separated: CLAWKER_PROXY_KERNEL_SPLICE value (true, download, false), @bytes for CLAWKER_PROXY_KERNEL_SPLICE_AFTER (e.g. true@1048576)")
+	only := flag.String("only", "", "run only these workloads, comma separated (e.g. bulk-down,bulk-up,https-newconn,ka-h1: the passthrough ones)")
+	flag.BoolVar(&o.passFloor, "passfloor", true, "add the passthrough floor arm (a minimal SNI relay on the host, no policy) to the passthrough workloads")
 	flag.Parse()
+	o.modes = strings.Split(*modes, ",")
+	for _, m := range o.modes {
+		if v, _, _ := strings.Cut(m, "@"); v != "true" && v != "false" && v != "download" {
+			fmt.Fprintf(os.Stderr, "bench/bridge: -modes: %q is not true, download or false (with an optional @bytes)\n", m)
+			os.Exit(2)
+		}
+	}
+	o.only = map[string]bool{}
+	for _, w := range strings.Split(*only, ",") {
+		if w != "" {
+			o.only[w] = true
+		}
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/bridge:", err)
 		os.Exit(1)
@@ -109,11 +132,11 @@ type bench struct {
 	e      *harness.Env
 	dir    string // e.Dir()/bridge, bind-mounted read-only at /b
 	img    string
-	splice bool
-	srvPID int // the server process (in its netns)
-	// floorPID: the floor relay on the host (0: not running)
-	floorPID int
-	blocks   int // blocks run so far
+	mode   string // the kernel-splice setting now (-modes)
+	srvPID int    // the server process (in its netns)
+	// floorPID, passFloorPID: the floor relays on the host (0: not running)
+	floorPID, passFloorPID int
+	blocks                 int // blocks run so far
 	// samples[workload][arm] (arm: bridge, or cfw/cfw-insp + "/on" or "/off")
 	samples map[string]map[string][]sample
 	relayed map[string]int // message of a relayed plugin line (cfw arms) -> count
@@ -175,10 +198,10 @@ func run(o opts) (err error) {
 			settings[i] = s + "," + srvSubnet
 		}
 	}
-	if err := e.InstallPlugin(o.pluginDir, append(settings, "CLAWKER_PROXY_KERNEL_SPLICE=true")...); err != nil {
+	if err := e.InstallPlugin(o.pluginDir, append(settings, spliceSettings(o.modes[0])...)...); err != nil {
 		return err
 	}
-	b.splice = true
+	b.mode = o.modes[0]
 	if _, _, err := e.Docker("network", "create", "--subnet", subBridge, netBridge); err != nil {
 		return err
 	}
@@ -186,6 +209,13 @@ func run(o opts) (err error) {
 	defer stopFloor()
 	if err != nil {
 		return err
+	}
+	if o.passFloor {
+		stopPass, err := b.startPassFloor()
+		defer stopPass()
+		if err != nil {
+			return err
+		}
 	}
 	if err := b.cfwNetworks(); err != nil {
 		return err
@@ -198,15 +228,15 @@ func run(o opts) (err error) {
 	}
 	start := time.Now()
 	for r := 0; r < o.rounds; r++ {
-		modes := []bool{true, false}
+		modes := slices.Clone(o.modes)
 		if r%2 == 1 {
-			modes = []bool{false, true}
+			slices.Reverse(modes)
 		}
 		for _, m := range modes {
 			if err := b.setSplice(m); err != nil {
 				return err
 			}
-			logf("round %d/%d kernel splice %v", r+1, o.rounds, m)
+			logf("round %d/%d kernel splice %s", r+1, o.rounds, m)
 			if err := b.block(r); err != nil {
 				return err
 			}
@@ -361,6 +391,34 @@ func (b *bench) startFloor() (func(), error) {
 	}
 }
 
+// startPassFloor runs the passthrough floor relay (load passrelay) on the
+// host in front of the server.
+func (b *bench) startPassFloor() (func(), error) {
+	cmd := exec.Command(filepath.Join(b.dir, "load"), "passrelay", "-listen", passFloorAddr, "-upstream", srvIP+":443")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stop := func() {
+		if cmd.Process != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		return stop, err
+	}
+	b.passFloorPID = cmd.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp4", passFloorAddr, time.Second)
+		if err == nil {
+			c.Close()
+			return stop, nil
+		}
+		if time.Now().After(deadline) {
+			return stop, fmt.Errorf("passthrough floor relay at %s not reachable: %v", passFloorAddr, err)
+		}
+	}
+}
+
 func (b *bench) cfwNetworks() error {
 	if _, _, err := b.e.Docker("network", "create", "-d", harness.PluginName, "--subnet", subCFW,
 		"-o", "clawker.allow="+benchHost+",http://"+benchHost, netCFW); err != nil {
@@ -391,20 +449,29 @@ func (b *bench) cfwContainers() error {
 	return os.WriteFile(filepath.Join(b.dir, "ca", "plugin-ca.crt"), data, 0o644)
 }
 
+// spliceSettings are the plugin settings of a -modes entry.
+func spliceSettings(mode string) []string {
+	v, after, _ := strings.Cut(mode, "@")
+	if after == "" {
+		after = "0"
+	}
+	return []string{"CLAWKER_PROXY_KERNEL_SPLICE=" + v, "CLAWKER_PROXY_KERNEL_SPLICE_AFTER=" + after}
+}
+
 // setSplice switches the plugin's kernel splice: the cfw containers are
 // removed, the plugin disabled, set and enabled, the containers made again.
-func (b *bench) setSplice(on bool) error {
-	if on == b.splice {
+func (b *bench) setSplice(mode string) error {
+	if mode == b.mode {
 		return nil
 	}
-	logf("kernel splice -> %v", on)
+	logf("kernel splice -> %s", mode)
 	if _, _, err := b.e.Docker("rm", "-f", netCFW, netInspect); err != nil {
 		return err
 	}
 	ref := b.e.PluginRef()
 	steps := [][]string{
 		{"plugin", "disable", "-f", ref},
-		{"plugin", "set", ref, "CLAWKER_PROXY_KERNEL_SPLICE=" + strconv.FormatBool(on)},
+		append([]string{"plugin", "set", ref}, spliceSettings(mode)...),
 		{"plugin", "enable", ref},
 	}
 	for _, s := range steps {
@@ -412,7 +479,7 @@ func (b *bench) setSplice(on bool) error {
 			return err
 		}
 	}
-	b.splice = on
+	b.mode = mode
 	return b.cfwContainers()
 }
 
@@ -430,15 +497,29 @@ func (b *bench) workloads() []workload {
 	nc := strconv.Itoa(o.newconnN)
 	ka := []string{"keepalive", "-conns", strconv.Itoa(o.kaConns), "-dur", o.kaDur.String()}
 	both := []string{netBridge, netCFW}
-	return []workload{
-		{"bulk-down", []string{"bulk", "-dir", "down", "-bytes", bulk}, both, 1},
-		{"bulk-up", []string{"bulk", "-dir", "up", "-bytes", bulk}, both, 1},
-		{"https-newconn", []string{"newconn", "-scheme", "https", "-n", nc}, both, o.newconnN + 5},
+	pass := both // the passthrough workloads: the passthrough floor too
+	if o.passFloor {
+		pass = []string{netBridge, netCFW, netPassFloor}
+	}
+	all := []workload{
+		{"bulk-down", []string{"bulk", "-dir", "down", "-bytes", bulk}, pass, 1},
+		{"bulk-up", []string{"bulk", "-dir", "up", "-bytes", bulk}, pass, 1},
+		{"https-newconn", []string{"newconn", "-scheme", "https", "-n", nc}, pass, o.newconnN + 5},
 		{"http-newconn", []string{"newconn", "-scheme", "http", "-n", nc}, both, o.newconnN + 5},
-		{"ka-h1", ka, []string{netBridge, netCFW, netInspect, netFloor}, o.kaConns},
+		{"ka-h1", ka, append(slices.Clone(pass), netInspect, netFloor), o.kaConns},
 		{"ka-h2", append(slices.Clone(ka), "-h2"), []string{netBridge, netInspect, netFloor}, o.kaConns},
 		{"dns", []string{"dns", "-n", strconv.Itoa(o.dnsQueries)}, both, o.dnsQueries},
 	}
+	if len(o.only) == 0 {
+		return all
+	}
+	var ws []workload
+	for _, w := range all {
+		if o.only[w.name] {
+			ws = append(ws, w)
+		}
+	}
+	return ws
 }
 
 func (b *bench) armName(network string) string {
@@ -446,18 +527,23 @@ func (b *bench) armName(network string) string {
 	case netBridge:
 		return "bridge"
 	case netCFW:
-		return "cfw/" + onOff(b.splice)
-	case netFloor:
-		return "floor"
+		return "cfw/" + modeLabel(b.mode)
+	case netFloor, netPassFloor:
+		return network
 	}
-	return "cfw-insp/" + onOff(b.splice)
+	return "cfw-insp/" + modeLabel(b.mode)
 }
 
-func onOff(v bool) string {
-	if v {
+// modeLabel names a -modes entry in arm names: on and off for true and
+// false (the report's two main columns), else the entry itself.
+func modeLabel(mode string) string {
+	switch mode {
+	case "true":
 		return "on"
+	case "false":
+		return "off"
 	}
-	return "off"
+	return mode
 }
 
 func (b *bench) block(round int) error {
@@ -492,6 +578,9 @@ func (b *bench) exec(network string, w workload) (sample, error) {
 		// The bridge container through the floor relay; "plugin CPU" is the relay's.
 		container, cpu, extra = netBridge, func() float64 { return procCPU(b.floorPID) }, []string{"-connect", floorAddr}
 	}
+	if network == netPassFloor {
+		container, cpu, extra = netBridge, func() float64 { return procCPU(b.passFloorPID) }, []string{"-connect", passFloorAddr}
+	}
 	args := append([]string{"exec", container, "/b/load"}, w.args...)
 	args = append(args, "-ca", "/b/ca/"+fakenet.CACertFile+",/b/ca/plugin-ca.crt")
 	args = append(args, extra...)
@@ -520,7 +609,7 @@ func (b *bench) exec(network string, w workload) (sample, error) {
 		PluginCPU: cpu() - cpu0}
 	lines := b.pluginLines()
 	s.Lines = len(lines) - lines0
-	if network != netBridge && network != netFloor {
+	if network != netBridge && network != netFloor && network != netPassFloor {
 		for _, l := range lines[min(lines0, len(lines)):] {
 			b.relayed[w.name+": "+lineMsg(l)]++
 		}
@@ -788,6 +877,7 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 			f.label, b.med(f.w, "bridge", rps), b.med(f.w, "floor", rps), b.pairedRatio(f.w, "floor", rps),
 			spread(b.pairedRatios(f.w, "floor", rps)), floorUS, inspUS, ratio(inspUS, floorUS))
 	}
+	b.formatArms(&sb, rows)
 	logLines := map[string]string{}
 	var totalLines, totalFlows int
 	fmt.Fprintf(&sb, "\nlog lines dockerd relayed from the plugin (target: none on the allowed path), summed over all rounds:\n")
@@ -834,6 +924,50 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 	fmt.Fprintf(&md, "| log lines dockerd relayed from the plugin, lines / allowed flows | — |%s |%s | none per flow: %s |\n",
 		strings.TrimSuffix(logLines["on"], ";"), strings.TrimSuffix(logLines["off"], ";"), verdict)
 	return sb.String(), md.String()
+}
+
+// formatArms prints the passthrough rows once more with a column per arm:
+// the passthrough floor relay and every -modes setting, each as its value
+// and its paired ratio to the bridge; "/fl" is that ratio over the floor's,
+// the part of the gap the product adds beyond relaying itself.
+func (b *bench) formatArms(sb *strings.Builder, rows []row) {
+	var arms []string
+	if b.o.passFloor {
+		arms = append(arms, netPassFloor)
+	}
+	for _, m := range b.o.modes {
+		arms = append(arms, "cfw/"+modeLabel(m))
+	}
+	if !b.o.passFloor && len(b.o.modes) <= 2 {
+		return // the main table has them
+	}
+	fmt.Fprintf(sb, "\npassthrough by arm (value, paired ratio to the bridge; /fl = that ratio over the passthrough floor's):\n")
+	fmt.Fprintf(sb, "  floor-pass = load passrelay on the host at the bridge network's gateway (%s): accept, read the ClientHello and\n", passFloorAddr)
+	fmt.Fprintf(sb, "  its SNI, dial the one fixed server address, write the hello, io.Copy (splice(2)) both ways; no policy, DNS, identity,\n")
+	fmt.Fprintf(sb, "  log or limits. The bridge container dials it by address; the cfw arms reach the plugin's proxy through the socket hooks.\n")
+	fmt.Fprintf(sb, "  cfw/MODE = CLAWKER_PROXY_KERNEL_SPLICE=MODE (on = true, off = false; @N = CLAWKER_PROXY_KERNEL_SPLICE_AFTER=N).\n")
+	fmt.Fprintf(sb, "%-44s %9s", "workload", "bridge")
+	for _, a := range arms {
+		fmt.Fprintf(sb, " %24s", a)
+	}
+	sb.WriteString("\n")
+	for _, r := range rows {
+		if r.insp || len(b.samples[r.w]["bridge"]) == 0 || b.o.passFloor && len(b.samples[r.w][netPassFloor]) == 0 {
+			continue
+		}
+		fmt.Fprintf(sb, "%-44s %9.2f", r.label, b.med(r.w, "bridge", r.f))
+		fr := b.pairedRatio(r.w, netPassFloor, r.f)
+		for _, a := range arms {
+			v, rr := b.med(r.w, a, r.f), b.pairedRatio(r.w, a, r.f)
+			cell := fmt.Sprintf("%.2f %.2fx", v, rr)
+			if a != netPassFloor && fr != 0 {
+				cell += fmt.Sprintf(" %.2f/fl", rr/fr)
+			}
+			fmt.Fprintf(sb, " %24s", cell)
+		}
+		sb.WriteString("\n")
+	}
+	fmt.Fprintf(sb, "  (plugin CPU rows: the floor-pass column is the relay process's CPU)\n")
 }
 
 func ratio(a, b float64) float64 {

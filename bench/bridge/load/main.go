@@ -16,7 +16,8 @@
 //	load dns -n N                    lookups of the name, latencies
 //
 // -connect ADDR:PORT dials that address instead of the name's (the floor
-// relay of relay.go, which bench/bridge runs on the host: load relay).
+// relay of relay.go, which bench/bridge runs on the host: load relay; and
+// the passthrough floor of passrelay.go: load passrelay -listen -upstream).
 //
 // The client resolves the name once per run and dials that address, so that
 // DNS is measured only by the dns mode; TLS sessions are never resumed.
@@ -76,6 +77,8 @@ func main() {
 		out, err = c.newconn(*scheme, *n)
 	case "relay":
 		err = c.relay(*cert, *key, *listen, *upstream)
+	case "passrelay":
+		err = passRelay(*listen, *upstream)
 	case "keepalive":
 		out, err = c.keepalive(*conns, *dur, *h2)
 	case "dns":
