@@ -21,6 +21,7 @@ FUZZ_HOST ?= 100000x
 FUZZ_PATH ?= 60000x
 FUZZ_FORWARD ?= 100000x
 FUZZ_DNS ?= 30000x
+FUZZ_SNAPSHOT ?= 100000x
 # Docker Engine of the e2e suite: debian (docker.io 20.10) or current (built by
 # scripts/engine.sh from pinned module versions, cached). ENGINES: for test.
 ENGINE ?= debian
@@ -97,6 +98,7 @@ test-fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzPathReadings$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_PATH)) ./policy
 	$(GO) test -run='^$$' -fuzz='^FuzzForwardAsSent$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_FORWARD)) ./proxy/builtin
 	$(GO) test -run='^$$' -fuzz='^FuzzServeDNS$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_DNS)) ./dns
+	$(GO) test -run='^$$' -fuzz='^FuzzSnapshotHead$$' -fuzztime=$(or $(FUZZTIME),$(FUZZ_SNAPSHOT)) ./dns
 
 ## engine: build (or find cached) the current Docker Engine's dockerd and runc
 engine:
