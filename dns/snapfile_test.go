@@ -452,3 +452,30 @@ func FuzzSnapshotHead(f *testing.F) {
 		_, _ = decodeBase(b, sha256.Sum256(b))
 	})
 }
+
+// TestSnapshotWriterRestart: a plugin process that starts again trusts no
+// file a previous one left: a base file torn by a crash under the right
+// name is written again, and stale bases and temporary files go.
+func TestSnapshotWriterRestart(t *testing.T) {
+	g := newGenWorld(t, 10)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "snapshot")
+	snap := g.snapshot(t, 1, 2)
+	sum := sha256.Sum256(encodeBase(g.base.Policy()))
+	stale := baseName(path, [sha256.Size]byte{1})
+	tmp := filepath.Join(dir, ".snapshot.tmp-123")
+	for name, b := range map[string][]byte{baseName(path, sum): []byte("torn"), stale: []byte("old"), tmp: []byte("x")} {
+		require.NoError(t, os.WriteFile(name, b, 0o644))
+	}
+	sw := &SnapshotWriter{Path: path}
+	require.NoError(t, sw.Publish(snap))
+	require.Equal(t, 1, sw.Last().NewBases, "the base is written again")
+	require.NoFileExists(t, stale)
+	require.NoFileExists(t, tmp)
+	store := NewStore()
+	logs := &logRecorder{}
+	NewWatcher(path, time.Hour, store, logs).Poll()
+	gen, ok := store.Generation()
+	require.True(t, ok, "%v", logs.Lines())
+	require.Equal(t, uint64(1), gen)
+}
