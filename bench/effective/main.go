@@ -53,6 +53,7 @@ func main() {
 	flag.BoolVar(&pr.KernelSplice, "kernel-splice", true, "carry allowed passthrough flows in the kernel (the plugin's default)")
 	flag.DurationVar(&pr.Timeout, "timeout", 10*time.Second, "give up on a consumer after this long per change")
 	flag.DurationVar(&pr.Probe, "probe", 2*time.Millisecond, "pause between two probes of one consumer")
+	flag.StringVar(&pr.CPUProfile, "cpuprofile", "", "with -child: write a CPU profile of the changes to this file")
 	flag.Parse()
 	var err error
 	if *child > 0 {

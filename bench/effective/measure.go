@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,7 @@ type params struct {
 	KernelSplice bool
 	Timeout      time.Duration // per change and consumer
 	Probe        time.Duration // pause between two probes of one consumer
+	CPUProfile   string        // a CPU profile of the changes (the whole process: plugin, probes, streams)
 }
 
 // consumer names.
@@ -104,6 +106,17 @@ func run(pr params) (result, error) {
 	}
 	st.resetPause()
 	before := st.exchanges()
+	if pr.CPUProfile != "" {
+		f, err := os.Create(pr.CPUProfile)
+		if err != nil {
+			return r, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return r, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	for i := range pr.Changes {
 		name := fmt.Sprintf("rt%d.effective.test", i/2)
