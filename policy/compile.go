@@ -236,29 +236,34 @@ func (g *groups) enclosing(i int, f func(int)) {
 // sorted returns the groups most specific first (step 6 of Compile, the
 // order of compareSpecificity).
 func (g *groups) sorted() []int {
+	// A 24-byte key (class and rank in one number: ranks are label
+	// counts and prefix lengths, far below 1<<15) moves fast in the sort.
 	type key struct {
-		class, rank int
-		pat         string
-		i           int
+		rank int32
+		i    int32
+		pat  string
 	}
 	keys := make([]key, len(g.patterns))
 	for i, pat := range g.patterns {
-		k := key{class: patternClass(pat), pat: pat, i: i}
-		switch k.class {
+		class, rank := patternClass(pat), 0
+		switch class {
 		case 1:
-			k.rank = -strings.Count(pat, ".")
+			rank = -strings.Count(pat, ".")
 		case 2:
 			pre, _ := netip.ParsePrefix(pat)
-			k.rank = -pre.Bits()
+			rank = -pre.Bits()
 		}
-		keys[i] = k
+		keys[i] = key{rank: int32(class<<16 + rank + 1<<15), i: int32(i), pat: pat}
 	}
 	slices.SortFunc(keys, func(a, b key) int {
-		return cmp.Or(cmp.Compare(a.class, b.class), cmp.Compare(a.rank, b.rank), strings.Compare(a.pat, b.pat))
+		if a.rank != b.rank {
+			return cmp.Compare(a.rank, b.rank)
+		}
+		return strings.Compare(a.pat, b.pat)
 	})
 	out := make([]int, len(keys))
 	for i, k := range keys {
-		out[i] = k.i
+		out[i] = int(k.i)
 	}
 	return out
 }

@@ -62,3 +62,50 @@ func BenchmarkLayerScale(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRuleAddedScale is what a runtime rule added to bench/scale's
+// network costs the policy package with 500 labelled endpoints: the base
+// compiled again and indexed, then every endpoint's layer, carried over
+// (rebase) or compiled again (layer) as before Rebase existed.
+func BenchmarkRuleAddedScale(b *testing.B) {
+	cfg, labels := scaleRules(b, 500)
+	ids := policy.NewIdentityTable()
+	base, err := policy.Compile(policy.CompileInput{Network: cfg.Rules}, ids)
+	if err != nil {
+		b.Fatal(err)
+	}
+	idx := policy.NewBaseIndex(base)
+	layers := make([]*policy.Layered, len(labels))
+	for i, l := range labels {
+		if layers[i], err = policy.LayerTracked(idx, l, 1, ids); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rule, err := policy.ParseRuntimeRule("rt.example.net", "scalenet")
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := policy.CompileInput{Network: cfg.Rules, Runtime: []policy.EgressRule{rule}, Settings: cfg.Settings, Generation: 2}
+	for _, mode := range []string{"rebase", "layer"} {
+		b.Run(mode, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				nb, err := policy.Compile(in, ids)
+				if err != nil {
+					b.Fatal(err)
+				}
+				nidx := policy.NewBaseIndex(nb)
+				for i, l := range layers {
+					if mode == "rebase" {
+						if _, ok := l.Rebase(nidx, 2); ok {
+							continue
+						}
+					}
+					if _, err := policy.Layer(nidx, labels[i], 2, ids); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
