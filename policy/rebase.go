@@ -26,12 +26,12 @@ type Layered struct {
 // it reads only the base's denies and InspectAll, which Rebase compares
 // whole.
 type baseReads struct {
-	dsts   map[string]bool
-	apexes map[string]bool
+	dsts   []string // may repeat one (a lookup costs less than a set)
+	apexes []string
 	cidrs  bool
 }
 
-func (r *baseReads) dst(d string) { r.dsts[d] = true }
+func (r *baseReads) dst(d string) { r.dsts = append(r.dsts, d) }
 
 // list notes the read of the base entries that allow pattern outer (whose
 // first rule is first) may enclose (BaseIndex.enclosed).
@@ -39,14 +39,14 @@ func (r *baseReads) list(outer string, first EgressRule) {
 	if rulePrefix(first).IsValid() {
 		r.cidrs = true
 	} else if apex, ok := strings.CutPrefix(outer, "."); ok {
-		r.apexes[apex] = true
+		r.apexes = append(r.apexes, apex)
 	}
 }
 
 // LayerTracked is Layer, also noting what the layer read of base (see
 // Layered).
 func LayerTracked(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator) (*Layered, error) {
-	reads := &baseReads{dsts: map[string]bool{}, apexes: map[string]bool{}}
+	reads := &baseReads{dsts: make([]string, 0, 4*len(label))}
 	p, err := layer(base, label, gen, alloc, reads)
 	if err != nil {
 		return nil, err
@@ -72,12 +72,12 @@ func (l *Layered) Rebase(b *BaseIndex, gen uint64) (*Layered, bool) {
 		return nil, false
 	}
 	old := l.base
-	for d := range l.reads.dsts {
+	for _, d := range l.reads.dsts {
 		if !sameRules(old, b, d) {
 			return nil, false
 		}
 	}
-	for apex := range l.reads.apexes {
+	for _, apex := range l.reads.apexes {
 		if !sameEntries(old, old.under[apex], b, b.under[apex]) {
 			return nil, false
 		}
