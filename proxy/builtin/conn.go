@@ -259,11 +259,25 @@ func (f *flow) track(fl verdict.Flow, v verdict.Verdict) (func(), bool) {
 
 // splice copies bytes both ways. Both ends are bare *net.TCPConn, so
 // io.Copy ends in TCPConn.ReadFrom and Linux splices in the kernel.
+//
+// Both sockets carry SO_LINGER 0 while the relay runs, as on the kernel
+// path: if the process dies, the kernel closes them with a reset, so
+// neither peer takes a cut stream for a complete one; an orderly end (a
+// FIN each way, forwarded) clears it before closing.
 func (f *flow) splice(up net.Conn) {
 	down := f.conn
 	if spliceHook != nil {
 		spliceHook(up, down)
 	}
+	setLinger0(up, down)
+	var failed atomic.Bool
+	defer func() {
+		if !failed.Load() {
+			clearLinger(up, down)
+		}
+		up.Close()
+		down.Close()
+	}()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -271,7 +285,8 @@ func (f *flow) splice(up net.Conn) {
 		n, err := io.Copy(up, down)
 		f.up.Add(n)
 		if err != nil {
-			up.Close()
+			failed.Store(true)
+			up.Close() // SO_LINGER 0: both peers get a reset
 			down.Close()
 			return
 		}
@@ -280,14 +295,31 @@ func (f *flow) splice(up net.Conn) {
 	n, err := io.Copy(down, up)
 	f.down.Add(n)
 	if err != nil {
+		failed.Store(true)
 		up.Close()
 		down.Close()
 	} else {
 		closeWrite(down)
 	}
 	wg.Wait()
-	up.Close()
-	down.Close()
+}
+
+// setLinger0 and clearLinger set and clear SO_LINGER 0 on TCP
+// connections (others are left alone).
+func setLinger0(cs ...net.Conn) {
+	for _, c := range cs {
+		if t, ok := c.(*net.TCPConn); ok {
+			_ = t.SetLinger(0)
+		}
+	}
+}
+
+func clearLinger(cs ...net.Conn) {
+	for _, c := range cs {
+		if t, ok := c.(*net.TCPConn); ok {
+			_ = t.SetLinger(-1)
+		}
+	}
 }
 
 // spliceHook, when set (by tests), sees the two connections handed to

@@ -746,6 +746,7 @@ var spliceHandoverHook func(up, down int64)
 // mid-skb at its pipe's size).
 func (f *flow) spliceFirst(up *net.TCPConn, after int64) bool {
 	down := f.tcp
+	setLinger0(up, down) // as in splice: a killed process resets both peers
 	var stopping atomic.Bool
 	stop := func() {
 		if stopping.CompareAndSwap(false, true) {
@@ -821,6 +822,7 @@ func (f *flow) spliceFirst(up *net.TCPConn, after int64) bool {
 	case ur.err != nil || dr.err != nil:
 		return false
 	case ur.fin && dr.fin:
+		clearLinger(up, down)
 		up.Close()
 		down.Close()
 		return false
@@ -834,6 +836,7 @@ func (f *flow) spliceFirst(up *net.TCPConn, after int64) bool {
 		count.Add(n)
 		if err == nil {
 			_ = dst.CloseWrite()
+			clearLinger(up, down)
 		}
 		up.Close()
 		down.Close()
