@@ -82,6 +82,12 @@ func spliceEntries(t *testing.T, ids []int) int {
 // flows again.
 func TestFastpathKernelSpliceInPlugin(t *testing.T) {
 	f := pluginEnv(t)
+	// The kernel path is opt-in (CLAWKER_PROXY_KERNEL_SPLICE defaults to
+	// false: README says why).
+	ref := f.e.PluginRef()
+	f.e.MustDocker(t, "plugin", "disable", "-f", ref)
+	f.e.MustDocker(t, "plugin", "set", ref, "CLAWKER_PROXY_KERNEL_SPLICE=true")
+	f.e.MustDocker(t, "plugin", "enable", "--timeout", "60", ref)
 	f.resetLeaks(t)
 	n := f.createNet(t, "cfw-pt-fastpath", 121, "clawker.allow=tcp://"+harness.TCPHost+":5432")
 	pid := pidOf(t, f.e, pluginArgv0)

@@ -62,7 +62,7 @@ type Settings struct {
 // The kernel splice's defaults (CLAWKER_PROXY_KERNEL_SPLICE and
 // CLAWKER_PROXY_KERNEL_SPLICE_AFTER; README says why).
 const (
-	DefaultKernelSplice            = "true"
+	DefaultKernelSplice            = "false"
 	DefaultKernelSpliceAfter int64 = 0
 )
 

@@ -40,7 +40,7 @@ func TestSettingsKernelSplice(t *testing.T) {
 		afterN        int64
 		err           string
 	}{
-		{"", "", true, true, DefaultKernelSpliceAfter, ""},
+		{"", "", false, false, DefaultKernelSpliceAfter, ""}, // off by default (README)
 		{"true", "0", true, true, 0, ""},
 		{"download", "", true, false, DefaultKernelSpliceAfter, ""},
 		{"false", "", false, false, DefaultKernelSpliceAfter, ""},
