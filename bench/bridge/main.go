@@ -22,11 +22,19 @@
 //	floor     the bridge container's client through the inspection floor
 //	          (bench/internal/floor: a minimal Go TLS-terminating relay, no
 //	          policy) run on the host at the bridge's gateway (load relay)
+//	floor-pass the bridge container's client through the passthrough floor
+//	          (load passrelay: read the ClientHello's SNI, dial the server,
+//	          splice(2); no policy) at the same place, for the passthrough
+//	          workloads (-passfloor)
 //
-// The builtin engine runs with CLAWKER_PROXY_KERNEL_SPLICE=true and =false
-// (plugin disabled, set, enabled between blocks; the cfw containers are
-// made again): one column each. Rounds alternate the order of the blocks
-// and of the arms within each workload.
+// The builtin engine runs with each -modes setting (default true and false;
+// also download, and @bytes for CLAWKER_PROXY_KERNEL_SPLICE_AFTER; plugin
+// disabled, set, enabled between blocks; the cfw containers are made
+// again): the main table shows true and false as its two columns, a
+// per-arm table every setting and the passthrough floor. Rounds alternate
+// the order of the blocks and of the arms within each workload. -only
+// runs some workloads (the kernel-splice variants:
+// -modes true,download,false,true@1048576 -only bulk-down,bulk-up,https-newconn,ka-h1).
 //
 // It needs root (dockerd, netns, BPF) and the plugin build. Run from the
 // repository root under the e2e lock (make bench-bridge does both):
