@@ -435,11 +435,14 @@ func (f *opsFixture) killPlugin(t *testing.T) time.Duration {
 	took := time.Since(start)
 	t.Logf("plugin pid %d killed (SIGKILL); restarted by docker, admin API up after %v", pids[0], took.Round(time.Millisecond))
 	// Docker 20.10's pluginPostStart sleeps 500 ms, then dials the plugin
-	// socket (retrying every 3 s); a plugin that dies inside that window is
-	// never restarted again and ends up disabled (measured: a second kill
-	// 0.6 s after a restart left it dead). Let that window pass so the next
-	// kill in a test is a fresh crash, not a crash loop.
-	time.Sleep(2 * time.Second)
+	// socket (retrying every 3 s, 3 times); a plugin that dies before a
+	// dial succeeded is never restarted again and ends up disabled
+	// (measured: a second kill 0.6 s after a restart left it dead; and one
+	// 2 s after the admin API answered, when the first dial came before
+	// the socket listened and the retry was still 0.2 s ahead). A dial
+	// falls within 3 s of the socket listening: wait that and a margin, so
+	// the next kill in a test is a fresh crash, not a crash loop.
+	time.Sleep(4 * time.Second)
 	return took
 }
 
