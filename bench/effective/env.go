@@ -48,7 +48,7 @@ var (
 )
 
 // errNotRoot is the refusal of every part that needs root.
-var errNotRoot = errors.New("bench/effective needs root: it loads the real BPF programs and maps (a bpffs pin dir and a cgroup of its own) and the kernel splice")
+var errNotRoot = errors.New("needs root: it loads the real BPF programs and maps (a bpffs pin dir and a cgroup of its own) and the kernel splice")
 
 // env is one endpoint count's running plugin: the real plugin core with
 // the real builtin proxy, BPF maps and DNS snapshot file, and the real
