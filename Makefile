@@ -26,8 +26,10 @@ FUZZ_SNAPSHOT ?= 100000x
 # scripts/engine.sh from pinned module versions, cached). ENGINES: for test.
 ENGINE ?= debian
 ENGINES ?= debian current
-# Go packages whose tests need no root (race detector on).
-UNIT_PKGS = $$($(GO) list ./... | grep -v -e /e2e -e /bench)
+# Go packages tested by test-unit (race detector on): everything but the e2e
+# suite, including the benchmarks' own tests (bench/effective's smoke test
+# needs root and the kernel's BPF, like bpf's and proxy/builtin's).
+UNIT_PKGS = $$($(GO) list ./... | grep -v -e /e2e)
 
 .PHONY: all deps generate build plugin install upgrade uninstall demo test test-unit test-fuzz test-e2e test-e2e-engines engine check-generate lint bench bench-bridge bench-effective clean
 
