@@ -50,7 +50,9 @@ func fullState(t *testing.T) *State {
 		}
 	}
 	st.Identities.Identity("a.example.com")
-	_, err := st.Ports.Port("tcp/5432")
+	_, err := st.Identities.MarshalJSON() // the table keeps its encoding
+	require.NoError(t, err)
+	_, err = st.Ports.Port("tcp/5432")
 	require.NoError(t, err)
 	st.Extra = map[string]json.RawMessage{"given": json.RawMessage(`{"x":1}`)}
 	return st

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"reflect"
 	"testing"
 
@@ -121,4 +122,50 @@ func TestIdentityTableClone(t *testing.T) {
 	got, _ := b.Lookup("x.example.com")
 	require.Equal(t, x, got)
 	require.Nil(t, (*IdentityTable)(nil).Clone())
+}
+
+// TestIdentityTableEncodingKept: the JSON form MarshalJSON keeps between
+// calls is always the table's current one: after an allocation, after a
+// replacement by UnmarshalJSON, in a clone that allocates on its own, and
+// whatever a caller does with the bytes it got.
+func TestIdentityTableEncodingKept(t *testing.T) {
+	fresh := func(tab *IdentityTable) string {
+		tab.mu.Lock()
+		defer tab.mu.Unlock()
+		raw, err := json.Marshal(identityJSON{Next: max(tab.next, 1), Identities: tab.ids})
+		require.NoError(t, err)
+		return string(raw)
+	}
+	marshal := func(tab *IdentityTable) string {
+		raw, err := json.Marshal(tab)
+		require.NoError(t, err)
+		return string(raw)
+	}
+	a := NewIdentityTable()
+	a.Identity("x.example.com")
+	first := marshal(a)
+	require.Equal(t, fresh(a), first)
+	raw, err := a.MarshalJSON()
+	require.NoError(t, err)
+	for i := range raw {
+		raw[i] = 'X' // the caller's copy, not the kept one
+	}
+	require.Equal(t, first, marshal(a))
+
+	a.Identity("x.example.com") // known: no change
+	require.Equal(t, first, marshal(a))
+	a.Identity("y.example.com")
+	require.Equal(t, fresh(a), marshal(a))
+	require.NotEqual(t, first, marshal(a))
+
+	b := a.Clone()
+	before := marshal(a)
+	b.Identity("z.example.com")
+	require.Equal(t, fresh(b), marshal(b))
+	require.Equal(t, before, marshal(a), "a clone's allocation leaves the original's encoding")
+
+	require.NoError(t, json.Unmarshal([]byte(`{"next":9,"identities":{"w.example.com":8}}`), a))
+	require.Equal(t, fresh(a), marshal(a))
+	require.Contains(t, marshal(a), "w.example.com")
+	require.NotContains(t, marshal(a), "y.example.com")
 }

@@ -50,7 +50,7 @@ func main() {
 	flag.IntVar(&pr.Rules, "rules", scalegen.Rules, "network rules")
 	flag.IntVar(&pr.Changes, "changes", 40, "rule changes timed per endpoint count and round (adds and removes alternating)")
 	flag.IntVar(&pr.Streams, "streams", 64, "established streams (half TLS passthrough, half plain HTTP keep-alive)")
-	flag.BoolVar(&pr.KernelSplice, "kernel-splice", true, "carry allowed passthrough flows in the kernel (the plugin's default)")
+	flag.BoolVar(&pr.KernelSplice, "kernel-splice", false, "carry allowed passthrough flows in the kernel (CLAWKER_PROXY_KERNEL_SPLICE=true); the default relays them with splice(2), as the plugin does by default")
 	flag.DurationVar(&pr.Timeout, "timeout", 10*time.Second, "give up on a consumer after this long per change")
 	flag.DurationVar(&pr.Probe, "probe", 2*time.Millisecond, "pause between two probes of one consumer")
 	flag.StringVar(&pr.CPUProfile, "cpuprofile", "", "with -child: write a CPU profile of the changes to this file")
