@@ -172,7 +172,12 @@ func render(res map[int][]result, counts []int, rounds int, pr params, start tim
 	fmt.Fprintf(&b, "clawker plugin's ServeDNS answers the name for that endpoint (removed: NXDOMAIN); BPF = base_routes holds the\n")
 	fmt.Fprintf(&b, "name's route (removed: does not). overall = the last of the three. Times in ms from the call; a probe's own\n")
 	fmt.Fprintf(&b, "duration and its pause bound the resolution. Percentiles are nearest-rank over adds and removes pooled\n")
-	fmt.Fprintf(&b, "(p99 of %d samples is their maximum).\n\n", pr.Changes*rounds)
+	n := pr.Changes * rounds
+	if k := n - int(float64(n)*0.99+0.999999) + 1; k <= 1 {
+		fmt.Fprintf(&b, "(p99 of %d samples is their maximum).\n\n", n)
+	} else {
+		fmt.Fprintf(&b, "(p99 of %d samples is the %d. largest).\n\n", n, k)
+	}
 
 	fmt.Fprintf(&b, "%-34s", "endpoints")
 	for _, n := range counts {
