@@ -372,37 +372,26 @@ func (b *bench) startServer() (func(), error) {
 // it already.
 func (b *bench) startFloor() (func(), error) {
 	ca := filepath.Join(b.dir, "ca")
-	cmd := exec.Command(filepath.Join(b.dir, "load"), "relay", "-host", benchHost,
+	stop, pid, err := b.startRelay("floor relay", floorAddr, "relay", "-host", benchHost,
 		"-cert", filepath.Join(ca, fakenet.LeafCertFile), "-key", filepath.Join(ca, fakenet.LeafKeyFile),
 		"-ca", filepath.Join(ca, fakenet.CACertFile), "-listen", floorAddr, "-upstream", srvIP+":443")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stop := func() {
-		if cmd.Process != nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	}
-	if err := cmd.Start(); err != nil {
-		return stop, err
-	}
-	b.floorPID = cmd.Process.Pid
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c, err := net.DialTimeout("tcp4", floorAddr, time.Second)
-		if err == nil {
-			c.Close()
-			return stop, nil
-		}
-		if time.Now().After(deadline) {
-			return stop, fmt.Errorf("floor relay at %s not reachable: %v", floorAddr, err)
-		}
-	}
+	b.floorPID = pid
+	return stop, err
 }
 
 // startPassFloor runs the passthrough floor relay (load passrelay) on the
 // host in front of the server.
 func (b *bench) startPassFloor() (func(), error) {
-	cmd := exec.Command(filepath.Join(b.dir, "load"), "passrelay", "-listen", passFloorAddr, "-upstream", srvIP+":443")
+	stop, pid, err := b.startRelay("passthrough floor relay", passFloorAddr, "passrelay", "-listen", passFloorAddr, "-upstream", srvIP+":443")
+	b.passFloorPID = pid
+	return stop, err
+}
+
+// startRelay starts `load args...` on the host and waits until it accepts
+// connections at addr. It returns the process's stop function (always
+// callable) and its pid (0 when it did not start).
+func (b *bench) startRelay(what, addr string, args ...string) (func(), int, error) {
+	cmd := exec.Command(filepath.Join(b.dir, "load"), args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stop := func() {
@@ -412,17 +401,16 @@ func (b *bench) startPassFloor() (func(), error) {
 		}
 	}
 	if err := cmd.Start(); err != nil {
-		return stop, err
+		return stop, 0, err
 	}
-	b.passFloorPID = cmd.Process.Pid
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c, err := net.DialTimeout("tcp4", passFloorAddr, time.Second)
+		c, err := net.DialTimeout("tcp4", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return stop, nil
+			return stop, cmd.Process.Pid, nil
 		}
 		if time.Now().After(deadline) {
-			return stop, fmt.Errorf("passthrough floor relay at %s not reachable: %v", passFloorAddr, err)
+			return stop, cmd.Process.Pid, fmt.Errorf("%s at %s not reachable: %v", what, addr, err)
 		}
 	}
 }

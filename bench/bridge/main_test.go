@@ -1,8 +1,13 @@
 package main
 
 import (
+	"net"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestLineMsg(t *testing.T) {
@@ -84,4 +89,46 @@ func TestPairedRatio(t *testing.T) {
 	if r := b.pairedRatio("w", "cfw/off", mbps); r != 0 {
 		t.Errorf("no samples: %v, want 0", r)
 	}
+}
+
+// TestStartRelay: startRelay runs `load passrelay` and returns once it
+// accepts connections; its stop ends the process; a relay that never
+// listens at the address asked is reported with its name.
+func TestStartRelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the load binary")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "load"), "./load").CombinedOutput(); err != nil {
+		t.Fatalf("build load: %v: %s", err, out)
+	}
+	b := &bench{dir: dir}
+	addr := freeAddr(t)
+	stop, pid, err := b.startRelay("test relay", addr, "passrelay", "-listen", addr, "-upstream", "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid == 0 || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("pid %d is not a running relay", pid)
+	}
+	stop()
+	if _, err := net.DialTimeout("tcp4", addr, time.Second); err == nil {
+		t.Fatal("the relay still accepts after stop")
+	}
+
+	other := freeAddr(t)
+	stop, _, err = b.startRelay("test relay", other, "passrelay", "-listen", freeAddr(t), "-upstream", "127.0.0.1:1")
+	defer stop()
+	if err == nil || !strings.Contains(err.Error(), "test relay at "+other+" not reachable") {
+		t.Fatalf("a relay listening elsewhere: err = %v", err)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
