@@ -727,6 +727,33 @@ func TestPluginRuntimeRules(t *testing.T) {
 	f.requireNoLeaks(t)
 }
 
+// A container started right after the plugin restarts joins: the current
+// engine registers a new driver object for the restarted plugin and forgets
+// the endpoints that joined through the old one ("remote network driver:
+// endpoint ... not found" in ProgramExternalConnectivity, the plugin never
+// asked); the plugin holds CreateEndpoint and Join until that registration
+// (plugin/engine.go). Without the hold about one run in twelve failed here.
+func TestPluginRunRightAfterRestart(t *testing.T) {
+	f := pluginEnv(t)
+	n := f.createNet(t, "cfw-pt-rerun", 118)
+	const rounds = 12
+	held := func() int {
+		log, err := os.ReadFile(f.e.DockerdLog())
+		require.NoError(t, err)
+		return strings.Count(string(log), "held until the engine registered")
+	}
+	before := held()
+	for i := 0; i < rounds; i++ {
+		pid := pidOf(t, f.e, pluginArgv0)
+		require.NotZero(t, pid)
+		require.NoError(t, exec.Command("kill", "-9", strconv.Itoa(pid)).Run())
+		f.waitPluginRestart(t, pid)
+		stdout, stderr, err := f.e.Docker("run", "--rm", "--network", n.Name, f.busybox, "true")
+		require.NoError(t, err, "round %d: %s%s", i, stdout, stderr)
+	}
+	t.Logf("%d driver calls of %d runs were held until the engine registered the restarted driver", held()-before, rounds)
+}
+
 // failClosedLoop is a busybox loop: allowed http by name, a denied IP
 // literal, a denied name, ICMP to a denied address. Lines: A-OK n / A-FAIL n
 // / D-LEAK-* n.

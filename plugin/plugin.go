@@ -68,6 +68,10 @@ type Config struct {
 	// Scope is the data scope the driver reports to Docker: "" or "local",
 	// or "global" (CLAWKER_SCOPE=global, for Swarm nodes; see swarm.go).
 	Scope string
+	// EngineWait bounds how long CreateEndpoint and Join wait for the
+	// engine to register this plugin process as a driver (engine.go);
+	// 0 does not wait.
+	EngineWait time.Duration
 }
 
 // Plugin is the running plugin core.
@@ -117,6 +121,8 @@ type Plugin struct {
 	Denials *DenialLog
 
 	learns learnBook
+
+	engine *engineGate
 }
 
 // New loads the persisted state and returns a plugin that is not started.
@@ -142,7 +148,7 @@ func New(cfg Config, k Kernel, hn HostNet, dp DataPlane, dk Docker, sinks ...Sna
 		cfg: cfg, log: cfg.Log.WithField(FieldComponent, "plugin"),
 		k: k, hn: hn, dp: dp, dk: dk, sinks: sinks,
 		q: queue.New(), st: st, ctx: ctx, cancel: cancel,
-		bypassTimers: map[string]*time.Timer{}, compiler: NewCompiler(), enc: NewStateEncoder(),
+		bypassTimers: map[string]*time.Timer{}, compiler: NewCompiler(), enc: NewStateEncoder(), engine: newEngineGate(),
 		Denials: NewDenialLog(500),
 	}
 	p.Denials.Enrich = p.EnrichDenial

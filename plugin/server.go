@@ -34,6 +34,7 @@ func Handler(p *Plugin, az Authorizer, log *logrus.Entry) http.Handler {
 	})
 	empty := func(req *struct{}) (any, error) { return struct{}{}, nil }
 	route(mux, log, "/NetworkDriver.GetCapabilities", func(*struct{}) (any, error) {
+		p.EngineRegistered()
 		// Connectivity stays local in either scope: each node's bridge is
 		// its own (tasks on two nodes do not reach each other through it),
 		// and moby joins a swarm network to its cluster gossip (service
@@ -68,6 +69,7 @@ func Handler(p *Plugin, az Authorizer, log *logrus.Entry) http.Handler {
 		return struct{}{}, p.DeleteNetwork(req.NetworkID)
 	})
 	route(mux, log, "/NetworkDriver.CreateEndpoint", func(req *network.CreateEndpointRequest) (any, error) {
+		p.awaitEngine("CreateEndpoint")
 		if req.Interface == nil || req.Interface.Address == "" {
 			return nil, fmt.Errorf("create endpoint: Docker gave no IPv4 address")
 		}
@@ -89,6 +91,7 @@ func Handler(p *Plugin, az Authorizer, log *logrus.Entry) http.Handler {
 		return struct{}{}, p.DeleteEndpoint(req.NetworkID, req.EndpointID)
 	})
 	route(mux, log, "/NetworkDriver.Join", func(req *network.JoinRequest) (any, error) {
+		p.awaitEngine("Join")
 		info, err := p.Join(req.NetworkID, req.EndpointID, req.SandboxKey)
 		if err != nil {
 			return nil, err

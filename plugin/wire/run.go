@@ -142,7 +142,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 		}
 	}
 	p, err := plugin.New(plugin.Config{StateDir: s.StateDir, Log: root, Firewalled: markFirewalled, Decisions: decs.Add,
-		GivenLabels: records.GivenLabels, Names: Names{D: docker}, Scope: s.Scope},
+		GivenLabels: records.GivenLabels, Names: Names{D: docker}, Scope: s.Scope, EngineWait: 5 * time.Second},
 		Kernel{M: mgr}, HostNet{H: guard}, plane, docker, &SnapshotFile{Path: snapPath})
 	if err != nil {
 		return err
