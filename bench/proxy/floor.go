@@ -121,15 +121,7 @@ func copyRelay(ln net.Listener, srvCfg, upCfg *tls.Config, up string) {
 				return
 			}
 			defer uc.Close()
-			done := make(chan struct{})
-			go func() {
-				_, _ = io.Copy(uc, tc)
-				_ = uc.CloseWrite()
-				close(done)
-			}()
-			_, _ = io.Copy(tc, uc)
-			_ = tc.CloseWrite()
-			<-done
+			floor.Pipe(tc, uc)
 		}()
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"net"
+
+	"github.com/clawker-fw/clawker-fw/bench/internal/floor"
 )
 
 // passRelay serves bench/bridge's passthrough floor on the host: it
@@ -41,15 +43,7 @@ func passRelayConn(c *net.TCPConn, to string) {
 	if _, err := up.Write(hello); err != nil {
 		return
 	}
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(up, c)
-		_ = up.CloseWrite()
-		close(done)
-	}()
-	_, _ = io.Copy(c, up)
-	_ = c.CloseWrite()
-	<-done
+	floor.Pipe(c, up)
 }
 
 // readHello reads one TLS handshake record (the ClientHello).
