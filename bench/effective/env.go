@@ -68,6 +68,9 @@ type env struct {
 	names   []string
 	n       int
 	rules   int // network rules
+	// nextID is the identity the next new pattern gets (0: read it from
+	// state.json; see nextIdentity).
+	nextID  uint32
 	cleanup []func()
 }
 

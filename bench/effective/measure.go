@@ -169,8 +169,14 @@ func (e *env) controlDenied() (bool, error) {
 }
 
 // nextIdentity is the identity the next new pattern gets: the plugin's
-// table hands them out sequentially and persists the next one.
+// table hands them out sequentially and persists the next one. It is read
+// from state.json once; each add then checks that the name got the
+// identity predicted (change) and counts on from it, so that no change
+// decodes the whole state (GC work that would land in the timed windows).
 func (e *env) nextIdentity() (uint32, error) {
+	if e.nextID != 0 {
+		return e.nextID, nil
+	}
 	raw, err := os.ReadFile(filepath.Join(e.tmp, "state", "state.json"))
 	if err != nil {
 		return 0, err
@@ -271,6 +277,7 @@ func (e *env) change(pr params, i int, name string, add bool) (map[string]float6
 		if !m.Allowed || m.Entry == nil || uint32(m.Entry.Identity) != ident {
 			return nil, fmt.Errorf("change %d: %s has identity %v, the BPF probe waited for %d", i, name, m.Entry, ident)
 		}
+		e.nextID = ident + 1
 	}
 	return out, nil
 }
