@@ -23,8 +23,9 @@
 //	          (bench/internal/floor: a minimal Go TLS-terminating relay, no
 //	          policy) run on the host at the bridge's gateway (load relay)
 //	floor-pass the bridge container's client through the passthrough floor
-//	          (load passrelay: read the ClientHello's SNI, dial the server,
-//	          splice(2); no policy) at the same place, for the passthrough
+//	          (load passrelay: read the ClientHello's SNI, or a plain HTTP
+//	          request head with its Host, dial the server, splice(2); no
+//	          policy) at the same place, for the passthrough and plain HTTP
 //	          workloads (-passfloor)
 //
 // The builtin engine runs with each -modes setting (default true and false;
@@ -382,7 +383,8 @@ func (b *bench) startFloor() (func(), error) {
 // startPassFloor runs the passthrough floor relay (load passrelay) on the
 // host in front of the server.
 func (b *bench) startPassFloor() (func(), error) {
-	stop, pid, err := b.startRelay("passthrough floor relay", passFloorAddr, "passrelay", "-listen", passFloorAddr, "-upstream", srvIP+":443")
+	stop, pid, err := b.startRelay("passthrough floor relay", passFloorAddr, "passrelay", "-listen", passFloorAddr,
+		"-upstream", srvIP+":443", "-upstream-http", srvIP+":80")
 	b.passFloorPID = pid
 	return stop, err
 }
@@ -501,7 +503,7 @@ func (b *bench) workloads() []workload {
 		{"bulk-down", []string{"bulk", "-dir", "down", "-bytes", bulk}, pass, 1},
 		{"bulk-up", []string{"bulk", "-dir", "up", "-bytes", bulk}, pass, 1},
 		{"https-newconn", []string{"newconn", "-scheme", "https", "-n", nc}, pass, o.newconnN + 5},
-		{"http-newconn", []string{"newconn", "-scheme", "http", "-n", nc}, both, o.newconnN + 5},
+		{"http-newconn", []string{"newconn", "-scheme", "http", "-n", nc}, pass, o.newconnN + 5},
 		{"ka-h1", ka, append(slices.Clone(pass), netInspect, netFloor), o.kaConns},
 		{"ka-h2", append(slices.Clone(ka), "-h2"), []string{netBridge, netInspect, netFloor}, o.kaConns},
 		{"dns", []string{"dns", "-n", strconv.Itoa(o.dnsQueries)}, both, o.dnsQueries},
@@ -939,7 +941,8 @@ func (b *bench) formatArms(sb *strings.Builder, rows []row) {
 	}
 	fmt.Fprintf(sb, "\npassthrough by arm (value, paired ratio to the bridge; /fl = that ratio over the passthrough floor's):\n")
 	fmt.Fprintf(sb, "  floor-pass = load passrelay on the host at the bridge network's gateway (%s): accept, read the ClientHello and\n", passFloorAddr)
-	fmt.Fprintf(sb, "  its SNI, dial the one fixed server address, write the hello, io.Copy (splice(2)) both ways; no policy, DNS, identity,\n")
+	fmt.Fprintf(sb, "  its SNI (plain HTTP: the request head up to its empty line, with a Host), dial the one fixed server address, write\n")
+	fmt.Fprintf(sb, "  what it read, io.Copy (splice(2)) both ways; no policy, DNS, identity,\n")
 	fmt.Fprintf(sb, "  log or limits. The bridge container dials it by address; the cfw arms reach the plugin's proxy through the socket hooks.\n")
 	fmt.Fprintf(sb, "  cfw/MODE = CLAWKER_PROXY_KERNEL_SPLICE=MODE (on = true, off = false; @N = CLAWKER_PROXY_KERNEL_SPLICE_AFTER=N).\n")
 	fmt.Fprintf(sb, "%-44s %9s", "workload", "bridge")

@@ -65,6 +65,7 @@ func main() {
 	fs.StringVar(&c.connect, "connect", "", "client: dial this address:port instead of the name's")
 	listen := fs.String("listen", "", "relay: listen address")
 	upstream := fs.String("upstream", "", "relay: upstream address:port")
+	upstreamHTTP := fs.String("upstream-http", "", "passrelay: plain HTTP upstream address:port (empty: TLS only)")
 	_ = fs.Parse(os.Args[2:])
 	var out any
 	var err error
@@ -78,7 +79,7 @@ func main() {
 	case "relay":
 		err = c.relay(*cert, *key, *listen, *upstream)
 	case "passrelay":
-		err = passRelay(*listen, *upstream)
+		err = passRelay(*listen, *upstream, *upstreamHTTP)
 	case "keepalive":
 		out, err = c.keepalive(*conns, *dur, *h2)
 	case "dns":

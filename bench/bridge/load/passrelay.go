@@ -1,20 +1,25 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
+	"strings"
 
 	"github.com/clawker-fw/clawker-fw/bench/internal/floor"
 )
 
 // passRelay serves bench/bridge's passthrough floor on the host: it
-// accepts, reads the TLS ClientHello (one record) and its SNI, dials the one
-// fixed upstream address, writes the hello and relays both ways with
-// io.Copy (splice(2)): no policy, no DNS, no identity, no log, no limits.
-// It is the least any relay that must read the SNI does, to tell how much
-// of the proxy's gap to the bridge on passthrough is relaying itself.
-func passRelay(listen, to string) error {
+// accepts and, for TLS, reads the ClientHello (one record) and its SNI,
+// dials the one fixed upstream address, writes the hello and relays both
+// ways with io.Copy (splice(2)): no policy, no DNS, no identity, no log, no
+// limits. A connection that does not start with a TLS record is plain HTTP
+// (when toHTTP is set): its request head is read up to the empty line and
+// must name a Host, then it goes to toHTTP the same way. It is the least
+// any relay that must read the SNI or the Host does, to tell how much of
+// the proxy's gap to the bridge is relaying itself.
+func passRelay(listen, to, toHTTP string) error {
 	ln, err := net.Listen("tcp4", listen)
 	if err != nil {
 		return err
@@ -24,30 +29,72 @@ func passRelay(listen, to string) error {
 		if err != nil {
 			return err
 		}
-		go passRelayConn(c.(*net.TCPConn), to)
+		go passRelayConn(c.(*net.TCPConn), to, toHTTP)
 	}
 }
 
-func passRelayConn(c *net.TCPConn, to string) {
+func passRelayConn(c *net.TCPConn, to, toHTTP string) {
 	defer c.Close()
-	hello, err := readHello(c)
-	if err != nil || sni(hello) == "" {
+	r := bufio.NewReaderSize(c, 16<<10)
+	first, err := r.Peek(1)
+	if err != nil {
 		return
 	}
+	var head []byte
+	if first[0] == 22 {
+		if head, err = readHello(r); err != nil || sni(head) == "" {
+			return
+		}
+	} else {
+		if toHTTP == "" {
+			return
+		}
+		if head, err = readRequestHead(r); err != nil {
+			return
+		}
+		to = toHTTP
+	}
+	// Bytes the client sent after the head are in r: they go first.
+	rest, _ := r.Peek(r.Buffered())
+	head = append(head, rest...)
 	u, err := net.Dial("tcp4", to)
 	if err != nil {
 		return
 	}
 	up := u.(*net.TCPConn)
 	defer up.Close()
-	if _, err := up.Write(hello); err != nil {
+	if _, err := up.Write(head); err != nil {
 		return
 	}
 	floor.Pipe(c, up)
 }
 
+// readRequestHead reads an HTTP/1 request head up to and including its
+// empty line; it must carry a Host header.
+func readRequestHead(r *bufio.Reader) ([]byte, error) {
+	var head []byte
+	host := false
+	for len(head) < 64<<10 {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return nil, err
+		}
+		head = append(head, line...)
+		if len(line) <= 2 && strings.TrimRight(string(line), "\r\n") == "" {
+			if !host {
+				return nil, errors.New("no Host header")
+			}
+			return head, nil
+		}
+		if k, _, ok := strings.Cut(string(line), ":"); ok && strings.EqualFold(k, "host") {
+			host = true
+		}
+	}
+	return nil, errors.New("request head too long")
+}
+
 // readHello reads one TLS handshake record (the ClientHello).
-func readHello(c net.Conn) ([]byte, error) {
+func readHello(c io.Reader) ([]byte, error) {
 	h := make([]byte, 5)
 	if _, err := io.ReadFull(c, h); err != nil {
 		return nil, err
