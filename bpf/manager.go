@@ -93,6 +93,9 @@ type Manager struct {
 	maps  map[string]*ebpf.Map
 	progs map[string]*ebpf.Program
 	links map[string]link.Link
+	// What the syncs last wrote to the routes and CIDR maps (under mu).
+	wRoutes, wBaseRoutes written[clawkerRouteKey, clawkerRouteVal]
+	wCIDRs, wBaseCIDRs   written[clawkerCidrKey, clawkerCidrVal]
 	// learned writes the learned map (the same writer the DNS sidecar
 	// uses through OpenLearned).
 	learned *LearnedWriter

@@ -57,17 +57,7 @@ func TestSharedAddresses(t *testing.T) {
 
 func dumpRoutes(t *testing.T, m *Manager) map[clawkerRouteKey]clawkerRouteVal {
 	t.Helper()
-	out := map[clawkerRouteKey]clawkerRouteVal{}
-	var (
-		k clawkerRouteKey
-		v clawkerRouteVal
-	)
-	it := m.maps[MapRoutes].Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	require.NoError(t, it.Err())
-	return out
+	return iterate[clawkerRouteKey, clawkerRouteVal](t, m.maps[MapRoutes])
 }
 
 func attachedCount(t *testing.T, cgroup string, at ebpf.AttachType) int {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"strconv"
@@ -250,6 +251,16 @@ func deleteWhere[K comparable, V any](mp *ebpf.Map, match func(K, V) bool) (int,
 	return n, nil
 }
 
+// forgetWhere deletes from w's record what deleteWhere deleted from its
+// map with match, or drops the record when that failed (err).
+func forgetWhere[K comparable, V comparable](w *written[K, V], match func(K, V) bool, err error) {
+	if err != nil {
+		w.entries = nil
+		return
+	}
+	maps.DeleteFunc(w.entries, match)
+}
+
 // ForgetEndpoint drops everything kept for endpoint index: learned
 // addresses, routes, CIDRs and counters (call it when the endpoint is
 // deleted, after Unenroll).
@@ -262,12 +273,17 @@ func (m *Manager) ForgetEndpoint(index uint32) error {
 	if err := m.maps[MapLearned].Delete(index); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("forget endpoint %d learned: %w", index, err)
 	}
-	if _, err := deleteWhere(m.maps[MapRoutes],
-		func(k clawkerRouteKey, _ clawkerRouteVal) bool { return k.Index == index }); err != nil {
+	ofRoute := func(k clawkerRouteKey, _ clawkerRouteVal) bool { return k.Index == index }
+	ofCIDR := func(k clawkerCidrKey, _ clawkerCidrVal) bool { return k.Index == be32(index) }
+	// The records lose what the map loses (or, on a failure, are dropped).
+	_, err := deleteWhere(m.maps[MapRoutes], ofRoute)
+	forgetWhere(&m.wRoutes, ofRoute, err)
+	if err != nil {
 		return fmt.Errorf("forget endpoint %d routes: %w", index, err)
 	}
-	if _, err := deleteWhere(m.maps[MapCIDRs],
-		func(k clawkerCidrKey, _ clawkerCidrVal) bool { return k.Index == be32(index) }); err != nil {
+	_, err = deleteWhere(m.maps[MapCIDRs], ofCIDR)
+	forgetWhere(&m.wCIDRs, ofCIDR, err)
+	if err != nil {
 		return fmt.Errorf("forget endpoint %d cidrs: %w", index, err)
 	}
 	if err := m.maps[MapCounters].Delete(index); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -383,14 +399,62 @@ func memlock(mp *ebpf.Map) (uint64, error) {
 	return 0, errors.New("no memlock in fdinfo")
 }
 
+// FullSyncEvery is how often a sync reads a map whole instead of trusting
+// what it last wrote there (see written).
+const FullSyncEvery = time.Minute
+
+// written is what the syncs last wrote to one map, so that a sync compares
+// the wanted entries with it instead of reading the map back: a rule change
+// then costs the entries it changes (reading a network's 10,000 base
+// routes and the CIDR trie entry by entry took most of a sync). The map is
+// read whole (and every difference written) when nothing is recorded: after
+// Open (the pins carry what an earlier process wrote), after any failed
+// write, after ForgetWritten, and by the first sync FullSyncEvery after the
+// last full read, so that an entry something else changed (root on the
+// host with bpftool) is still put back, no longer by every sync. The maps'
+// only writers in the plugin are the syncs and ForgetEndpoint, which keep
+// the record current.
+type written[K comparable, V comparable] struct {
+	entries map[K]V // nil: unknown
+	read    time.Time
+}
+
 // syncMap makes mp hold exactly want: it first adds or updates every
 // desired entry, then deletes the stale ones, so a key that is desired
-// before and after is never missing in between.
-func syncMap[K comparable, V comparable](mp *ebpf.Map, want map[K]V) error {
-	cur, err := readAll[K, V](mp)
-	if err != nil {
-		return fmt.Errorf("read current entries: %w", err)
+// before and after is never missing in between. It compares want with
+// w's record, or with the map read whole (see written); a write that fails
+// after a comparison with the record is retried once from a full read.
+// w keeps want.
+func syncMap[K comparable, V comparable](mp *ebpf.Map, want map[K]V, w *written[K, V]) error {
+	full := w.entries == nil || time.Since(w.read) >= FullSyncEvery
+	var err error
+	if !full {
+		if err = writeDiff(mp, w.entries, want); err != nil {
+			full = true // the record was wrong or the map refused: from a full read
+		}
 	}
+	if full {
+		var cur map[K]V
+		if cur, err = readAll[K, V](mp); err != nil {
+			err = fmt.Errorf("read current entries: %w", err)
+		} else {
+			err = writeDiff(mp, cur, want)
+		}
+	}
+	if err != nil {
+		w.entries = nil
+		return err
+	}
+	w.entries = want
+	if full {
+		w.read = time.Now()
+	}
+	return nil
+}
+
+// writeDiff writes what differs between cur and want: puts first, then
+// deletes.
+func writeDiff[K comparable, V comparable](mp *ebpf.Map, cur, want map[K]V) error {
 	for k, v := range want {
 		if c, ok := cur[k]; ok && c == v {
 			continue
@@ -408,6 +472,14 @@ func syncMap[K comparable, V comparable](mp *ebpf.Map, want map[K]V) error {
 		}
 	}
 	return nil
+}
+
+// ForgetWritten makes the next sync of every map read it whole (the
+// plugin's break-glass reload).
+func (m *Manager) ForgetWritten() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.wRoutes.entries, m.wCIDRs.entries, m.wBaseRoutes.entries, m.wBaseCIDRs.entries = nil, nil, nil, nil
 }
 
 // readBatch is how many entries readAll asks the kernel for per call.
@@ -482,7 +554,7 @@ func (m *Manager) SyncRoutesLayered(routes map[uint32][]Route, layered []uint32)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := syncMap(m.maps[MapRoutes], want); err != nil {
+	if err := syncMap(m.maps[MapRoutes], want, &m.wRoutes); err != nil {
 		return fmt.Errorf("sync routes: %w", err)
 	}
 	return nil
@@ -517,7 +589,7 @@ func (m *Manager) SyncCIDRs(cidrs map[uint32][]CIDR) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := syncMap(m.maps[MapCIDRs], want); err != nil {
+	if err := syncMap(m.maps[MapCIDRs], want, &m.wCIDRs); err != nil {
 		return fmt.Errorf("sync cidrs: %w", err)
 	}
 	return nil
@@ -571,10 +643,10 @@ func (m *Manager) SyncBase(routes map[netip.Addr][]Route, cidrs map[netip.Addr][
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := syncMap(m.maps[MapBaseRoutes], wantR); err != nil {
+	if err := syncMap(m.maps[MapBaseRoutes], wantR, &m.wBaseRoutes); err != nil {
 		return fmt.Errorf("sync base routes: %w", err)
 	}
-	if err := syncMap(m.maps[MapBaseCIDRs], wantC); err != nil {
+	if err := syncMap(m.maps[MapBaseCIDRs], wantC, &m.wBaseCIDRs); err != nil {
 		return fmt.Errorf("sync base cidrs: %w", err)
 	}
 	return nil

@@ -82,6 +82,10 @@ func (k Kernel) SyncRoutes(m *model.Model) error {
 	return k.M.SyncCIDRs(cidrs)
 }
 
+// ForgetWritten makes the next SyncRoutes read the maps whole and repair
+// whatever differs (plugin.Reload).
+func (k Kernel) ForgetWritten() { k.M.ForgetWritten() }
+
 func bpfRoutes(rs []model.Route) []bpf.Route {
 	out := make([]bpf.Route, 0, len(rs))
 	for _, r := range rs {
