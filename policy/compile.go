@@ -59,11 +59,29 @@ type CompileInput struct {
 // Compile allocates identities for new patterns; the caller persists alloc
 // when it grew (see IdentityTable).
 func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
+	p, _, err := compile(in, alloc)
+	return p, err
+}
+
+// compile is Compile, also returning what Patch needs of a base: the
+// runtime rules it kept and how many overrides its network rules made.
+func compile(in CompileInput, alloc Allocator) (*Policy, *baseSource, error) {
 	all, err := normalizeAll(in.Network, in.Runtime, in.Label)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	all = dedupInto(all[:0], all)
+	// Deduplicated in place (see dedupInto), noting where the kept
+	// network rules end.
+	d := newDeduper(all[:0], len(all))
+	for _, r := range all[:len(in.Network)] {
+		d.add(r)
+	}
+	kept := len(d.out)
+	for _, r := range all[len(in.Network):] {
+		d.add(r)
+	}
+	all = d.out
+	src := &baseSource{tail: slices.Clone(all[kept:])}
 
 	p := &Policy{
 		Generation: in.Generation,
@@ -85,6 +103,9 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 		}
 		if d, ok := denies.covering(r); ok {
 			p.Overridden = append(p.Overridden, Override{Allow: r, Deny: d.Rule})
+			if k < kept {
+				src.overridden++
+			}
 			continue
 		}
 		g.add(k)
@@ -115,7 +136,7 @@ func Compile(in CompileInput, alloc Allocator) (*Policy, error) {
 		a.Identity = alloc.Identity(a.Pattern)
 		p.Allows = append(p.Allows, a)
 	}
-	return p, nil
+	return p, src, nil
 }
 
 // normalizeAll normalizes the rules of srcs in order (step 1 of Compile),

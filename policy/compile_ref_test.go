@@ -103,9 +103,7 @@ func TestCompileEqualsReference(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, got, "seed %d\n%v", seed, opts)
 	}
-	opts, _ := scalegen.NetworkOptions()
-	cfg, err := ParseNetworkOptions(opts, "scale")
-	require.NoError(t, err)
+	cfg := scaleNetwork(t)
 	label, err := ParseLabels(scalegen.Labels(1), "c1")
 	require.NoError(t, err)
 	in := CompileInput{Network: cfg.Rules, Label: label}

@@ -28,6 +28,8 @@ type BaseIndex struct {
 	// the CIDR entries.
 	under map[string][]int
 	cidrs []int
+	// src is set by CompileBase and Patch, for Patch.
+	src *baseSource
 }
 
 // NewBaseIndex indexes base for Layer.

@@ -109,9 +109,7 @@ func TestRebaseEqualsLayer(t *testing.T) {
 // label wildcard makes that endpoint's layer compile again, and a new
 // deny every layer.
 func TestRebaseScale(t *testing.T) {
-	opts, _ := scalegen.NetworkOptions()
-	cfg, err := ParseNetworkOptions(opts, "scale")
-	require.NoError(t, err)
+	cfg := scaleNetwork(t)
 	ids := NewIdentityTable()
 	base, err := Compile(CompileInput{Network: cfg.Rules}, ids)
 	require.NoError(t, err)

@@ -327,34 +327,47 @@ func Dedup(rules []EgressRule) []EgressRule {
 // (in place): a rule is written only at or before its own position, and
 // only kept rules, already final, are read back.
 func dedupInto(out, rules []EgressRule) []EgressRule {
+	d := newDeduper(out, len(rules))
+	for _, r := range rules {
+		d.add(r)
+	}
+	return d.out
+}
+
+// deduper keeps, one rule at a time, the rules Dedup keeps.
+type deduper struct {
+	out []EgressRule // the rules kept; starts empty
 	// Rules with the same destination are chained (by Dst alone: a string
 	// key hashes faster than a RuleKey), and compared by key and body.
-	first := make(map[string]int, len(rules))
-	next := make([]int, 0, len(rules))
-	for _, r := range rules {
-		k := r.Key()
-		j, ok := first[r.Dst]
-		if !ok {
-			j = -1
-		}
-		last, dup := -1, false
-		for ; j >= 0; j = next[j] {
-			if out[j].Key() == k && sameBody(out[j], r) {
-				dup = true
-				break
-			}
-			last = j
-		}
-		if dup {
-			continue
-		}
-		if last < 0 {
-			first[r.Dst] = len(out)
-		} else {
-			next[last] = len(out)
-		}
-		out = append(out, r)
-		next = append(next, -1)
+	first map[string]int
+	next  []int
+}
+
+// newDeduper returns a deduper that appends to out (empty, see dedupInto)
+// about n rules.
+func newDeduper(out []EgressRule, n int) *deduper {
+	return &deduper{out: out, first: make(map[string]int, n), next: make([]int, 0, n)}
+}
+
+// add keeps r unless it repeats a rule kept before.
+func (d *deduper) add(r EgressRule) {
+	k := r.Key()
+	j, ok := d.first[r.Dst]
+	if !ok {
+		j = -1
 	}
-	return out
+	last := -1
+	for ; j >= 0; j = d.next[j] {
+		if d.out[j].Key() == k && sameBody(d.out[j], r) {
+			return
+		}
+		last = j
+	}
+	if last < 0 {
+		d.first[r.Dst] = len(d.out)
+	} else {
+		d.next[last] = len(d.out)
+	}
+	d.out = append(d.out, r)
+	d.next = append(d.next, -1)
 }
