@@ -92,7 +92,38 @@ func FuzzParseRules(f *testing.F) {
 				t.Fatalf("allow %q neither compiled nor overridden", r.Dst)
 			}
 		}
+		checkPatch(t, rules)
 	})
+}
+
+// checkPatch: with rules split into network and runtime rules, the base
+// Patch derives for the runtime rules, then for all but the first, is the
+// base CompileBase compiles (when Patch does not refuse).
+func checkPatch(t *testing.T, rules []EgressRule) {
+	t.Helper()
+	h := len(rules) / 2
+	network := rules[:h]
+	ids, idsPatch := NewIdentityTable(), NewIdentityTable()
+	cur, err := CompileBase(CompileInput{Network: network}, idsPatch)
+	if err != nil {
+		t.Fatalf("compile base: %v", err)
+	}
+	if _, err := CompileBase(CompileInput{Network: network}, ids); err != nil {
+		t.Fatalf("compile base: %v", err)
+	}
+	for gen, runtime := range [][]EgressRule{rules[h:], rules[min(h+1, len(rules)):]} {
+		in := CompileInput{Network: network, Runtime: runtime, Generation: uint64(gen)}
+		want, err := CompileBase(in, ids)
+		if err != nil {
+			t.Fatalf("compile base: %v", err)
+		}
+		got, ok := cur.Patch(runtime, in.Generation, idsPatch)
+		if !ok {
+			got, _ = CompileBase(in, idsPatch)
+		}
+		requireSameBase(t, want, got, "patch")
+		cur = got
+	}
 }
 
 func requireFieldErrorIn(t *testing.T, err error) {
