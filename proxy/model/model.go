@@ -283,7 +283,7 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 	// endpoints (its ranges are charged to the network's budget), for
 	// every endpoint layered on it: one that shares it (no label rules)
 	// or whose policy is layered over it.
-	var cands []*candidate
+	var cands []candidate
 	netBudget := map[string]map[string]bool{}
 	budgetOf := func(net string) map[string]bool {
 		if netBudget[net] == nil {
@@ -291,6 +291,7 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 		}
 		return netBudget[net]
 	}
+	keys := keyCache{}
 	expand := func(entries iter.Seq[*policy.Allowed], idx uint32, base, net string) {
 		epBudget := map[string]bool{}
 		for a := range entries {
@@ -302,28 +303,26 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 				}
 			}
 			for _, r := range a.Ports {
-				c := &candidate{index: idx, base: base, allow: a, r: r}
-				owner, label := rangeOwner(a, r)
-				c.rule = owner
+				c := candidate{index: idx, base: base, allow: a, r: r}
 				if a.Prefix.IsValid() {
 					cands = append(cands, c) // ListenerPort 0: the closed network redirects
 					continue
 				}
-				keys, err := rangeKeys(a.Pattern, r)
+				ks, err := keys.of(a.Pattern, r)
 				if err != nil {
-					m.failC(c, baseFail, c.failure(FailInvalid, err.Error()))
+					m.failC(&c, baseFail, c.failure(FailInvalid, err.Error()))
 					continue
 				}
-				c.keys = keys
+				c.keys = ks
 				budget, limit, code, whose := budgetOf(net), lim.PerNetwork, FailNetworkLimit, "network's rules"
-				if label {
+				if labelOnly(a, r) {
 					budget, limit, code, whose = epBudget, lim.PerContainer, FailContainerLimit, "container's labels"
 				}
-				if n := len(budget) + countNew(budget, keys); n > limit {
-					m.failC(c, baseFail, c.failure(code, fmt.Sprintf("it needs %d listener ports; with it this %s would use %d, more than the %d allowed", len(keys), whose, n, limit)))
+				if n := len(budget) + countNew(budget, ks); n > limit {
+					m.failC(&c, baseFail, c.failure(code, fmt.Sprintf("it needs %d listener ports; with it this %s would use %d, more than the %d allowed", len(ks), whose, n, limit)))
 					continue
 				}
-				for _, k := range keys {
+				for _, k := range ks {
 					budget[k] = true
 				}
 				cands = append(cands, c)
@@ -386,56 +385,78 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 		expand(entries, idx, "", ep.NetworkID)
 	}
 
-	// Step 3.
+	// Step 3. The allocator is held to the end: its ports are read per
+	// range below.
+	alloc.mu.Lock()
+	defer alloc.mu.Unlock()
 	wanted := map[string]bool{}
-	for _, c := range cands {
-		for _, k := range c.keys {
+	for i := range cands {
+		for _, k := range cands[i].keys {
 			wanted[k] = true
 		}
 	}
-	alloc.releaseExcept(wanted)
+	alloc.releaseExceptLocked(wanted)
 
-	// Step 4: ranges whose keys all have ports, then the others.
-	for _, pass := range []bool{true, false} {
-		for _, c := range cands {
-			// The second pass takes every candidate left, those whose keys
-			// the first pass's candidates allocated meanwhile included
-			// (two allows on one new web port share its key).
-			if c.done || (pass && !alloc.allHave(c.keys)) {
-				continue
-			}
-			c.done = true
-			ports, fresh, err := alloc.portsAll(c.keys)
-			if err != nil {
-				m.failC(c, baseFail, c.failure(FailExhausted, err.Error()))
-				continue
-			}
-			m.NewPorts += fresh
-			c.ok = true
-			for i := range c.keys {
-				l := listenerOf(c.keys[i], ports[i], c.allow.Pattern, c.r.Proto, c.r.Lo+uint16(i))
-				listeners[l.Key] = l
-			}
-			c.ports = ports
-		}
+	// Step 4: ranges whose keys all have ports (which allocates nothing),
+	// then the others in order, each allocating the keys it misses (of
+	// two allows on one new web port, the first allocates its key and the
+	// second finds it).
+	for i := range cands {
+		cands[i].ok = alloc.allHaveLocked(cands[i].keys)
 	}
-	// Routes in policy order (most specific first) for dedupRoutes.
-	for _, c := range cands {
+	for i := range cands {
+		c := &cands[i]
+		if c.ok {
+			continue
+		}
+		fresh, err := alloc.allocLocked(c.keys)
+		if err != nil {
+			m.failC(c, baseFail, c.failure(FailExhausted, err.Error()))
+			continue
+		}
+		m.NewPorts += fresh
+		c.ok = true
+	}
+	// Listeners, and routes in policy order (most specific first) for
+	// dedupRoutes. A key's listener is the same whichever range asks for
+	// it (the key holds its kind, destination and port).
+	var (
+		routes []Route
+		owner  *candidate
+	)
+	flush := func() {
+		if len(routes) == 0 {
+			return
+		}
+		if owner.base != "" {
+			m.BaseRoutes[owner.base] = append(m.BaseRoutes[owner.base], routes...)
+		} else {
+			m.Routes[owner.index] = append(m.Routes[owner.index], routes...)
+		}
+		routes = nil
+	}
+	for i := range cands {
+		c := &cands[i]
 		if !c.ok {
 			continue
+		}
+		if owner == nil || owner.base != c.base || owner.index != c.index {
+			flush()
+			owner = c
 		}
 		for i, p := 0, int(c.r.Lo); p <= int(c.r.Hi); i, p = i+1, p+1 {
 			route := Route{Identity: c.allow.Identity, Port: uint16(p), L4: c.r.Proto.L4()}
 			if len(c.keys) > 0 {
-				route.ListenerPort = c.ports[i]
+				k := c.keys[i]
+				route.ListenerPort = alloc.ports[k]
+				if _, ok := listeners[k]; !ok {
+					listeners[k] = listenerOf(k, route.ListenerPort, c.allow.Pattern, c.r.Proto, uint16(p))
+				}
 			}
-			if c.base != "" {
-				m.BaseRoutes[c.base] = append(m.BaseRoutes[c.base], route)
-			} else {
-				m.Routes[c.index] = append(m.Routes[c.index], route)
-			}
+			routes = append(routes, route)
 		}
 	}
+	flush()
 	for idx, rs := range m.Routes {
 		m.Routes[idx] = dedupRoutes(rs)
 	}
@@ -474,16 +495,13 @@ type candidate struct {
 	base  string // network ID when the range is its base's (index unused)
 	allow *policy.Allowed
 	r     policy.PortRange
-	keys  []string // one per port of r; none for IP/CIDR allows
-	rule  string
-	done  bool
+	keys  []string // one per port of r; none for IP/CIDR allows (shared: read only)
 	ok    bool     // got its ports
-	ports []uint16 // per key
 }
 
 func (c *candidate) failure(code FailReason, detail string) Failure {
 	return Failure{Identity: c.allow.Identity, Pattern: c.allow.Pattern, Proto: c.r.Proto, Lo: c.r.Lo, Hi: c.r.Hi,
-		Rule: c.rule, Reason: code, Detail: detail}
+		Rule: rangeOwner(c.allow, c.r), Reason: code, Detail: detail}
 }
 
 func (m *Model) fail(idx uint32, f Failure) { m.Failures[idx] = append(m.Failures[idx], f) }
@@ -498,24 +516,31 @@ func (m *Model) failC(c *candidate, baseFail map[string][]Failure, f Failure) {
 	m.fail(c.index, f)
 }
 
+// asks reports whether rule is an allow that asks for range r.
+func asks(rule *policy.EgressRule, r policy.PortRange) bool {
+	return rule.Action == policy.Allow && rule.Proto == r.Proto && rule.Port == r.Lo && max(rule.PortEnd, rule.Port) == r.Hi
+}
+
 // rangeOwner returns the provenance of the first rule of a that asks for
-// range r ("label clawker.allow=tcp://db:5432"), and whether only label
-// rules ask for it (then it is charged to the container, else to the
-// network).
-func rangeOwner(a *policy.Allowed, r policy.PortRange) (string, bool) {
-	owner, label := "", true
-	for _, rule := range a.Rules {
-		if rule.Action != policy.Allow || rule.Proto != r.Proto || rule.Port != r.Lo || max(rule.PortEnd, rule.Port) != r.Hi {
-			continue
-		}
-		if owner == "" {
-			owner = Provenance(rule.Source)
-		}
-		if rule.Source.Kind != policy.SourceLabel {
-			label = false
+// range r ("label clawker.allow=tcp://db:5432"), which failures name.
+func rangeOwner(a *policy.Allowed, r policy.PortRange) string {
+	for i := range a.Rules {
+		if asks(&a.Rules[i], r) {
+			return Provenance(a.Rules[i].Source)
 		}
 	}
-	return owner, label
+	return ""
+}
+
+// labelOnly reports whether only label rules of a ask for range r: then it
+// is charged to the container, else to the network.
+func labelOnly(a *policy.Allowed, r policy.PortRange) bool {
+	for i := range a.Rules {
+		if asks(&a.Rules[i], r) && a.Rules[i].Source.Kind != policy.SourceLabel {
+			return false
+		}
+	}
+	return true
 }
 
 // Provenance describes where a rule came from ("label clawker.allow=x").
@@ -529,6 +554,12 @@ func Provenance(p policy.Provenance) string {
 }
 
 func countNew(have map[string]bool, keys []string) int {
+	if len(keys) == 1 { // most ranges: no set to build
+		if have[keys[0]] {
+			return 0
+		}
+		return 1
+	}
 	n := 0
 	seen := map[string]bool{}
 	for _, k := range keys {
@@ -538,6 +569,33 @@ func countNew(have map[string]bool, keys []string) int {
 		}
 	}
 	return n
+}
+
+// keyCache hands out the listener keys of ranges (rangeKeys), one shared
+// slice per range: at scale thousands of allows ask for the same few web
+// ports, and Build runs on every change.
+type keyCache map[keyOf][]string
+
+type keyOf struct {
+	pattern string           // "" for web ranges (their keys name only the port)
+	r       policy.PortRange // Proto "" for web ranges
+}
+
+func (kc keyCache) of(pattern string, r policy.PortRange) ([]string, error) {
+	k := keyOf{r: r}
+	if r.Proto.Dedicated() {
+		k.pattern = pattern
+	} else {
+		k.r.Proto = "" // web keys name only the port
+	}
+	if ks, ok := kc[k]; ok {
+		return ks, nil
+	}
+	ks, err := rangeKeys(pattern, r)
+	if err == nil {
+		kc[k] = ks
+	}
+	return ks, err
 }
 
 // rangeKeys returns the listener key of every port of r for pattern.
@@ -704,9 +762,8 @@ func (a *PortAllocator) Has(key string) bool {
 	return ok
 }
 
-func (a *PortAllocator) allHave(keys []string) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// allHaveLocked reports whether every key has a port (a.mu held).
+func (a *PortAllocator) allHaveLocked(keys []string) bool {
 	for _, k := range keys {
 		if _, ok := a.ports[k]; !ok {
 			return false
@@ -715,12 +772,10 @@ func (a *PortAllocator) allHave(keys []string) bool {
 	return true
 }
 
-// portsAll returns the port of every key, allocating the missing ones, or
-// allocates nothing and fails when they do not all fit. fresh counts the
-// keys it allocated.
-func (a *PortAllocator) portsAll(keys []string) (ports []uint16, fresh int, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// allocLocked gives every key a port, allocating the missing ones, or
+// allocates nothing and fails when they do not all fit (a.mu held). fresh
+// counts the keys it allocated.
+func (a *PortAllocator) allocLocked(keys []string) (fresh int, err error) {
 	missing := map[string]bool{}
 	for _, k := range keys {
 		if _, ok := a.ports[k]; !ok {
@@ -728,29 +783,24 @@ func (a *PortAllocator) portsAll(keys []string) (ports []uint16, fresh int, err 
 		}
 	}
 	if free := int(AllocHi-AllocLo) + 1 - len(a.ports); len(missing) > free {
-		return nil, 0, fmt.Errorf("it needs %d new listener ports and only %d of the %d in %d-%d are free", len(missing), free, int(AllocHi-AllocLo)+1, AllocLo, AllocHi)
+		return 0, fmt.Errorf("it needs %d new listener ports and only %d of the %d in %d-%d are free", len(missing), free, int(AllocHi-AllocLo)+1, AllocLo, AllocHi)
 	}
-	ports = make([]uint16, len(keys))
 	next := int(AllocLo)
-	for i, k := range keys {
-		if p, ok := a.ports[k]; ok {
-			ports[i] = p
+	for _, k := range keys {
+		if _, ok := a.ports[k]; ok {
 			continue
 		}
 		for a.used[uint16(next)] {
 			next++
 		}
 		a.ports[k], a.used[uint16(next)] = uint16(next), true
-		ports[i] = uint16(next)
 		fresh++
 	}
-	return ports, fresh, nil
+	return fresh, nil
 }
 
-// releaseExcept frees the port of every key not in keep.
-func (a *PortAllocator) releaseExcept(keep map[string]bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// releaseExceptLocked frees the port of every key not in keep (a.mu held).
+func (a *PortAllocator) releaseExceptLocked(keep map[string]bool) {
 	for k, p := range a.ports {
 		if !keep[k] {
 			delete(a.used, p)
