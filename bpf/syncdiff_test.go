@@ -3,11 +3,15 @@ package bpf
 import (
 	"math/rand/v2"
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/internal/testutil"
 )
 
 // syncInput is one desired state of the four synced maps.
@@ -213,4 +217,53 @@ func TestSyncByDifference(t *testing.T) {
 	require.Equal(t, in.expected(nil), dumpSynced(t, m), "exact after a failed sync")
 	require.NoError(t, (syncInput{}).apply(m))
 	require.Equal(t, (syncInput{}).expected(nil), dumpSynced(t, m))
+}
+
+// BenchmarkSyncScale syncs what bench/scale's network gives the maps (a
+// base of 10,000 routes and 500 CIDRs, 500 layered endpoints with 5
+// routes of their own) on a rule change (a base route added, then
+// removed), comparing with the maps read whole (as every sync did before
+// the record: "full-read") and with the record ("diff"), side by side.
+func BenchmarkSyncScale(b *testing.B) {
+	testutil.RequirePrivileged(b)
+	id := randID(b)
+	m, err := Open(Config{PinDir: filepath.Join(testBPFFS(b, id), "pins"), CgroupPath: testCgroup(b, id)})
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = m.Remove() })
+	gw := netip.MustParseAddr("10.50.0.1")
+	var base []Route
+	for id := uint32(1); id <= 10000; id++ {
+		base = append(base, Route{Identity: id, Port: 443, L4: 6, ListenerPort: 15100})
+	}
+	var cidrs []CIDR
+	for i := range 500 {
+		cidrs = append(cidrs, CIDR{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(64 + i/256), byte(i), 0}), 24), Identity: uint32(20000 + i)})
+	}
+	routes := map[uint32][]Route{}
+	var layered []uint32
+	for idx := uint32(1); idx <= 500; idx++ {
+		for j := range uint32(5) {
+			routes[idx] = append(routes[idx], Route{Identity: 30000 + 5*idx + j, Port: 443, L4: 6, ListenerPort: 15100})
+		}
+		layered = append(layered, idx)
+	}
+	inputs := [2]syncInput{
+		{routes: routes, layered: layered, baseRoutes: map[netip.Addr][]Route{gw: base}, baseCIDRs: map[netip.Addr][]CIDR{gw: cidrs}},
+		{routes: routes, layered: layered, baseRoutes: map[netip.Addr][]Route{gw: append(slices.Clip(base), Route{Identity: 40000, Port: 443, L4: 6, ListenerPort: 15100})}, baseCIDRs: map[netip.Addr][]CIDR{gw: cidrs}},
+	}
+	require.NoError(b, inputs[0].apply(m))
+	for _, mode := range []string{"full-read", "diff"} {
+		b.Run(mode, func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				if mode == "full-read" {
+					m.ForgetWritten()
+				}
+				if err := inputs[i%2].apply(m); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
 }
