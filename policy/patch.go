@@ -59,6 +59,9 @@ func CompileBase(in CompileInput, alloc Allocator) (*BaseIndex, error) {
 //  5. keeps the overrides of the network rules and lists after them the
 //     runtime allows a deny covers.
 //
+// Rules are compared with EgressRule.Equal: on normalized rules (every
+// empty list nil) it is reflect.DeepEqual.
+//
 // The new policy shares its denies and the unchanged entries' slices with
 // b's: policies are never changed once built.
 func (b *BaseIndex) Patch(runtime []EgressRule, gen uint64, alloc Allocator) (*BaseIndex, bool) {

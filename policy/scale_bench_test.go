@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 
@@ -67,15 +68,16 @@ func BenchmarkLayerScale(b *testing.B) {
 // BenchmarkRuleAddedScale is what a runtime rule added to bench/scale's
 // network costs the policy package with 500 labelled endpoints: the base
 // compiled again and indexed, then every endpoint's layer, carried over
-// (rebase) or compiled again (layer) as before Rebase existed.
+// (rebase) or compiled again (layer) as before Rebase existed; or the base
+// patched (patch: BaseIndex.Patch, what the plugin does now) and every
+// layer carried over.
 func BenchmarkRuleAddedScale(b *testing.B) {
 	cfg, labels := scaleRules(b, 500)
 	ids := policy.NewIdentityTable()
-	base, err := policy.Compile(policy.CompileInput{Network: cfg.Rules}, ids)
+	idx, err := policy.CompileBase(policy.CompileInput{Network: cfg.Rules, Settings: cfg.Settings}, ids)
 	if err != nil {
 		b.Fatal(err)
 	}
-	idx := policy.NewBaseIndex(base)
 	layers := make([]*policy.Layered, len(labels))
 	for i, l := range labels {
 		if layers[i], err = policy.LayerTracked(idx, l, 1, ids); err != nil {
@@ -87,17 +89,16 @@ func BenchmarkRuleAddedScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	in := policy.CompileInput{Network: cfg.Rules, Runtime: []policy.EgressRule{rule}, Settings: cfg.Settings, Generation: 2}
-	for _, mode := range []string{"rebase", "layer"} {
+	for _, mode := range []string{"rebase", "layer", "patch"} {
 		b.Run(mode, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				nb, err := policy.Compile(in, ids)
+				nidx, err := newBase(mode, idx, in, ids)
 				if err != nil {
 					b.Fatal(err)
 				}
-				nidx := policy.NewBaseIndex(nb)
 				for i, l := range layers {
-					if mode == "rebase" {
+					if mode != "layer" {
 						if _, ok := l.Rebase(nidx, 2); ok {
 							continue
 						}
@@ -109,4 +110,43 @@ func BenchmarkRuleAddedScale(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkBaseChangeScale is the base part alone of a runtime rule added
+// to bench/scale's network: compiled and indexed again (compile), or
+// patched (patch).
+func BenchmarkBaseChangeScale(b *testing.B) {
+	cfg, _ := scaleRules(b, 0)
+	ids := policy.NewIdentityTable()
+	idx, err := policy.CompileBase(policy.CompileInput{Network: cfg.Rules, Settings: cfg.Settings}, ids)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rule, err := policy.ParseRuntimeRule("rt.example.net", "scalenet")
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := policy.CompileInput{Network: cfg.Rules, Runtime: []policy.EgressRule{rule}, Settings: cfg.Settings, Generation: 2}
+	for _, mode := range []string{"compile", "patch"} {
+		b.Run(mode, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := newBase(mode, idx, in, ids); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// newBase returns the base of in: idx patched in mode patch, else
+// compiled and indexed.
+func newBase(mode string, idx *policy.BaseIndex, in policy.CompileInput, ids *policy.IdentityTable) (*policy.BaseIndex, error) {
+	if mode == "patch" {
+		if nidx, ok := idx.Patch(in.Runtime, in.Generation, ids); ok {
+			return nidx, nil
+		}
+		return nil, errors.New("patch refused")
+	}
+	return policy.CompileBase(in, ids)
 }
