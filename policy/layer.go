@@ -14,10 +14,11 @@ type BaseIndex struct {
 	pol *Policy
 	// byPattern maps an allow pattern to its entry in pol.Allows.
 	byPattern map[string]int
-	// rules holds every rule of the base (allows kept, overridden and
-	// denies) by destination, so a label rule that repeats one is dropped
-	// as Compile's Dedup drops it.
-	rules map[string][]*EgressRule
+	// extra holds the base's rules that no entry lists as its own (denies,
+	// then overridden allows) by destination: with the entries' own rules,
+	// every rule of the base, so a label rule that repeats one is dropped
+	// as Compile's Dedup drops it (repeats).
+	extra map[string][]*EgressRule
 	// denies finds the base's first deny covering a label allow.
 	denies *denyIndex
 	// serial and memo serve Layered.Rebase.
@@ -34,9 +35,9 @@ type BaseIndex struct {
 
 // NewBaseIndex indexes base for Layer.
 func NewBaseIndex(base *Policy) *BaseIndex {
-	b := &BaseIndex{pol: base, byPattern: make(map[string]int, len(base.Allows)), rules: make(map[string][]*EgressRule, len(base.Allows)),
+	b := &BaseIndex{pol: base, byPattern: make(map[string]int, len(base.Allows)), extra: map[string][]*EgressRule{},
 		under: make(map[string][]int, len(base.Allows)), denies: newDenyIndex(base.Denies), serial: baseSerial.Add(1)}
-	add := func(r *EgressRule) { b.rules[r.Dst] = append(b.rules[r.Dst], r) }
+	add := func(r *EgressRule) { b.extra[r.Dst] = append(b.extra[r.Dst], r) }
 	for i := range base.Allows {
 		a := &base.Allows[i]
 		b.byPattern[a.Pattern] = i
@@ -51,10 +52,6 @@ func NewBaseIndex(base *Policy) *BaseIndex {
 					b.under[a.Pattern[j:]] = append(b.under[a.Pattern[j:]], i)
 				}
 			}
-		}
-		own := ownRules(a)
-		for j := range own {
-			add(&own[j])
 		}
 	}
 	for i := range base.Denies {
@@ -86,9 +83,17 @@ func (b *BaseIndex) own(pattern string) []EgressRule {
 	return nil
 }
 
+// repeats reports whether r repeats a rule of the base (the same key and
+// body: Dedup would drop it).
 func (b *BaseIndex) repeats(r EgressRule) bool {
 	k := r.Key()
-	for _, x := range b.rules[r.Dst] {
+	own := b.own(r.Dst)
+	for i := range own {
+		if own[i].Key() == k && sameBody(own[i], r) {
+			return true
+		}
+	}
+	for _, x := range b.extra[r.Dst] {
 		if x.Key() == k && sameBody(*x, r) {
 			return true
 		}

@@ -27,7 +27,7 @@ func requireSameBase(t *testing.T, want, got *BaseIndex, msg string) {
 	t.Helper()
 	require.Equal(t, want.pol, got.pol, msg)
 	require.Equal(t, want.byPattern, got.byPattern, msg)
-	require.Equal(t, want.rules, got.rules, msg)
+	require.Equal(t, want.extra, got.extra, msg)
 	require.Equal(t, want.denies, got.denies, msg)
 	require.Equal(t, want.under, got.under, msg)
 	require.Equal(t, want.cidrs, got.cidrs, msg)

@@ -21,7 +21,7 @@ type Layered struct {
 }
 
 // baseReads lists what layer read of its base: the rules of destinations
-// (BaseIndex.rules and own), the entries listed below wildcard apexes
+// (BaseIndex.own and extra), the entries listed below wildcard apexes
 // (BaseIndex.under) and the CIDR entries (BaseIndex.cidrs). Beyond these
 // it reads only the base's denies and InspectAll, which Rebase compares
 // whole.
@@ -91,15 +91,20 @@ func (l *Layered) Rebase(b *BaseIndex, gen uint64) (*Layered, bool) {
 }
 
 // sameRules reports whether destination d has the same rules in a and b:
-// its entry's own rules and every rule of the base by that destination
+// its entry's own rules and the base's other rules by that destination
 // (what own and repeats read).
 func sameRules(a, b *BaseIndex, d string) bool {
-	if len(a.own(d)) != len(b.own(d)) {
+	same := func(x, y *EgressRule) bool { return x == y || reflect.DeepEqual(*x, *y) }
+	oa, ob := a.own(d), b.own(d)
+	if len(oa) != len(ob) || !slices.EqualFunc(a.extra[d], b.extra[d], same) {
 		return false
 	}
-	return slices.EqualFunc(a.rules[d], b.rules[d], func(x, y *EgressRule) bool {
-		return x == y || reflect.DeepEqual(*x, *y)
-	})
+	for i := range oa {
+		if !same(&oa[i], &ob[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // sameEntries reports whether the entries ia of a and ib of b have the
