@@ -367,6 +367,18 @@ func BuildWithLimits(snap *policy.Snapshot, alloc *PortAllocator, lim Limits) (*
 		}
 	}
 	slices.Sort(bases)
+	// Most allows have one port range: room for that many ranges up front
+	// (growing the slice was half of Build's time at 10,000 rules).
+	size := 0
+	for _, id := range bases {
+		size += len(snap.Networks[id].Base.Allows)
+	}
+	for _, ep := range snap.Endpoints {
+		if ep.Policy != nil {
+			size += len(ep.Policy.Allows)
+		}
+	}
+	cands = make([]candidate, 0, size+size/8)
 	for _, id := range bases {
 		expand(snap.Networks[id].Base.Entries(), 0, id, id)
 	}
