@@ -88,6 +88,8 @@ func (b *BaseIndex) Patch(runtime []EgressRule, gen uint64, alloc Allocator) (*B
 			if _, done := own[d]; done || slices.EqualFunc(oldOwn[d], newOwn[d], EgressRule.Equal) {
 				continue
 			}
+			// b's entry lists the runtime allows last: what b.src says
+			// (checked all the same: on any doubt, compile).
 			have := b.own(d)
 			n := len(have) - len(oldOwn[d])
 			if n < 0 || !slices.EqualFunc(have[n:], oldOwn[d], EgressRule.Equal) {
