@@ -46,7 +46,7 @@ func (t *IdentityTable) Clone() *IdentityTable {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return &IdentityTable{ids: maps.Clone(t.ids), next: t.next, enc: slices.Clone(t.enc)}
+	return &IdentityTable{ids: maps.Clone(t.ids), next: t.next, body: slices.Clone(t.body)}
 }
 
 // Equal reports whether r and o are the same rule: every field, the path

@@ -125,26 +125,35 @@ func TestIdentityTableClone(t *testing.T) {
 }
 
 // TestIdentityTableEncodingKept: the JSON form MarshalJSON keeps between
-// calls is always the table's current one: after an allocation, after a
-// replacement by UnmarshalJSON, in a clone that allocates on its own, and
-// whatever a caller does with the bytes it got.
+// calls is always the table's current one: after an allocation (appended
+// to the kept form), after a replacement by UnmarshalJSON, in a clone
+// that allocates on its own, and whatever a caller does with the bytes it
+// got. The kept form is byte for byte the one a table encoding from
+// scratch makes (identities in the order of their numbers).
 func TestIdentityTableEncodingKept(t *testing.T) {
-	fresh := func(tab *IdentityTable) string {
-		tab.mu.Lock()
-		defer tab.mu.Unlock()
-		raw, err := json.Marshal(identityJSON{Next: max(tab.next, 1), Identities: tab.ids})
-		require.NoError(t, err)
-		return string(raw)
-	}
 	marshal := func(tab *IdentityTable) string {
 		raw, err := json.Marshal(tab)
 		require.NoError(t, err)
 		return string(raw)
 	}
+	// check: the same content as encoding/json's form of the table, and
+	// the same bytes as a table decoded from it encodes from scratch.
+	check := func(tab *IdentityTable) string {
+		t.Helper()
+		got := marshal(tab)
+		tab.mu.Lock()
+		ref, err := json.Marshal(identityJSON{Next: max(tab.next, 1), Identities: tab.ids})
+		tab.mu.Unlock()
+		require.NoError(t, err)
+		require.JSONEq(t, string(ref), got)
+		var again IdentityTable
+		require.NoError(t, json.Unmarshal([]byte(got), &again))
+		require.Equal(t, got, marshal(&again), "kept form = encoded from scratch")
+		return got
+	}
 	a := NewIdentityTable()
 	a.Identity("x.example.com")
-	first := marshal(a)
-	require.Equal(t, fresh(a), first)
+	first := check(a)
 	raw, err := a.MarshalJSON()
 	require.NoError(t, err)
 	for i := range raw {
@@ -154,18 +163,23 @@ func TestIdentityTableEncodingKept(t *testing.T) {
 
 	a.Identity("x.example.com") // known: no change
 	require.Equal(t, first, marshal(a))
-	a.Identity("y.example.com")
-	require.Equal(t, fresh(a), marshal(a))
+	for _, p := range []string{"y.example.com", "a.example.com", `q"<&>\.example.com`, "m.example.com"} {
+		a.Identity(p) // appended: numbers grow while names do not sort
+		check(a)
+	}
 	require.NotEqual(t, first, marshal(a))
+	require.Equal(t, `{"next":6,"identities":{"x.example.com":1,"y.example.com":2,"a.example.com":3,`+
+		`"q\"\u003c\u0026\u003e\\.example.com":4,"m.example.com":5}}`, marshal(a))
 
 	b := a.Clone()
 	before := marshal(a)
 	b.Identity("z.example.com")
-	require.Equal(t, fresh(b), marshal(b))
+	check(b)
 	require.Equal(t, before, marshal(a), "a clone's allocation leaves the original's encoding")
 
-	require.NoError(t, json.Unmarshal([]byte(`{"next":9,"identities":{"w.example.com":8}}`), a))
-	require.Equal(t, fresh(a), marshal(a))
-	require.Contains(t, marshal(a), "w.example.com")
+	require.NoError(t, json.Unmarshal([]byte(`{"next":9,"identities":{"w.example.com":8,"v.example.com":2}}`), a))
+	require.Equal(t, `{"next":9,"identities":{"v.example.com":2,"w.example.com":8}}`, check(a))
+	a.Identity("u.example.com")
+	require.Equal(t, `{"next":10,"identities":{"v.example.com":2,"w.example.com":8,"u.example.com":9}}`, check(a))
 	require.NotContains(t, marshal(a), "y.example.com")
 }
