@@ -821,6 +821,9 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 	fmt.Fprintf(&sb, "%-44s %9s %10s %7s %10s %7s %8s  %s\n", "workload", "bridge", "splice on", "ratio", "splice off", "ratio", "target", "verdict (on / off); per-round ratios on | off")
 	fmt.Fprintf(&md, "| workload | plain bridge | clawker-fw, kernel splice on | kernel splice off | target |\n| --- | --- | --- | --- | --- |\n")
 	for _, r := range rows {
+		if len(b.samples[r.w]) == 0 {
+			continue // not run (-only)
+		}
 		arm := "cfw/"
 		if r.insp {
 			arm = "cfw-insp/"
@@ -857,11 +860,16 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 			fmt.Fprintf(&md, "| %s | %.2f | %.2f (%.2fx) | %.2f (%.2fx) | %s |\n", strings.TrimSpace(r.label), br, on, ron, off, roff, mdTarget)
 		}
 	}
-	fmt.Fprintf(&sb, "inspection floor: the bridge container's client through a minimal TLS-terminating relay on the host (load relay: net/http\n")
-	fmt.Fprintf(&sb, "  server + httputil.ReverseProxy, no policy, the same Go TLS stack, the server's own leaf), paired with the bridge arm as above:\n")
-	fmt.Fprintf(&sb, "  CPU us per request = the relay's (or the plugin's) CPU seconds / (req/s x (measured s + 0.5 s warm-up)): it moves\n")
-	fmt.Fprintf(&sb, "  less with the machine's load than req/s does, and compares clawker-fw's inspection with the floor's directly.\n")
+	if len(b.samples["ka-h1"])+len(b.samples["ka-h2"]) > 0 {
+		fmt.Fprintf(&sb, "inspection floor: the bridge container's client through a minimal TLS-terminating relay on the host (load relay: net/http\n")
+		fmt.Fprintf(&sb, "  server + httputil.ReverseProxy, no policy, the same Go TLS stack, the server's own leaf), paired with the bridge arm as above:\n")
+		fmt.Fprintf(&sb, "  CPU us per request = the relay's (or the plugin's) CPU seconds / (req/s x (measured s + 0.5 s warm-up)): it moves\n")
+		fmt.Fprintf(&sb, "  less with the machine's load than req/s does, and compares clawker-fw's inspection with the floor's directly.\n")
+	}
 	for _, f := range []struct{ label, w string }{{"floor relay keep-alive h1 (req/s)", "ka-h1"}, {"floor relay keep-alive h2 (req/s)", "ka-h2"}} {
+		if len(b.samples[f.w]) == 0 {
+			continue
+		}
 		rps := func(s sample) float64 { return s.RPS }
 		perReq := func(s sample) float64 { return s.PluginCPU / (s.RPS*(s.Secs+0.5) + 1e-9) * 1e6 }
 		var insp []float64
@@ -886,6 +894,9 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 			for _, s := range b.samples[w.w]["cfw/"+m] {
 				lines, flows = lines+s.Lines, flows+s.Flows
 			}
+			if flows == 0 {
+				continue // not run (-only)
+			}
 			fmt.Fprintf(&sb, "  splice %-3s %6d lines for %6d %s (%.3f per flow)\n", m, lines, flows, w.what, ratio(float64(lines), float64(flows)))
 			logLines[m] += fmt.Sprintf(" %d / %d %s;", lines, flows, w.what)
 			totalLines, totalFlows = totalLines+lines, totalFlows+flows
@@ -906,7 +917,9 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 			}
 		}
 	}
-	fmt.Fprintf(&sb, "protocols seen by the keep-alive client: %s\n", strings.Join(slices.Sorted(maps.Keys(protos)), ", "))
+	if len(protos) > 0 {
+		fmt.Fprintf(&sb, "protocols seen by the keep-alive client: %s\n", strings.Join(slices.Sorted(maps.Keys(protos)), ", "))
+	}
 	fmt.Fprintf(&sb, "plugin CPU = user+system seconds of the Env's clawker-fw-plugin and clawker-coredns processes during the docker exec.\n")
 	verdict := "met"
 	if totalLines*10 >= totalFlows {
