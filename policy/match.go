@@ -66,8 +66,15 @@ func (p *Policy) MatchName(name string, port uint16, l4 L4) Match {
 	return p.matchName(name, port, l4)
 }
 
-// matchName is MatchName on p's own allows and denies (steps 3-5).
+// matchName is MatchName on p's own allows and denies (steps 3-5). A
+// policy with many entries finds them in its name index (see names),
+// which answers what the scan of its denies and allows would.
 func (p *Policy) matchName(name string, port uint16, l4 L4) Match {
+	if ix := p.names(); ix != nil {
+		if m, ok := ix.match(p, name, port, l4); ok {
+			return m
+		}
+	}
 	for i := range p.Denies {
 		d := &p.Denies[i]
 		if d.Prefix.IsValid() {
