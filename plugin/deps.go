@@ -34,6 +34,10 @@ type Kernel interface {
 	Unenroll(cookie uint64) error
 	SyncRoutes(m *model.Model) error
 	ForgetEndpoint(index uint32) error
+	// ForgetWritten makes the next SyncRoutes read the maps whole instead
+	// of comparing with what it last wrote (Reload: something may have
+	// changed them behind the plugin's back).
+	ForgetWritten()
 }
 
 // HostNet is the closed network: bridges, veths and the nftables guard

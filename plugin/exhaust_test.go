@@ -174,3 +174,19 @@ func TestPortLimitsAtCreateAndRulesAdd(t *testing.T) {
 	_, err = r.p.AddRules(netA, []string{"tcp://r.example.test:1-256"})
 	require.NoError(t, err, "exactly at the limit")
 }
+
+// Reload repairs what something else changed in the kernel's maps: the
+// route sync that follows must read them whole, not compare with what it
+// last wrote.
+func TestReloadReadsKernelMapsWhole(t *testing.T) {
+	r := newRig(t)
+	r.network(t, map[string]string{"clawker.allow": "api.example.test"})
+	r.k.mu.Lock()
+	require.Zero(t, r.k.forgotWritten, "no forget before a reload")
+	r.k.mu.Unlock()
+	require.NoError(t, r.p.Reload())
+	r.k.mu.Lock()
+	defer r.k.mu.Unlock()
+	require.Equal(t, 1, r.k.forgotWritten)
+	require.True(t, r.k.syncedAfterForget, "the reload's publish synced the routes after forgetting")
+}

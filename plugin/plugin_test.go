@@ -34,6 +34,10 @@ type fakeKernel struct {
 	enrolled map[uint64]Enrollment
 	model    *model.Model
 	forgot   []uint32
+	// forgotWritten counts ForgetWritten calls; syncedAfterForget is set by
+	// a SyncRoutes that follows one.
+	forgotWritten     int
+	syncedAfterForget bool
 }
 
 func (k *fakeKernel) Enroll(c uint64, e Enrollment) error {
@@ -52,6 +56,7 @@ func (k *fakeKernel) SyncRoutes(m *model.Model) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.model = m
+	k.syncedAfterForget = k.forgotWritten > 0
 	return nil
 }
 func (k *fakeKernel) ForgetEndpoint(i uint32) error {
@@ -59,6 +64,11 @@ func (k *fakeKernel) ForgetEndpoint(i uint32) error {
 	defer k.mu.Unlock()
 	k.forgot = append(k.forgot, i)
 	return nil
+}
+func (k *fakeKernel) ForgetWritten() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.forgotWritten++
 }
 func (k *fakeKernel) get(c uint64) (Enrollment, bool) {
 	k.mu.Lock()

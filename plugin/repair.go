@@ -14,9 +14,7 @@ func (p *Plugin) Reload() error {
 	return p.q.Do(p.ctx, queue.KindReconcile, func() error {
 		var errs []error
 		// The route sync compares with what it last wrote: read the maps.
-		if f, ok := p.k.(interface{ ForgetWritten() }); ok {
-			f.ForgetWritten()
-		}
+		p.k.ForgetWritten()
 		for _, n := range p.sortedNetworks() {
 			eps := p.st.endpointsOf(n.ID)
 			errs = append(errs, p.guardHost(n, eps)...)

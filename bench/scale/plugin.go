@@ -68,6 +68,7 @@ func (nopKernel) Enroll(uint64, fwplugin.Enrollment) error { return nil }
 func (nopKernel) Unenroll(uint64) error                    { return nil }
 func (nopKernel) SyncRoutes(*model.Model) error            { return nil }
 func (nopKernel) ForgetEndpoint(uint32) error              { return nil }
+func (nopKernel) ForgetWritten()                           {}
 
 type nopHost struct{}
 
