@@ -716,6 +716,10 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+// ran reports whether workload w ran in this run (-only leaves some out:
+// the report skips their rows).
+func (b *bench) ran(w string) bool { return len(b.samples[w]) > 0 }
+
 func (b *bench) med(w, arm string, f func(sample) float64) float64 {
 	var xs []float64
 	for _, s := range b.samples[w][arm] {
@@ -821,8 +825,8 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 	fmt.Fprintf(&sb, "%-44s %9s %10s %7s %10s %7s %8s  %s\n", "workload", "bridge", "splice on", "ratio", "splice off", "ratio", "target", "verdict (on / off); per-round ratios on | off")
 	fmt.Fprintf(&md, "| workload | plain bridge | clawker-fw, kernel splice on | kernel splice off | target |\n| --- | --- | --- | --- | --- |\n")
 	for _, r := range rows {
-		if len(b.samples[r.w]) == 0 {
-			continue // not run (-only)
+		if !b.ran(r.w) {
+			continue
 		}
 		arm := "cfw/"
 		if r.insp {
@@ -860,14 +864,14 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 			fmt.Fprintf(&md, "| %s | %.2f | %.2f (%.2fx) | %.2f (%.2fx) | %s |\n", strings.TrimSpace(r.label), br, on, ron, off, roff, mdTarget)
 		}
 	}
-	if len(b.samples["ka-h1"])+len(b.samples["ka-h2"]) > 0 {
+	if b.ran("ka-h1") || b.ran("ka-h2") {
 		fmt.Fprintf(&sb, "inspection floor: the bridge container's client through a minimal TLS-terminating relay on the host (load relay: net/http\n")
 		fmt.Fprintf(&sb, "  server + httputil.ReverseProxy, no policy, the same Go TLS stack, the server's own leaf), paired with the bridge arm as above:\n")
 		fmt.Fprintf(&sb, "  CPU us per request = the relay's (or the plugin's) CPU seconds / (req/s x (measured s + 0.5 s warm-up)): it moves\n")
 		fmt.Fprintf(&sb, "  less with the machine's load than req/s does, and compares clawker-fw's inspection with the floor's directly.\n")
 	}
 	for _, f := range []struct{ label, w string }{{"floor relay keep-alive h1 (req/s)", "ka-h1"}, {"floor relay keep-alive h2 (req/s)", "ka-h2"}} {
-		if len(b.samples[f.w]) == 0 {
+		if !b.ran(f.w) {
 			continue
 		}
 		rps := func(s sample) float64 { return s.RPS }
