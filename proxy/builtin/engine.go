@@ -486,7 +486,10 @@ func (e *Engine) transport(idx uint32) *http.Transport {
 			if err != nil {
 				return nil, err
 			}
-			d, _ := ctx.Value(dialKey{}).(dialFor)
+			var d dialFor
+			if q := requestOf(ctx); q != nil {
+				d = q.dial
+			}
 			return e.dialName(ctx, d, idx, network, host, uint16(port))
 		},
 		TLSClientConfig:       &tls.Config{RootCAs: e.roots, MinVersion: tls.VersionTLS12},
@@ -511,10 +514,6 @@ func (e *Engine) dropTransports(snap *policy.Snapshot) {
 		return true
 	})
 }
-
-// dialKey carries (in a request's context) the dialFor of the request's
-// verdict to the transport's dialer.
-type dialKey struct{}
 
 // dialFor is what a dial of a name needs of the verdict that allowed it:
 // the policy (the addresses it may reach) and the allow it matched.

@@ -578,20 +578,11 @@ func TestInspectedUpgrade(t *testing.T) {
 	h.dns.set("api.example.test", "127.0.0.1")
 	pol := &policy.Policy{Allows: []policy.Allowed{allow("api.example.test", policy.ProtoHTTPS, 443, 443, inspected)}}
 	h.apply(snapshot(1, endpoint(1, "127.0.0.2", pol)))
-	tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), "api.example.test", "http/1.1")
-	require.NoError(t, err)
-	defer tc.Close()
-	_, err = io.WriteString(tc, "GET /ws HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	require.NoError(t, err)
-	br := bufio.NewReader(tc)
-	resp, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	require.Equal(t, 101, resp.StatusCode)
+	tc, br := h.websocket("127.0.0.2", h.webAddr(443), "api.example.test", "/ws")
 	for i := 0; i < 3; i++ {
 		time.Sleep(50 * time.Millisecond)
 		msg := "frame " + strconv.Itoa(i) + "\n"
-		_, err = io.WriteString(tc, msg)
+		_, err := io.WriteString(tc, msg)
 		require.NoError(t, err)
 		line, err := br.ReadString('\n')
 		require.NoError(t, err)

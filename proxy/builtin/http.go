@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
@@ -85,11 +86,11 @@ func (f *flow) serveHTTP(ctx context.Context, who policy.Who, c net.Conn, tlsNam
 	}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			host := pr.In.Context().Value(hostKey{}).(string)
+			q := requestOf(pr.In.Context())
 			pr.Out.URL.Scheme = scheme
-			pr.Out.URL.Host = hostPort(host, f.port, scheme)
+			pr.Out.URL.Host = hostPort(q.ri.host, f.port, scheme)
 			pr.Out.Host = pr.In.Host
-			forwardAsSent(pr.Out.URL, pr.In.URL, rawPath(pr.In))
+			forwardAsSent(pr.Out.URL, pr.In.URL, q.ri.path)
 		},
 		Transport:      transport,
 		ErrorHandler:   h.upstreamError,
@@ -226,8 +227,6 @@ func (c *countConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-type hostKey struct{}
-
 func hostPort(host string, port uint16, scheme string) string {
 	if (scheme == "https" && port == 443) || (scheme == "http" && port == 80) {
 		return host
@@ -240,6 +239,9 @@ type httpHandler struct {
 	tlsName string
 	proxy   *httputil.ReverseProxy
 	wg      sync.WaitGroup
+
+	allowedOnce sync.Once
+	allowed     prometheus.Counter
 }
 
 // ServeHTTP decides one request with verdict.Decide on the endpoint's
@@ -259,16 +261,17 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f := h.f
 	f.requests.Add(1)
 	host := strings.ToLower(strings.TrimSuffix(stripPort(r.Host), "."))
-	ri := &reqInfo{host: host, method: r.Method, path: rawPath(r)}
+	q := &request{ri: reqInfo{host: host, method: r.Method, path: rawPath(r)}}
+	ri := &q.ri
 	if f.tlsNameless() && host != "" && f.name == "" {
 		f.name = host // first Host names a plain-HTTP flow in its log line
 	}
 	key, why := upgradeRefusal(r)
+	q.req = verdict.Request{Host: host, Method: r.Method, Path: ri.path, TLSName: h.tlsName, Tunnel: why,
+		Opaque: r.URL.Opaque != "", AsSent: forwardable(ri.path)}
 	fl := verdict.Flow{
 		Who: f.e.whoNow(f.src, f.ep), Listener: verdict.Listener(f.def.Kind), Addr: f.dst, Port: f.port, L4: policy.L4TCP,
-		Content: verdict.HTTP,
-		Request: &verdict.Request{Host: host, Method: r.Method, Path: ri.path, TLSName: h.tlsName, Tunnel: why,
-			Opaque: r.URL.Opaque != "", AsSent: forwardable(ri.path)},
+		Content: verdict.HTTP, Request: &q.req,
 	}
 	ri.v = verdict.Decide(fl)
 	if !ri.v.Allowed {
@@ -280,30 +283,71 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if pol := fl.Who.Policy; pol != nil && pol.Learn {
 		f.e.emit(f.decision(ri)) // the recorder wants every request shape
 	}
-	f.e.metrics.allowed.WithLabelValues(string(f.def.Kind)).Inc()
-	lc := newLiveConn(f.src, f.ep.Index, fl)
+	h.allowedCounter().Inc()
 	// The server cancels r.Context() when an HTTP/1 client half-closes
 	// after its request (`printf 'GET ...' | nc`), which would turn a good
 	// request into an empty answer: the upstream request ends only when the
 	// response cannot be written any more, or a policy change closes it.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
+	q.Context, q.dial, q.wsKey = ctx, dialFor{pol: fl.Who.Policy, entry: ri.v.Entry}, key
+	// The live conn keeps the facts the request was allowed on (q.req,
+	// never changed after Decide) for Apply's re-checks.
+	lc := &q.lc
+	lc.setFlow(f.src, f.ep.Index, fl)
 	lc.closer = func() {
 		f.closedBy.Store(true)
 		cancel()
 		f.reset()
 	}
-	untrack, ok := f.e.track(lc)
-	if !ok {
+	if !f.e.add(lc) {
 		return
 	}
-	defer untrack()
-	ctx = context.WithValue(ctx, hostKey{}, host)
-	ctx = context.WithValue(ctx, dialKey{}, dialFor{pol: fl.Who.Policy, entry: ri.v.Entry})
-	if key != "" {
-		ctx = context.WithValue(ctx, wsKey{}, key)
+	defer f.e.remove(lc)
+	h.proxy.ServeHTTP(w, r.WithContext(q))
+}
+
+// request is one allowed request's state, allocated once: the facts it was
+// decided on (tracked for Apply's re-checks while it runs) and, as the
+// context its upstream request runs in, what the reverse proxy, the dialer
+// and checkSwitch read of the decision (requestOf). Per-request context
+// values and copies each cost an allocation on the path every inspected
+// request takes.
+type request struct {
+	// Context is cancelled when the handler returns or a policy change
+	// closes the request.
+	context.Context
+	ri    reqInfo
+	req   verdict.Request
+	lc    liveConn
+	dial  dialFor
+	wsKey string // the Sec-WebSocket-Key of a WebSocket handshake upgradeRefusal allowed
+}
+
+// requestKey finds a request's *request in its context and in contexts
+// derived from it.
+type requestKey struct{}
+
+func (q *request) Value(k any) any {
+	if k == (requestKey{}) {
+		return q
 	}
-	h.proxy.ServeHTTP(w, r.WithContext(ctx))
+	return q.Context.Value(k)
+}
+
+// requestOf returns the request ctx belongs to, nil for none.
+func requestOf(ctx context.Context) *request {
+	q, _ := ctx.Value(requestKey{}).(*request)
+	return q
+}
+
+// allowedCounter is the allowed-requests counter of the handler's
+// listener kind, looked up once per connection rather than per request.
+func (h *httpHandler) allowedCounter() prometheus.Counter {
+	h.allowedOnce.Do(func() {
+		h.allowed = h.f.e.metrics.allowed.WithLabelValues(string(h.f.def.Kind))
+	})
+	return h.allowed
 }
 
 func (f *flow) tlsNameless() bool { return f.mode == "http" }
@@ -324,6 +368,9 @@ func (e *Engine) whoNow(src netip.Addr, was *policy.Endpoint) policy.Who {
 }
 
 func stripPort(hostport string) string {
+	if !strings.ContainsAny(hostport, ":[]") {
+		return hostport // no port, nothing to trim: skip SplitHostPort's error
+	}
 	if h, _, err := net.SplitHostPort(hostport); err == nil {
 		return h
 	}
@@ -362,7 +409,10 @@ func (h *httpHandler) denyRequest(w http.ResponseWriter, ri *reqInfo) {
 func (h *httpHandler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	if reason := dialReason(err); reason != ReasonUpstream {
 		f := h.f
-		host, _ := r.Context().Value(hostKey{}).(string)
+		var host string
+		if q := requestOf(r.Context()); q != nil {
+			host = q.ri.host
+		}
 		fl := verdict.Flow{Who: f.e.whoNow(f.src, f.ep), Listener: verdict.Listener(f.def.Kind), Port: f.port, L4: policy.L4TCP,
 			Content: verdict.HTTP, Request: &verdict.Request{Host: host, Method: r.Method, Path: rawPath(r), TLSName: h.tlsName}}
 		h.denyRequest(w, &reqInfo{host: host, path: rawPath(r), method: r.Method, v: verdict.Refuse(fl, verdict.Verdict{}, reason, err.Error())})

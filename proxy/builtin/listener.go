@@ -169,30 +169,50 @@ type liveConn struct {
 }
 
 func newLiveConn(src netip.Addr, index uint32, fl verdict.Flow) *liveConn {
-	fl.Who = policy.Who{}
 	if fl.Request != nil {
 		req := *fl.Request
 		fl.Request = &req
 	}
-	return &liveConn{src: src, index: index, flow: fl}
+	c := &liveConn{}
+	c.setFlow(src, index, fl)
+	return c
+}
+
+// setFlow sets the facts c was allowed on. fl.Request is kept, not copied:
+// the caller never changes it while c is tracked.
+func (c *liveConn) setFlow(src netip.Addr, index uint32, fl verdict.Flow) {
+	fl.Who = policy.Who{}
+	c.src, c.index, c.flow = src, index, fl
 }
 
 func (c *liveConn) kill(string) { c.once.Do(c.closer) }
 
 // track registers a live connection; the returned func unregisters it.
 func (e *Engine) track(c *liveConn) (untrack func(), ok bool) {
+	if !e.add(c) {
+		return func() {}, false
+	}
+	return func() { e.remove(c) }, true
+}
+
+// add registers a live connection (false when the engine is closed);
+// remove unregisters it. The pair is track without its closure, for the
+// path every request takes.
+func (e *Engine) add(c *liveConn) bool {
 	c.e = e
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return func() {}, false
+		return false
 	}
 	e.conns[c] = struct{}{}
-	return func() {
-		e.mu.Lock()
-		delete(e.conns, c)
-		e.mu.Unlock()
-	}, true
+	return true
+}
+
+func (e *Engine) remove(c *liveConn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
 }
 
 // doomedConn is a live connection that a new policy denies.

@@ -20,10 +20,6 @@ const ReasonUpgrade = verdict.ReasonUpgrade
 // websocketGUID is the fixed GUID of RFC 6455 section 1.3.
 const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-// wsKey marks (in the request context) a request whose WebSocket handshake
-// was checked; its value is the Sec-WebSocket-Key.
-type wsKey struct{}
-
 // upgradeRefusal decides whether request r may change the protocol of its
 // connection. Every HTTP flow of the proxy (plain HTTP and inspected TLS)
 // is decided request by request; a connection that becomes a tunnel would
@@ -89,7 +85,10 @@ func checkSwitch(res *http.Response) error {
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		return nil
 	}
-	key, _ := res.Request.Context().Value(wsKey{}).(string)
+	var key string // the handshake's Sec-WebSocket-Key, "" when none was checked
+	if q := requestOf(res.Request.Context()); q != nil {
+		key = q.wsKey
+	}
 	switch {
 	case key == "":
 		return errors.New("upstream switched protocols for a request that asked for no WebSocket")

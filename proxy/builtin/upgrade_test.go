@@ -3,7 +3,6 @@ package builtin
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -306,7 +305,7 @@ func TestCheckSwitch(t *testing.T) {
 	mk := func(status int, withKey bool, hdr ...string) *http.Response {
 		req, _ := http.NewRequest(http.MethodGet, "http://a/", nil)
 		if withKey {
-			req = req.WithContext(context.WithValue(req.Context(), wsKey{}, key))
+			req = req.WithContext(&request{Context: req.Context(), wsKey: key})
 		}
 		res := &http.Response{StatusCode: status, Header: http.Header{}, Request: req}
 		for i := 0; i+1 < len(hdr); i += 2 {
