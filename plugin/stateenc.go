@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -26,6 +27,11 @@ import (
 // one at a time.
 type StateEncoder struct {
 	configs map[string]*encodedConfig // by network ID
+	// buf and head are the last Encode's output and head, reused: at
+	// thousands of rules the file is megabytes, and a fresh buffer per
+	// mutation costs the allocator and the collector more than encoding.
+	buf  []byte
+	head bytes.Buffer
 	// encodes counts the configurations encoded (tests).
 	encodes int
 }
@@ -52,12 +58,14 @@ type networkSansConfig struct {
 	Config *struct{} `json:"config,omitempty"`
 }
 
-// Encode returns st as state.json holds it.
+// Encode returns st as state.json holds it. The bytes are the encoder's
+// own, valid until its next Encode.
 func (e *StateEncoder) Encode(st *State) ([]byte, error) {
-	head, err := json.Marshal(stateSansNetworks{State: st})
-	if err != nil {
+	e.head.Reset()
+	if err := json.NewEncoder(&e.head).Encode(stateSansNetworks{State: st}); err != nil {
 		return nil, fmt.Errorf("encode state: %w", err)
 	}
+	head := bytes.TrimSuffix(e.head.Bytes(), []byte("\n")) // Encode ends the value with a newline
 	// The pieces first, then one buffer of their size: the file is
 	// megabytes, and growing a buffer copies and clears it again and again.
 	type piece struct{ key, body, cfg []byte }
@@ -66,6 +74,7 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 	ids := slices.Sorted(maps.Keys(st.Networks))
 	for _, id := range ids {
 		var pc piece
+		var err error
 		if pc.key, err = json.Marshal(id); err != nil {
 			return nil, fmt.Errorf("encode state: %w", err)
 		}
@@ -80,7 +89,10 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 		size += len(pc.key) + len(pc.body) + len(pc.cfg) + len(`,:,"config":`)
 		pieces = append(pieces, pc)
 	}
-	b := make([]byte, 0, size)
+	b := e.buf[:0]
+	if cap(b) < size {
+		b = make([]byte, 0, size+size/8) // room for the state to grow a little
+	}
 	b = append(b, head[:len(head)-1]...) // {"version":...  (never empty: version)
 	b = append(b, `,"networks":`...)
 	if st.Networks == nil {
@@ -110,6 +122,7 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 			delete(e.configs, id)
 		}
 	}
+	e.buf = b
 	return b, nil
 }
 
