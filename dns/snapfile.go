@@ -270,7 +270,10 @@ func decodeBase(b []byte, sum [sha256.Size]byte) (*policy.Policy, error) {
 	if d.err == nil && d.rest != "" {
 		d.fail("trailing bytes")
 	}
-	return p, d.err
+	if d.err != nil {
+		return nil, d.err
+	}
+	return p.Indexed(), nil
 }
 
 // Policy kinds of an endpoint in the head.
@@ -460,7 +463,7 @@ func decodeHead(b []byte) (*headFile, error) {
 			h.epBase[idx] = baseIdx(d.u())
 			ep.Labels = d.policy()
 		case kindFull:
-			ep.Policy = d.policy()
+			ep.Policy = d.policy().Indexed()
 		default:
 			d.fail("policy kind")
 		}
@@ -704,8 +707,8 @@ func loadSnapshot(path string, b []byte, have map[[sha256.Size]byte]*policy.Poli
 			ep.Policy = bases[i]
 		default:
 			l, base := ep.Labels, bases[i]
-			ep.Policy = &policy.Policy{Generation: l.Generation, Allows: l.Allows, Denies: l.Denies,
-				InspectAll: base.InspectAll, Base: base}
+			ep.Policy = (&policy.Policy{Generation: l.Generation, Allows: l.Allows, Denies: l.Denies,
+				InspectAll: base.InspectAll, Base: base}).Indexed()
 		}
 	}
 	return h.snap.Index(), used, nil

@@ -254,7 +254,7 @@ func DecodeSnapshot(b []byte) (*policy.Snapshot, error) {
 		if n == nil {
 			continue
 		}
-		n.Network.Base = n.Base
+		n.Network.Base = n.Base.Indexed()
 		snap.Networks[id] = &n.Network
 	}
 	for idx, e := range f.Endpoints {
@@ -272,9 +272,11 @@ func DecodeSnapshot(b []byte) (*policy.Snapshot, error) {
 			} else {
 				l := e.Labels
 				ep.Labels = l
-				ep.Policy = &policy.Policy{Generation: l.Generation, Allows: l.Allows, Denies: l.Denies,
-					Overridden: l.Overridden, InspectAll: n.Base.InspectAll, Base: n.Base}
+				ep.Policy = (&policy.Policy{Generation: l.Generation, Allows: l.Allows, Denies: l.Denies,
+					Overridden: l.Overridden, InspectAll: n.Base.InspectAll, Base: n.Base}).Indexed()
 			}
+		} else {
+			ep.Policy = ep.Policy.Indexed()
 		}
 		snap.Endpoints[idx] = ep
 	}

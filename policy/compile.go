@@ -136,6 +136,7 @@ func compile(in CompileInput, alloc Allocator) (*Policy, *baseSource, error) {
 		a.Identity = alloc.Identity(a.Pattern)
 		p.Allows = append(p.Allows, a)
 	}
+	p.index()
 	return p, src, nil
 }
 

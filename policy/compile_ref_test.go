@@ -55,7 +55,9 @@ func referenceCompile(in CompileInput, alloc Allocator) (*Policy, error) {
 		a.Identity = alloc.Identity(pat)
 		p.Allows = append(p.Allows, a)
 	}
-	return p, nil
+	// Indexed as Compile indexes what it builds: the index is a function
+	// of the entries, so equal entries make equal policies.
+	return p.Indexed(), nil
 }
 
 func referenceDedup(rules []EgressRule) []EgressRule {

@@ -42,6 +42,7 @@ func FuzzParseRules(f *testing.F) {
 		f.Add(keyIndex(seed.key), seed.value, false)
 		f.Add(keyIndex(seed.key), seed.value, true)
 	}
+	indexAll(f) // every compiled and patched policy is name-indexed
 	f.Fuzz(func(t *testing.T, keySel uint8, value string, label bool) {
 		key := fuzzKeys[int(keySel)%len(fuzzKeys)]
 		var rules []EgressRule
@@ -77,6 +78,7 @@ func FuzzParseRules(f *testing.F) {
 		if want, err := referenceCompile(CompileInput{Network: rules}, NewIdentityTable()); err != nil || !reflect.DeepEqual(want, p) {
 			t.Fatalf("compile differs from referenceCompile (%v):\n%+v\n%+v", err, want, p)
 		}
+		requireScanAnswers(t, p, probeNames(p), "compiled")
 		for _, r := range rules {
 			if r.Action != Allow {
 				continue
@@ -122,6 +124,7 @@ func checkPatch(t *testing.T, rules []EgressRule) {
 			got, _ = CompileBase(in, idsPatch)
 		}
 		requireSameBase(t, want, got, "patch")
+		requireScanAnswers(t, got.pol, probeNames(got.pol), "patched")
 		cur = got
 	}
 }

@@ -211,6 +211,7 @@ func layer(base *BaseIndex, label []EgressRule, gen uint64, alloc Allocator, rea
 		a.Paths, a.PathDefault, a.Inspect = mergeHTTP(mine)
 		p.Allows = append(p.Allows, a)
 	}
+	p.index()
 	return p, nil
 }
 

@@ -67,14 +67,22 @@ func (p *Policy) MatchName(name string, port uint16, l4 L4) Match {
 }
 
 // matchName is MatchName on p's own allows and denies (steps 3-5). A
-// policy with many entries finds them in its name index (see names),
-// which answers what the scan of its denies and allows would.
+// policy whose constructor indexed it finds them in its name index
+// (nameIndex), which answers what the scan of its denies and allows
+// would; a policy without one, or whose entries are no longer those the
+// index was built from, is scanned.
 func (p *Policy) matchName(name string, port uint16, l4 L4) Match {
-	if ix := p.names(); ix != nil {
+	if ix := p.names; ix != nil && ix.current(p.Allows, p.Denies) {
 		if m, ok := ix.match(p, name, port, l4); ok {
 			return m
 		}
 	}
+	return p.scanName(name, port, l4)
+}
+
+// scanName is matchName without the index: the first deny whose subtree
+// holds name, else the first (most specific) allow that covers it.
+func (p *Policy) scanName(name string, port uint16, l4 L4) Match {
 	for i := range p.Denies {
 		d := &p.Denies[i]
 		if d.Prefix.IsValid() {
@@ -206,7 +214,7 @@ func (p *Policy) DeniedAddr(addr netip.Addr) *Denied {
 
 // own is a layered policy's own layer alone.
 func (p *Policy) own() *Policy {
-	return &Policy{Generation: p.Generation, Allows: p.Allows, Denies: p.Denies, InspectAll: p.InspectAll}
+	return &Policy{Generation: p.Generation, Allows: p.Allows, Denies: p.Denies, InspectAll: p.InspectAll, names: p.names}
 }
 
 // layered combines the answers of a layered policy's base (network) and

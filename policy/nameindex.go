@@ -1,16 +1,11 @@
 package policy
 
-import (
-	"runtime"
-	"strings"
-	"sync"
-	"weak"
-)
+import "strings"
 
-// indexMin is the number of allows and denies from which MatchName looks
-// a name up in an index instead of scanning them: below it the scan costs
-// less than finding the index. A variable so that tests can index every
-// policy.
+// indexMin is the number of allows and denies from which a policy's
+// constructor builds a name index for MatchName: below it the scan costs
+// about what the index does and the index is not worth its memory. A
+// variable so that tests can index every policy.
 var indexMin = 64
 
 // nameIndex maps each name pattern of a policy's allows and denies to the
@@ -20,20 +15,22 @@ var indexMin = 64
 // the same names (a deny's root is its pattern without the leading dot).
 // Allows being sorted most specific first, the lowest position among
 // those present is the allow the scan finds first; so for denies.
+//
+// A policy's constructor builds it once (see Policy.names and indexed),
+// before the policy is shared; lookups only read it. It is a function of
+// the entries indexed, so two equal policies built alike hold equal
+// indexes (require.Equal and reflect.DeepEqual compare it).
 type nameIndex struct {
-	allows []Allowed // the entries indexed, to notice a policy that changed
+	// allows and denies are the slices indexed: the index answers only
+	// for a policy that holds these very slices (the same array and
+	// length, see current), so a policy whose Allows or Denies were
+	// replaced, cut or appended to after it was built is scanned.
+	allows []Allowed
 	denies []Denied
 	exact  map[string]int // exact allow -> position
 	wild   map[string]int // wildcard allow's apex -> position
 	deny   map[string]int // deny root -> position
 }
-
-// nameIndexes holds the index of every indexed policy beside the policy
-// rather than in it: policies are compared whole (require.Equal,
-// reflect.DeepEqual) and copied by value, and an index built on one side
-// only must not make two equal policies differ. The weak key lets a
-// policy be collected; its cleanup drops the index.
-var nameIndexes sync.Map // weak.Pointer[Policy] -> *nameIndex
 
 func newNameIndex(allows []Allowed, denies []Denied) *nameIndex {
 	ix := &nameIndex{allows: allows, denies: denies, exact: map[string]int{}, wild: map[string]int{}, deny: map[string]int{}}
@@ -60,34 +57,38 @@ func newNameIndex(allows []Allowed, denies []Denied) *nameIndex {
 	return ix
 }
 
-// current reports whether ix indexes allows and denies (the same slices,
-// not copies).
+// current reports whether ix indexes allows and denies: slices of the
+// same lengths starting at the same elements.
 func (ix *nameIndex) current(allows []Allowed, denies []Denied) bool {
 	return len(ix.allows) == len(allows) && (len(allows) == 0 || &ix.allows[0] == &allows[0]) &&
 		len(ix.denies) == len(denies) && (len(denies) == 0 || &ix.denies[0] == &denies[0])
 }
 
-// names returns p's name index, building it on first use; nil when p has
-// too few entries to need one.
-func (p *Policy) names() *nameIndex {
-	if len(p.Allows)+len(p.Denies) < indexMin {
-		return nil
+// index gives p, which its constructor has just built and not yet
+// shared, its name index when p has enough entries to need one.
+func (p *Policy) index() {
+	p.names = nil
+	if len(p.Allows)+len(p.Denies) >= indexMin {
+		p.names = newNameIndex(p.Allows, p.Denies)
 	}
-	key := weak.Make(p)
-	if v, ok := nameIndexes.Load(key); ok {
-		if ix := v.(*nameIndex); ix.current(p.Allows, p.Denies) {
-			return ix
-		}
-		ix := newNameIndex(p.Allows, p.Denies)
-		nameIndexes.Store(key, ix)
-		return ix
+}
+
+// Indexed returns a policy that answers as p does and looks names up in
+// an index when p's own entries are many: p itself when it needs none or
+// holds a current one, else a shallow copy of p (the same entries, Base
+// and all) with the index built. p is never changed, so Indexed is safe on
+// a policy already shared. Compile, CompileBase, Patch and Layer index what
+// they build; call Indexed on a policy assembled or decoded otherwise
+// (from JSON, the DNS sidecar's files, a struct literal) before deciding
+// with it at scale. A layered policy's Base is indexed by whoever built
+// it, not here.
+func (p *Policy) Indexed() *Policy {
+	if p == nil || len(p.Allows)+len(p.Denies) < indexMin || (p.names != nil && p.names.current(p.Allows, p.Denies)) {
+		return p
 	}
-	ix := newNameIndex(p.Allows, p.Denies)
-	if v, loaded := nameIndexes.LoadOrStore(key, ix); loaded {
-		return v.(*nameIndex)
-	}
-	runtime.AddCleanup(p, func(key weak.Pointer[Policy]) { nameIndexes.Delete(key) }, key)
-	return ix
+	q := *p
+	q.index()
+	return &q
 }
 
 // lowest returns the lowest position m holds for name itself or for a

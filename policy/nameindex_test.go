@@ -1,8 +1,8 @@
 package policy
 
 import (
+	"encoding/json"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
@@ -16,20 +16,39 @@ import (
 
 // scanMatchName is MatchName as it was before the name index, the
 // reference the index must answer as: every layer's denies and allows
-// scanned in order (MatchName's own scan, for policies below indexMin).
-// Tests in this package do not run in parallel.
+// scanned in order (MatchName's own scan, for policies without an index).
 func scanMatchName(p *Policy, name string, port uint16, l4 L4) Match {
-	old := indexMin
-	indexMin = math.MaxInt
-	defer func() { indexMin = old }()
-	return p.MatchName(name, port, l4)
+	return unindexed(p).MatchName(name, port, l4)
 }
 
-// indexAll makes MatchName index every policy for the rest of the test.
+// unindexed returns a copy of p and of its bases without their name
+// indexes; the copies share p's entries, so a match points at the same
+// entry in both.
+func unindexed(p *Policy) *Policy {
+	if p == nil {
+		return nil
+	}
+	q := *p
+	q.names, q.Base = nil, unindexed(p.Base)
+	return &q
+}
+
+// indexAll makes the constructors (and Indexed) index every policy for
+// the rest of the test.
 func indexAll(tb testing.TB) {
 	old := indexMin
 	indexMin = 0
 	tb.Cleanup(func() { indexMin = old })
+}
+
+// requireIndexed fails unless p and every base below it holds a current
+// name index, so that a test comparing MatchName with the scan compares
+// something.
+func requireIndexed(t *testing.T, p *Policy, ctx string) {
+	t.Helper()
+	for q := p; q != nil; q = q.Base {
+		require.True(t, q.names != nil && q.names.current(q.Allows, q.Denies), "not indexed: %s", ctx)
+	}
 }
 
 // oddNames are names no rule parser lets through as patterns but that
@@ -72,10 +91,19 @@ var probePorts = []struct {
 	l4   L4
 }{{0, L4TCP}, {443, L4TCP}, {80, L4TCP}, {22, L4TCP}, {5432, L4TCP}, {7001, L4TCP}, {8443, L4TCP}, {53, L4UDP}}
 
-// requireScanAnswers fails unless p.MatchName answers every probe name on
-// every probe port exactly as the scan does: the same decision, reason and
-// the same entry and deny (by address, not only by value).
+// requireScanAnswers fails unless p and its bases are name-indexed and
+// p.MatchName answers every probe name on every probe port exactly as
+// the scan does (requireAnswersAsScan).
 func requireScanAnswers(t *testing.T, p *Policy, names []string, ctx string) {
+	t.Helper()
+	requireIndexed(t, p, ctx)
+	requireAnswersAsScan(t, p, names, ctx)
+}
+
+// requireAnswersAsScan fails unless p.MatchName answers every probe name
+// on every probe port exactly as the scan does: the same decision, reason
+// and the same entry and deny (by address, not only by value).
+func requireAnswersAsScan(t *testing.T, p *Policy, names []string, ctx string) {
 	t.Helper()
 	for _, name := range names {
 		for _, pp := range probePorts {
@@ -133,9 +161,11 @@ func TestNameIndexAnswersAsScan(t *testing.T) {
 		{Allows: []Allowed{}},
 	}
 	for i, p := range hand {
-		requireScanAnswers(t, p, probeNames(p), fmt.Sprintf("hand-built %d", i))
+		hand[i] = p.Indexed()
+		require.Nil(t, p.names, "Indexed changed the policy it was given")
+		requireScanAnswers(t, hand[i], probeNames(p), fmt.Sprintf("hand-built %d", i))
 	}
-	layeredHand := &Policy{Allows: []Allowed{{Pattern: "a.example.com"}}, Base: hand[5]}
+	layeredHand := (&Policy{Allows: []Allowed{{Pattern: "a.example.com"}}, Base: hand[5]}).Indexed()
 	requireScanAnswers(t, layeredHand, probeNames(layeredHand), "hand-built layered")
 
 	cfg := scaleNetwork(t)
@@ -160,29 +190,93 @@ func TestNameIndexAnswersAsScan(t *testing.T) {
 	requireScanAnswers(t, lay, sample(lay), "scale layered")
 }
 
-// TestNameIndexFollowsAllows: a policy whose allows were replaced after
-// its first lookup (policies are immutable once shared, but a builder may
-// look up early) is answered from its new allows, not a stale index; two
-// equal policies stay equal when only one of them was indexed.
+// TestNameIndexFollowsAllows: a policy whose allows or denies are changed
+// after its index was built (policies are immutable once built, but a
+// copy or a careless builder may change them) answers as the scan of its
+// entries now, not from the stale index: slices replaced, cut, or
+// appended to in place within their capacity (the same array), denies
+// included, on the policy itself and on a copy of it. A deny appended
+// where the index cannot see it would otherwise let its name through.
 func TestNameIndexFollowsAllows(t *testing.T) {
 	indexAll(t)
-	p := &Policy{Allows: []Allowed{{Pattern: "a.example.com"}}}
-	require.True(t, p.MatchName("a.example.com", 0, 0).Allowed)
-	p.Allows = []Allowed{{Pattern: "b.example.com"}}
-	require.False(t, p.MatchName("a.example.com", 0, 0).Allowed)
-	require.True(t, p.MatchName("b.example.com", 0, 0).Allowed)
-	p.Allows = append(p.Allows, Allowed{Pattern: ".c.example.com"})
-	require.True(t, p.MatchName("x.c.example.com", 0, 0).Allowed)
+	build := func() *Policy {
+		allows := make([]Allowed, 0, 8) // spare capacity: an append stays in the array indexed
+		allows = append(allows, Allowed{Pattern: "a.example.com"}, Allowed{Pattern: ".b.example.com"},
+			Allowed{Pattern: ".bad.example.com"})
+		denies := make([]Denied, 0, 8)
+		denies = append(denies, Denied{Pattern: ".bad.example.com"})
+		return (&Policy{Allows: allows, Denies: denies}).Indexed()
+	}
+	p := build()
+	require.True(t, p.MatchName("x.b.example.com", 0, 0).Allowed)
+	require.True(t, p.MatchName("c.example.com", 0, 0).Reason == ReasonNoRule)
 
-	q := &Policy{Allows: []Allowed{{Pattern: "b.example.com"}, {Pattern: ".c.example.com"}}}
-	require.Equal(t, q, p)
-	require.NotNil(t, p.names())
+	changes := []struct {
+		what   string
+		change func(p *Policy)
+		name   string
+		want   Reason
+	}{
+		{"deny appended in place", func(p *Policy) { p.Denies = append(p.Denies, Denied{Pattern: "x.b.example.com"}) },
+			"x.b.example.com", ReasonDenyRule},
+		{"allow appended in place", func(p *Policy) { p.Allows = append(p.Allows, Allowed{Pattern: ".example.com"}) },
+			"c.example.com", ReasonAllowed},
+		{"allows replaced", func(p *Policy) { p.Allows = []Allowed{{Pattern: "c.example.com"}} }, "c.example.com", ReasonAllowed},
+		{"allows cut", func(p *Policy) { p.Allows = p.Allows[1:] }, "a.example.com", ReasonNoRule},
+		{"allows cut at the end", func(p *Policy) { p.Allows = p.Allows[:1] }, "x.b.example.com", ReasonNoRule},
+		{"denies replaced", func(p *Policy) { p.Denies = []Denied{{Pattern: "example.com"}} }, "a.example.com", ReasonDenyRule},
+		{"denies emptied", func(p *Policy) { p.Denies = nil }, "x.bad.example.com", ReasonAllowed},
+	}
+	for _, tc := range changes {
+		p := build()
+		requireScanAnswers(t, p, probeNames(p), tc.what+", before")
+		q := *p // a copy carries the index: it answers for the same entries
+		requireScanAnswers(t, &q, probeNames(p), tc.what+", copy before")
+		tc.change(p)
+		require.Equal(t, tc.want, p.MatchName(tc.name, 0, 0).Reason, tc.what)
+		requireAnswersAsScan(t, p, probeNames(p), tc.what)
+		tc.change(&q)
+		require.Equal(t, tc.want, q.MatchName(tc.name, 0, 0).Reason, tc.what+", copy")
+		requireAnswersAsScan(t, &q, probeNames(&q), tc.what+", copy")
+		requireScanAnswers(t, p.Indexed(), probeNames(p), tc.what+", indexed again")
+	}
+}
+
+// TestNameIndexEqualPolicies: the index is a function of the entries, so
+// policies compiled alike are equal, indexes included, and so is one
+// decoded from its JSON (which carries no index) once Indexed: tests that
+// compare policies whole keep comparing what they did.
+func TestNameIndexEqualPolicies(t *testing.T) {
+	indexAll(t)
+	cfg := scaleNetwork(t)
+	in := CompileInput{Network: cfg.Rules[:500], Runtime: cfg.Rules[500:600]}
+	p, err := Compile(in, NewIdentityTable())
+	require.NoError(t, err)
+	q, err := Compile(in, NewIdentityTable())
+	require.NoError(t, err)
+	requireIndexed(t, p, "compiled")
+	require.Equal(t, p, q)
+
+	raw, err := json.Marshal(p)
+	require.NoError(t, err)
+	var d Policy
+	require.NoError(t, json.Unmarshal(raw, &d))
+	require.Nil(t, d.names)
+	requireScanAnswers(t, d.Indexed(), probeNames(p), "decoded")
+	require.Equal(t, p, d.Indexed())
+	require.Same(t, p, p.Indexed())
+
+	// An index that is not the entries' own makes two policies differ.
+	r := *q
+	r.names = newNameIndex(p.Allows[1:], p.Denies)
+	require.NotEqual(t, p, &r)
 }
 
 // BenchmarkMatchNameScale decides, at bench/scale's 10,000 rules, the
 // name of the last name allow (late) and a name no allow covers (none):
-// scan is the scan of the denies and allows MatchName did before its
-// index, index is MatchName now; build is the index built once.
+// scan is the scan of the denies and allows MatchName does without an
+// index, index is MatchName now; build is the index built once per
+// compiled or patched base.
 func BenchmarkMatchNameScale(b *testing.B) {
 	opts, _ := scalegen.NetworkOptions()
 	cfg, err := ParseNetworkOptions(opts, "scale")
@@ -202,17 +296,18 @@ func BenchmarkMatchNameScale(b *testing.B) {
 			}
 		}
 	}
-	if m := scanMatchName(p, late, 0, 0); m.Entry == nil || m.Entry.Pattern != strings.TrimPrefix(late, "x") {
+	scan := unindexed(p)
+	if m := scan.MatchName(late, 0, 0); m.Entry == nil || m.Entry.Pattern != strings.TrimPrefix(late, "x") {
 		b.Fatalf("%q is not decided by the last name allow: %+v", late, m)
 	}
 	for _, tc := range []struct{ what, name string }{{"late", late}, {"none", "www.nowhere.invalid"}} {
-		want := scanMatchName(p, tc.name, 443, L4TCP)
+		want := scan.MatchName(tc.name, 443, L4TCP)
 		if got := p.MatchName(tc.name, 443, L4TCP); got != want {
 			b.Fatalf("%s: index %+v, scan %+v", tc.what, got, want)
 		}
 		b.Run(tc.what+"/scan", func(b *testing.B) {
 			for b.Loop() {
-				scanMatchName(p, tc.name, 443, L4TCP)
+				scan.MatchName(tc.name, 443, L4TCP)
 			}
 		})
 		b.Run(tc.what+"/index", func(b *testing.B) {
@@ -222,7 +317,7 @@ func BenchmarkMatchNameScale(b *testing.B) {
 			}
 		})
 	}
-	// What the first lookup after a rule change pays once.
+	// What Compile, CompileBase and Patch pay once per base.
 	b.Run("build", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -231,19 +326,25 @@ func BenchmarkMatchNameScale(b *testing.B) {
 	})
 }
 
-// TestNameIndexConcurrent: goroutines deciding names on fresh policies at
-// once (the first lookups build the index together) answer as the scan;
-// run with -race.
+// TestNameIndexConcurrent: goroutines deciding names on shared policies
+// at once, and calling Indexed on them (which must not write a shared
+// policy), answer as the scan; run with -race.
 func TestNameIndexConcurrent(t *testing.T) {
 	indexAll(t)
 	pols := make([]*Policy, 20)
 	for i := range pols {
 		pols[i] = &Policy{Allows: []Allowed{{Pattern: fmt.Sprintf("h%d.example.com", i)}, {Pattern: ".example.com"}}}
+		if i%2 == 0 {
+			pols[i] = pols[i].Indexed()
+		}
 	}
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Go(func() {
 			for i, p := range pols {
+				if g%2 == 1 {
+					p = p.Indexed()
+				}
 				m := p.MatchName(fmt.Sprintf("h%d.example.com", (i+g)%len(pols)), 0, 0)
 				if m.Entry == nil || (g%len(pols) == 0) != (m.Entry == &p.Allows[0]) {
 					t.Errorf("policy %d goroutine %d: %+v", i, g, m)
@@ -252,4 +353,57 @@ func TestNameIndexConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// BenchmarkMatchNameLayered decides names for an endpoint with label
+// rules on bench/scale's network (its base indexed, its own layer of
+// scalegen's labels scanned): a name of the last base allow (base), a
+// label name (label) and a name no allow covers (none). Small is a policy
+// of a dozen entries, below indexMin: the scan alone.
+func BenchmarkMatchNameLayered(b *testing.B) {
+	opts, _ := scalegen.NetworkOptions()
+	cfg, err := ParseNetworkOptions(opts, "scale")
+	if err != nil {
+		b.Fatal(err)
+	}
+	label, err := ParseLabels(scalegen.Labels(1), "c1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := NewIdentityTable()
+	base, err := CompileBase(CompileInput{Network: cfg.Rules}, ids)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lay, err := Layer(base, label, 1, ids)
+	if err != nil {
+		b.Fatal(err)
+	}
+	last := ""
+	for _, a := range base.Policy().Allows {
+		if !a.Prefix.IsValid() {
+			last = strings.TrimPrefix(a.Pattern, ".")
+		}
+	}
+	own := strings.TrimPrefix(lay.Allows[0].Pattern, ".")
+	small, err := Compile(CompileInput{Network: cfg.Rules[:12]}, NewIdentityTable())
+	if err != nil {
+		b.Fatal(err)
+	}
+	smallName := strings.TrimPrefix(small.Allows[len(small.Allows)-1].Pattern, ".")
+	for _, tc := range []struct {
+		what string
+		p    *Policy
+		name string
+	}{{"base", lay, last}, {"label", lay, own}, {"none", lay, "www.nowhere.invalid"}, {"small", small, smallName}} {
+		if m := tc.p.MatchName(tc.name, 443, L4TCP); tc.what != "none" && m.Entry == nil {
+			b.Fatalf("%s: %q matches no entry: %+v", tc.what, tc.name, m)
+		}
+		b.Run(tc.what, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				tc.p.MatchName(tc.name, 443, L4TCP)
+			}
+		})
+	}
 }

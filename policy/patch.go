@@ -159,6 +159,7 @@ func (b *BaseIndex) Patch(runtime []EgressRule, gen uint64, alloc Allocator) (*B
 	ov = append(ov, b.pol.Overridden[:src.overridden]...)
 	ov = append(ov, overridden...)
 	p := &Policy{Generation: gen, Allows: allows, Denies: b.pol.Denies, Overridden: ov, InspectAll: b.pol.InspectAll}
+	p.index()
 	nb := NewBaseIndex(p)
 	nb.src = &baseSource{tail: tail, overridden: src.overridden}
 	return nb, true

@@ -32,6 +32,9 @@ func requireSameBase(t *testing.T, want, got *BaseIndex, msg string) {
 	require.Equal(t, want.under, got.under, msg)
 	require.Equal(t, want.cidrs, got.cidrs, msg)
 	require.Equal(t, want.src, got.src, msg)
+	if len(got.pol.Allows)+len(got.pol.Denies) >= indexMin {
+		requireIndexed(t, got.pol, msg)
+	}
 }
 
 // runtimeChange returns rules changed by one random step of an operator:
@@ -66,8 +69,10 @@ func runtimeChange(rng *rand.Rand, rules, network []EgressRule) []EgressRule {
 // CompileBase compiles from scratch (policy, index, identities allocated
 // in the same order, even from an identity table that lost them); where
 // Patch refuses (a deny changed, an invalid rule), the caller compiles as
-// the plugin does. Both must happen often.
+// the plugin does. Both must happen often. Every base is name-indexed
+// and a patched base's index answers as the scan.
 func TestPatchEqualsCompile(t *testing.T) {
+	indexAll(t)
 	patched, refused := 0, 0
 	for seed := range uint64(400) {
 		rng := rand.New(rand.NewPCG(seed, 13))
@@ -115,6 +120,7 @@ func TestPatchEqualsCompile(t *testing.T) {
 				patched++
 				require.NoError(t, werr, history)
 				requireSameBase(t, want, got, history)
+				requireScanAnswers(t, got.pol, probeNames(got.pol), history)
 				cur = got
 			}
 			a, err := idsFull.MarshalJSON()

@@ -180,7 +180,10 @@ type Override struct {
 }
 
 // Policy is the compiled, effective policy of one endpoint (network rules +
-// runtime rules + that container's label rules). It is immutable once built.
+// runtime rules + that container's label rules). It is immutable once built:
+// nothing writes its entries after its constructor returned (MatchName's
+// name index notices Allows or Denies replaced, cut or appended to, and then
+// scans, but not an element overwritten in place).
 type Policy struct {
 	// Generation is the snapshot generation this policy was compiled in.
 	Generation uint64 `json:"generation"`
@@ -208,6 +211,12 @@ type Policy struct {
 	// Compile would, entries included. Consumers that build from every
 	// allow iterate Entries and DenyEntries, never Allows and Denies.
 	Base *Policy `json:"-"`
+	// names is the index MatchName finds this policy's own name entries
+	// in, built by its constructor (nil below indexMin entries, or when
+	// the policy was assembled or decoded without one: see Indexed). It
+	// answers only while Allows and Denies are the slices it was built
+	// from; otherwise MatchName scans.
+	names *nameIndex
 }
 
 // Reason explains a decision with a stable machine-readable code.
