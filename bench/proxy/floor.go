@@ -27,7 +27,11 @@ import (
 //     dedicated upstream connection, no ReverseProxy and no http.Transport;
 //   - floor-copy: TLS terminated and the decrypted bytes copied to a TLS
 //     connection to the upstream, no HTTP parsed at all: what no proxy that
-//     reads requests on this TLS stack can undercut.
+//     reads requests on this TLS stack can undercut;
+//   - floor-pass (the new-connection rows): bench/internal/floor.PassServe,
+//     the passthrough floor of bench/bridge: read the ClientHello's SNI (or
+//     a plain HTTP request head), dial the one upstream address, splice(2):
+//     what any relay that must read the SNI or the Host adds.
 
 var (
 	floorChild = flag.Bool("floor-child", false, "internal: run the floor relays and print their addresses")
@@ -37,16 +41,17 @@ var (
 
 // startFloor runs the floor relays' child process.
 func (e *env) startFloor(caFile string) (func(), error) {
-	stop, addr, pid, err := startChildPID("-floor-child", "-child-up-port", strconv.Itoa(int(e.upPort)), "-child-ca", caFile, "-floor-cpuprofile", *floorProf)
+	stop, addr, pid, err := startChildPID("-floor-child", "-child-up-port", strconv.Itoa(int(e.upPort)),
+		"-child-up-plain-port", strconv.Itoa(int(e.plainPort)), "-child-ca", caFile, "-floor-cpuprofile", *floorProf)
 	if err != nil {
 		return nil, err
 	}
 	f := strings.Fields(addr)
-	if len(f) != 4 {
+	if len(f) != 5 {
 		stop()
 		return nil, fmt.Errorf("floor child: %q", addr)
 	}
-	e.floorAddr, e.floorCopyAddr, e.floorLeanAddr, e.floorDirectAddr, e.floorPID = f[0], f[1], f[2], f[3], pid
+	e.floorAddr, e.floorCopyAddr, e.floorLeanAddr, e.floorDirectAddr, e.floorPassAddr, e.floorPID = f[0], f[1], f[2], f[3], f[4], pid
 	return stop, nil
 }
 
@@ -92,7 +97,15 @@ func runFloorChild() error {
 	dsrv := floor.ServerDirect(*leaf, up, inspectName, ca.pool())
 	go func() { _ = dsrv.ServeTLS(dln, "", "") }()
 	defer dsrv.Close()
-	fmt.Printf("ADDR %s %s %s %s\n", ln.Addr(), cln.Addr(), lln.Addr(), dln.Addr())
+	pln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer pln.Close()
+	go func() {
+		_ = floor.PassServe(pln, up, net.JoinHostPort("127.0.0.1", strconv.Itoa(*childUpP)))
+	}()
+	fmt.Printf("ADDR %s %s %s %s %s\n", ln.Addr(), cln.Addr(), lln.Addr(), dln.Addr(), pln.Addr())
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
 }

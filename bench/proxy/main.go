@@ -142,6 +142,7 @@ type env struct {
 	reg        *prometheus.Registry
 	// floorAddr and floorPID: the inspection floor relay (floor.go).
 	floorAddr, floorCopyAddr, floorLeanAddr, floorDirectAddr string
+	floorPassAddr                                            string
 	floorPID                                                 int
 }
 
@@ -204,7 +205,7 @@ func run() error {
 			e.kernelAddr, e.kernelPID = strings.Fields(addr)[0], pid
 		}
 	}
-	if !*noFloor && (*only == "" || *only == "inspect") {
+	if !*noFloor && (*only == "" || *only == "inspect" || *only == "newconn") {
 		stop, err := e.startFloor(caFile)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "floor relay unavailable:", err)
@@ -611,12 +612,15 @@ func (e *env) newConnLatencies(rep *report, vs []variant, host string, n int, re
 }
 
 func (e *env) benchNewConn(rep *report) {
-	lat := e.newConnLatencies(rep, e.withKernel(e.variants()), benchName, *connN, false)
+	lat := e.newConnLatencies(rep, e.withPassFloor(e.withKernel(e.variants())), benchName, *connN, false)
 	for _, p := range []float64{0.5, 0.99} {
 		q := func(n string) float64 { return float64(pct(lat[n], p).Microseconds()) / 1000 }
 		rep.row(fmt.Sprintf("HTTPS new connection + GET, p%d latency (ms, %d conns)", int(p*100), *connN), q("direct"), q("builtin"), q("squid"), false)
 		if e.kernelAddr != "" {
 			rep.row("  the same, builtin with the kernel splice (builtin column)", q("direct"), q("kernel"), q("squid"), false)
+		}
+		if e.floorPassAddr != "" {
+			rep.row("  the same through the passthrough floor, no policy (builtin column)", q("direct"), q("floor-pass"), q("squid"), false)
 		}
 	}
 	// What pre-dialling the upstream could hide at most: the proxy's own
@@ -650,9 +654,14 @@ func (e *env) benchPlainNewConn(rep *report) {
 		"direct":  client(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(e.plainPort)))),
 		"builtin": client(e.plainAddr),
 	}
+	arms := []string{"direct", "builtin"}
+	if e.floorPassAddr != "" {
+		clients["floor-pass"] = client(e.floorPassAddr)
+		arms = append(arms, "floor-pass")
+	}
 	lat := map[string][]time.Duration{}
 	for i := 0; i < *connN; i++ {
-		for _, name := range []string{"direct", "builtin"} {
+		for _, name := range arms {
 			start := time.Now()
 			resp, err := clients[name].Get("http://" + benchName + "/small")
 			if err != nil {
@@ -670,7 +679,21 @@ func (e *env) benchPlainNewConn(rep *report) {
 	}
 	for _, p := range []float64{0.5, 0.99} {
 		rep.row(fmt.Sprintf("plain HTTP new connection + GET, p%d latency (ms, %d conns)", int(p*100), *connN), ms(pct(lat["direct"], p)), ms(pct(lat["builtin"], p)), 0, false)
+		if e.floorPassAddr != "" {
+			rep.row("  the same through the passthrough floor, no policy (builtin column)", ms(pct(lat["direct"], p)), ms(pct(lat["floor-pass"], p)), 0, false)
+		}
 	}
+}
+
+// withPassFloor adds the passthrough floor (floor.go) to vs, where it runs.
+func (e *env) withPassFloor(vs []variant) []variant {
+	if e.floorPassAddr == "" {
+		return vs
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 5 * time.Second}
+	return append(vs, variant{name: "floor-pass", dial: func(ctx context.Context, _ string) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp4", e.floorPassAddr)
+	}})
 }
 
 // withKernel adds the engine with the kernel splice to vs, where it runs:

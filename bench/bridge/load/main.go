@@ -17,7 +17,7 @@
 //
 // -connect ADDR:PORT dials that address instead of the name's (the floor
 // relay of relay.go, which bench/bridge runs on the host: load relay; and
-// the passthrough floor of passrelay.go: load passrelay -listen -upstream).
+// the passthrough floor of bench/internal/floor/pass.go: load passrelay -listen -upstream).
 //
 // The client resolves the name once per run and dials that address, so that
 // DNS is measured only by the dns mode; TLS sessions are never resumed.
@@ -41,6 +41,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/clawker-fw/clawker-fw/bench/internal/floor"
 )
 
 func main() {
@@ -79,7 +81,7 @@ func main() {
 	case "relay":
 		err = c.relay(*cert, *key, *listen, *upstream)
 	case "passrelay":
-		err = passRelay(*listen, *upstream, *upstreamHTTP)
+		err = floor.PassRelay(*listen, *upstream, *upstreamHTTP)
 	case "keepalive":
 		out, err = c.keepalive(*conns, *dur, *h2)
 	case "dns":

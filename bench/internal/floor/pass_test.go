@@ -1,4 +1,4 @@
-package main
+package floor
 
 import (
 	"crypto/tls"
@@ -46,7 +46,7 @@ func TestPassRelayHTTP(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	go func() { _ = passRelay(addr, "127.0.0.1:1", srv.Listener.Addr().String()) }()
+	go func() { _ = PassRelay(addr, "127.0.0.1:1", srv.Listener.Addr().String()) }()
 	ask := func(req string) string {
 		var c net.Conn
 		for i := 0; i < 100; i++ {

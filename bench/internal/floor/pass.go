@@ -1,4 +1,4 @@
-package main
+package floor
 
 import (
 	"bufio"
@@ -6,12 +6,10 @@ import (
 	"io"
 	"net"
 	"strings"
-
-	"github.com/clawker-fw/clawker-fw/bench/internal/floor"
 )
 
-// passRelay serves bench/bridge's passthrough floor on the host: it
-// accepts and, for TLS, reads the ClientHello (one record) and its SNI,
+// PassRelay serves the passthrough floor (bench/bridge's on the host,
+// bench/proxy's on loopback) on listen: it accepts and, for TLS, reads the ClientHello (one record) and its SNI,
 // dials the one fixed upstream address, writes the hello and relays both
 // ways with io.Copy (splice(2)): no policy, no DNS, no identity, no log, no
 // limits. A connection that does not start with a TLS record is plain HTTP
@@ -19,11 +17,16 @@ import (
 // must name a Host, then it goes to toHTTP the same way. It is the least
 // any relay that must read the SNI or the Host does, to tell how much of
 // the proxy's gap to the bridge is relaying itself.
-func passRelay(listen, to, toHTTP string) error {
+func PassRelay(listen, to, toHTTP string) error {
 	ln, err := net.Listen("tcp4", listen)
 	if err != nil {
 		return err
 	}
+	return PassServe(ln, to, toHTTP)
+}
+
+// PassServe is PassRelay on an open listener.
+func PassServe(ln net.Listener, to, toHTTP string) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -66,7 +69,7 @@ func passRelayConn(c *net.TCPConn, to, toHTTP string) {
 	if _, err := up.Write(head); err != nil {
 		return
 	}
-	floor.Pipe(c, up)
+	Pipe(c, up)
 }
 
 // readRequestHead reads an HTTP/1 request head up to and including its
