@@ -101,7 +101,10 @@ type Config struct {
 	// and bypasses never reach such addresses; an IP/CIDR rule naming them,
 	// or an exact host.docker.internal rule, does. Asked at every dial.
 	// Default: a route lookup in the network namespace New runs in
-	// (sharedHostLocal). Tests whose upstreams listen on loopback swap it.
+	// (sharedHostLocal), its answers kept only until the kernel announces
+	// a link, address, route or rule change (hostLocalCache: as current as
+	// a lookup at each dial, without its netlink round trip). Tests whose
+	// upstreams listen on loopback swap it.
 	HostLocal func(netip.Addr) (bool, error)
 	// BindAddr is the address listeners bind. Default: all addresses.
 	BindAddr string

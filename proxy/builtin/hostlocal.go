@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -46,19 +47,125 @@ func kernelHostLocal(addr netip.Addr) (bool, error) {
 // sharedHostLocal asks through one netlink socket opened now, in the
 // caller's namespace, for the engine's life (~15 us per lookup here,
 // serialized on the socket); it falls back to kernelHostLocal when the
-// socket cannot be opened or a lookup on it fails.
+// socket cannot be opened or a lookup on it fails. Its answers are kept
+// while the kernel announces no change (hostLocalCache).
 func sharedHostLocal() (func(netip.Addr) (bool, error), func()) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return kernelHostLocal, func() {}
 	}
 	shared := hostLocalVia(h.RouteGet)
-	return func(addr netip.Addr) (bool, error) {
+	ask := func(addr netip.Addr) (bool, error) {
 		if local, err := shared(addr); err == nil {
 			return local, nil
 		}
 		return kernelHostLocal(addr)
-	}, h.Close
+	}
+	c, err := newHostLocalCache(ask)
+	if err != nil {
+		return ask, h.Close
+	}
+	return c.hostLocal, func() { c.close(); h.Close() }
+}
+
+// hostLocalCache keeps the kernel's answers on which addresses are the
+// host's for as long as the kernel announces no change that could alter
+// one: a netlink socket of its own, subscribed to every link, address,
+// route and routing-rule change, is checked (one non-blocking recv) before
+// each answer is used, and anything queued on it, or an overflow of it,
+// drops every answer. The kernel queues those announcements while it makes
+// the change, before the call that made it returns, so an answer from
+// memory is as current as a route lookup at the same moment: an address
+// added a moment ago counts at once, as without the cache.
+type hostLocalCache struct {
+	ask func(netip.Addr) (bool, error)
+	fd  int
+
+	mu      sync.Mutex
+	answers map[netip.Addr]bool
+	gen     uint64 // counts the drops
+	broken  bool   // the socket failed or was closed: every answer is asked
+	buf     [8192]byte
+}
+
+// maxHostLocalAnswers bounds the cache; over it, it starts over.
+const maxHostLocalAnswers = 4096
+
+// hostLocalGroups are the rtnetlink groups whose messages may change how
+// the kernel routes an address: links, addresses, routes and policy rules,
+// IPv4 and IPv6.
+const hostLocalGroups = unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE | unix.RTMGRP_IPV4_RULE |
+	unix.RTMGRP_IPV6_IFADDR | unix.RTMGRP_IPV6_ROUTE
+
+// newHostLocalCache subscribes, in the caller's network namespace, to the
+// changes that invalidate ask's answers.
+func newHostLocalCache(ask func(netip.Addr) (bool, error)) (*hostLocalCache, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open route notifications: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: hostLocalGroups}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("subscribe to route notifications: %w", err)
+	}
+	return &hostLocalCache{ask: ask, fd: fd, answers: map[netip.Addr]bool{}}, nil
+}
+
+// hostLocal answers from memory unless a change was announced since the
+// answer was read; otherwise it asks (failures are not kept).
+func (c *hostLocalCache) hostLocal(addr netip.Addr) (bool, error) {
+	c.mu.Lock()
+	c.pollLocked()
+	if local, ok := c.answers[addr]; ok && !c.broken {
+		c.mu.Unlock()
+		return local, nil
+	}
+	gen, broken := c.gen, c.broken
+	c.mu.Unlock()
+	local, err := c.ask(addr)
+	if err != nil || broken {
+		return local, err
+	}
+	c.mu.Lock()
+	c.pollLocked()
+	// Kept only if nothing was announced while the kernel was asked.
+	if c.gen == gen && !c.broken {
+		if len(c.answers) >= maxHostLocalAnswers {
+			clear(c.answers)
+		}
+		c.answers[addr] = local
+	}
+	c.mu.Unlock()
+	return local, nil
+}
+
+// pollLocked drains the notification socket; anything on it (a message,
+// an overflow, any error but "nothing queued") drops every answer.
+func (c *hostLocalCache) pollLocked() {
+	for !c.broken {
+		_, _, err := unix.Recvfrom(c.fd, c.buf[:], unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			return
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		clear(c.answers)
+		c.gen++
+		if err != nil && err != unix.ENOBUFS {
+			c.broken = true // every answer from now on is asked
+		}
+	}
+}
+
+func (c *hostLocalCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.broken {
+		c.broken = true
+		clear(c.answers)
+		unix.Close(c.fd)
+	}
 }
 
 // hostLocalVia asks the kernel, through routeGet, how it would route addr

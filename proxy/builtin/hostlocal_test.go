@@ -2,15 +2,20 @@ package builtin
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/clawker-fw/clawker-fw/policy"
 )
@@ -56,6 +61,75 @@ func TestKernelHostLocal(t *testing.T) {
 	local, err := kernelHostLocal(netip.MustParseAddr("10.205.0.1"))
 	require.NoError(t, err)
 	require.False(t, local, "the test's own namespace does not have it")
+}
+
+// TestHostLocalCache: the engine's default keeps the kernel's answers only
+// while the kernel announces no change: an address added or removed, a
+// local route, a policy rule pointing at a table with one, and a burst of
+// changes large enough to overflow its notification socket each take
+// effect on the very next answer, with no wait; unchanged answers are not
+// asked again; a closed cache asks every time.
+func TestHostLocalCache(t *testing.T) {
+	ns := newTestNS(t)
+	var asks atomic.Int64
+	var c *hostLocalCache
+	ns.do(t, func() {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		require.NoError(t, err)
+		t.Cleanup(h.Close)
+		via := hostLocalVia(h.RouteGet)
+		c, err = newHostLocalCache(func(a netip.Addr) (bool, error) {
+			asks.Add(1)
+			return via(a)
+		})
+		require.NoError(t, err)
+	})
+	t.Cleanup(c.close)
+	check := func(a string, want bool, why string) {
+		t.Helper()
+		got, err := c.hostLocal(netip.MustParseAddr(a))
+		require.NoError(t, err, why)
+		require.Equal(t, want, got, why)
+	}
+	check("10.207.0.1", false, "not an address of the namespace")
+	check("10.203.0.1", true, "the interface's address")
+	n := asks.Load()
+	check("10.207.0.1", false, "again")
+	check("10.203.0.1", true, "again")
+	require.Equal(t, n, asks.Load(), "unchanged answers come from memory")
+
+	run(t, "ip", "-n", ns.name, "addr", "add", "10.207.0.1/32", "dev", "cfwp1")
+	check("10.207.0.1", true, "an address added after it was cached counts at once")
+	run(t, "ip", "-n", ns.name, "addr", "del", "10.207.0.1/32", "dev", "cfwp1")
+	check("10.207.0.1", false, "a removed address stops counting at once")
+
+	check("10.208.0.5", false, "before the local route")
+	run(t, "ip", "-n", ns.name, "route", "add", "local", "10.208.0.0/24", "dev", "lo")
+	check("10.208.0.5", true, "a local route that is no interface's address")
+
+	run(t, "ip", "-n", ns.name, "route", "add", "local", "10.209.0.5", "dev", "lo", "table", "100")
+	check("10.209.0.5", false, "a local route in a table no rule uses")
+	run(t, "ip", "-n", ns.name, "rule", "add", "to", "10.209.0.5", "lookup", "100", "priority", "50")
+	check("10.209.0.5", true, "a policy rule that makes the kernel use that table")
+
+	// Far more announcements than the socket holds, then one that matters.
+	check("10.210.0.1", false, "before the burst")
+	var batch strings.Builder
+	for i := 0; i < 3000; i++ {
+		fmt.Fprintf(&batch, "addr add 10.211.%d.%d/32 dev cfwp1\n", i/250, i%250+1)
+	}
+	batch.WriteString("addr add 10.210.0.1/32 dev cfwp1\n")
+	cmd := exec.Command("ip", "-n", ns.name, "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch.String())
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	check("10.210.0.1", true, "an address added in a burst that overflowed the notifications")
+	check("10.211.11.250", true, "one of the burst")
+
+	c.close()
+	n = asks.Load()
+	check("10.203.0.1", true, "closed: asked")
+	require.Equal(t, n+1, asks.Load(), "a closed cache asks every time")
 }
 
 // countingListener accepts on addr and counts connections.
