@@ -290,16 +290,14 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// response cannot be written any more, or a policy change closes it.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
-	q.Context, q.dial, q.wsKey = ctx, dialFor{pol: fl.Who.Policy, entry: ri.v.Entry}, key
+	q.Context, q.cancel, q.f = ctx, cancel, f
+	q.dial, q.wsKey = dialFor{pol: fl.Who.Policy, entry: ri.v.Entry}, key
 	// The live conn keeps the facts the request was allowed on (q.req,
-	// never changed after Decide) for Apply's re-checks.
+	// never changed after Decide) for Apply's re-checks; a policy change
+	// that denies them closes it with q.kill.
 	lc := &q.lc
 	lc.setFlow(f.src, f.ep.Index, fl)
-	lc.closer = func() {
-		f.closedBy.Store(true)
-		cancel()
-		f.reset()
-	}
+	lc.req = q
 	if !f.e.add(lc) {
 		return
 	}
@@ -322,6 +320,17 @@ type request struct {
 	lc    liveConn
 	dial  dialFor
 	wsKey string // the Sec-WebSocket-Key of a WebSocket handshake upgradeRefusal allowed
+
+	f      *flow
+	cancel context.CancelFunc
+}
+
+// kill ends a request that a policy change denies: its upstream request,
+// and the connection carrying it.
+func (q *request) kill() {
+	q.f.closedBy.Store(true)
+	q.cancel()
+	q.f.reset()
 }
 
 // requestKey finds a request's *request in its context and in contexts

@@ -164,8 +164,11 @@ type liveConn struct {
 	index  uint32
 	flow   verdict.Flow // without Who: Apply fills in the new one
 	closer func()
-	once   sync.Once
-	e      *Engine
+	// req, when set, is the HTTP request this is: closed by req.kill
+	// instead of closer (no closure to allocate per request).
+	req  *request
+	once sync.Once
+	e    *Engine
 }
 
 func newLiveConn(src netip.Addr, index uint32, fl verdict.Flow) *liveConn {
@@ -185,7 +188,15 @@ func (c *liveConn) setFlow(src netip.Addr, index uint32, fl verdict.Flow) {
 	c.src, c.index, c.flow = src, index, fl
 }
 
-func (c *liveConn) kill(string) { c.once.Do(c.closer) }
+func (c *liveConn) kill(string) { c.once.Do(c.stop) }
+
+func (c *liveConn) stop() {
+	if c.req != nil {
+		c.req.kill()
+		return
+	}
+	c.closer()
+}
 
 // track registers a live connection; the returned func unregisters it.
 func (e *Engine) track(c *liveConn) (untrack func(), ok bool) {
