@@ -72,17 +72,11 @@ func (p *Policy) MatchName(name string, port uint16, l4 L4) Match {
 // would; a policy without one, or whose entries are no longer those the
 // index was built from, is scanned.
 func (p *Policy) matchName(name string, port uint16, l4 L4) Match {
-	if ix := p.names; ix != nil && ix.current(p.Allows, p.Denies) {
+	if ix := p.names; ix != nil {
 		if m, ok := ix.match(p, name, port, l4); ok {
 			return m
 		}
 	}
-	return p.scanName(name, port, l4)
-}
-
-// scanName is matchName without the index: the first deny whose subtree
-// holds name, else the first (most specific) allow that covers it.
-func (p *Policy) scanName(name string, port uint16, l4 L4) Match {
 	for i := range p.Denies {
 		d := &p.Denies[i]
 		if d.Prefix.IsValid() {

@@ -109,10 +109,14 @@ func lowest(m map[string]int, name string) int {
 	return best
 }
 
-// match is matchName's answer from the index; ok is false when an entry
-// found does not check out, which a right index never does (the scan
-// then answers).
+// match is matchName's answer from the index; ok is false when p's
+// entries are not those ix was built from (see current), or when an entry
+// found does not check out, which a right index never does: the scan then
+// answers.
 func (ix *nameIndex) match(p *Policy, name string, port uint16, l4 L4) (m Match, ok bool) {
+	if !ix.current(p.Allows, p.Denies) {
+		return Match{}, false
+	}
 	if i := lowest(ix.deny, name); i >= 0 {
 		d := &p.Denies[i]
 		return Match{Reason: ReasonDenyRule, Deny: d}, subtree(d.Pattern, name)
