@@ -70,7 +70,8 @@ func runtimeChange(rng *rand.Rand, rules, network []EgressRule) []EgressRule {
 // in the same order, even from an identity table that lost them); where
 // Patch refuses (a deny changed, an invalid rule), the caller compiles as
 // the plugin does. Both must happen often. Every base is name-indexed
-// and a patched base's index answers as the scan.
+// (requireSameBase compares the indexes too) and every 8th patched base
+// answers as the scan.
 func TestPatchEqualsCompile(t *testing.T) {
 	indexAll(t)
 	patched, refused := 0, 0
@@ -120,7 +121,9 @@ func TestPatchEqualsCompile(t *testing.T) {
 				patched++
 				require.NoError(t, werr, history)
 				requireSameBase(t, want, got, history)
-				requireScanAnswers(t, got.pol, probeNames(got.pol), history)
+				if patched%8 == 0 { // its index equals the compiled one's; a sample answers as the scan
+					requireScanAnswers(t, got.pol, probeNames(got.pol), history)
+				}
 				cur = got
 			}
 			a, err := idsFull.MarshalJSON()
