@@ -278,6 +278,18 @@ func (f *flow) splice(up net.Conn) {
 		up.Close()
 		down.Close()
 	}()
+	// The peeked ClientHello is still queued on the client's socket: it
+	// goes upstream from here, before the relay's second goroutine exists,
+	// so the first flight does not wait for that goroutine to be
+	// scheduled (the rest of the client's bytes follow it in order).
+	if f.hello > 0 {
+		n, err := io.CopyN(up, down, int64(f.hello))
+		f.up.Add(n)
+		if err != nil {
+			failed.Store(true)
+			return
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -413,8 +425,8 @@ func (e *Engine) emit(d Decision) {
 func (f *flow) finish() {
 	_ = f.conn.Close()
 	up, down := f.up.Load(), f.down.Load()
-	f.e.metrics.bytes.WithLabelValues("up").Add(float64(up))
-	f.e.metrics.bytes.WithLabelValues("down").Add(float64(down))
+	f.e.metrics.bytesUp.Add(float64(up))
+	f.e.metrics.bytesDown.Add(float64(down))
 	if n := f.requests.Load(); n > 0 && f.allowedReqs.Load() == 0 && f.deniedReqs.Load() >= n {
 		return // every request was denied and reported as such: no second record of the same denials
 	}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -638,15 +637,8 @@ func TestPerEndpointPolicy(t *testing.T) {
 // decision line; every connection ends as one record with its bytes, in
 // the shared decision schema.
 func TestRecordsInsteadOfLines(t *testing.T) {
-	var mu sync.Mutex
-	var recs []decisionlog.Record
-	h := newHarness(t, func(c *Config) {
-		c.Record = func(r decisionlog.Record) {
-			mu.Lock()
-			recs = append(recs, r)
-			mu.Unlock()
-		}
-	})
+	opt, records := withRecords()
+	h := newHarness(t, opt)
 	h.dns.set("api.example.test", "127.0.0.1")
 	h.dns.set("evil.example.test", "127.0.0.1")
 	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
@@ -661,8 +653,7 @@ func TestRecordsInsteadOfLines(t *testing.T) {
 	_, err = h.tlsFrom("127.0.0.2", h.webAddr(443), "evil.example.test")
 	require.Error(t, err)
 	find := func(name string) *decisionlog.Record {
-		mu.Lock()
-		defer mu.Unlock()
+		recs := records()
 		for i := range recs {
 			if recs[i].DestName == name {
 				return &recs[i]

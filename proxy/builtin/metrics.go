@@ -29,7 +29,10 @@ type metrics struct {
 	allowed *prometheus.CounterVec
 	denied  *prometheus.CounterVec
 	bytes   *prometheus.CounterVec
-	capped  *prometheus.CounterVec
+	// bytesUp and bytesDown are bytes' two series, bound once (every flow
+	// adds to both).
+	bytesUp, bytesDown prometheus.Counter
+	capped             *prometheus.CounterVec
 	// kernelSplice counts decided flows by relay: kernel, fallback (the
 	// kernel refused the pair).
 	kernelSplice *prometheus.CounterVec
@@ -41,7 +44,7 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		allowed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "clawker", Subsystem: "proxy", Name: "allowed_total",
 			Help: "Connections and HTTP requests the builtin proxy allowed.",
@@ -71,6 +74,8 @@ func newMetrics() *metrics {
 			Help: "Bytes relayed by the builtin proxy (up = client to upstream).",
 		}, []string{"direction"}),
 	}
+	m.bytesUp, m.bytesDown = m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
+	return m
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {

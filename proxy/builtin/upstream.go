@@ -115,12 +115,21 @@ func (e *Engine) dialName(ctx context.Context, d dialFor, idx uint32, network, n
 	return e.dialAddrs(ctx, network, addrs, port)
 }
 
-// dialAddrs dials the first address that answers.
+// dialAddrs dials the first address that answers (TCP by address, with no
+// text to format and parse again on the way).
 func (e *Engine) dialAddrs(ctx context.Context, network string, addrs []netip.Addr, port uint16) (net.Conn, error) {
 	d := net.Dialer{Timeout: e.cfg.DialTimeout}
 	var errs []error
 	p := e.cfg.UpstreamPort(port)
 	for _, a := range addrs {
+		if l4Of(network) == policy.L4TCP {
+			c, err := d.DialTCP(ctx, network, netip.AddrPort{}, netip.AddrPortFrom(a, p))
+			if err == nil {
+				return c, nil
+			}
+			errs = append(errs, err)
+			continue
+		}
 		c, err := d.DialContext(ctx, network, net.JoinHostPort(a.String(), strconv.Itoa(int(p))))
 		if err == nil {
 			return c, nil

@@ -1,0 +1,103 @@
+package builtin
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
+)
+
+// TestPassthroughHelloThenRest: the relay sends the peeked ClientHello
+// upstream on its own before relaying the rest; the upstream receives
+// exactly the client's bytes, once and in order, whether the hello comes in
+// one record, in several, or in two writes, and whether the client's next
+// bytes arrive together with it or after it; the flow's record counts every
+// byte.
+func TestPassthroughHelloThenRest(t *testing.T) {
+	var spliced atomic.Int64
+	spliceHook = func(_, _ net.Conn) { spliced.Add(1) }
+	t.Cleanup(func() { spliceHook = nil })
+	opt, records := withRecords()
+	h := newHarness(t, opt)
+	srv := newScriptServer(t)
+	// The server reads everything, then answers with the count and hash.
+	srv.set(func(c *net.TCPConn) {
+		sum := sha256.New()
+		n, _ := io.Copy(sum, c)
+		fmt.Fprintf(c, "%d %s\n", n, hex.EncodeToString(sum.Sum(nil)))
+	})
+	h.mapPort(443, srv.port)
+	h.dns.set("api.example.test", "127.0.0.1")
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
+	hello := clientHello(t, "api.example.test")
+	tail := make([]byte, 256<<10)
+	_, _ = newPRNG().Read(tail)
+
+	for i, tc := range []struct {
+		name   string
+		writes [][]byte
+	}{
+		{"hello and the rest in one write", [][]byte{append(append([]byte{}, hello...), tail...)}},
+		{"hello, then the rest", [][]byte{hello, tail}},
+		{"hello in two writes, the rest with its second half", [][]byte{hello[:100], append(append([]byte{}, hello[100:]...), tail...)}},
+		{"hello in three records", [][]byte{splitRecords(hello, 300), tail}},
+		{"hello alone", [][]byte{hello}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialFrom(t, "127.0.0.2", h.webAddr(443))
+			defer c.Close()
+			want := sha256.New()
+			total := 0
+			for _, w := range tc.writes {
+				_, err := c.Write(w)
+				require.NoError(t, err)
+				want.Write(w)
+				total += len(w)
+				time.Sleep(5 * time.Millisecond) // separate segments
+			}
+			require.NoError(t, c.CloseWrite())
+			got, err := io.ReadAll(c)
+			require.NoError(t, err)
+			answer := fmt.Sprintf("%d %s\n", total, hex.EncodeToString(want.Sum(nil)))
+			require.Equal(t, answer, string(got), "the upstream got exactly the client's bytes")
+			require.Equal(t, int64(i+1), spliced.Load())
+			var rec *decisionlog.Record
+			require.Eventually(t, func() bool {
+				if recs := records(); len(recs) == i+1 {
+					rec = &recs[i]
+				}
+				return rec != nil
+			}, 5*time.Second, 5*time.Millisecond)
+			require.Equal(t, decisionlog.Allow, rec.Verdict)
+			require.Equal(t, uint64(total), rec.BytesUp, "the hello and the rest counted once")
+			require.Equal(t, uint64(len(answer)), rec.BytesDown)
+		})
+	}
+}
+
+// withRecords has the engine hand its decision records to the returned
+// getter (Config.Record) instead of logging them.
+func withRecords() (harnessOpt, func() []decisionlog.Record) {
+	var mu sync.Mutex
+	var recs []decisionlog.Record
+	return func(c *Config) {
+			c.Record = func(r decisionlog.Record) {
+				mu.Lock()
+				recs = append(recs, r)
+				mu.Unlock()
+			}
+		}, func() []decisionlog.Record {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]decisionlog.Record(nil), recs...)
+		}
+}
