@@ -16,7 +16,7 @@ var indexMin = 64
 // Allows being sorted most specific first, the lowest position among
 // those present is the allow the scan finds first; so for denies.
 //
-// A policy's constructor builds it once (see Policy.names and indexed),
+// A policy's constructor builds it once (Policy.index, Policy.Indexed),
 // before the policy is shared; lookups only read it. It is a function of
 // the entries indexed, so two equal policies built alike hold equal
 // indexes (require.Equal and reflect.DeepEqual compare it).

@@ -183,7 +183,8 @@ type Override struct {
 // runtime rules + that container's label rules). It is immutable once built:
 // nothing writes its entries after its constructor returned (MatchName's
 // name index notices Allows or Denies replaced, cut or appended to, and then
-// scans, but not an element overwritten in place).
+// scans, but not an element overwritten in place, which
+// TestNoEntryWritesOutsideConstructors keeps out of the tree).
 type Policy struct {
 	// Generation is the snapshot generation this policy was compiled in.
 	Generation uint64 `json:"generation"`
