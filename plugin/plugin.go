@@ -95,6 +95,8 @@ type Plugin struct {
 	pre *prebuilt
 	// enc encodes the state for save (owned by queue actions).
 	enc *StateEncoder
+	// configs keeps the networks' configuration files beside state.json.
+	configs *configFiles
 	// saves counts state writes and builds compilations of the snapshot
 	// (tests: one of each per mutation).
 	saves, builds atomic.Int64
@@ -149,6 +151,7 @@ func New(cfg Config, k Kernel, hn HostNet, dp DataPlane, dk Docker, sinks ...Sna
 		k: k, hn: hn, dp: dp, dk: dk, sinks: sinks,
 		q: queue.New(), st: st, ctx: ctx, cancel: cancel,
 		bypassTimers: map[string]*time.Timer{}, compiler: NewCompiler(), enc: NewStateEncoder(), engine: newEngineGate(),
+		configs: &configFiles{dir: filepath.Join(cfg.StateDir, configDir)},
 		Denials: NewDenialLog(500),
 	}
 	p.Denials.Enrich = p.EnrichDenial
@@ -270,15 +273,25 @@ func (p *Plugin) lastGeneration() uint64 {
 // since the last write (commit writes a new state, publish a new
 // generation), so it is encoded and written without comparing it with
 // the file first.
+// The networks' configuration files it names are written first (only the
+// new ones: a runtime rule change writes none), and those no longer named
+// are removed after.
 func (p *Plugin) save() error {
 	raw, err := p.enc.Encode(p.st)
 	if err != nil {
+		return err
+	}
+	files := p.enc.ConfigFiles()
+	if err := p.configs.write(files); err != nil {
 		return err
 	}
 	if err := writeState(p.statePath(), raw); err != nil {
 		return err
 	}
 	p.saves.Add(1)
+	if err := p.configs.prune(files); err != nil {
+		p.log.WithError(err).Warn("state saved; an old network configuration file is left behind (removed at a later save)")
+	}
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,8 +9,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -17,8 +20,15 @@ import (
 	"github.com/clawker-fw/clawker-fw/store"
 )
 
-// stateVersion is the layout version of state.json.
-const stateVersion = 1
+// stateVersion is the layout version of state.json. 2: each network's
+// configuration is in a file of its own (configDir, named by its SHA-256;
+// the network's "config_file"). loadState also reads 1 (configurations in
+// state.json, as "config"), and a network carrying "config" in either.
+const stateVersion = 2
+
+// configDir is the directory of the networks' configuration files, in the
+// state directory.
+const configDir = "configs"
 
 // Network is one persisted clawker-fw network. Docker does not replay
 // CreateNetwork after a restart, so everything needed to rebuild it is here.
@@ -95,6 +105,7 @@ func NewState() *State {
 }
 
 // loadState reads path, or returns a fresh state when it does not exist.
+// The networks' configuration files are read from configDir beside it.
 func loadState(path string) (*State, error) {
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -103,13 +114,68 @@ func loadState(path string) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read state %s: %w", path, err)
 	}
-	st := NewState()
-	if err := json.Unmarshal(raw, st); err != nil {
+	dir := filepath.Join(filepath.Dir(path), configDir)
+	st, err := decodeState(raw, func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) })
+	if err != nil {
 		return nil, fmt.Errorf("decode state %s: %w", path, err)
 	}
-	if st.Version != stateVersion {
-		return nil, fmt.Errorf("decode state %s: layout version %d, this plugin reads %d", path, st.Version, stateVersion)
+	return st, nil
+}
+
+// configFileRE is what a configuration file's name must be: nothing that
+// could name a file elsewhere.
+var configFileRE = regexp.MustCompile(`^[0-9a-f]{64}\.json$`)
+
+// configTmpRE matches the temporary file of a configuration file's write
+// (store.WriteFileAtomic).
+var configTmpRE = regexp.MustCompile(`^\.[0-9a-f]{64}\.json\.tmp-`)
+
+// decodeState decodes state.json's content raw, reading each network's
+// configuration file with read (by name), and checks each file's content
+// against its name. The state returned has the current layout version.
+func decodeState(raw []byte, read func(name string) ([]byte, error)) (*State, error) {
+	st := NewState()
+	if err := json.Unmarshal(raw, st); err != nil {
+		return nil, err
 	}
+	if st.Version != 1 && st.Version != stateVersion {
+		return nil, fmt.Errorf("layout version %d, this plugin reads 1 and %d", st.Version, stateVersion)
+	}
+	var refs struct {
+		Networks map[string]*struct {
+			File    string          `json:"config_file"`
+			Inline  json.RawMessage `json:"config"`
+			Options json.RawMessage `json:"options"`
+		} `json:"networks"`
+	}
+	if err := json.Unmarshal(raw, &refs); err != nil {
+		return nil, err
+	}
+	for id, ref := range refs.Networks {
+		n := st.Networks[id]
+		if ref == nil || ref.File == "" || n == nil {
+			continue
+		}
+		if ref.Inline != nil || ref.Options != nil {
+			return nil, fmt.Errorf("network %s: both a configuration and a configuration file", short(id))
+		}
+		if !configFileRE.MatchString(ref.File) {
+			return nil, fmt.Errorf("network %s: configuration file %q: not a SHA-256 name", short(id), ref.File)
+		}
+		cfg, err := read(ref.File)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: configuration file: %w", short(id), err)
+		}
+		if got := configFileName(cfg); got != ref.File {
+			return nil, fmt.Errorf("network %s: configuration file %s: its content's SHA-256 is %s (damaged)", short(id), ref.File, strings.TrimSuffix(got, ".json"))
+		}
+		var f networkFile
+		if err := json.Unmarshal(cfg, &f); err != nil {
+			return nil, fmt.Errorf("network %s: configuration file %s: %w", short(id), ref.File, err)
+		}
+		n.Options, n.Config = f.Options, f.Config
+	}
+	st.Version = stateVersion
 	if st.Networks == nil {
 		st.Networks = map[string]*Network{}
 	}
@@ -117,6 +183,75 @@ func loadState(path string) (*State, error) {
 		st.Endpoints = map[string]*Endpoint{}
 	}
 	return st, nil
+}
+
+// configFiles keeps the networks' configuration files in dir: written
+// before the state.json that names them, removed once no state.json names
+// them. Used by the plugin's queue actions one at a time.
+type configFiles struct {
+	dir    string
+	onDisk map[string]bool // nil until dir was listed
+}
+
+// write writes the files of want not yet in dir (atomically, durably).
+func (c *configFiles) write(want map[string][]byte) error {
+	if err := c.list(); err != nil {
+		return err
+	}
+	for name, raw := range want {
+		if c.onDisk[name] {
+			continue
+		}
+		if err := store.WriteFileAtomic(filepath.Join(c.dir, name), raw, 0o600); err != nil {
+			return fmt.Errorf("write network configuration: %w", err)
+		}
+		c.onDisk[name] = true
+	}
+	return nil
+}
+
+// prune removes the configuration files that are not in keep (the ones
+// the state.json just written names), and reports the first failure; a
+// file left behind is removed by a later prune.
+func (c *configFiles) prune(keep map[string][]byte) error {
+	if err := c.list(); err != nil {
+		return err
+	}
+	var first error
+	for name := range c.onDisk {
+		if _, ok := keep[name]; ok {
+			continue
+		}
+		if err := os.Remove(filepath.Join(c.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			first = cmp.Or(first, fmt.Errorf("remove old network configuration: %w", err))
+			continue
+		}
+		delete(c.onDisk, name)
+	}
+	return first
+}
+
+// list reads which configuration files dir holds, once (creating dir).
+func (c *configFiles) list() error {
+	if c.onDisk != nil {
+		return nil
+	}
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", c.dir, err)
+	}
+	ents, err := os.ReadDir(c.dir)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", c.dir, err)
+	}
+	c.onDisk = map[string]bool{}
+	for _, e := range ents {
+		// A write cut by a crash leaves its temporary file (".NAME.tmp-*"):
+		// never named by a state, so the next prune removes it.
+		if e.Type().IsRegular() && (configFileRE.MatchString(e.Name()) || configTmpRE.MatchString(e.Name())) {
+			c.onDisk[e.Name()] = true
+		}
+	}
+	return nil
 }
 
 // writeState writes raw durably (temp file, fsync, rename, fsync dir).

@@ -2,6 +2,8 @@ package plugin
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -11,9 +13,14 @@ import (
 )
 
 // StateEncoder encodes states as state.json holds them: compact JSON (it
-// is written on every mutation and read only by loadState). It keeps the
-// JSON of each network's configuration (its option rules: most of the file
-// at thousands of rules), which no mutation changes, and encodes the rest
+// is written on every mutation and read only by loadState). Each network's
+// configuration (its options and the rules parsed from them: megabytes at
+// thousands of rules, and no mutation changes them) is not in state.json
+// but in a file of its own (networkFile),
+// named by the SHA-256 of its content (ConfigFiles; state.json names it as
+// the network's "config_file"): a mutation writes the configuration file
+// only when it is new and state.json without the configurations. The
+// encoder keeps each network's encoded configuration and encodes the rest
 // of the state each time.
 //
 // A kept encoding is used only for a configuration equal to the encoder's
@@ -37,8 +44,35 @@ type StateEncoder struct {
 }
 
 type encodedConfig struct {
-	config policy.NetworkConfig
-	raw    []byte
+	options map[string]string
+	config  policy.NetworkConfig
+	raw     []byte
+	file    string // configFileName(raw)
+}
+
+// networkFile is the content of a network's configuration file: the
+// fields of Network that state.json leaves out (networkSansConfig).
+type networkFile struct {
+	Options map[string]string    `json:"options"`
+	Config  policy.NetworkConfig `json:"config"`
+}
+
+// configFileName is the name of the file holding the encoded
+// configuration raw: its SHA-256, in hex, and ".json".
+func configFileName(raw []byte) string {
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:]) + ".json"
+}
+
+// ConfigFiles returns the configuration files the last Encode named, by
+// name (each file's content is the configuration's JSON). The caller
+// writes those not yet on disk before it writes state.json.
+func (e *StateEncoder) ConfigFiles() map[string][]byte {
+	files := make(map[string][]byte, len(e.configs))
+	for _, c := range e.configs {
+		files[c.file] = c.raw
+	}
+	return files
 }
 
 // NewStateEncoder returns an encoder that keeps nothing yet.
@@ -55,7 +89,8 @@ type stateSansNetworks struct {
 
 type networkSansConfig struct {
 	*Network
-	Config *struct{} `json:"config,omitempty"`
+	Options *struct{} `json:"options,omitempty"`
+	Config  *struct{} `json:"config,omitempty"`
 }
 
 // Encode returns st as state.json holds it. The bytes are the encoder's
@@ -68,7 +103,10 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 	head := bytes.TrimSuffix(e.head.Bytes(), []byte("\n")) // Encode ends the value with a newline
 	// The pieces first, then one buffer of their size: the file is
 	// megabytes, and growing a buffer copies and clears it again and again.
-	type piece struct{ key, body, cfg []byte }
+	type piece struct {
+		key, body []byte
+		file      string
+	}
 	var pieces []piece
 	size := len(head) + len(`,"networks":null}`)
 	ids := slices.Sorted(maps.Keys(st.Networks))
@@ -82,11 +120,13 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 			if pc.body, err = json.Marshal(networkSansConfig{Network: n}); err != nil {
 				return nil, fmt.Errorf("encode state: network %s: %w", short(id), err)
 			}
-			if pc.cfg, err = e.config(id, n.Config); err != nil {
+			c, err := e.config(id, n)
+			if err != nil {
 				return nil, err
 			}
+			pc.file = c.file
 		}
-		size += len(pc.key) + len(pc.body) + len(pc.cfg) + len(`,:,"config":`)
+		size += len(pc.key) + len(pc.body) + len(pc.file) + len(`,:,"config_file":""`)
 		pieces = append(pieces, pc)
 	}
 	b := e.buf[:0]
@@ -110,9 +150,9 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 				continue
 			}
 			b = append(b, pc.body[:len(pc.body)-1]...) // {"id":...  (never empty: id)
-			b = append(b, `,"config":`...)
-			b = append(b, pc.cfg...)
-			b = append(b, '}')
+			b = append(b, `,"config_file":"`...)
+			b = append(b, pc.file...) // hex and ".json": nothing to escape
+			b = append(b, `"}`...)
 		}
 		b = append(b, '}')
 	}
@@ -128,16 +168,18 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 
 // config returns network id's configuration encoded, encoding it again
 // when it is not the one kept.
-func (e *StateEncoder) config(id string, cfg policy.NetworkConfig) ([]byte, error) {
-	if c := e.configs[id]; c != nil && (c.config.Rules == nil) == (cfg.Rules == nil) && c.config.Equal(cfg) {
-		return c.raw, nil
+func (e *StateEncoder) config(id string, n *Network) (*encodedConfig, error) {
+	if c := e.configs[id]; c != nil && (c.config.Rules == nil) == (n.Config.Rules == nil) && c.config.Equal(n.Config) &&
+		(c.options == nil) == (n.Options == nil) && maps.Equal(c.options, n.Options) {
+		return c, nil
 	}
-	c := &encodedConfig{config: cfg.Clone()}
+	c := &encodedConfig{options: maps.Clone(n.Options), config: n.Config.Clone()}
 	var err error
-	if c.raw, err = json.Marshal(c.config); err != nil {
+	if c.raw, err = json.Marshal(networkFile{Options: c.options, Config: c.config}); err != nil {
 		return nil, fmt.Errorf("encode state: network %s config: %w", short(id), err)
 	}
+	c.file = configFileName(c.raw)
 	e.configs[id] = c
 	e.encodes++
-	return c.raw, nil
+	return c, nil
 }
