@@ -127,8 +127,9 @@ type Config struct {
 	// DialTimeout bounds name resolution and upstream dials. Default: 10 s.
 	DialTimeout time.Duration
 	// ResolveCacheTTL is how long the proxy reuses an upstream name's
-	// addresses (net.Resolver exposes no TTLs). Default: 5 s; negative
-	// disables the cache.
+	// addresses, and never longer than the answer's TTL where the resolver
+	// reports it (UpstreamResolver does; net.Resolver exposes no TTLs).
+	// Default: 5 s; negative disables the cache.
 	ResolveCacheTTL time.Duration
 	// UDPIdle closes a UDP session after this long without traffic.
 	// Default: 60 s.

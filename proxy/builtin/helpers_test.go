@@ -107,6 +107,13 @@ type fakeDNS struct {
 	records map[string][]netip.Addr
 	asked   map[string]int // questions per lower-case FQDN
 	addr    string
+	ttl     uint32 // of the answers (seconds); 1 unless setTTL changes it
+}
+
+func (f *fakeDNS) setTTL(ttl uint32) {
+	f.mu.Lock()
+	f.ttl = ttl
+	f.mu.Unlock()
 }
 
 func newFakeDNS(t testing.TB) *fakeDNS { return newFakeDNSAt(t, "127.0.0.1") }
@@ -114,7 +121,7 @@ func newFakeDNS(t testing.TB) *fakeDNS { return newFakeDNSAt(t, "127.0.0.1") }
 // newFakeDNSAt starts a fakeDNS on ip:0 (UDP).
 func newFakeDNSAt(t testing.TB, ip string) *fakeDNS {
 	t.Helper()
-	f := &fakeDNS{records: map[string][]netip.Addr{}, asked: map[string]int{}}
+	f := &fakeDNS{records: map[string][]netip.Addr{}, asked: map[string]int{}, ttl: 1}
 	pc, err := net.ListenPacket("udp4", ip+":0")
 	require.NoError(t, err)
 	f.addr = pc.LocalAddr().String()
@@ -149,7 +156,7 @@ func (f *fakeDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		}
 		for _, a := range addrs {
 			if q.Qtype == dns.TypeA && a.Is4() {
-				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1}, A: a.AsSlice()})
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: f.ttl}, A: a.AsSlice()})
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/clawker-fw/clawker-fw/internal/decisionlog"
+	"github.com/clawker-fw/clawker-fw/policy"
 )
 
 // TestPassthroughHelloThenRest: the relay sends the peeked ClientHello
@@ -100,4 +102,58 @@ func withRecords() (harnessOpt, func() []decisionlog.Record) {
 			defer mu.Unlock()
 			return append([]decisionlog.Record(nil), recs...)
 		}
+}
+
+// TestLookupCacheKeepsTTL: the proxy keeps its own resolution of a name no
+// longer than the answer's TTL (and not at all at TTL 0), even when
+// ResolveCacheTTL is longer; a rule revoked while the name's answer is
+// cached refuses the next connection before anything is resolved or
+// dialled.
+func TestLookupCacheKeepsTTL(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ResolveCacheTTL = time.Hour })
+	const name = "api.example.test"
+	h.dns.set(name, "127.0.0.1")
+	// The plugin's resolver, on the harness's DNS (before any listener runs).
+	h.e.cfg.Resolver = UpstreamResolver([]string{h.dns.addr})
+	h.apply(snapshot(1, endpoint(1, "127.0.0.2", basicPolicy())))
+	lookup := func() netip.Addr {
+		t.Helper()
+		addrs, err := h.e.lookup(t.Context(), 1, name)
+		require.NoError(t, err)
+		require.Len(t, addrs, 1)
+		return addrs[0]
+	}
+
+	h.dns.setTTL(2)
+	start := time.Now()
+	require.Equal(t, "127.0.0.1", lookup().String())
+	asked := h.dns.questions(name)
+	h.dns.set(name, "127.0.0.3")
+	require.Equal(t, "127.0.0.1", lookup().String(), "within the TTL: from the cache")
+	require.Equal(t, asked, h.dns.questions(name))
+	time.Sleep(time.Until(start.Add(2*time.Second + 50*time.Millisecond)))
+	require.Equal(t, "127.0.0.3", lookup().String(), "after the TTL: asked again")
+	require.Equal(t, asked+1, h.dns.questions(name))
+
+	h.dns.setTTL(0)
+	h.e.dnsCache.Clear()
+	lookup()
+	lookup()
+	require.Equal(t, asked+3, h.dns.questions(name), "TTL 0: never kept")
+
+	// Revocation with the name's answer cached for a while.
+	h.dns.set(name, "127.0.0.1")
+	h.dns.setTTL(60)
+	h.e.dnsCache.Clear()
+	tc, err := h.tlsFrom("127.0.0.2", h.webAddr(443), name)
+	require.NoError(t, err)
+	tc.Close()
+	asked = h.dns.questions(name)
+	h.apply(snapshot(2, endpoint(1, "127.0.0.2", &policy.Policy{Allows: []policy.Allowed{
+		allow(".pkg.example.test", policy.ProtoHTTPS, 443, 443)}})))
+	_, err = h.tlsFrom("127.0.0.2", h.webAddr(443), name)
+	require.Error(t, err, "the revoked name is refused")
+	d := h.waitDecision(func(d Decision) bool { return !d.Allowed && d.Name == name })
+	require.Equal(t, policy.ReasonNoRule, d.Reason)
+	require.Equal(t, asked, h.dns.questions(name), "nothing resolved for a refused flow")
 }

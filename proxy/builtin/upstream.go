@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -206,6 +207,19 @@ func (r *upstreamResolver) LookupNetIP(ctx context.Context, network, host string
 	if network != "ip4" {
 		return nil, fmt.Errorf("resolve %s: network %q: only ip4 is resolved", host, network)
 	}
+	addrs, _, err := r.lookupTTL(ctx, host)
+	return addrs, err
+}
+
+// ttlResolver is a Resolver that also tells how long its answer may be
+// kept: Engine.lookup keeps it no longer.
+type ttlResolver interface {
+	lookupTTL(ctx context.Context, host string) ([]netip.Addr, time.Duration, error)
+}
+
+// lookupTTL is LookupNetIP for ip4 with the smallest TTL of the records
+// the addresses were read from (the CNAME chain and the A records).
+func (r *upstreamResolver) lookupTTL(ctx context.Context, host string) ([]netip.Addr, time.Duration, error) {
 	q := new(mdns.Msg)
 	q.SetQuestion(mdns.Fqdn(host), mdns.TypeA)
 	q.SetEdns0(resolverEDNSSize, false)
@@ -223,23 +237,24 @@ func (r *upstreamResolver) LookupNetIP(ctx context.Context, network, host string
 			continue
 		}
 		if resp.Rcode != mdns.RcodeSuccess {
-			return nil, &net.DNSError{Err: mdns.RcodeToString[resp.Rcode], Name: host, Server: up, IsNotFound: resp.Rcode == mdns.RcodeNameError}
+			return nil, 0, &net.DNSError{Err: mdns.RcodeToString[resp.Rcode], Name: host, Server: up, IsNotFound: resp.Rcode == mdns.RcodeNameError}
 		}
-		addrs := chainA(q.Question[0].Name, resp.Answer)
+		addrs, ttl := chainA(q.Question[0].Name, resp.Answer)
 		if len(addrs) == 0 {
-			return nil, &net.DNSError{Err: "no A records", Name: host, Server: up, IsNotFound: true}
+			return nil, 0, &net.DNSError{Err: "no A records", Name: host, Server: up, IsNotFound: true}
 		}
-		return addrs, nil
+		return addrs, ttl, nil
 	}
 	if len(errs) == 0 {
-		return nil, &net.DNSError{Err: "no upstream resolver", Name: host}
+		return nil, 0, &net.DNSError{Err: "no upstream resolver", Name: host}
 	}
-	return nil, errors.Join(errs...)
+	return nil, 0, errors.Join(errs...)
 }
 
 // chainA returns the A records of rrs owned by name or by a CNAME target
-// reached from it.
-func chainA(name string, rrs []mdns.RR) []netip.Addr {
+// reached from it, and the smallest TTL among those records and the
+// CNAMEs of the chain.
+func chainA(name string, rrs []mdns.RR) ([]netip.Addr, time.Duration) {
 	owners := map[string]bool{strings.ToLower(name): true}
 	for changed := true; changed; {
 		changed = false
@@ -251,19 +266,30 @@ func chainA(name string, rrs []mdns.RR) []netip.Addr {
 		}
 	}
 	var out []netip.Addr
+	ttl := uint32(math.MaxUint32)
 	for _, rr := range rrs {
-		if a, ok := rr.(*mdns.A); ok && owners[strings.ToLower(a.Hdr.Name)] {
-			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+		h := rr.Header()
+		if !owners[strings.ToLower(h.Name)] {
+			continue
+		}
+		switch rr := rr.(type) {
+		case *mdns.CNAME:
+			ttl = min(ttl, h.Ttl)
+		case *mdns.A:
+			if ip, ok := netip.AddrFromSlice(rr.A.To4()); ok {
 				out = append(out, ip)
+				ttl = min(ttl, h.Ttl)
 			}
 		}
 	}
-	return out
+	return out, time.Duration(ttl) * time.Second
 }
 
 // lookup resolves name with endpoint idx's resolver (resolverFor), caching
-// answers per resolver for Config.ResolveCacheTTL (failures are not cached).
-// The cache only saves round trips: every use of an answer is checked again
+// answers per resolver for Config.ResolveCacheTTL, and never longer than
+// the answer's TTL where the resolver tells it (ttlResolver: the plugin's
+// resolvers do; a TTL of 0 is not cached). Failures are not cached. The
+// cache only saves round trips: every use of an answer is checked again
 // (verdict.Upstream).
 func (e *Engine) lookup(ctx context.Context, idx uint32, name string) ([]netip.Addr, error) {
 	rkey, res, err := e.resolverFor(idx)
@@ -282,17 +308,25 @@ func (e *Engine) lookup(ctx context.Context, idx uint32, name string) ([]netip.A
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.DialTimeout)
 	defer cancel()
-	addrs, err := res.LookupNetIP(ctx, "ip4", name)
+	keep := e.cfg.ResolveCacheTTL
+	var addrs []netip.Addr
+	if tr, ok := res.(ttlResolver); ok {
+		var ttl time.Duration
+		addrs, ttl, err = tr.lookupTTL(ctx, name)
+		keep = min(keep, ttl)
+	} else {
+		addrs, err = res.LookupNetIP(ctx, "ip4", name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", name, err)
 	}
-	if e.cfg.ResolveCacheTTL > 0 && len(addrs) > 0 {
+	if keep > 0 && len(addrs) > 0 {
 		if e.dnsCacheN.Add(1) > maxDNSCache {
 			// Crude bound: start over rather than grow without limit.
 			e.dnsCache.Clear()
 			e.dnsCacheN.Store(0)
 		}
-		e.dnsCache.Store(key, &dnsEntry{addrs: addrs, expires: now.Add(e.cfg.ResolveCacheTTL)})
+		e.dnsCache.Store(key, &dnsEntry{addrs: addrs, expires: now.Add(keep)})
 	}
 	return addrs, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"testing"
+	"time"
 
 	mdns "github.com/miekg/dns"
 	"github.com/stretchr/testify/require"
@@ -161,11 +162,14 @@ func TestChainA(t *testing.T) {
 		return r
 	}
 	ans := []mdns.RR{
-		rr("www.example.test. 60 IN CNAME Edge.example.test."),
+		rr("www.example.test. 40 IN CNAME Edge.example.test."),
 		rr("edge.example.test. 60 IN A 192.0.2.10"),
-		rr("other.example.test. 60 IN A 192.0.2.66"),
-		rr("www.example.test. 60 IN A 192.0.2.11"),
+		rr("other.example.test. 5 IN A 192.0.2.66"),
+		rr("www.example.test. 50 IN A 192.0.2.11"),
 	}
-	require.Equal(t, []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")}, chainA("WWW.example.test.", ans))
-	require.Empty(t, chainA("nothing.example.test.", ans))
+	addrs, ttl := chainA("WWW.example.test.", ans)
+	require.Equal(t, []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")}, addrs)
+	require.Equal(t, 40*time.Second, ttl, "the smallest TTL of the chain's records (not of other names')")
+	addrs, _ = chainA("nothing.example.test.", ans)
+	require.Empty(t, addrs)
 }
