@@ -224,12 +224,25 @@ func TestSnapshotFormDecisions(t *testing.T) {
 	require.Greater(t, allowed, len(g.names)/2, "the generated names are mostly allowed")
 	require.Same(t, back.Networks["gen"].Base, back.Endpoints[1].Policy.Base, "layered endpoints share the decoded base")
 	require.Same(t, back.Networks["gen"].Base, back.Endpoints[1000].Policy)
+	// The decoded base is name-indexed (Indexed returns a policy of 64 or
+	// more entries itself only when it holds a current index) and answers
+	// as a copy of its entries without the index, which scans.
+	b := back.Networks["gen"].Base
+	require.GreaterOrEqual(t, len(b.Allows)+len(b.Denies), 64)
+	require.Same(t, b, b.Indexed(), "the sidecar's decoded base has no name index")
+	plain := &policy.Policy{Allows: b.Allows, Denies: b.Denies}
+	for _, name := range g.names {
+		require.Equal(t, plain.MatchName(name, 0, 0), b.MatchName(name, 0, 0), name)
+	}
 
 	js, err := EncodeSnapshot(snap)
 	require.NoError(t, err)
 	st := sw.Last()
 	require.Equal(t, 1, st.NewBases)
 	require.Less(t, st.HeadBytes+st.BaseBytes, len(js)/4, "binary %d+%d vs JSON %d bytes", st.HeadBytes, st.BaseBytes, len(js))
+	dj, err := DecodeSnapshot(js)
+	require.NoError(t, err)
+	require.Same(t, dj.Networks["gen"].Base, dj.Networks["gen"].Base.Indexed(), "the JSON form's decoded base has no name index")
 }
 
 // TestSnapshotPartialReload: a change that keeps the network's base (an
