@@ -258,6 +258,25 @@ type httpHandler struct {
 func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.wg.Add(1)
 	defer h.wg.Done()
+	q := h.decide(w, r)
+	if q == nil {
+		return
+	}
+	defer q.cancel()
+	if !h.f.e.add(&q.lc) {
+		return
+	}
+	defer h.f.e.remove(&q.lc)
+	h.proxy.ServeHTTP(w, r.WithContext(q))
+}
+
+// decide decides request r (ServeHTTP's steps) and returns its state, or
+// nil when it was denied (and answered). It is a function of its own so
+// that its large frame (the flow, the verdict: 1.2 KB) is off the stack
+// while the request is relayed: only ServeHTTP's small one stays under
+// the reverse proxy's and the transport's frames, on goroutines that grow
+// their stacks by copying them (one per HTTP/2 stream).
+func (h *httpHandler) decide(w http.ResponseWriter, r *http.Request) *request {
 	f := h.f
 	f.requests.Add(1)
 	host := strings.ToLower(strings.TrimSuffix(stripPort(r.Host), "."))
@@ -276,7 +295,7 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ri.v = verdict.Decide(fl)
 	if !ri.v.Allowed {
 		h.denyRequest(w, ri)
-		return
+		return nil
 	}
 	ri.allowed = true
 	f.allowedReqs.Add(1)
@@ -287,22 +306,16 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The server cancels r.Context() when an HTTP/1 client half-closes
 	// after its request (`printf 'GET ...' | nc`), which would turn a good
 	// request into an empty answer: the upstream request ends only when the
-	// response cannot be written any more, or a policy change closes it.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	defer cancel()
-	q.Context, q.cancel, q.f = ctx, cancel, f
-	q.dial, q.wsKey = dialFor{pol: fl.Who.Policy, entry: ri.v.Entry}, key
+	// response cannot be written any more, or a policy change closes it
+	// (ServeHTTP cancels it when it returns).
+	q.Context, q.cancel = context.WithCancel(context.WithoutCancel(r.Context()))
+	q.f, q.dial, q.wsKey = f, dialFor{pol: fl.Who.Policy, entry: ri.v.Entry}, key
 	// The live conn keeps the facts the request was allowed on (q.req,
 	// never changed after Decide) for Apply's re-checks; a policy change
 	// that denies them closes it with q.kill.
-	lc := &q.lc
-	lc.setFlow(f.src, f.ep.Index, fl)
-	lc.req = q
-	if !f.e.add(lc) {
-		return
-	}
-	defer f.e.remove(lc)
-	h.proxy.ServeHTTP(w, r.WithContext(q))
+	q.lc.setFlow(f.src, f.ep.Index, fl)
+	q.lc.req = q
+	return q
 }
 
 // request is one allowed request's state, allocated once: the facts it was
