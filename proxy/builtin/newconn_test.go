@@ -157,3 +157,29 @@ func TestLookupCacheKeepsTTL(t *testing.T) {
 	require.Equal(t, policy.ReasonNoRule, d.Reason)
 	require.Equal(t, asked, h.dns.questions(name), "nothing resolved for a refused flow")
 }
+
+// TestParseHelloManyExtensions: a hello with more extensions than the
+// short list holds is read as before: its server name found, a repeated
+// extension refused whether the first copy sits in the list or past it,
+// and the bytes it was read from left untouched (one record is read in
+// place; several are copied together).
+func TestParseHelloManyExtensions(t *testing.T) {
+	many := clientHello(t, "api.example.test")
+	for i := 0; i < 60; i++ {
+		many = addExtension(t, many, uint16(0x7000+i), []byte{byte(i)})
+	}
+	for _, in := range [][]byte{many, splitRecords(many, 100)} {
+		orig := append([]byte(nil), in...)
+		h, err := parseHello(in)
+		require.NoError(t, err)
+		require.Equal(t, "api.example.test", h.sni)
+		require.Zero(t, helloNeed(in))
+		require.Equal(t, orig, in, "parsing wrote to the peeked bytes")
+	}
+	for _, typ := range []uint16{0x7000, 0x7030, 0x703b, 0} {
+		_, err := parseHello(addExtension(t, many, typ, nil))
+		require.ErrorContains(t, err, "repeats extension", "%#04x", typ)
+		_, err = parseHello(splitRecords(addExtension(t, many, typ, nil), 64))
+		require.ErrorContains(t, err, "repeats extension", "%#04x split", typ)
+	}
+}

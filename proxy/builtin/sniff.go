@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"syscall"
 	"time"
 
@@ -92,7 +93,9 @@ func helloNeed(b []byte) int {
 // walkHello walks the handshake records at the start of b and concatenates
 // their payloads. need is 0 once the first handshake message is whole, -1
 // when b cannot hold a ClientHello, and otherwise the total byte count that
-// the next step requires.
+// the next step requires. A hello in one record (the usual case) is
+// returned in place, as a part of b with no room to grow (nothing copied);
+// a hello in several records is copied together.
 func walkHello(b []byte) (need int, hs []byte) {
 	pos := 0
 	for {
@@ -106,7 +109,11 @@ func walkHello(b []byte) (need int, hs []byte) {
 		if len(b)-pos-5 < rl {
 			return pos + 5 + rl, nil
 		}
-		hs = append(hs, b[pos+5:pos+5+rl]...)
+		if pos == 0 {
+			hs = b[5 : 5+rl : 5+rl] // full: an append below copies
+		} else {
+			hs = append(hs, b[pos+5:pos+5+rl]...)
+		}
 		pos += 5 + rl
 		if len(hs) >= 4 {
 			if hs[0] != 1 {
@@ -180,7 +187,7 @@ func parseHello(b []byte) (hello, error) {
 	if r.err != nil {
 		return h, errors.New("malformed client hello extensions")
 	}
-	seen := map[uint16]bool{}
+	var seen extSet
 	haveSNI := false
 	for ext.left() > 0 && ext.err == nil {
 		typ := ext.u16()
@@ -188,10 +195,9 @@ func parseHello(b []byte) (hello, error) {
 		if ext.err != nil {
 			break
 		}
-		if seen[typ] {
+		if !seen.add(typ) {
 			return h, fmt.Errorf("client hello repeats extension %#04x", typ)
 		}
-		seen[typ] = true
 		if echExtension(typ) && h.ech == 0 {
 			h.ech = typ
 		}
@@ -211,6 +217,40 @@ func parseHello(b []byte) (hello, error) {
 		return h, errNoSNI
 	}
 	return h, nil
+}
+
+// extSet is the set of extension types a hello has shown so far: a short
+// list (a real hello has a few dozen; nothing allocated), a map past it (a
+// hello of thousands of empty extensions costs linear time, not quadratic).
+type extSet struct {
+	list [32]uint16
+	n    int
+	m    map[uint16]bool
+}
+
+// add adds typ and reports whether it was new.
+func (s *extSet) add(typ uint16) bool {
+	if s.m != nil {
+		if s.m[typ] {
+			return false
+		}
+		s.m[typ] = true
+		return true
+	}
+	if slices.Contains(s.list[:s.n], typ) {
+		return false
+	}
+	if s.n < len(s.list) {
+		s.list[s.n] = typ
+		s.n++
+		return true
+	}
+	s.m = make(map[uint16]bool, 2*len(s.list))
+	for _, t := range s.list {
+		s.m[t] = true
+	}
+	s.m[typ] = true
+	return true
 }
 
 // serverName reads the host_name of a server_name extension.
