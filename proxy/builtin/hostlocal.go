@@ -93,9 +93,15 @@ const maxHostLocalAnswers = 4096
 
 // hostLocalGroups are the rtnetlink groups whose messages may change how
 // the kernel routes an address: links, addresses, routes and policy rules,
-// IPv4 and IPv6.
+// IPv4 and IPv6 (those with a bit in bind's legacy mask; the others are
+// hostLocalMoreGroups).
 const hostLocalGroups = unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE | unix.RTMGRP_IPV4_RULE |
 	unix.RTMGRP_IPV6_IFADDR | unix.RTMGRP_IPV6_ROUTE
+
+// hostLocalMoreGroups are joined one by one (NETLINK_ADD_MEMBERSHIP): IPv6
+// policy rules, which have no legacy mask bit, and next-hop objects, which
+// routes may use.
+var hostLocalMoreGroups = []int{unix.RTNLGRP_IPV6_RULE, unix.RTNLGRP_NEXTHOP}
 
 // newHostLocalCache subscribes, in the caller's network namespace, to the
 // changes that invalidate ask's answers.
@@ -107,6 +113,12 @@ func newHostLocalCache(ask func(netip.Addr) (bool, error)) (*hostLocalCache, err
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: hostLocalGroups}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("subscribe to route notifications: %w", err)
+	}
+	for _, g := range hostLocalMoreGroups {
+		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, g); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("subscribe to route notifications (group %d): %w", g, err)
+		}
 	}
 	return &hostLocalCache{ask: ask, fd: fd, answers: map[netip.Addr]bool{}}, nil
 }

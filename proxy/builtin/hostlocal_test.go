@@ -112,6 +112,12 @@ func TestHostLocalCache(t *testing.T) {
 	run(t, "ip", "-n", ns.name, "rule", "add", "to", "10.209.0.5", "lookup", "100", "priority", "50")
 	check("10.209.0.5", true, "a policy rule that makes the kernel use that table")
 
+	// IPv6: a policy rule has a group of its own (no bit in bind's mask).
+	run(t, "ip", "-n", ns.name, "-6", "route", "add", "local", "fd00:209::5", "dev", "lo", "table", "101")
+	check("fd00:209::5", false, "an IPv6 local route in a table no rule uses")
+	run(t, "ip", "-n", ns.name, "-6", "rule", "add", "to", "fd00:209::5", "lookup", "101", "priority", "50")
+	check("fd00:209::5", true, "an IPv6 policy rule that makes the kernel use that table")
+
 	// Far more announcements than the socket holds, then one that matters.
 	check("10.210.0.1", false, "before the burst")
 	var batch strings.Builder
