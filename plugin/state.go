@@ -122,6 +122,22 @@ func loadState(path string) (*State, error) {
 	return st, nil
 }
 
+// WriteState writes st into the state directory dir as the plugin saves
+// it (the networks' configuration files, then state.json), for a plugin to
+// start from (benchmarks, tools).
+func WriteState(dir string, st *State) error {
+	e := NewStateEncoder()
+	raw, err := e.Encode(st)
+	if err != nil {
+		return err
+	}
+	c := &configFiles{dir: filepath.Join(dir, configDir)}
+	if err := c.write(e.ConfigFiles()); err != nil {
+		return err
+	}
+	return writeState(filepath.Join(dir, "state.json"), raw)
+}
+
 // configFileRE is what a configuration file's name must be: nothing that
 // could name a file elsewhere.
 var configFileRE = regexp.MustCompile(`^[0-9a-f]{64}\.json$`)

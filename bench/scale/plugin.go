@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -34,11 +33,7 @@ func pluginRuleAdds(st *fwplugin.State, reps int) ([]float64, error) {
 	for _, ep := range st.Endpoints {
 		ep.Joined = false
 	}
-	raw, err := fwplugin.NewStateEncoder().Encode(st)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "state.json"), raw, 0o600); err != nil {
+	if err := fwplugin.WriteState(dir, st); err != nil {
 		return nil, err
 	}
 	l := logrus.New()
