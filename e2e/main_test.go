@@ -9,6 +9,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -77,6 +78,13 @@ func closeShared(t testing.TB) {
 func TestMain(m *testing.M) {
 	var before *harness.HostDocker
 	if (os.Getenv("CLAWKER_E2E") == "1" || testutil.InCI()) && os.Geteuid() == 0 {
+		// A run that died (killed, timed out) left its bridge, rules and
+		// links: they are not the host's, and the first Env removes them.
+		logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+f+"\n", a...) }
+		if err := harness.CleanStale(logf); err != nil {
+			os.Stderr.WriteString("e2e: remove what a dead run left: " + err.Error() + "\n")
+			os.Exit(1)
+		}
 		var err error
 		if before, err = harness.SnapshotHostDocker(); err != nil {
 			os.Stderr.WriteString("e2e: read the host's Docker state: " + err.Error() + "\n")

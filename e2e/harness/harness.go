@@ -230,9 +230,8 @@ func Start(opts Options) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cleanStaleEnvs(opts.Logf)
 	// What a dead Env left goes before the snapshot: it is not the host's.
-	if err := errors.Join(removeStaleNetns(), removeStaleBridge(), removeStaleNodes()); err != nil {
+	if err := removeStale(opts.Logf); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -492,6 +491,28 @@ const LockFile = "/run/clawker-fw-e2e.lock"
 
 // lockWait bounds how long Start waits for another process's Env.
 const lockWait = 15 * time.Minute
+
+// CleanStale removes, under the machine lock, what an Env of a test
+// process that died without Close left behind (removeStale). A suite that
+// snapshots the host before its first Env calls it first, so that a dead
+// run's bridge, rules and links are not taken for the host's and then
+// reported gone when the first Env removes them.
+func CleanStale(logf func(string, ...any)) error {
+	lock, err := lockMachine(logf)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	return removeStale(logf)
+}
+
+// removeStale removes a dead Env's processes and directory, its fake
+// internet's netns and link, its dockerd's bridge and rules and its swarm
+// nodes' namespaces. The caller holds the machine lock.
+func removeStale(logf func(string, ...any)) error {
+	cleanStaleEnvs(logf)
+	return errors.Join(removeStaleNetns(), removeStaleBridge(), removeStaleNodes())
+}
 
 func lockMachine(logf func(string, ...any)) (*os.File, error) {
 	f, err := os.OpenFile(LockFile, os.O_CREATE|os.O_RDWR, 0o644)
