@@ -2,14 +2,13 @@ package policy
 
 import (
 	"go/ast"
-	"go/parser"
 	"go/token"
-	"io/fs"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/clawker-fw/clawker-fw/internal/testutil"
 )
 
 // entryWriters are the functions allowed to write a policy's entries in
@@ -59,28 +58,8 @@ func TestNoEntryWritesOutsideConstructors(t *testing.T) {
 		s, ok := e.(*ast.SelectorExpr)
 		return ok && (s.Sel.Name == "Allows" || s.Sel.Name == "Denies")
 	}
-	files := 0
 	var bad []string
-	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if n := d.Name(); path != root && (strings.HasPrefix(n, ".") || n == "build" || n == "rootfs" || n == "testdata") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		rel, _ := filepath.Rel(root, path)
-		fset := token.NewFileSet()
-		f, err := parser.ParseFile(fset, path, nil, 0)
-		if err != nil {
-			return err
-		}
-		files++
+	files, err := testutil.EachModuleFile(root, func(rel string, fset *token.FileSet, f *ast.File) {
 		for _, decl := range f.Decls {
 			fn, ok := decl.(*ast.FuncDecl)
 			if !ok || fn.Body == nil || entryWriters[rel+":"+fn.Name.Name] {
@@ -100,15 +79,7 @@ func TestNoEntryWritesOutsideConstructors(t *testing.T) {
 						hit = x
 					}
 				case *ast.CallExpr:
-					name := ""
-					switch fun := x.Fun.(type) {
-					case *ast.Ident:
-						name = fun.Name
-					case *ast.SelectorExpr:
-						if pkg, ok := fun.X.(*ast.Ident); ok {
-							name = pkg.Name + "." + fun.Sel.Name
-						}
-					}
+					name := testutil.CallName(x)
 					if inPlace[name] && len(x.Args) > 0 && isEntries(x.Args[0]) {
 						hit = x
 					}
@@ -119,7 +90,6 @@ func TestNoEntryWritesOutsideConstructors(t *testing.T) {
 				return true
 			})
 		}
-		return nil
 	})
 	require.NoError(t, err)
 	require.Greater(t, files, 100, "the module's files were not found from %s", root)
