@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -43,8 +44,10 @@ func (p *Plugin) CreateNetwork(req NetworkRequest) error {
 	if !pool.Contains(gw.Addr()) {
 		return rejected(ReasonInvalidRequest, "network gateway %s is outside the subnet %s", gw.Addr(), pool)
 	}
+	// The network's options are its own (immutable, see Network): the
+	// caller's map stays the caller's.
 	n := &Network{
-		ID: req.ID, Options: req.Options, Config: cfg, Bridge: bridgeName(req.ID),
+		ID: req.ID, Options: maps.Clone(req.Options), Config: cfg, Bridge: bridgeName(req.ID),
 		Subnet: pool.Masked(), Gateway: gw.Addr(), Created: p.cfg.Now().UTC(),
 	}
 	if p.Scope() == ScopeGlobal {

@@ -59,7 +59,10 @@ func fullState(t *testing.T) *State {
 }
 
 var (
-	mutexType = reflect.TypeFor[sync.Mutex]()
+	// sharedFields are the fields clones share, by the type holding them:
+	// immutable (see Network), replaced whole, never written in place.
+	sharedFields = map[reflect.Type]map[string]bool{reflect.TypeFor[Network](): {"Options": true, "Config": true}}
+	mutexType    = reflect.TypeFor[sync.Mutex]()
 	// valueTypes hold pointers to memory that is never written (a time's
 	// location, an address's zone): copies may share it.
 	valueTypes = map[reflect.Type]bool{
@@ -98,15 +101,18 @@ func requireFilled(t *testing.T, path string, v reflect.Value) {
 	}
 }
 
-// region is a piece of mutable memory: [lo, hi).
+// region is a piece of mutable memory: [lo, hi). shared: it is in one of
+// the sharedFields.
 type region struct {
 	lo, hi uintptr
 	path   string
+	shared bool
 }
 
 // mutable lists the mutable memory reachable from v (slice arrays, maps,
-// pointees), unexported fields included.
-func mutable(path string, v reflect.Value, out *[]region) {
+// pointees), unexported fields included; shared marks v as in one of the
+// sharedFields.
+func mutable(path string, v reflect.Value, shared bool, out *[]region) {
 	if v.Type() == mutexType || valueTypes[v.Type()] {
 		return
 	}
@@ -116,38 +122,56 @@ func mutable(path string, v reflect.Value, out *[]region) {
 			return
 		}
 		p := uintptr(v.UnsafePointer())
-		*out = append(*out, region{p, p + max(v.Type().Elem().Size(), 1), path})
-		mutable(path+"*", v.Elem(), out)
+		*out = append(*out, region{p, p + max(v.Type().Elem().Size(), 1), path, shared})
+		mutable(path+"*", v.Elem(), shared, out)
 	case reflect.Struct:
 		for i := range v.NumField() {
-			mutable(path+"."+v.Type().Field(i).Name, v.Field(i), out)
+			name := v.Type().Field(i).Name
+			mutable(path+"."+name, v.Field(i), shared || sharedFields[v.Type()][name], out)
 		}
 	case reflect.Slice:
 		if v.Cap() > 0 {
 			p := uintptr(v.UnsafePointer())
-			*out = append(*out, region{p, p + uintptr(v.Cap())*max(v.Type().Elem().Size(), 1), path})
+			*out = append(*out, region{p, p + uintptr(v.Cap())*max(v.Type().Elem().Size(), 1), path, shared})
 		}
 		for i := range v.Len() {
-			mutable(fmt.Sprintf("%s[%d]", path, i), v.Index(i), out)
+			mutable(fmt.Sprintf("%s[%d]", path, i), v.Index(i), shared, out)
 		}
 	case reflect.Map:
 		if v.IsNil() {
 			return
 		}
 		p := uintptr(v.UnsafePointer())
-		*out = append(*out, region{p, p + 1, path})
+		*out = append(*out, region{p, p + 1, path, shared})
 		for it := v.MapRange(); it.Next(); {
-			mutable(fmt.Sprintf("%s[%v]", path, it.Key()), it.Value(), out)
+			mutable(fmt.Sprintf("%s[%v]", path, it.Key()), it.Value(), shared, out)
 		}
 	case reflect.Interface:
 		if !v.IsNil() {
-			mutable(path, v.Elem(), out)
+			mutable(path, v.Elem(), shared, out)
 		}
 	}
 }
 
+// replaceWhole sets f, one of the sharedFields, to a changed copy of its
+// value that shares nothing with it (a JSON round trip), as a change of
+// such a field must be made: the old value is never written.
+func replaceWhole(f reflect.Value) {
+	raw, err := json.Marshal(f.Interface())
+	if err != nil {
+		panic(fmt.Sprintf("replace %s: %v", f.Type(), err))
+	}
+	c := reflect.New(f.Type())
+	if err := json.Unmarshal(raw, c.Interface()); err != nil {
+		panic(fmt.Sprintf("replace %s: %v", f.Type(), err))
+	}
+	mutateAll(c.Elem())
+	f.Set(c.Elem())
+}
+
 // mutateAll changes every exported leaf reachable from v in place (map
-// entries replaced, one entry added to each map).
+// entries replaced, one entry added to each map), except in the
+// sharedFields, which it replaces whole with changed copies.
 func mutateAll(v reflect.Value) {
 	if v.Type() == mutexType {
 		return
@@ -172,7 +196,10 @@ func mutateAll(v reflect.Value) {
 		}
 	case reflect.Struct:
 		for i := range v.NumField() {
-			if v.Type().Field(i).IsExported() {
+			switch f := v.Type().Field(i); {
+			case sharedFields[v.Type()][f.Name]:
+				replaceWhole(v.Field(i))
+			case f.IsExported():
 				mutateAll(v.Field(i))
 			}
 		}
@@ -241,7 +268,9 @@ func encodeJSON(t *testing.T, st *State) string {
 
 // TestStateCloneShares: a state with every field set is cloned; the copy
 // equals the original (Go values and JSON), shares no mutable memory with
-// it, and changing everything in one leaves the other as it was.
+// it but each network's Options and Config (immutable, see Network), which
+// it does share, and changing everything in one (those two replaced whole)
+// leaves the other as it was.
 func TestStateCloneShares(t *testing.T) {
 	st := fullState(t)
 	requireFilled(t, "State", reflect.ValueOf(st))
@@ -250,13 +279,32 @@ func TestStateCloneShares(t *testing.T) {
 	require.True(t, reflect.DeepEqual(st, c), "the clone differs from the original")
 
 	var a, b []region
-	mutable("State", reflect.ValueOf(st), &a)
-	mutable("State", reflect.ValueOf(c), &b)
+	mutable("State", reflect.ValueOf(st), false, &a)
+	mutable("State", reflect.ValueOf(c), false, &b)
 	require.Greater(t, len(a), 30)
+	sharedA, sharedB := map[string]region{}, map[string]region{}
 	for _, x := range a {
+		if x.shared {
+			sharedA[x.path] = x
+		}
 		for _, y := range b {
+			if x.shared && y.shared {
+				continue // compared below
+			}
 			require.False(t, x.lo < y.hi && y.lo < x.hi, "%s of the original and %s of the clone share memory", x.path, y.path)
 		}
+	}
+	for _, y := range b {
+		if y.shared {
+			sharedB[y.path] = y
+		}
+	}
+	// Shared, all of it: each network's options map, its rules' arrays
+	// (their path rules, methods) and its resolvers.
+	require.Equal(t, sharedA, sharedB, "the clone does not share the networks' Options and Config")
+	for _, p := range []string{"State*.Networks[n0]*.Options", "State*.Networks[n1]*.Config.Rules", "State*.Networks[n0]*.Config.Rules[1].Paths[0].Methods",
+		"State*.Networks[n1]*.Config.Settings.DNSUpstreams"} {
+		require.Contains(t, sharedA, p)
 	}
 
 	before := encodeJSON(t, st)

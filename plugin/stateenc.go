@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -23,12 +24,17 @@ import (
 // encoder keeps each network's encoded configuration and encodes the rest
 // of the state each time.
 //
-// A kept encoding is used only for a configuration equal to the encoder's
-// own copy of the one it encoded (policy.NetworkConfig.Equal, with a nil
-// and an empty rule list told apart: they encode differently), so no change
-// made anywhere, in place or not, can make it stale. Everything else is
-// encoded by encoding/json from the state's own types, embedded, so a field
-// added to State or Network later is encoded with no change here.
+// A kept encoding is used only for the very configuration it encoded: the
+// same options map and a Config identical field by field (the same slices,
+// the same values; identical). A network's Options and Config are
+// immutable (see Network: replaced whole, never written in place, which
+// TestNoNetworkConfigWrites enforces), so the same map and slices hold the
+// same content; any replacement is a new identity and is encoded again.
+// Comparing identities costs nothing at any number of rules, where an
+// Equal over a copy of 10,000 rules cost a fraction of a millisecond and the
+// copy megabytes. Everything else is encoded by encoding/json from the
+// state's own types, embedded, so a field added to State or Network later
+// is encoded with no change here.
 // TestStateEncoderMatchesMarshal checks the output against json.Marshal of
 // the state. Not safe for concurrent use: the plugin's queue actions use it
 // one at a time.
@@ -44,6 +50,9 @@ type StateEncoder struct {
 }
 
 type encodedConfig struct {
+	// options and config are the network's own, shared, not copies. Kept,
+	// they keep the memory they point to alive, so no later map or array
+	// can take its address and pass for the one encoded.
 	options map[string]string
 	config  policy.NetworkConfig
 	raw     []byte
@@ -169,11 +178,11 @@ func (e *StateEncoder) Encode(st *State) ([]byte, error) {
 // config returns network id's configuration encoded, encoding it again
 // when it is not the one kept.
 func (e *StateEncoder) config(id string, n *Network) (*encodedConfig, error) {
-	if c := e.configs[id]; c != nil && (c.config.Rules == nil) == (n.Config.Rules == nil) && c.config.Equal(n.Config) &&
-		(c.options == nil) == (n.Options == nil) && maps.Equal(c.options, n.Options) {
+	if c := e.configs[id]; c != nil && identical(reflect.ValueOf(c.options), reflect.ValueOf(n.Options)) &&
+		identical(reflect.ValueOf(c.config), reflect.ValueOf(n.Config)) {
 		return c, nil
 	}
-	c := &encodedConfig{options: maps.Clone(n.Options), config: n.Config.Clone()}
+	c := &encodedConfig{options: n.Options, config: n.Config}
 	var err error
 	if c.raw, err = json.Marshal(networkFile{Options: c.options, Config: c.config}); err != nil {
 		return nil, fmt.Errorf("encode state: network %s config: %w", short(id), err)
@@ -182,4 +191,40 @@ func (e *StateEncoder) config(id string, n *Network) (*encodedConfig, error) {
 	e.configs[id] = c
 	e.encodes++
 	return c, nil
+}
+
+// identical reports whether a and b, of one type, are the same value by
+// identity: the same map, the same pointee, the same slice (array and
+// length; a nil and an empty one differ, as their JSON does), and
+// everything else equal, field by field. For immutable values (a network's
+// Options and Config) identical means equal content. A field added to
+// policy.NetworkConfig later is compared with no change here.
+func identical(a, b reflect.Value) bool {
+	switch a.Kind() {
+	case reflect.Map, reflect.Pointer, reflect.Chan, reflect.Func, reflect.UnsafePointer:
+		return a.UnsafePointer() == b.UnsafePointer()
+	case reflect.Slice:
+		return a.UnsafePointer() == b.UnsafePointer() && a.Len() == b.Len()
+	case reflect.Struct:
+		for i := range a.NumField() {
+			if !identical(a.Field(i), b.Field(i)) {
+				return false
+			}
+		}
+		return true
+	case reflect.Array:
+		for i := range a.Len() {
+			if !identical(a.Index(i), b.Index(i)) {
+				return false
+			}
+		}
+		return true
+	case reflect.Interface:
+		if a.IsNil() || b.IsNil() {
+			return a.IsNil() == b.IsNil()
+		}
+		return a.Elem().Type() == b.Elem().Type() && identical(a.Elem(), b.Elem())
+	default:
+		return a.Equal(b)
+	}
 }

@@ -2,7 +2,10 @@ package plugin
 
 import (
 	"encoding/json"
+	"maps"
+	"reflect"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -63,7 +66,9 @@ func requireEncodes(t *testing.T, e *StateEncoder, st *State, step string) {
 
 // TestStateEncoderMatchesMarshal: the encoder's state.json is the state's
 // JSON through every kind of change, and a network's configuration is
-// encoded again exactly when it changed, in place included.
+// encoded again exactly when it was replaced (a network's Options and
+// Config are immutable: replaced whole, never written in place), even by
+// an equal one or by one sharing all but one field with it.
 func TestStateEncoderMatchesMarshal(t *testing.T) {
 	e := NewStateEncoder()
 	st := fullState(t)
@@ -75,31 +80,54 @@ func TestStateEncoderMatchesMarshal(t *testing.T) {
 	}
 	step("first", 2)
 	step("unchanged", 0)
+	// The encoder keeps the network's own configuration, not a copy.
+	n0 := st.Networks["n0"]
+	require.Equal(t, unsafe.SliceData(n0.Config.Rules), unsafe.SliceData(e.configs["n0"].config.Rules))
+	require.Equal(t, reflect.ValueOf(n0.Options).UnsafePointer(), reflect.ValueOf(e.configs["n0"].options).UnsafePointer())
 
 	st = st.clone()
 	st.Networks["n0"].Runtime = append(st.Networks["n0"].Runtime, fullRule(9))
 	st.Endpoints["e0"].LabelRules = nil
 	st.Generation++
-	step("runtime rules and labels changed", 0)
+	step("runtime rules and labels changed, the configurations shared", 0)
 
+	// Each configuration below is a new one: a copy changed, then stored
+	// (what a change of a stored configuration must be).
+	replace := func(id string, change func(c *policy.NetworkConfig)) {
+		c := st.Networks[id].Config.Clone()
+		change(&c)
+		st.Networks[id].Config = c
+	}
 	st = st.clone()
-	st.Networks["n0"].Config.Rules[1].Dst = "changed.example.com"
+	replace("n0", func(c *policy.NetworkConfig) { c.Rules[1].Dst = "changed.example.com" })
 	step("a network rule changed", 1)
-
-	// In place, no clone: n0's configuration as this very state holds it
-	// was encoded just now.
-	st.Networks["n0"].Config.Rules[0].Paths[0].Methods[0] = "DELETE"
-	step("a method changed in place", 1)
-	st.Networks["n0"].Config.Rules[0].Source.Item = "other"
-	step("a provenance changed in place", 1)
-	st.Networks["n1"].Config.Settings.ICC = false
-	step("a setting changed in place", 1)
-	st.Networks["n1"].Config.Rules = []policy.EgressRule{}
+	replace("n0", func(c *policy.NetworkConfig) { c.Rules[0].Paths[0].Methods[0] = "DELETE" })
+	step("a method changed", 1)
+	replace("n0", func(c *policy.NetworkConfig) { c.Rules[0].Source.Item = "other" })
+	step("a provenance changed", 1)
+	replace("n0", func(*policy.NetworkConfig) {})
+	step("an equal copy", 1)
+	// Replacements that keep some of the old configuration's slices.
+	c := st.Networks["n1"].Config
+	c.Settings.ICC = false
+	st.Networks["n1"].Config = c
+	step("a setting changed, the rules shared", 1)
+	c.Rules = c.Rules[:1]
+	st.Networks["n1"].Config = c
+	step("the rules cut, their array shared", 1)
+	c.Settings.DNSUpstreams = []string{"192.0.2.54"}
+	st.Networks["n1"].Config = c
+	step("the resolvers replaced, the rest shared", 1)
+	st.Networks["n1"].Config = policy.NetworkConfig{Rules: []policy.EgressRule{}, Settings: c.Settings}
 	step("no rules (empty)", 1)
-	st.Networks["n1"].Config.Rules = nil
+	st.Networks["n1"].Config = policy.NetworkConfig{Settings: c.Settings}
 	step("no rules (nil)", 1)
+	st.Networks["n1"].Options = maps.Clone(st.Networks["n1"].Options)
+	step("equal options, a new map", 1)
 	st.Networks["n1"].Options = nil
 	step("no options", 1) // the options are in the configuration file too
+	st.Networks["n1"].Options = map[string]string{}
+	step("no options (empty)", 1)
 
 	st = st.clone()
 	delete(st.Networks, "n0")
