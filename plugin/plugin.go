@@ -277,15 +277,8 @@ func (p *Plugin) lastGeneration() uint64 {
 // new ones: a runtime rule change writes none), and those no longer named
 // are removed after.
 func (p *Plugin) save() error {
-	raw, err := p.enc.Encode(p.st)
+	files, err := saveState(p.enc, p.configs, p.statePath(), p.st)
 	if err != nil {
-		return err
-	}
-	files := p.enc.ConfigFiles()
-	if err := p.configs.write(files); err != nil {
-		return err
-	}
-	if err := writeState(p.statePath(), raw); err != nil {
 		return err
 	}
 	p.saves.Add(1)

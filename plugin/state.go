@@ -137,16 +137,29 @@ func loadState(path string) (*State, error) {
 // it (the networks' configuration files, then state.json), for a plugin to
 // start from (benchmarks, tools).
 func WriteState(dir string, st *State) error {
-	e := NewStateEncoder()
+	_, err := saveState(NewStateEncoder(), &configFiles{dir: filepath.Join(dir, configDir)}, filepath.Join(dir, "state.json"), st)
+	return err
+}
+
+// saveState writes st, encoded by e, as state.json at path, in the state
+// directory whose configuration files c keeps: first the configuration
+// files it names that are not on disk yet, then state.json. It returns the
+// files state.json names (what c.prune keeps). Plugin.save and WriteState
+// both write through it, so a state directory written for a plugin is laid
+// out as the plugin lays it out.
+func saveState(e *StateEncoder, c *configFiles, path string, st *State) (map[string][]byte, error) {
 	raw, err := e.Encode(st)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	c := &configFiles{dir: filepath.Join(dir, configDir)}
-	if err := c.write(e.ConfigFiles()); err != nil {
-		return err
+	files := e.ConfigFiles()
+	if err := c.write(files); err != nil {
+		return nil, err
 	}
-	return writeState(filepath.Join(dir, "state.json"), raw)
+	if err := writeState(path, raw); err != nil {
+		return nil, err
+	}
+	return files, nil
 }
 
 // configFileRE is what a configuration file's name must be: nothing that
