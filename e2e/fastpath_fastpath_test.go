@@ -74,45 +74,51 @@ func spliceEntries(t *testing.T, ids []int) int {
 	return n
 }
 
-// TestFastpathKernelSpliceInPlugin: in the real plugin, an allowed tcp flow
-// from a container is carried by the kernel splice (its two sockets are in
-// the plugin's socket map) and echoes correctly; when the plugin is killed
-// with the flow in the kernel path, the container sees its connection end,
-// no socket stays in any splice map, and the restarted plugin splices new
-// flows again.
+// TestFastpathKernelSpliceInPlugin: in the real plugin with its default
+// settings, an allowed tcp flow from a container that moves less than
+// CLAWKER_PROXY_KERNEL_SPLICE_AFTER stays with the proxy, and one that moves
+// more is handed to the kernel splice (its two sockets enter the plugin's
+// socket map) and keeps echoing correctly; when the plugin is killed with a
+// flow in the kernel path, the containers see their connections end, no
+// socket stays in any splice map, and the restarted plugin relays new flows
+// again.
 func TestFastpathKernelSpliceInPlugin(t *testing.T) {
 	f := pluginEnv(t)
-	// The kernel path is opt-in (CLAWKER_PROXY_KERNEL_SPLICE defaults to
-	// false: README says why).
-	ref := f.e.PluginRef()
-	f.e.MustDocker(t, "plugin", "disable", "-f", ref)
-	f.e.MustDocker(t, "plugin", "set", ref, "CLAWKER_PROXY_KERNEL_SPLICE=true")
-	f.e.MustDocker(t, "plugin", "enable", "--timeout", "60", ref)
 	f.resetLeaks(t)
 	n := f.createNet(t, "cfw-pt-fastpath", 121, "clawker.allow=tcp://"+harness.TCPHost+":5432")
 	pid := pidOf(t, f.e, pluginArgv0)
 	require.NotZero(t, pid)
 	ids := spliceMaps(t, pid)
-	require.Len(t, ids, 1, "the plugin holds one splice socket map")
+	require.Len(t, ids, 1, "the plugin holds one splice socket map (the kernel path is on by default)")
 	require.Zero(t, spliceEntries(t, ids), "the splice map holds sockets before any flow")
 
-	loop := `(while true; do echo ping; sleep 0.2; done) | nc ` + harness.TCPHost + ` 5432; echo NC-EXIT`
-	id := f.detached(t, "--network", n.Name, f.busybox, "sh", "-c", loop)
-	logs := func() string {
+	logsOf := func(id string) string {
 		o, e, _ := f.e.Docker("logs", id)
 		return o + e
 	}
-	require.Eventually(t, func() bool { return strings.Count(logs(), "ping") >= 3 }, 30*time.Second, 100*time.Millisecond,
-		"the echo flow never worked: %s", logs())
+	ping := `while true; do echo ping; sleep 0.2; done`
+	// A short flow: pings only, far below the default hand-over size.
+	short := f.detached(t, "--network", n.Name, f.busybox, "sh", "-c", "("+ping+") | nc "+harness.TCPHost+" 5432; echo NC-EXIT")
+	require.Eventually(t, func() bool { return strings.Count(logsOf(short), "ping") >= 3 }, 30*time.Second, 100*time.Millisecond,
+		"the short echo flow never worked: %s", logsOf(short))
+	require.Zero(t, spliceEntries(t, ids), "a flow below the hand-over size entered the kernel path")
+
+	// A bulk flow: 4 MiB of zeros (echoed back, dropped by tr), then pings.
+	bulk := f.detached(t, "--network", n.Name, f.busybox, "sh", "-c",
+		"(head -c 4194304 /dev/zero; "+ping+") | nc "+harness.TCPHost+" 5432 | tr -d '\\000'; echo NC-EXIT")
+	require.Eventually(t, func() bool { return strings.Count(logsOf(bulk), "ping") >= 3 }, 60*time.Second, 100*time.Millisecond,
+		"the bulk echo flow never echoed its pings: %s", logsOf(bulk))
 	require.Eventually(t, func() bool { return spliceEntries(t, ids) == 2 }, 10*time.Second, 100*time.Millisecond,
-		"the flow's two sockets are not in the kernel splice map")
-	before := strings.Count(logs(), "ping")
+		"the bulk flow's two sockets are not in the kernel splice map")
+	before := strings.Count(logsOf(bulk), "ping")
 	time.Sleep(time.Second)
-	require.Greater(t, strings.Count(logs(), "ping"), before, "the spliced flow stopped echoing")
+	require.Greater(t, strings.Count(logsOf(bulk), "ping"), before, "the spliced flow stopped echoing")
 
 	require.NoError(t, exec.Command("kill", "-9", strconv.Itoa(pid)).Run())
-	require.Eventually(t, func() bool { return strings.Contains(logs(), "NC-EXIT") }, 15*time.Second, 100*time.Millisecond,
-		"the container never saw its spliced connection end after the plugin was killed")
+	for _, id := range []string{short, bulk} {
+		require.Eventually(t, func() bool { return strings.Contains(logsOf(id), "NC-EXIT") }, 15*time.Second, 100*time.Millisecond,
+			"a container never saw its connection end after the plugin was killed")
+	}
 	require.Eventually(t, func() bool { return spliceEntries(t, ids) == -1 }, 15*time.Second, 100*time.Millisecond,
 		"the killed plugin's splice map (and its sockets) outlived it")
 

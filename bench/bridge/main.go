@@ -28,11 +28,12 @@
 //	          policy) at the same place, for the passthrough and plain HTTP
 //	          workloads (-passfloor)
 //
-// The builtin engine runs with each -modes setting (default true and false;
-// also download, and @bytes for CLAWKER_PROXY_KERNEL_SPLICE_AFTER; plugin
-// disabled, set, enabled between blocks; the cfw containers are made
-// again): the main table shows true and false as its two columns, a
-// per-arm table every setting and the passthrough floor. Rounds alternate
+// The builtin engine runs with each -modes setting (default: the plugin's
+// default, true@1048576, and false; also true or download at once, and
+// @bytes for CLAWKER_PROXY_KERNEL_SPLICE_AFTER; plugin disabled, set,
+// enabled between blocks; the cfw containers are made again): the main
+// table shows the default and false as its two columns, a per-arm table
+// every setting and the passthrough floor. Rounds alternate
 // the order of the blocks and of the arms within each workload. -only
 // runs some workloads (the kernel-splice variants:
 // -modes true,download,false,true@1048576 -only bulk-down,bulk-up,https-newconn,ka-h1).
@@ -61,6 +62,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/e2e/fakenet"
 	"github.com/clawker-fw/clawker-fw/e2e/harness"
+	"github.com/clawker-fw/clawker-fw/plugin/wire"
 )
 
 const (
@@ -110,7 +112,7 @@ func main() {
 	flag.DurationVar(&o.kaDur, "ka", 3*time.Second, "measured duration of a keep-alive run")
 	flag.IntVar(&o.kaConns, "conns", 64, "keep-alive connections")
 	flag.IntVar(&o.dnsQueries, "dns", 200, "DNS queries per run (log-line count)")
-	modes := flag.String("modes", "true,false", "kernel-splice settings, comma separated: CLAWKER_PROXY_KERNEL_SPLICE value (true, download, false), @bytes for CLAWKER_PROXY_KERNEL_SPLICE_AFTER (e.g. true@1048576)")
+	modes := flag.String("modes", defaultMode+",false", "kernel-splice settings, comma separated: CLAWKER_PROXY_KERNEL_SPLICE value (true, download, false), @bytes for CLAWKER_PROXY_KERNEL_SPLICE_AFTER (e.g. true@1048576; none: 0, at once); the plugin's default "+defaultMode+" and false are the report's main columns")
 	only := flag.String("only", "", "run only these workloads, comma separated (e.g. bulk-down,bulk-up,https-newconn,ka-h1: the passthrough ones)")
 	flag.BoolVar(&o.passFloor, "passfloor", true, "add the passthrough floor arm (a minimal SNI relay on the host, no policy) to the passthrough workloads")
 	flag.Parse()
@@ -532,11 +534,15 @@ func (b *bench) armName(network string) string {
 	return "cfw-insp/" + modeLabel(b.mode)
 }
 
-// modeLabel names a -modes entry in arm names: on and off for true and
-// false (the report's two main columns), else the entry itself.
+// defaultMode is the plugin's default kernel splice setting as a -modes
+// entry (plugin/wire).
+var defaultMode = wire.DefaultKernelSplice + "@" + strconv.FormatInt(wire.DefaultKernelSpliceAfter, 10)
+
+// modeLabel names a -modes entry in arm names: on for the plugin's default
+// and off for false (the report's two main columns), else the entry itself.
 func modeLabel(mode string) string {
 	switch mode {
-	case "true":
+	case defaultMode:
 		return "on"
 	case "false":
 		return "off"
@@ -781,7 +787,8 @@ func (b *bench) format(load0, load1 string, took time.Duration) (string, string)
 		eng.Name, eng.Dockerd, eng.APIVersion)
 	fmt.Fprintf(&sb, "load average at start: %s; at end: %s (run took %s)\n", load0, load1, took.Round(time.Second))
 	fmt.Fprintf(&sb, "THE MACHINE WAS SHARED: 2 cores used by several agents at the same time; absolute numbers and host CPU/GB carry their load.\n")
-	fmt.Fprintf(&sb, "engine: builtin proxy; columns \"splice on\" / \"splice off\" = plugin setting CLAWKER_PROXY_KERNEL_SPLICE=true / false\n")
+	fmt.Fprintf(&sb, "engine: builtin proxy; columns \"splice on\" / \"splice off\" = the plugin's default kernel splice (CLAWKER_PROXY_KERNEL_SPLICE=%s,\n", wire.DefaultKernelSplice)
+	fmt.Fprintf(&sb, "  CLAWKER_PROXY_KERNEL_SPLICE_AFTER=%d: flows enter the kernel path after that many bytes) / CLAWKER_PROXY_KERNEL_SPLICE=false\n", wire.DefaultKernelSpliceAfter)
 	fmt.Fprintf(&sb, "method: a busybox container per network, each running the static Go client bench/bridge/load by docker exec;\n")
 	fmt.Fprintf(&sb, "  server: the same binary (Go net/http, TLS 1.3, h1+h2) in netns %s at %s, reached through the host (veth %s);\n", srvNetns, srvIP, srvLink)
 	fmt.Fprintf(&sb, "  bridge = user-defined bridge network; cfw = clawker-fw network allowing %s (passthrough) and http://%s;\n", benchHost, benchHost)
@@ -961,7 +968,7 @@ func (b *bench) formatArms(sb *strings.Builder, rows []row) {
 	fmt.Fprintf(sb, "  its SNI (plain HTTP: the request head up to its empty line, with a Host), dial the one fixed server address, write\n")
 	fmt.Fprintf(sb, "  what it read, io.Copy (splice(2)) both ways; no policy, DNS, identity,\n")
 	fmt.Fprintf(sb, "  log or limits. The bridge container dials it by address; the cfw arms reach the plugin's proxy through the socket hooks.\n")
-	fmt.Fprintf(sb, "  cfw/MODE = CLAWKER_PROXY_KERNEL_SPLICE=MODE (on = true, off = false; @N = CLAWKER_PROXY_KERNEL_SPLICE_AFTER=N).\n")
+	fmt.Fprintf(sb, "  cfw/MODE = CLAWKER_PROXY_KERNEL_SPLICE=MODE (on = the default %s, off = false; @N = CLAWKER_PROXY_KERNEL_SPLICE_AFTER=N, none = 0).\n", defaultMode)
 	fmt.Fprintf(sb, "%-44s %9s", "workload", "bridge")
 	for _, a := range arms {
 		fmt.Fprintf(sb, " %24s", a)

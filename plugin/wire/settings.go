@@ -60,10 +60,15 @@ type Settings struct {
 }
 
 // The kernel splice's defaults (CLAWKER_PROXY_KERNEL_SPLICE and
-// CLAWKER_PROXY_KERNEL_SPLICE_AFTER; README says why).
+// CLAWKER_PROXY_KERNEL_SPLICE_AFTER; README says why): on where the kernel
+// supports it, both directions, for flows that moved 1 MiB through
+// splice(2) first. Short flows (handshakes, small requests) never pay for
+// the hand-over, and small messages on a kept-alive flow stay off the
+// kernel's per-socket work queue, which measured slower for them
+// (bench/results/bridge.txt).
 const (
-	DefaultKernelSplice            = "false"
-	DefaultKernelSpliceAfter int64 = 0
+	DefaultKernelSplice            = "true"
+	DefaultKernelSpliceAfter int64 = 1 << 20
 )
 
 func env(k, def string) string {

@@ -1,6 +1,9 @@
 package wire
 
 import (
+	"encoding/json"
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -40,10 +43,11 @@ func TestSettingsKernelSplice(t *testing.T) {
 		afterN        int64
 		err           string
 	}{
-		{"", "", false, false, DefaultKernelSpliceAfter, ""}, // off by default (README)
+		{"", "", true, true, 1 << 20, ""}, // on by default, after 1 MiB (README)
 		{"true", "0", true, true, 0, ""},
-		{"download", "", true, false, DefaultKernelSpliceAfter, ""},
-		{"false", "", false, false, DefaultKernelSpliceAfter, ""},
+		{"download", "", true, false, 1 << 20, ""},
+		{"false", "", false, false, 1 << 20, ""},
+		{"false", "0", false, false, 0, ""},
 		{"true", "1048576", true, true, 1 << 20, ""},
 		{"on", "", false, false, 0, `setting CLAWKER_PROXY_KERNEL_SPLICE: "on" is not true, download or false`},
 		{"true", "-1", false, false, 0, "setting CLAWKER_PROXY_KERNEL_SPLICE_AFTER"},
@@ -63,4 +67,28 @@ func TestSettingsKernelSplice(t *testing.T) {
 			require.Equal(t, tt.afterN, s.KernelSpliceAfter)
 		})
 	}
+}
+
+// TestConfigJSONKernelSpliceDefaults: the plugin's config.json (what
+// `docker plugin install` sets) and ReadSettings' defaults name the same
+// kernel splice setting, so an installed plugin runs with the documented
+// default either way.
+func TestConfigJSONKernelSpliceDefaults(t *testing.T) {
+	data, err := os.ReadFile("../../config.json")
+	require.NoError(t, err)
+	var cfg struct {
+		Env []struct{ Name, Value string }
+	}
+	require.NoError(t, json.Unmarshal(data, &cfg))
+	want := map[string]string{
+		"CLAWKER_PROXY_KERNEL_SPLICE":       DefaultKernelSplice,
+		"CLAWKER_PROXY_KERNEL_SPLICE_AFTER": strconv.FormatInt(DefaultKernelSpliceAfter, 10),
+	}
+	for _, e := range cfg.Env {
+		if w, ok := want[e.Name]; ok {
+			require.Equal(t, w, e.Value, "config.json %s", e.Name)
+			delete(want, e.Name)
+		}
+	}
+	require.Empty(t, want, "settings missing from config.json")
 }

@@ -36,6 +36,32 @@ import (
 // process dies, the kernel closes them with a reset, so neither peer takes a
 // cut stream for a complete one; an orderly end clears it before closing.
 
+// kernelSendBuffer is the send buffer (SO_SNDBUF as the kernel reports it,
+// twice what is asked) of both sockets of a flow in the kernel path. The
+// kernel moves a redirected skb into its target's send buffer from the
+// target's psock work item; when that buffer is full the item re-queues
+// itself one jiffy later (net/core/skmsg.c, sk_psock_backlog on -EAGAIN),
+// and the target's write-space wake-up cannot bring it forward while that
+// timer is pending. The buffer must therefore hold what the link drains in
+// one jiffy (4 ms at HZ=250: 5 MB at 1.3 GB/s), or the flow idles in every
+// such wait. TCP's autotuning sizes it by the congestion window instead,
+// which a sub-millisecond local path keeps small: 1-2 MB, which held bulk
+// flows to 0.24-0.36x of the plain bridge on bench/bridge where 8 MiB
+// gave 0.53-0.65x (bench/results/bridge-kernel-splice-sndbuf.txt). Memory
+// stays bounded per flow: this buffer plus the psock queue the program
+// caps (bpf/splice.c, the pause).
+const kernelSendBuffer = 8 << 20
+
+// setKernelSendBuffer sizes fd's send buffer for the kernel path
+// (kernelSendBuffer). SO_SNDBUFFORCE needs CAP_NET_ADMIN (the plugin has
+// it); without it SO_SNDBUF, capped by net.core.wmem_max, is the best
+// there is. Neither failing stops the flow: it is only slower.
+func setKernelSendBuffer(fd int) {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, kernelSendBuffer/2) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, kernelSendBuffer/2)
+	}
+}
+
 // kernelSpliceHook, when set (by tests), is told whether a flow took the
 // kernel path.
 var kernelSpliceHook func(kernel bool)
@@ -74,6 +100,7 @@ func (f *flow) kernelSplice(up net.Conn) bool {
 			if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
 				return err
 			}
+			setKernelSendBuffer(fd)
 		}
 		var err error
 		pair, err = s.AddDirected(dfd, ufd, upKernel, true)

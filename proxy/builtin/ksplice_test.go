@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -151,6 +152,38 @@ func TestKernelSpliceSmoke(t *testing.T) {
 	require.ErrorIs(t, err, io.EOF)
 	require.Equal(t, int64(1), kernel.Load())
 	require.Zero(t, user.Load())
+}
+
+// TestKernelSpliceSendBuffer: both of the proxy's sockets of a flow in the
+// kernel path carry kernelSendBuffer (read back by ss from the kernel's
+// socket diagnostics), so the kernel's one-jiffy re-queue of a full send
+// buffer does not idle the flow (setKernelSendBuffer).
+func TestKernelSpliceSendBuffer(t *testing.T) {
+	s := openSplicer(t)
+	kernel, _ := countKernel(t)
+	_, srv, addr := tcpSpliceSetup(t, s)
+	srv.set(func(c *net.TCPConn) {
+		_, _ = io.WriteString(c, "hello\n")
+		_, _ = io.Copy(c, c)
+	})
+	c := dialFrom(t, "127.0.0.2", addr)
+	defer c.Close()
+	helloPing(t, c)
+	require.Equal(t, int64(1), kernel.Load())
+	_, lport, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	// The proxy's accepted socket (source port: the listener's) and its
+	// upstream socket (destination port: the server's).
+	filter := fmt.Sprintf("( sport = :%s or dport = :%d )", lport, srv.port)
+	out, err := exec.Command("ss", "-tmnH", "state", "established", filter).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	bufs := regexp.MustCompile(`\btb(\d+)`).FindAllStringSubmatch(string(out), -1)
+	require.Len(t, bufs, 2, "the proxy's two sockets of the flow: %s", out)
+	for _, m := range bufs {
+		tb, err := strconv.Atoi(m[1])
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, tb, kernelSendBuffer, "a socket in the kernel path has a small send buffer: %s", out)
+	}
 }
 
 // procIOPid reads rchar and wchar of this process (see procIO).
