@@ -91,7 +91,7 @@ func randID() string {
 // with their containers running and identified (joining 500 containers
 // one Docker call at a time would take the benchmark's whole budget); the
 // fake Docker lists the same containers with the same labels.
-func newEnv(n, rules int, kernelSplice bool) (e *env, err error) {
+func newEnv(n, rules int, kernelSplice bool, spliceAfter int64) (e *env, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errNotRoot
 	}
@@ -153,6 +153,7 @@ func newEnv(n, rules int, kernelSplice bool) (e *env, err error) {
 		Log:                   logrus.NewEntry(quiet),
 		Record:                func(decisionlog.Record) {},
 		Splicer:               e.splicer,
+		SpliceAfter:           spliceAfter,
 		Resolver:              staticResolver{},
 		AllowPrivateUpstreams: []netip.Prefix{netip.PrefixFrom(upstreamIP, 32)},
 		HostLocal:             func(a netip.Addr) (bool, error) { return a != upstreamIP, nil },

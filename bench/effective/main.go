@@ -39,6 +39,7 @@ import (
 
 	"github.com/clawker-fw/clawker-fw/bench/internal/scaleenv"
 	"github.com/clawker-fw/clawker-fw/bench/scalegen"
+	"github.com/clawker-fw/clawker-fw/plugin/wire"
 )
 
 func main() {
@@ -50,7 +51,8 @@ func main() {
 	flag.IntVar(&pr.Rules, "rules", scalegen.Rules, "network rules")
 	flag.IntVar(&pr.Changes, "changes", 40, "rule changes timed per endpoint count and round (adds and removes alternating)")
 	flag.IntVar(&pr.Streams, "streams", 64, "established streams (half TLS passthrough, half plain HTTP keep-alive)")
-	flag.BoolVar(&pr.KernelSplice, "kernel-splice", false, "carry allowed passthrough flows in the kernel (CLAWKER_PROXY_KERNEL_SPLICE=true); the default relays them with splice(2), as the plugin does by default")
+	flag.BoolVar(&pr.KernelSplice, "kernel-splice", wire.DefaultKernelSplice != "false", "carry allowed passthrough flows in the kernel (CLAWKER_PROXY_KERNEL_SPLICE; default: the plugin's); false relays them with splice(2)")
+	flag.Int64Var(&pr.SpliceAfter, "kernel-splice-after", wire.DefaultKernelSpliceAfter, "with -kernel-splice: bytes a flow moves by splice(2) before the hand-over (CLAWKER_PROXY_KERNEL_SPLICE_AFTER; default: the plugin's)")
 	flag.DurationVar(&pr.Timeout, "timeout", 10*time.Second, "give up on a consumer after this long per change")
 	flag.DurationVar(&pr.Probe, "probe", 2*time.Millisecond, "pause between two probes of one consumer")
 	flag.StringVar(&pr.CPUProfile, "cpuprofile", "", "with -child: write a CPU profile of the changes to this file")
@@ -91,7 +93,7 @@ func parent(out, countsFlag string, rounds int, pr params) error {
 			var x result
 			if err := scaleenv.Child(&x, "-child", strconv.Itoa(n), "-rules", strconv.Itoa(pr.Rules),
 				"-changes", strconv.Itoa(pr.Changes), "-streams", strconv.Itoa(pr.Streams),
-				"-kernel-splice="+strconv.FormatBool(pr.KernelSplice), "-timeout", pr.Timeout.String(), "-probe", pr.Probe.String()); err != nil {
+				"-kernel-splice="+strconv.FormatBool(pr.KernelSplice), "-kernel-splice-after", strconv.FormatInt(pr.SpliceAfter, 10), "-timeout", pr.Timeout.String(), "-probe", pr.Probe.String()); err != nil {
 				return fmt.Errorf("child %d endpoints: %w", n, err)
 			}
 			all := pool(x.Add, x.Remove)

@@ -39,7 +39,7 @@ func TestSmoke(t *testing.T) {
 // proxy dials the upstream per request.)
 func TestDroppedCounted(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	e, err := newEnv(1, 100, false)
+	e, err := newEnv(1, 100, false, 0)
 	require.NoError(t, err)
 	defer e.close()
 	st, err := e.openStreams(4)

@@ -35,6 +35,7 @@ type params struct {
 	Changes      int // rule changes timed: adds and removes alternating
 	Streams      int // established streams, half TLS passthrough, half plain HTTP keep-alive
 	KernelSplice bool
+	SpliceAfter  int64         // with KernelSplice: bytes a flow moves by splice(2) first
 	Timeout      time.Duration // per change and consumer
 	Probe        time.Duration // pause between two probes of one consumer
 	CPUProfile   string        // a CPU profile of the changes (the whole process: plugin, probes, streams)
@@ -80,7 +81,7 @@ type result struct {
 func run(pr params) (result, error) {
 	r := result{Endpoints: pr.Endpoints, Rules: pr.Rules, Add: map[string][]float64{}, Remove: map[string][]float64{}, Timeouts: map[string]int{}}
 	t0 := time.Now()
-	e, err := newEnv(pr.Endpoints, pr.Rules, pr.KernelSplice)
+	e, err := newEnv(pr.Endpoints, pr.Rules, pr.KernelSplice, pr.SpliceAfter)
 	if err != nil {
 		return r, err
 	}
@@ -88,7 +89,7 @@ func run(pr params) (result, error) {
 	r.StartMS = ms(time.Since(t0))
 	r.Splice = "splice(2)"
 	if e.splicer != nil {
-		r.Splice = "kernel (sockmap)"
+		r.Splice = fmt.Sprintf("kernel (sockmap) after %d bytes by splice(2)", pr.SpliceAfter)
 	}
 	r.Rules = e.rules
 	if r.ControlDenied, err = e.controlDenied(); err != nil {
