@@ -89,7 +89,10 @@ func run(pr params) (result, error) {
 	r.StartMS = ms(time.Since(t0))
 	r.Splice = "splice(2)"
 	if e.splicer != nil {
-		r.Splice = fmt.Sprintf("kernel (sockmap) after %d bytes by splice(2)", pr.SpliceAfter)
+		r.Splice = "kernel (sockmap)"
+		if pr.SpliceAfter > 0 {
+			r.Splice += fmt.Sprintf(" after %d bytes by splice(2)", pr.SpliceAfter)
+		}
 	}
 	r.Rules = e.rules
 	if r.ControlDenied, err = e.controlDenied(); err != nil {
