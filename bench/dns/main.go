@@ -22,9 +22,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -39,6 +37,7 @@ import (
 	"encoding/json"
 	"net/netip"
 
+	"github.com/clawker-fw/clawker-fw/bench/internal/sidecar"
 	"github.com/clawker-fw/clawker-fw/bpf"
 	clawkerdns "github.com/clawker-fw/clawker-fw/dns"
 	"github.com/clawker-fw/clawker-fw/policy"
@@ -77,12 +76,9 @@ func run(out, bin string, rounds int, batch time.Duration, conc int) error {
 	defer os.RemoveAll(tmp)
 
 	if bin == "" {
-		bin = filepath.Join(tmp, "clawker-coredns")
 		fmt.Fprintln(os.Stderr, "building clawker-coredns...")
-		cmd := exec.Command("go", "build", "-o", bin, "./cmd/clawker-coredns")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("go build clawker-coredns: %w", err)
+		if bin, err = sidecar.Build(tmp); err != nil {
+			return err
 		}
 	}
 
@@ -104,14 +100,14 @@ func run(out, bin string, rounds int, batch time.Duration, conc int) error {
 		return err
 	}
 
-	var sidecars []*sidecar
+	var sidecars []*sidecar.Sidecar
 	defer func() {
 		for _, s := range sidecars {
-			s.stop()
+			s.Stop()
 		}
 	}()
-	start := func(name, corefile string) (*sidecar, error) {
-		s, err := startSidecar(bin, filepath.Join(tmp, name+".Corefile"), corefile)
+	start := func(name, corefile string) (*sidecar.Sidecar, error) {
+		s, err := sidecar.Start(bin, filepath.Join(tmp, name+".Corefile"), corefile)
 		if err == nil {
 			sidecars = append(sidecars, s)
 		}
@@ -119,9 +115,9 @@ func run(out, bin string, rounds int, batch time.Duration, conc int) error {
 	}
 	pluginCfg := func(next bool) string {
 		cfg := clawkerdns.CorefileConfig{
-			Bind: []string{"127.0.0.1"}, Port: freePort(), SnapshotPath: snapPath, PinDir: pinDir,
+			Bind: []string{"127.0.0.1"}, Port: sidecar.FreePort(), SnapshotPath: snapPath, PinDir: pinDir,
 			Upstreams:  []string{upAddr},
-			HealthAddr: addr(), ReadyAddr: addr(), MetricsAddr: addr(), StatusAddr: addr(),
+			HealthAddr: sidecar.Addr(), ReadyAddr: sidecar.Addr(), MetricsAddr: sidecar.Addr(), StatusAddr: sidecar.Addr(),
 		}
 		c := clawkerdns.Corefile(cfg)
 		if next {
@@ -139,7 +135,7 @@ func run(out, bin string, rounds int, batch time.Duration, conc int) error {
 		return err
 	}
 	fwd, err := start("forward", fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    errors\n    health %s\n    ready %s\n    prometheus %s\n    forward . %s\n}\n",
-		freePort(), addr(), addr(), addr(), upAddr))
+		sidecar.FreePort(), sidecar.Addr(), sidecar.Addr(), sidecar.Addr(), upAddr))
 	if err != nil {
 		return err
 	}
@@ -147,10 +143,10 @@ func run(out, bin string, rounds int, batch time.Duration, conc int) error {
 	allowed := func(i int) string { return fmt.Sprintf("n%d.example.test.", i%names) }
 	denied := func(i int) string { return fmt.Sprintf("n%d.denied.test.", i%names) }
 	sides := []*side{
-		{name: "plugin", desc: "clawker, own exchange", pid: plug.cmd.Process.Pid, addr: plug.dns, qname: allowed, want: mdns.RcodeSuccess},
-		{name: "plugin+next", desc: "clawker, upstream next + forward", pid: plugNext.cmd.Process.Pid, addr: plugNext.dns, qname: allowed, want: mdns.RcodeSuccess},
-		{name: "forward", desc: "forward only, no policy", pid: fwd.cmd.Process.Pid, addr: fwd.dns, qname: allowed, want: mdns.RcodeSuccess},
-		{name: "denied", desc: "clawker, names outside the policy", pid: plug.cmd.Process.Pid, addr: plug.dns, qname: denied, want: mdns.RcodeNameError},
+		{name: "plugin", desc: "clawker, own exchange", pid: plug.Cmd.Process.Pid, addr: plug.DNS, qname: allowed, want: mdns.RcodeSuccess},
+		{name: "plugin+next", desc: "clawker, upstream next + forward", pid: plugNext.Cmd.Process.Pid, addr: plugNext.DNS, qname: allowed, want: mdns.RcodeSuccess},
+		{name: "forward", desc: "forward only, no policy", pid: fwd.Cmd.Process.Pid, addr: fwd.DNS, qname: allowed, want: mdns.RcodeSuccess},
+		{name: "denied", desc: "clawker, names outside the policy", pid: plug.Cmd.Process.Pid, addr: plug.DNS, qname: denied, want: mdns.RcodeNameError},
 	}
 	// Warm up: sockets, pools, the map.
 	for _, s := range sides {
@@ -161,12 +157,12 @@ func run(out, bin string, rounds int, batch time.Duration, conc int) error {
 	load, _ := os.ReadFile("/proc/loadavg")
 	for r := 0; r < rounds; r++ {
 		for _, s := range sides {
-			cpu0 := cpuTime(s.pid)
+			cpu0 := sidecar.CPUTime(s.pid)
 			n, err := s.batch(conc, batch)
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			s.cpu += cpuTime(s.pid) - cpu0
+			s.cpu += sidecar.CPUTime(s.pid) - cpu0
 			s.answers += n
 			s.rates = append(s.rates, float64(n)/batch.Seconds())
 		}
@@ -294,23 +290,6 @@ func (s *side) cpuPerQuery() string {
 	return (s.cpu / time.Duration(s.answers)).Round(100 * time.Nanosecond).String()
 }
 
-// cpuTime is the user+system CPU time of process pid (all threads).
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the ")" of the command name; utime and stime are fields
-	// 14 and 15 (1-based) of the whole line.
-	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
-	f := strings.Fields(rest)
-	var ut, st int64
-	fmt.Sscan(f[11], &ut)
-	fmt.Sscan(f[12], &st)
-	const clkTck = 100 // sysconf(_SC_CLK_TCK) on Linux
-	return time.Duration(ut+st) * time.Second / clkTck
-}
-
 func median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
@@ -319,11 +298,7 @@ func median(v []float64) float64 {
 
 // startUpstream answers every A query under example.test with one address.
 func startUpstream() (*mdns.Server, error) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	srv := &mdns.Server{PacketConn: pc, Handler: mdns.HandlerFunc(func(w mdns.ResponseWriter, r *mdns.Msg) {
+	return sidecar.Upstream(func(w mdns.ResponseWriter, r *mdns.Msg) {
 		m := new(mdns.Msg)
 		m.SetReply(r)
 		m.Authoritative = true
@@ -335,12 +310,7 @@ func startUpstream() (*mdns.Server, error) {
 			m.Rcode = mdns.RcodeNameError
 		}
 		w.WriteMsg(m)
-	})}
-	ready := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(ready) }
-	go srv.ActivateAndServe()
-	<-ready
-	return srv, nil
+	})
 }
 
 // pins creates the meta and learned maps (docs/SEAMS.md) under a bpffs
@@ -380,68 +350,3 @@ func writeSnapshot(path string) error {
 	}
 	return os.Rename(path+".tmp", path)
 }
-
-type sidecar struct {
-	cmd *exec.Cmd
-	dns string
-}
-
-func (s *sidecar) stop() {
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
-}
-
-// startSidecar runs the binary with corefile and waits until it answers.
-// Its output (one decision line per query) goes to /dev/null, as the
-// plugin process would pay for its own log sink anyway.
-func startSidecar(bin, path, corefile string) (*sidecar, error) {
-	if err := os.WriteFile(path, []byte(corefile), 0o644); err != nil {
-		return nil, err
-	}
-	var port string
-	for _, l := range strings.Split(corefile, "\n") {
-		if strings.HasPrefix(l, ".:") {
-			port = strings.TrimSuffix(strings.TrimPrefix(l, ".:"), " {")
-		}
-	}
-	var ready string
-	for _, l := range strings.Split(corefile, "\n") {
-		if f := strings.Fields(l); len(f) == 2 && f[0] == "ready" {
-			ready = f[1]
-		}
-	}
-	cmd := exec.Command(bin, "-conf", path)
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	s := &sidecar{cmd: cmd, dns: "127.0.0.1:" + port}
-	for t0 := time.Now(); time.Since(t0) < 20*time.Second; time.Sleep(20 * time.Millisecond) {
-		resp, err := http.Get("http://" + ready + "/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s, nil
-			}
-		}
-	}
-	s.stop()
-	return nil, fmt.Errorf("sidecar %s not ready", path)
-}
-
-func freePort() int {
-	for {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			panic(err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port
-		}
-	}
-}
-
-func addr() string { return fmt.Sprintf("127.0.0.1:%d", freePort()) }
