@@ -57,10 +57,16 @@ func main() {
 	queries := flag.Int("queries", 20000, "DNS queries timed per child")
 	cpuprofile := flag.String("cpuprofile", "", "with -child: write a CPU profile of the commits to this file")
 	memprofile := flag.String("memprofile", "", "with -child: write a heap profile after the commits to this file")
+	realOnly := flag.Bool("realdns", false, "only the real-sidecar DNS row: print it, write no report")
+	flag.IntVar(&realCfg.rounds, "realrounds", 20, "real-sidecar DNS row: rounds (0: no row)")
+	flag.IntVar(&realCfg.queries, "realqueries", 2000, "real-sidecar DNS row: queries timed per arm and round")
+	flag.IntVar(&realCfg.conc, "realc", 4, "real-sidecar DNS row: concurrent clients for qps (0: none)")
 	flag.Parse()
 	profCPU, profMem = *cpuprofile, *memprofile
 	var err error
-	if *child > 0 {
+	if *realOnly {
+		err = runReal(os.Stdout)
+	} else if *child > 0 {
 		err = runChild(*child, *reps, *queries)
 	} else {
 		err = run(*out, *rounds, *reps, *queries)
@@ -201,6 +207,12 @@ func run(out string, rounds, reps, queries int) error {
 	fmt.Fprintf(&b, "\nchecks: allows per policy %d, listeners %d, rules without a listener %d, DNS answers allowed %d/%d (500 endpoints)\n",
 		med[500].PolicyAllow, med[500].Listeners, med[500].Failures, med[500].Allowed, queries)
 	fmt.Fprintf(&b, "connect() rate at scale: go run ./bench/bpf -scale (bench/results/bpf-scale.txt)\n")
+	if realCfg.rounds > 0 {
+		fmt.Fprintln(&b)
+		if err := runReal(&b); err != nil {
+			return err
+		}
+	}
 	fmt.Print(b.String())
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
