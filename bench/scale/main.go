@@ -61,6 +61,7 @@ func main() {
 	flag.IntVar(&realCfg.rounds, "realrounds", 20, "real-sidecar DNS row: rounds (0: no row)")
 	flag.IntVar(&realCfg.queries, "realqueries", 2000, "real-sidecar DNS row: queries timed per arm and round")
 	flag.IntVar(&realCfg.conc, "realc", 4, "real-sidecar DNS row: concurrent clients for qps (0: none)")
+	flag.BoolVar(&realCfg.control, "realcontrol", false, "real-sidecar DNS row: also a second 1-endpoint arm (the method's noise)")
 	flag.Parse()
 	profCPU, profMem = *cpuprofile, *memprofile
 	var err error

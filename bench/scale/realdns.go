@@ -70,8 +70,9 @@ type realResult struct {
 // network of rules rules, alternating round by round; in each round every
 // arm answers queries allowed queries sent one at a time (each from the
 // next endpoint's socket), then conc clients for dur (qps). bin is a built
-// clawker-coredns.
-func realDNS(bin string, rules, n, rounds, queries, conc int, dur time.Duration) (*realResult, error) {
+// clawker-coredns. control adds a third arm, a second 1-endpoint sidecar
+// measured as the others (what the method reads between equal arms).
+func realDNS(bin string, rules, n, rounds, queries, conc int, dur time.Duration, control bool) (*realResult, error) {
 	tmp, err := os.MkdirTemp("", "clawker-bench-scale-realdns-")
 	if err != nil {
 		return nil, err
@@ -90,8 +91,12 @@ func realDNS(bin string, rules, n, rounds, queries, conc int, dur time.Duration)
 			a.close()
 		}
 	}()
-	for _, k := range []int{1, n} {
-		a, err := startRealArm(bin, filepath.Join(tmp, fmt.Sprint(k)), upAddr, rules, k)
+	counts := []int{1, n}
+	if control {
+		counts = append(counts, 1)
+	}
+	for i, k := range counts {
+		a, err := startRealArm(bin, filepath.Join(tmp, fmt.Sprint(i)), upAddr, rules, k)
 		if err != nil {
 			return nil, fmt.Errorf("%d endpoints: %w", k, err)
 		}
@@ -367,6 +372,10 @@ func realMethod(r *realResult) string {
 	fmt.Fprintf(&b, "sidecar's CPU time over the one-at-a-time queries. Round p50s (µs): 1: %s; %d: %s. Median of the rounds'\n",
 		fmtList(r.RoundP50s[0]), r.Endpoints[1], fmtList(r.RoundP50s[1]))
 	fmt.Fprintf(&b, "own ratios (%d / 1, same round): %.2f. Answers allowed %d/%d.\n", r.Endpoints[1], r.PairedRatio(), r.Allowed, r.Asked)
+	if len(r.Endpoints) > 2 {
+		fmt.Fprintf(&b, "Control, a second 1-endpoint sidecar measured as a third arm: p50 %.2f µs, %.2fx the first (rounds' own\n", r.P50US[2], scaleenv.Ratio(r.P50US[2], r.P50US[0]))
+		fmt.Fprintf(&b, "ratios: %.2f); %d / control %.2fx (rounds' own: %.2f). Round p50s: %s.\n", r.paired(2, 0), r.Endpoints[1], scaleenv.Ratio(r.P50US[1], r.P50US[2]), r.paired(1, 2), fmtList(r.RoundP50s[2]))
+	}
 	return b.String()
 }
 
@@ -379,7 +388,10 @@ func fmtList(v []float64) string {
 }
 
 // realCfg is the real-sidecar row's flags.
-var realCfg struct{ rounds, queries, conc int }
+var realCfg struct {
+	rounds, queries, conc int
+	control               bool
+}
 
 // runReal measures the real-sidecar row at 1 and 500 endpoints on the
 // 10,000 rules and writes its method, load average and rows to w.
@@ -395,7 +407,7 @@ func runReal(w io.Writer) error {
 	}
 	load, _ := os.ReadFile("/proc/loadavg")
 	start := time.Now().UTC()
-	r, err := realDNS(bin, scalegen.Rules, 500, max(1, realCfg.rounds), realCfg.queries, realCfg.conc, time.Second)
+	r, err := realDNS(bin, scalegen.Rules, 500, max(1, realCfg.rounds), realCfg.queries, realCfg.conc, time.Second, realCfg.control)
 	if err != nil {
 		return fmt.Errorf("real sidecar DNS: %w", err)
 	}
@@ -409,10 +421,13 @@ func runReal(w io.Writer) error {
 
 // PairedRatio is the median over rounds of the round's p50 at n endpoints
 // over its p50 at 1 (arms measured next to each other share the load).
-func (r *realResult) PairedRatio() float64 {
+func (r *realResult) PairedRatio() float64 { return r.paired(1, 0) }
+
+// paired is the median over rounds of arm a's p50 over arm b's.
+func (r *realResult) paired(a, b int) float64 {
 	v := make([]float64, len(r.RoundP50s[0]))
 	for i := range v {
-		v[i] = scaleenv.Ratio(r.RoundP50s[1][i], r.RoundP50s[0][i])
+		v[i] = scaleenv.Ratio(r.RoundP50s[a][i], r.RoundP50s[b][i])
 	}
 	return medianF(v)
 }
