@@ -46,7 +46,7 @@ type realArm struct {
 	n     int
 	names []string
 	side  *sidecar.Sidecar
-	conns []*mdns.Conn // one per endpoint, bound to its address
+	conns []*mdns.Conn // socket j bound to endpoint j%n+1's address
 	lat   []float64    // µs, every round
 	p50s  []float64    // each round's p50, µs
 	qps   []float64    // each round's concurrent rate
@@ -58,7 +58,7 @@ type realArm struct {
 // median of the rounds' p50s, the p99 of all rounds' queries, queries/s
 // with concurrent clients (median round) and sidecar CPU per query.
 type realResult struct {
-	Endpoints                   []int
+	Endpoints, Sockets          []int
 	P50US, P99US, QPS, CPUPerUS []float64
 	RoundP50s                   [][]float64
 	Queries, Rounds, Conc       int
@@ -70,8 +70,11 @@ type realResult struct {
 // network of rules rules, alternating round by round; in each round every
 // arm answers queries allowed queries sent one at a time (each from the
 // next endpoint's socket), then conc clients for dur (qps). bin is a built
-// clawker-coredns. control adds a third arm, a second 1-endpoint sidecar
-// measured as the others (what the method reads between equal arms).
+// clawker-coredns. control adds two arms: a second 1-endpoint sidecar
+// measured as the others (what the method reads between equal arms), and
+// a 1-endpoint sidecar asked from n sockets in turn, all bound to the
+// endpoint's address (the client's and the kernel's side of rotating
+// through n sockets, the sidecar's work that of 1 endpoint).
 func realDNS(bin string, rules, n, rounds, queries, conc int, dur time.Duration, control bool) (*realResult, error) {
 	tmp, err := os.MkdirTemp("", "clawker-bench-scale-realdns-")
 	if err != nil {
@@ -91,14 +94,15 @@ func realDNS(bin string, rules, n, rounds, queries, conc int, dur time.Duration,
 			a.close()
 		}
 	}()
-	counts := []int{1, n}
+	type armCfg struct{ endpoints, sockets int }
+	cfgs := []armCfg{{1, 1}, {n, n}}
 	if control {
-		counts = append(counts, 1)
+		cfgs = append(cfgs, armCfg{1, 1}, armCfg{1, n})
 	}
-	for i, k := range counts {
-		a, err := startRealArm(bin, filepath.Join(tmp, fmt.Sprint(i)), upAddr, rules, k)
+	for i, k := range cfgs {
+		a, err := startRealArm(bin, filepath.Join(tmp, fmt.Sprint(i)), upAddr, rules, k.endpoints, k.sockets)
 		if err != nil {
-			return nil, fmt.Errorf("%d endpoints: %w", k, err)
+			return nil, fmt.Errorf("%d endpoints: %w", k.endpoints, err)
 		}
 		arms = append(arms, a)
 	}
@@ -129,12 +133,12 @@ func realDNS(bin string, rules, n, rounds, queries, conc int, dur time.Duration,
 				}
 				a.qps = append(a.qps, q)
 			}
-			fmt.Fprintf(os.Stderr, "real sidecar round %d: %d endpoints: p50 %.1f µs\n", r+1, a.n, lat[len(lat)/2])
+			fmt.Fprintf(os.Stderr, "real sidecar round %d: %d endpoints, %d sockets: p50 %.1f µs\n", r+1, a.n, len(a.conns), lat[len(lat)/2])
 		}
 	}
 	for _, a := range arms {
 		slices.Sort(a.lat)
-		res.Endpoints = append(res.Endpoints, a.n)
+		res.Endpoints, res.Sockets = append(res.Endpoints, a.n), append(res.Sockets, len(a.conns))
 		res.RoundP50s = append(res.RoundP50s, slices.Clone(a.p50s))
 		res.P50US = append(res.P50US, medianF(a.p50s))
 		res.P99US = append(res.P99US, a.lat[len(a.lat)*99/100])
@@ -155,9 +159,10 @@ func medianF(v []float64) float64 {
 }
 
 // startRealArm writes the DNS files of n endpoints (at realNet's
-// addresses) and starts a sidecar on them; it returns when the sidecar
-// answers an allowed name from every endpoint's socket.
-func startRealArm(bin, dir, upAddr string, rules, n int) (*realArm, error) {
+// addresses), starts a sidecar on them and opens max(n, sockets) client
+// sockets, socket j bound to endpoint j%n+1's address; it returns when
+// the sidecar answers endpoint 1.
+func startRealArm(bin, dir, upAddr string, rules, n, sockets int) (*realArm, error) {
 	st, names, err := scaleenv.State(realNet, rules, n)
 	if err != nil {
 		return nil, err
@@ -175,7 +180,8 @@ func startRealArm(bin, dir, upAddr string, rules, n int) (*realArm, error) {
 		return nil, err
 	}
 	a := &realArm{n: n, names: names, side: side}
-	for i := 1; i <= n; i++ {
+	for j := range max(n, sockets) {
+		i := j%n + 1
 		ip := snap.Endpoints[uint32(i)].IP
 		if ip != realNet.EndpointIP(i) {
 			a.close()
@@ -212,7 +218,7 @@ func (a *realArm) close() {
 
 var realClient = &mdns.Client{Timeout: 2 * time.Second}
 
-// ask sends name (A) from endpoint i+1's socket and checks the rcode; its
+// ask sends name (A) from socket i and checks the rcode; its
 // latency is appended to lat (µs) when lat is not nil.
 func (a *realArm) ask(i int, name string, want int, lat *[]float64) error {
 	m := new(mdns.Msg)
@@ -234,12 +240,13 @@ func (a *realArm) ask(i int, name string, want int, lat *[]float64) error {
 
 // query is the i-th query of a loop, as the in-process row asks: a name
 // of the network, every 10th the asking endpoint's own label name.
-func (a *realArm) query(rng *rand.Rand, i int) (ep int, name string) {
-	ep = i % a.n
+// It is sent from socket i%sockets (endpoint sock%n+1).
+func (a *realArm) query(rng *rand.Rand, i int) (sock int, name string) {
+	sock = i % len(a.conns)
 	if i%10 == 9 {
-		return ep, fmt.Sprintf("e%d.agent.test.", ep+1)
+		return sock, fmt.Sprintf("e%d.agent.test.", sock%a.n+1)
 	}
-	return ep, a.names[rng.IntN(len(a.names))] + "."
+	return sock, a.names[rng.IntN(len(a.names))] + "."
 }
 
 // serial sends count allowed queries one at a time, each from the next
@@ -375,6 +382,9 @@ func realMethod(r *realResult) string {
 	if len(r.Endpoints) > 2 {
 		fmt.Fprintf(&b, "Control, a second 1-endpoint sidecar measured as a third arm: p50 %.2f µs, %.2fx the first (rounds' own\n", r.P50US[2], scaleenv.Ratio(r.P50US[2], r.P50US[0]))
 		fmt.Fprintf(&b, "ratios: %.2f); %d / control %.2fx (rounds' own: %.2f). Round p50s: %s.\n", r.paired(2, 0), r.Endpoints[1], scaleenv.Ratio(r.P50US[1], r.P50US[2]), r.paired(1, 2), fmtList(r.RoundP50s[2]))
+		fmt.Fprintf(&b, "Control, 1 endpoint asked from %d sockets in turn (all bound to its address) as a fourth arm: p50 %.2f µs,\n", r.Sockets[3], r.P50US[3])
+		fmt.Fprintf(&b, "%.2fx the first (rounds' own: %.2f); %d endpoints / this %.2fx (rounds' own: %.2f); cpu/query %.2f µs. Round p50s: %s.\n",
+			scaleenv.Ratio(r.P50US[3], r.P50US[0]), r.paired(3, 0), r.Endpoints[1], scaleenv.Ratio(r.P50US[1], r.P50US[3]), r.paired(1, 3), r.CPUPerUS[3], fmtList(r.RoundP50s[3]))
 	}
 	return b.String()
 }

@@ -26,7 +26,7 @@ func TestRealDNSSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer up.Shutdown()
-	a, err := startRealArm(bin, t.TempDir(), up.PacketConn.LocalAddr().String(), 200, 3)
+	a, err := startRealArm(bin, t.TempDir(), up.PacketConn.LocalAddr().String(), 200, 3, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,11 +42,11 @@ func TestRealDNSSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Allowed != r.Asked || r.Asked != 3*2*30 {
-		t.Errorf("%d of %d queries allowed, want all of %d", r.Allowed, r.Asked, 3*2*30)
+	if r.Allowed != r.Asked || r.Asked != 4*2*30 {
+		t.Errorf("%d of %d queries allowed, want all of %d", r.Allowed, r.Asked, 4*2*30)
 	}
-	for i, n := range []int{1, 3, 1} {
-		if r.Endpoints[i] != n || r.P50US[i] <= 0 || r.P99US[i] < r.P50US[i] || r.QPS[i] <= 0 || len(r.RoundP50s[i]) != 2 {
+	for i, n := range []int{1, 3, 1, 1} {
+		if r.Endpoints[i] != n || r.Sockets[i] != []int{1, 3, 1, 3}[i] || r.P50US[i] <= 0 || r.P99US[i] < r.P50US[i] || r.QPS[i] <= 0 || len(r.RoundP50s[i]) != 2 {
 			t.Errorf("arm %d: endpoints %d, p50 %.1f µs, p99 %.1f µs, qps %.0f, rounds %d", i, r.Endpoints[i], r.P50US[i], r.P99US[i], r.QPS[i], len(r.RoundP50s[i]))
 		}
 	}
