@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -55,6 +56,8 @@ func Start(bin, path, corefile string) (*Sidecar, error) {
 	}
 	cmd := exec.Command(bin, "-conf", path)
 	cmd.Stderr = os.Stderr
+	// Killed with the benchmark if it dies first (a signal, a timeout).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
