@@ -45,9 +45,10 @@ import (
 // timer is pending. The buffer must therefore hold what the link drains in
 // one jiffy (4 ms at HZ=250: 5 MB at 1.3 GB/s), or the flow idles in every
 // such wait. TCP's autotuning sizes it by the congestion window instead,
-// which a sub-millisecond local path keeps small: 1-2 MB, which held bulk
-// flows to 0.24-0.36x of the plain bridge on bench/bridge where 8 MiB
-// gave 0.53-0.65x (bench/results/bridge-kernel-splice-sndbuf.txt). Memory
+// which a sub-millisecond local path keeps small. On bench/bridge a 2 MiB
+// buffer held bulk flows to 0.24-0.36x of the plain bridge and autotuning
+// alone to 0.35-0.55x, where 8 MiB gave 0.53-0.65x
+// (bench/results/bridge-kernel-splice-sndbuf.txt, -variants.txt). Memory
 // stays bounded per flow: this buffer plus the psock queue the program
 // caps (bpf/splice.c, the pause).
 const kernelSendBuffer = 8 << 20
