@@ -214,7 +214,7 @@ func Run(ctx context.Context, s Settings, root *logrus.Entry) error {
 	_ = os.Chmod(adminPath, 0o600)
 	admin := &http.Server{Handler: plugin.AdminHandler(p, plugin.AdminHooks{
 		Engine:     s.Engine,
-		Components: parts{coredns: coredns, envoy: envoyProc, mgr: mgr, decisions: decs.Hub, p: p, az: az}.components,
+		Components: parts{coredns: coredns, envoy: envoyProc, mgr: mgr, decisions: decs.Hub, p: p, az: az, splice: spliceDetail(s, splicer != nil)}.components,
 		Decisions:  decs.Recent,
 		CACertPEM:  authority.CACertPEM,
 		RotateCA:   authority.Rotate,

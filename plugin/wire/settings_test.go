@@ -92,3 +92,21 @@ func TestConfigJSONKernelSpliceDefaults(t *testing.T) {
 	}
 	require.Empty(t, want, "settings missing from config.json")
 }
+
+// TestSpliceDetail: status says how decided flows are relayed, for each
+// setting, and why not in the kernel where the kernel lacks sockmap.
+func TestSpliceDetail(t *testing.T) {
+	for _, tt := range []struct {
+		s         Settings
+		available bool
+		want      string
+	}{
+		{Settings{KernelSplice: true, KernelSpliceUpload: true, KernelSpliceAfter: 1 << 20}, true, "kernel splice after 1048576 bytes by splice(2)"},
+		{Settings{KernelSplice: true, KernelSpliceUpload: true}, true, "kernel splice at once"},
+		{Settings{KernelSplice: true, KernelSpliceAfter: 4097}, true, "kernel splice of downloads after 4097 bytes by splice(2)"},
+		{Settings{KernelSplice: true, KernelSpliceUpload: true, KernelSpliceAfter: 1 << 20}, false, "kernel splice unavailable on this kernel (no sockmap): flows relayed with splice(2)"},
+		{Settings{}, true, "kernel splice off (CLAWKER_PROXY_KERNEL_SPLICE=false): flows relayed with splice(2)"},
+	} {
+		require.Equal(t, tt.want, spliceDetail(tt.s, tt.available))
+	}
+}

@@ -19,6 +19,26 @@ type parts struct {
 	decisions      *decisionlog.Hub
 	p              *plugin.Plugin
 	az             *authz.Authz
+	splice         string // how decided flows are relayed (spliceDetail)
+}
+
+// spliceDetail says how the proxy relays decided passthrough and tcp flows
+// (status, the proxy's line): the kernel splice as set, or why not.
+func spliceDetail(s Settings, available bool) string {
+	switch {
+	case !s.KernelSplice:
+		return "kernel splice off (CLAWKER_PROXY_KERNEL_SPLICE=false): flows relayed with splice(2)"
+	case !available:
+		return "kernel splice unavailable on this kernel (no sockmap): flows relayed with splice(2)"
+	}
+	what := "kernel splice"
+	if !s.KernelSpliceUpload {
+		what += " of downloads"
+	}
+	if s.KernelSpliceAfter == 0 {
+		return what + " at once"
+	}
+	return fmt.Sprintf("%s after %d bytes by splice(2)", what, s.KernelSpliceAfter)
 }
 
 // components assembles the status of each part.
@@ -28,7 +48,7 @@ func (c parts) components() []plugin.Component {
 	if !st.Healthy {
 		dnsC.Detail = st.LastError
 	}
-	comps := []plugin.Component{dnsC, {Name: "proxy", Healthy: true, Detail: "builtin"}, {Name: "bpf", Healthy: true, Detail: c.mgr.CgroupPath()}}
+	comps := []plugin.Component{dnsC, {Name: "proxy", Healthy: true, Detail: "builtin; " + c.splice}, {Name: "bpf", Healthy: true, Detail: c.mgr.CgroupPath()}}
 	if c.envoy != nil {
 		st := c.envoy.Status()
 		comps = append(comps, plugin.Component{Name: "envoy", Healthy: st.Healthy, Restarts: st.Restarts, Detail: st.LastError})
