@@ -68,7 +68,7 @@ func TestCLIDockerManners(t *testing.T) {
 	t.Run("networks by name", func(t *testing.T) {
 		st := f.mustCFW(t, "status")
 		require.Regexp(t, `network `+netID[:12]+` \(`+net+`\) `, st, "status names the network")
-		require.Regexp(t, `proxy\s+healthy builtin; kernel splice after 1048576 bytes by splice\(2\)`, st, "status says how decided flows are relayed (the default)")
+		require.Regexp(t, `proxy\s+healthy builtin; kernel splice after 1048576 bytes through the proxy`, st, "status says how decided flows are relayed (the default)")
 		rule := "http://" + harness.AltHost
 		require.False(t, func() bool { ok, _ := f.reach(c, harness.AltHost, "/cli"); return ok }())
 		// By name, the global flag after the command.

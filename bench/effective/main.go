@@ -52,7 +52,7 @@ func main() {
 	flag.IntVar(&pr.Changes, "changes", 40, "rule changes timed per endpoint count and round (adds and removes alternating)")
 	flag.IntVar(&pr.Streams, "streams", 64, "established streams (half TLS passthrough, half plain HTTP keep-alive)")
 	flag.BoolVar(&pr.KernelSplice, "kernel-splice", wire.DefaultKernelSplice != "false", "carry allowed passthrough flows in the kernel (CLAWKER_PROXY_KERNEL_SPLICE; default: the plugin's); false relays them with splice(2)")
-	flag.Int64Var(&pr.SpliceAfter, "kernel-splice-after", wire.DefaultKernelSpliceAfter, "with -kernel-splice: bytes a flow moves by splice(2) before the hand-over (CLAWKER_PROXY_KERNEL_SPLICE_AFTER; default: the plugin's)")
+	flag.Int64Var(&pr.SpliceAfter, "kernel-splice-after", wire.DefaultKernelSpliceAfter, "with -kernel-splice: bytes a flow moves through the proxy before the hand-over (CLAWKER_PROXY_KERNEL_SPLICE_AFTER; default: the plugin's)")
 	flag.DurationVar(&pr.Timeout, "timeout", 10*time.Second, "give up on a consumer after this long per change")
 	flag.DurationVar(&pr.Probe, "probe", 2*time.Millisecond, "pause between two probes of one consumer")
 	flag.StringVar(&pr.CPUProfile, "cpuprofile", "", "with -child: write a CPU profile of the changes to this file")

@@ -35,7 +35,7 @@ type params struct {
 	Changes      int // rule changes timed: adds and removes alternating
 	Streams      int // established streams, half TLS passthrough, half plain HTTP keep-alive
 	KernelSplice bool
-	SpliceAfter  int64         // with KernelSplice: bytes a flow moves by splice(2) first
+	SpliceAfter  int64         // with KernelSplice: bytes a flow moves through the proxy first
 	Timeout      time.Duration // per change and consumer
 	Probe        time.Duration // pause between two probes of one consumer
 	CPUProfile   string        // a CPU profile of the changes (the whole process: plugin, probes, streams)
@@ -91,7 +91,7 @@ func run(pr params) (result, error) {
 	if e.splicer != nil {
 		r.Splice = "kernel (sockmap)"
 		if pr.SpliceAfter > 0 {
-			r.Splice += fmt.Sprintf(" after %d bytes by splice(2)", pr.SpliceAfter)
+			r.Splice += fmt.Sprintf(" after %d bytes through the proxy", pr.SpliceAfter)
 		}
 	}
 	r.Rules = e.rules

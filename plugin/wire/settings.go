@@ -47,8 +47,9 @@ type Settings struct {
 	// (sockmap) once decided; off, the proxy copies them (splice(2)).
 	// KernelSpliceUpload (CLAWKER_PROXY_KERNEL_SPLICE=true, not
 	// "download") carries the client-to-upstream direction there too.
-	// KernelSpliceAfter is how many bytes a flow first moves through
-	// splice(2) before the hand-over (CLAWKER_PROXY_KERNEL_SPLICE_AFTER).
+	// KernelSpliceAfter is how many bytes a flow first moves through the
+	// proxy (read/write) before the hand-over
+	// (CLAWKER_PROXY_KERNEL_SPLICE_AFTER).
 	KernelSplice       bool
 	KernelSpliceUpload bool
 	KernelSpliceAfter  int64
@@ -61,8 +62,8 @@ type Settings struct {
 
 // The kernel splice's defaults (CLAWKER_PROXY_KERNEL_SPLICE and
 // CLAWKER_PROXY_KERNEL_SPLICE_AFTER; README says why): on where the kernel
-// supports it, both directions, for flows that moved 1 MiB through
-// splice(2) first. Short flows (handshakes, small requests) never pay for
+// supports it, both directions, for flows that moved 1 MiB through the
+// proxy first. Short flows (handshakes, small requests) never pay for
 // the hand-over, and small messages on a kept-alive flow stay off the
 // kernel's per-socket work queue, which measured slower for them
 // (bench/results/bridge.txt).

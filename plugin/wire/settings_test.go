@@ -101,9 +101,9 @@ func TestSpliceDetail(t *testing.T) {
 		available bool
 		want      string
 	}{
-		{Settings{KernelSplice: true, KernelSpliceUpload: true, KernelSpliceAfter: 1 << 20}, true, "kernel splice after 1048576 bytes by splice(2)"},
+		{Settings{KernelSplice: true, KernelSpliceUpload: true, KernelSpliceAfter: 1 << 20}, true, "kernel splice after 1048576 bytes through the proxy"},
 		{Settings{KernelSplice: true, KernelSpliceUpload: true}, true, "kernel splice at once"},
-		{Settings{KernelSplice: true, KernelSpliceAfter: 4097}, true, "kernel splice of downloads after 4097 bytes by splice(2)"},
+		{Settings{KernelSplice: true, KernelSpliceAfter: 4097}, true, "kernel splice of downloads after 4097 bytes through the proxy"},
 		{Settings{KernelSplice: true, KernelSpliceUpload: true, KernelSpliceAfter: 1 << 20}, false, "kernel splice unavailable on this kernel (no sockmap): flows relayed with splice(2)"},
 		{Settings{}, true, "kernel splice off (CLAWKER_PROXY_KERNEL_SPLICE=false): flows relayed with splice(2)"},
 	} {

@@ -38,7 +38,7 @@ func spliceDetail(s Settings, available bool) string {
 	if s.KernelSpliceAfter == 0 {
 		return what + " at once"
 	}
-	return fmt.Sprintf("%s after %d bytes by splice(2)", what, s.KernelSpliceAfter)
+	return fmt.Sprintf("%s after %d bytes through the proxy", what, s.KernelSpliceAfter)
 }
 
 // components assembles the status of each part.

@@ -165,8 +165,9 @@ type Config struct {
 	// bpf/README.md).
 	SpliceDownloadOnly bool
 	// SpliceAfter, with Splicer, is how many bytes (in either direction) a
-	// flow first moves through the proxy's splice(2) relay before it is
-	// handed to the kernel; 0 hands it over at once. Short flows then never
+	// flow first moves through the proxy (read/write, so that it stops
+	// between two skbs: spliceFirst) before it is handed to the kernel; 0
+	// hands it over at once. Short flows then never
 	// pay for the kernel path's setup.
 	SpliceAfter int64
 	// LogLimit, when set, rate-limits the decision lines per endpoint

@@ -19,7 +19,7 @@ import (
 // Tests of the kernel path's variants: the direction split
 // (Config.SpliceDownloadOnly: uploads by splice(2), downloads in the
 // kernel) and the deferred hand-over (Config.SpliceAfter: a flow moves
-// that many bytes by splice(2) first, then enters the kernel path mid-flow).
+// that many bytes through the proxy (read/write) first, then enters the kernel path mid-flow).
 
 func withSpliceUpload(on bool) harnessOpt { return func(c *Config) { c.SpliceDownloadOnly = !on } }
 
