@@ -6,7 +6,6 @@ package e2e
 // main_test.go); the plugin is installed into it once (pluginEnv).
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -279,7 +278,7 @@ func processesByArgv0(argv0 string, e *harness.Env) (mine, others []int) {
 		}
 	}
 	for _, pid := range pids {
-		if slices.Contains(pids, parentOf(pid)) {
+		if slices.Contains(pids, harness.ParentOf(pid)) {
 			continue
 		}
 		if e.Owns(pid) {
@@ -289,25 +288,6 @@ func processesByArgv0(argv0 string, e *harness.Env) (mine, others []int) {
 		}
 	}
 	return mine, others
-}
-
-// parentOf is pid's parent process (0 when it cannot be read).
-func parentOf(pid int) int {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(st, ')')
-	if i < 0 {
-		return 0
-	}
-	fields := strings.Fields(string(st[i+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
 }
 
 const (

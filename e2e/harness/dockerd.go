@@ -604,16 +604,24 @@ func ownedBy(dir string, pid int) bool {
 		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), dir) {
 			return true
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
+		if pid = ParentOf(pid); pid == 0 {
 			return false
 		}
-		// pid (comm) state ppid ...: comm may hold spaces; cut after ')'.
-		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(fields) < 2 {
-			return false
-		}
-		pid, _ = strconv.Atoi(fields[1])
 	}
 	return false
+}
+
+// ParentOf is pid's parent process, from /proc (0 when it cannot be read).
+func ParentOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...: comm may hold spaces; cut after ')'.
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
 }
